@@ -1,0 +1,27 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.PHONY: demo test typecheck unit clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --editable '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/m365sync demo $(ARGS)
+
+test: typecheck unit
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .demo .mypy_cache .pytest_cache

@@ -1,0 +1,145 @@
+"""The ``m365sync`` command line.
+
+Every error the operator can cause ends as a message on stderr and an exit
+code (2 for a bad configuration or usage, 1 for anything else), never as a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon import __version__
+from daemon.config import Config, TenantConfig, load_config
+from daemon.errors import ConfigError, M365SyncError
+from daemon.logging import configure_logging
+from daemon.service import Service
+
+DEFAULT_CONFIG = Path(os.environ.get("M365SYNC_CONFIG", "/etc/m365sync/config.toml"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except ConfigError as err:
+        for problem in err.problems:
+            print(str(problem), file=sys.stderr)
+        return err.exit_code
+    except M365SyncError as err:
+        print(f"m365sync: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m365sync",
+        description="Keeps a VeloPBX phone system in sync with Microsoft 365 / Entra ID.",
+    )
+    parser.add_argument("--version", action="version", version=f"m365sync {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text)
+
+    run = add("run", "run the daemon (what the systemd unit starts)")
+    _config_argument(run)
+    run.add_argument("--state", type=Path, help="state database path, overriding [state] path")
+    run.set_defaults(handler=_run)
+
+    check = add("check-config", "validate the configuration and print a summary per tenant")
+    _config_argument(check)
+    check.add_argument(
+        "--strict", action="store_true", help="treat warnings (e.g. missing secret files) as errors"
+    )
+    check.set_defaults(handler=_check_config)
+
+    demo = add("demo", "start the daemon on the example configuration with a local state")
+    demo.add_argument("--config", type=Path, default=Path("config.example.toml"))
+    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where the demo keeps its files")
+    demo.add_argument("--listen", help="host:port to serve on, overriding the config")
+    demo.add_argument("--exit", action="store_true", help="stop after showing the endpoints")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"configuration file (default {DEFAULT_CONFIG}, or $M365SYNC_CONFIG)",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.state is not None:
+        config = config.with_state_path(args.state.absolute())
+    configure_logging(config.log.level, config.log.format)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    asyncio.run(Service(config).serve_until_stopped())
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.strict and config.warnings:
+        return 2
+    print(f"{config.source}: valid, {len(config.tenants)} tenant(s)")
+    for tenant in config.tenants:
+        print(tenant_summary(tenant))
+    return 0
+
+
+def tenant_summary(tenant: TenantConfig) -> str:
+    """One line saying what a tenant will do."""
+
+    def on(flag: bool) -> str:
+        return "on" if flag else "off"
+
+    users = tenant.users
+    if users.enabled:
+        end = f"-{users.last_extension_number}" if users.last_extension_number else "+"
+        user_part = f"users {users.sync_type} from {users.starting_extension_number}{end}"
+        if users.sync_type != "ALL":
+            user_part += f" ({len(users.selected_users)} selected)"
+    else:
+        user_part = "users off"
+    parts = [
+        f"{tenant.national_cloud}",
+        f"{tenant.auth_mode}",
+        f'sync "{tenant.sync_time}" {tenant.timezone}',
+        user_part,
+        f"contacts {on(tenant.personal_contacts.enabled)}",
+        f"events {on(tenant.events.enabled)}",
+        f"shared mailboxes {on(tenant.shared_mailbox.enabled)}",
+        f"{len(tenant.groups)} group(s)",
+        f"SSO admin {on(tenant.sign_in_as_administrator.enabled)}",
+        f"SSO users {on(tenant.sign_in_as_standard_user.enabled)}",
+    ]
+    disabled = "" if tenant.enabled else " (disabled)"
+    return f"  {tenant.name}{disabled}: " + ", ".join(parts)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from daemon.demo import run_demo
+
+    config = load_config(args.config)
+    return asyncio.run(run_demo(config, args.dir.absolute(), args.listen, args.exit))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,603 @@
+"""The TOML configuration: one file, several VeloPBX tenants.
+
+Every setting of the PBX's "Microsoft 365 Integration" page has its own key
+with the page's default. Loading reports *every* problem at once, each located
+by a field path such as ``tenants[0].users.starting_extension_number``, and
+never raises anything but :class:`~daemon.errors.ConfigError`.
+
+Paths are resolved against the directory of the configuration file. Secret
+files (tokens, client secrets, private keys) are checked for permissions: a
+file readable by "others" or writable by its group is refused. A secret file
+that does not exist yet is only a warning, because the daemon can still serve
+its other tenants and its OAuth pages; that tenant is reported not ready.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+import stat
+import tomllib
+import types
+import typing
+import uuid
+import zoneinfo
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+)
+
+from daemon.errors import ConfigError, ConfigProblem
+
+NationalCloud = Literal["GLOBAL", "CHINA", "USGOV", "USGOV_DOD"]
+SyncType = Literal["ALL", "INCLUDE", "EXCLUDE"]
+AuthMode = Literal["delegated", "application"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "console"]
+
+DEFAULT_LISTEN = "127.0.0.1:8790"
+DEFAULT_SYNC_TIME = "0 */6 * * *"
+EXTENSION_NUMBER_PATTERN = re.compile(r"[1-9][0-9]{2,12}")
+TENANT_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+_M = typing.TypeVar("_M", bound=BaseModel)
+
+
+# --- value validators: each raises ValueError with the operator's message ---
+
+
+def _resolve_path(value: object, info: ValidationInfo) -> object:
+    """Turn a string into a path relative to the config file's directory."""
+    if not isinstance(value, str):
+        return value
+    if not value:
+        raise ValueError("must not be empty")
+    base = (info.context or {}).get("base_dir", Path.cwd())
+    return (Path(base) / Path(value).expanduser()).absolute()
+
+
+def _uuid(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise ValueError(
+            "must be a UUID like 00000000-0000-0000-0000-000000000000"
+        ) from None
+
+
+def _extension_number(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return value
+    if not EXTENSION_NUMBER_PATTERN.fullmatch(value):
+        raise ValueError("must be 3-13 digits without a leading zero")
+    return value
+
+
+def _crontab(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    fields = value.split()
+    if len(fields) != 5 or not croniter.is_valid(value):
+        raise ValueError(
+            "must be a crontab expression of 5 fields "
+            '(minute hour day-of-month month day-of-week), e.g. "0 */6 * * *"'
+        )
+    return " ".join(fields)
+
+
+def _timezone(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError('must be an IANA time zone such as "Europe/Berlin"') from None
+    return value
+
+
+def _user_reference(value: object) -> object:
+    """A selected user is an object ID (UUID) or a userPrincipalName."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        pass
+    local, at, domain = value.strip().partition("@")
+    if not at or not local or "." not in domain:
+        raise ValueError(
+            "must be a userPrincipalName (user@example.com) or an object ID (UUID)"
+        )
+    return value.strip()
+
+
+def _listen(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    host, port = _split_host_port(value)
+    if host is None or port is None:
+        raise ValueError('must be "host:port", e.g. "127.0.0.1:8790" or "[::1]:8790"')
+    return value
+
+
+def _split_host_port(value: str) -> tuple[str | None, int | None]:
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value)
+    if not match:
+        return None, None
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 <= port <= 65535:
+        return host, None
+    if match.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None, port
+    return host, port
+
+
+def _url(value: object, *, https_only: bool) -> object:
+    if not isinstance(value, str):
+        return value
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL such as https://pbx.example.com:8887")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    if https_only and parts.scheme != "https" and parts.hostname not in LOOPBACK_HOSTS:
+        raise ValueError("must use https (plain http is allowed for localhost only)")
+    return value.strip().rstrip("/")
+
+
+def _base_url(value: object) -> object:
+    """Scheme, host and port only: the config's endpoint overrides."""
+    checked = _url(value, https_only=False)
+    if isinstance(checked, str) and urlsplit(checked).path not in ("", "/"):
+        raise ValueError("must be scheme, host and port only, without a path")
+    return checked
+
+
+def _https_url(value: object) -> object:
+    return _url(value, https_only=True)
+
+
+def _http_url(value: object) -> object:
+    return _url(value, https_only=False)
+
+
+ConfigPath = Annotated[Path, BeforeValidator(_resolve_path)]
+Uuid = Annotated[str, BeforeValidator(_uuid)]
+ExtensionNumber = Annotated[str, BeforeValidator(_extension_number)]
+Crontab = Annotated[str, BeforeValidator(_crontab)]
+TimeZoneName = Annotated[str, BeforeValidator(_timezone)]
+UserReference = Annotated[str, BeforeValidator(_user_reference)]
+ListenAddress = Annotated[str, BeforeValidator(_listen)]
+PublicUrl = Annotated[str, BeforeValidator(_https_url)]
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+BaseUrl = Annotated[str, BeforeValidator(_base_url)]
+
+
+class _Section(BaseModel):
+    """A TOML table: strict types, unknown keys refused, immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ServerConfig(_Section):
+    listen: ListenAddress = DEFAULT_LISTEN
+    public_url: PublicUrl | None = None
+    sbc_public_url: PublicUrl | None = None
+    admin_token_file: ConfigPath | None = None
+
+    @property
+    def host(self) -> str:
+        return _split_host_port(self.listen)[0] or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        port = _split_host_port(self.listen)[1]
+        return 8790 if port is None else port
+
+
+class StateConfig(_Section):
+    path: ConfigPath = Path("/var/lib/m365sync/state.db")
+
+
+class LogConfig(_Section):
+    level: LogLevel = "info"
+    format: LogFormat = "json"
+
+
+class PbxConfig(_Section):
+    scim_url: HttpUrl
+    token_file: ConfigPath
+
+
+class UsersConfig(_Section):
+    enabled: bool = False
+    sync_guest_users: bool = False
+    sync_photo: bool = False
+    starting_extension_number: ExtensionNumber | None = None
+    last_extension_number: ExtensionNumber | None = None
+    sync_type: SyncType = "ALL"
+    selected_users: list[UserReference] = Field(default_factory=list)
+
+
+class FeatureToggle(_Section):
+    enabled: bool = False
+
+
+class SignInAsAdministratorConfig(_Section):
+    enabled: bool = False
+    selected_users: list[UserReference] = Field(default_factory=list)
+
+
+class SignInAsStandardUserConfig(_Section):
+    enabled: bool = False
+    sync_type: SyncType = "ALL"
+    selected_users: list[UserReference] = Field(default_factory=list)
+
+
+class TenantConfig(_Section):
+    name: str
+    enabled: bool = True
+    national_cloud: NationalCloud = "GLOBAL"
+    directory_id: Uuid
+    application_id: Uuid
+    auth_mode: AuthMode = "delegated"
+    client_certificate_file: ConfigPath | None = None
+    client_private_key_file: ConfigPath | None = None
+    client_secret_file: ConfigPath | None = None
+    sync_time: Crontab = DEFAULT_SYNC_TIME
+    timezone: TimeZoneName = "UTC"
+    authority_url: BaseUrl | None = None
+    graph_url: BaseUrl | None = None
+    ca_file: ConfigPath | None = None
+    groups: list[Uuid] = Field(default_factory=list)
+    pbx: PbxConfig
+    users: UsersConfig = UsersConfig()
+    personal_contacts: FeatureToggle = FeatureToggle()
+    shared_mailbox: FeatureToggle = FeatureToggle()
+    events: FeatureToggle = FeatureToggle()
+    sign_in_as_administrator: SignInAsAdministratorConfig = SignInAsAdministratorConfig()
+    sign_in_as_standard_user: SignInAsStandardUserConfig = SignInAsStandardUserConfig()
+
+    def secret_files(self) -> dict[str, Path]:
+        """The secret files this tenant reads, by field path below the tenant."""
+        files = {"pbx.token_file": self.pbx.token_file}
+        for key in ("client_private_key_file", "client_secret_file"):
+            path = getattr(self, key)
+            if path is not None:
+                files[key] = path
+        return files
+
+
+class _TopLevel(_Section):
+    server: ServerConfig = ServerConfig()
+    state: StateConfig = StateConfig()
+    log: LogConfig = LogConfig()
+    tenants: list[dict[str, Any]] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration, plus the warnings found while loading it."""
+
+    source: Path
+    server: ServerConfig
+    state: StateConfig
+    log: LogConfig
+    tenants: tuple[TenantConfig, ...]
+    warnings: tuple[ConfigProblem, ...] = ()
+
+    def tenant(self, name: str) -> TenantConfig:
+        """The tenant called ``name``; a ConfigError naming the known ones if absent."""
+        for tenant in self.tenants:
+            if tenant.name == name:
+                return tenant
+        known = ", ".join(t.name for t in self.tenants) or "none"
+        raise ConfigError([ConfigProblem("", f'no tenant named "{name}" (known: {known})')])
+
+    def with_state_path(self, path: Path) -> Config:
+        """A copy whose state database lives at ``path`` (demo, tests, CLI override)."""
+        return Config(
+            source=self.source,
+            server=self.server,
+            state=StateConfig(path=path),
+            log=self.log,
+            tenants=self.tenants,
+            warnings=self.warnings,
+        )
+
+
+# --- loading ---
+
+
+def load_config(path: Path) -> Config:
+    """Read, parse and validate the file at ``path``; ConfigError lists every problem."""
+    raw = _read_toml(path)
+    base_dir = path.absolute().parent
+    problems: list[ConfigProblem] = []
+    top = _validate(_TopLevel, raw, (), base_dir, problems)
+    raw_tenants = raw.get("tenants", [])
+    tenants: list[TenantConfig] = []
+    if isinstance(raw_tenants, list):
+        for index, raw_tenant in enumerate(raw_tenants):
+            if not isinstance(raw_tenant, dict):
+                continue  # already reported by the top-level validation
+            tenant = _validate(TenantConfig, raw_tenant, ("tenants", index), base_dir, problems)
+            if tenant is not None:
+                problems.extend(_tenant_rules(tenant, index))
+                tenants.append(tenant)
+        problems.extend(_unique_names(raw_tenants))
+    if not raw_tenants and top is not None:
+        problems.append(ConfigProblem("tenants", "at least one [[tenants]] table is required"))
+    if top is not None:
+        problems.extend(_secret_file_problems(top.server, tenants))
+    errors = [p for p in problems if not p.is_warning]
+    if errors or top is None:
+        raise ConfigError(errors)
+    return Config(
+        source=path.absolute(),
+        server=top.server,
+        state=top.state,
+        log=top.log,
+        tenants=tuple(tenants),
+        warnings=tuple(p for p in problems if p.is_warning),
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem("", f"{path}: no such file")]) from None
+    except IsADirectoryError:
+        raise ConfigError([ConfigProblem("", f"{path}: is a directory, not a file")]) from None
+    except PermissionError:
+        raise ConfigError([ConfigProblem("", f"{path}: permission denied")]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            [ConfigProblem("", f"{path}: not UTF-8 text (byte {err.start})")]
+        ) from None
+    except OSError as err:
+        raise ConfigError([ConfigProblem("", f"{path}: {err.strerror}")]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([ConfigProblem("", f"{path}: not valid TOML: {err}")]) from None
+
+
+def _validate(
+    model: type[_M],
+    raw: object,
+    prefix: tuple[str | int, ...],
+    base_dir: Path,
+    problems: list[ConfigProblem],
+) -> _M | None:
+    try:
+        return model.model_validate(raw, context={"base_dir": base_dir})
+    except ValidationError as err:
+        for error in err.errors():
+            loc = prefix + tuple(error["loc"])
+            problems.append(ConfigProblem(format_path(loc), _message(model, error)))
+        return None
+
+
+def format_path(loc: tuple[str | int, ...]) -> str:
+    """``("tenants", 0, "users")`` -> ``tenants[0].users``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _message(model: type[BaseModel], error: Any) -> str:
+    kind = error["type"]
+    loc = tuple(error["loc"])
+    if kind == "extra_forbidden":
+        allowed = _field_names_at(model, loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        return "unknown key" + (f'; did you mean "{hint[0]}"?' if hint else "")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"must be one of {expected}"
+    elif kind == "value_error":
+        message = str(error["msg"]).removeprefix("Value error, ")
+    else:
+        message = _TYPE_MESSAGES.get(kind, str(error["msg"]))
+    value = error.get("input")
+    if isinstance(value, (str, int, float, bool)):
+        message += f" (got {json.dumps(value, ensure_ascii=False)})"
+    return message
+
+
+_TYPE_MESSAGES = {
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "list_type": "must be an array",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "path_type": "must be a file path",
+}
+
+
+def _field_names_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at ``loc`` inside ``model``, for "did you mean" hints."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside ``X | None`` or ``list[X]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _tenant_rules(tenant: TenantConfig, index: int) -> list[ConfigProblem]:
+    """Rules that join several keys of one tenant."""
+    at = f"tenants[{index}]"
+    problems: list[ConfigProblem] = []
+    if not TENANT_NAME_PATTERN.fullmatch(tenant.name):
+        problems.append(
+            ConfigProblem(
+                f"{at}.name",
+                "must be 1-63 characters of lower-case letters, digits, '-' or '_', "
+                f"starting with a letter or digit (got {json.dumps(tenant.name)})",
+            )
+        )
+    users = tenant.users
+    if users.enabled and users.starting_extension_number is None:
+        problems.append(
+            ConfigProblem(
+                f"{at}.users.starting_extension_number",
+                'required when users.enabled = true (e.g. "1001")',
+            )
+        )
+    first, last = users.starting_extension_number, users.last_extension_number
+    if first is not None and last is not None and int(last) < int(first):
+        problems.append(
+            ConfigProblem(
+                f"{at}.users.last_extension_number",
+                f"must not be below starting_extension_number {first} (got {json.dumps(last)})",
+            )
+        )
+    if tenant.auth_mode == "application":
+        has_certificate = tenant.client_certificate_file is not None
+        has_key = tenant.client_private_key_file is not None
+        if has_certificate != has_key:
+            missing = "client_private_key_file" if has_certificate else "client_certificate_file"
+            problems.append(
+                ConfigProblem(f"{at}.{missing}", "required together with its certificate/key pair")
+            )
+        if not has_certificate and not has_key and tenant.client_secret_file is None:
+            problems.append(
+                ConfigProblem(
+                    f"{at}.auth_mode",
+                    'application mode needs client_certificate_file + client_private_key_file '
+                    "(preferred) or client_secret_file",
+                )
+            )
+    else:
+        for key in ("client_certificate_file", "client_private_key_file", "client_secret_file"):
+            if getattr(tenant, key) is not None:
+                problems.append(
+                    ConfigProblem(
+                        f"{at}.{key}",
+                        'delegated mode is a public client and sends no credential '
+                        '(Entra answers AADSTS700025); remove it or set auth_mode = "application"',
+                    )
+                )
+    return problems
+
+
+def _unique_names(raw_tenants: list[Any]) -> list[ConfigProblem]:
+    seen: dict[str, int] = {}
+    problems: list[ConfigProblem] = []
+    for index, raw in enumerate(raw_tenants):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append(
+                ConfigProblem(
+                    f"tenants[{index}].name",
+                    f"duplicate tenant name {json.dumps(name)} (also tenants[{seen[name]}])",
+                )
+            )
+        else:
+            seen[name] = index
+    return problems
+
+
+def _secret_file_problems(
+    server: ServerConfig, tenants: list[TenantConfig]
+) -> list[ConfigProblem]:
+    files: list[tuple[str, Path]] = []
+    if server.admin_token_file is not None:
+        files.append(("server.admin_token_file", server.admin_token_file))
+    for index, tenant in enumerate(tenants):
+        for key, path in tenant.secret_files().items():
+            files.append((f"tenants[{index}].{key}", path))
+    problems = []
+    for field_path, path in files:
+        problem = secret_file_problem(path)
+        if problem is not None:
+            message, is_warning = problem
+            problems.append(ConfigProblem(field_path, message, is_warning=is_warning))
+    return problems
+
+
+def secret_file_problem(path: Path) -> tuple[str, bool] | None:
+    """What is wrong with a secret file, and whether it is only a warning."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return f"{path} does not exist yet; this is needed before the daemon can use it", True
+    except OSError as err:
+        return f"{path}: {err.strerror}", False
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file", False
+    if info.st_mode & (stat.S_IRWXO | stat.S_IWGRP):
+        mode = stat.S_IMODE(info.st_mode)
+        return (
+            f"{path} has mode {mode:04o}, readable or writable by others; "
+            f"run: chmod 600 {path}",
+            False,
+        )
+    return None
+
+
+def read_secret(path: Path) -> str:
+    """The stripped contents of a secret file, checked like at load time."""
+    problem = secret_file_problem(path)
+    if problem is not None:
+        raise ConfigError([ConfigProblem("", problem[0])])
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError([ConfigProblem("", f"{path}: cannot read secret ({err})")]) from None
+    if not value:
+        raise ConfigError([ConfigProblem("", f"{path} is empty")])
+    return value

@@ -1,0 +1,55 @@
+"""The one error hierarchy of m365sync.
+
+Every boundary (config file, state database, Graph, the PBX, the HTTP server)
+translates what it meets into one of these, with ``raise ... from err``, so the
+CLI can print a one-line message and a hint instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class M365SyncError(Exception):
+    """Base of every error the operator may see; ``hint`` says what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message} ({self.hint})"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem found in the configuration, located by a dotted field path."""
+
+    path: str
+    message: str
+    is_warning: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(M365SyncError):
+    """The configuration file cannot be used; ``problems`` lists every mistake."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        lines = "\n".join(str(p) for p in problems)
+        super().__init__(f"invalid configuration:\n{lines}")
+
+
+class StateError(M365SyncError):
+    """The state database cannot be opened or used."""
+
+
+class SchemaTooNew(StateError):
+    """The state database was written by a newer m365sync than this one."""

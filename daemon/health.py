@@ -1,0 +1,48 @@
+"""Whether each tenant can sync, and why not: what ``/readyz`` reports.
+
+Readiness is derived, never stored: from the tenant's configuration (secret
+files present and private) and its row in the state database (authorization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from daemon.config import TenantConfig, secret_file_problem
+from state.store import TenantRow
+
+AUTHORIZED = "authorized"
+
+
+@dataclass(frozen=True)
+class TenantStatus:
+    tenant: str
+    enabled: bool
+    ready: bool
+    reason: str
+    detail: str
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tenant_status(tenant: TenantConfig, row: TenantRow | None, config_file: str) -> TenantStatus:
+    """The first reason, in the order an operator should fix them, that blocks a tenant."""
+    if not tenant.enabled:
+        return TenantStatus(tenant.name, False, False, "disabled", "enabled = false in the config")
+    for key, path in tenant.secret_files().items():
+        problem = secret_file_problem(path)
+        if problem is not None:
+            return TenantStatus(tenant.name, True, False, "secret_file_unusable", f"{key}: {problem[0]}")
+    state = row.auth_state if row is not None else "authorization_required"
+    if state != AUTHORIZED:
+        command = f"m365sync authorize --config {config_file} --tenant {tenant.name}"
+        if state == "reauthorization_required":
+            detail = f"the stored authorization no longer works; run: {command}"
+        elif tenant.auth_mode == "application":
+            detail = f"waiting for admin consent and a first token; run: {command}"
+        else:
+            detail = f"waiting for the integration owner to sign in; run: {command}"
+        return TenantStatus(tenant.name, True, False, state, detail)
+    return TenantStatus(tenant.name, True, True, "ready", "authorized")

@@ -1,0 +1,48 @@
+"""Prometheus metrics of one daemon process, on a registry of its own.
+
+A registry per :class:`Metrics` (rather than the global default) keeps tests
+independent and lets ``/metrics`` show exactly what this process owns.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from daemon import __version__
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Every metric the daemon exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.build_info = Info(
+            "m365sync_build",
+            "Version of m365sync and of the Python running it.",
+            registry=self.registry,
+        )
+        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        self.tenant_ready = Gauge(
+            "m365sync_tenant_ready",
+            "1 when the tenant can sync (authorized, secrets present), else 0.",
+            ["tenant"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format served at ``/metrics``."""
+        return generate_latest(self.registry)

@@ -1,0 +1,74 @@
+"""The one aiohttp application: health, readiness, metrics (and later the
+OAuth pages and the admin API).
+
+Handlers only translate between HTTP and the :class:`StatusSource`; unexpected
+errors become a JSON 500 without a traceback in the response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from aiohttp import web
+
+from daemon.health import TenantStatus
+from daemon.logging import get_logger
+from daemon.metrics import CONTENT_TYPE, Metrics
+
+log = get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class StatusSource(Protocol):
+    async def tenant_statuses(self) -> list[TenantStatus]: ...
+
+
+STATUS_KEY = web.AppKey("status_source", StatusSource)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+
+def build_app(status: StatusSource, metrics: Metrics) -> web.Application:
+    """The application with every route of the daemon."""
+    app = web.Application(middlewares=[_errors_middleware], client_max_size=64 * 1024)
+    app[STATUS_KEY] = status
+    app[METRICS_KEY] = metrics
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """200 for as long as the process and its event loop answer at all."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Per-tenant readiness; 503 while any enabled tenant cannot sync."""
+    statuses = await request.app[STATUS_KEY].tenant_statuses()
+    enabled = [s for s in statuses if s.enabled]
+    ready = all(s.ready for s in enabled)
+    body = {
+        "ready": ready,
+        "tenants": {s.tenant: {k: v for k, v in s.as_json().items() if k != "tenant"} for s in statuses},
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    await request.app[STATUS_KEY].tenant_statuses()  # refreshes the readiness gauges
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("request failed", method=request.method, path=request.path)
+        return web.json_response({"error": "internal error; see the daemon's log"}, status=500)

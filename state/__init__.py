@@ -1,0 +1,1 @@
+"""The SQLite state database: schema migrations, rows and queries."""

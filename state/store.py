@@ -1,0 +1,179 @@
+"""Rows and queries of the state database; logic elsewhere never builds SQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from state.db import Database
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class TenantRow:
+    name: str
+    directory_id: str
+    application_id: str
+    auth_state: str
+    auth_owner: str | None
+    has_token_cache: bool
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: str
+    tenant: str
+    trigger: str
+    started_at: float
+    finished_at: float | None
+    result: str | None
+    summary: dict[str, Any]
+    error: str | None
+
+
+class Store:
+    """Typed queries over one :class:`Database`."""
+
+    def __init__(self, db: Database, clock: Clock = time.time) -> None:
+        self.db = db
+        self.clock = clock
+
+    # --- tenants ---
+
+    async def register_tenant(self, name: str, directory_id: str, application_id: str) -> bool:
+        """Record a configured tenant; returns True when its app identity changed.
+
+        A different directory or application ID makes the stored tokens useless,
+        so they are dropped and the tenant needs authorization again; mappings
+        and extension numbers are kept.
+        """
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                "SELECT directory_id, application_id FROM tenants WHERE name = ?", (name,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                await conn.execute(
+                    "INSERT INTO tenants (name, directory_id, application_id, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (name, directory_id, application_id, self.clock()),
+                )
+                return False
+            if (row[0], row[1]) == (directory_id, application_id):
+                return False
+            await conn.execute(
+                "UPDATE tenants SET directory_id = ?, application_id = ?,"
+                " auth_state = 'authorization_required', auth_owner = NULL,"
+                " auth_changed_at = ? WHERE name = ?",
+                (directory_id, application_id, self.clock(), name),
+            )
+            await conn.execute("DELETE FROM token_cache WHERE tenant = ?", (name,))
+            return True
+
+    async def tenants(self) -> list[TenantRow]:
+        async with self.db.conn.execute(
+            "SELECT t.name, t.directory_id, t.application_id, t.auth_state, t.auth_owner,"
+            " c.tenant IS NOT NULL FROM tenants t"
+            " LEFT JOIN token_cache c ON c.tenant = t.name ORDER BY t.name"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [TenantRow(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+
+    async def set_auth_state(self, tenant: str, state: str, owner: str | None = None) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE tenants SET auth_state = ?, auth_owner = COALESCE(?, auth_owner),"
+                " auth_changed_at = ? WHERE name = ?",
+                (state, owner, self.clock(), tenant),
+            )
+
+    # --- token cache ---
+
+    async def load_token_cache(self, tenant: str) -> bytes | None:
+        async with self.db.conn.execute(
+            "SELECT cache FROM token_cache WHERE tenant = ?", (tenant,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def save_token_cache(self, tenant: str, cache: bytes) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO token_cache (tenant, cache, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (tenant) DO UPDATE SET cache = excluded.cache,"
+                " updated_at = excluded.updated_at",
+                (tenant, cache, self.clock()),
+            )
+
+    # --- delta links ---
+
+    async def delta_link(self, tenant: str, resource: str, key: str = "") -> str | None:
+        async with self.db.conn.execute(
+            "SELECT link FROM delta_links WHERE tenant = ? AND resource = ? AND key = ?",
+            (tenant, resource, key),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    async def save_delta_link(self, tenant: str, resource: str, link: str, key: str = "") -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO delta_links (tenant, resource, key, link, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, resource, key)"
+                " DO UPDATE SET link = excluded.link, updated_at = excluded.updated_at",
+                (tenant, resource, key, link, self.clock()),
+            )
+
+    async def drop_delta_link(self, tenant: str, resource: str, key: str = "") -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM delta_links WHERE tenant = ? AND resource = ? AND key = ?",
+                (tenant, resource, key),
+            )
+
+    # --- runs ---
+
+    async def start_run(self, run_id: str, tenant: str, trigger: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO runs (id, tenant, trigger, started_at) VALUES (?, ?, ?, ?)",
+                (run_id, tenant, trigger, self.clock()),
+            )
+
+    async def finish_run(
+        self,
+        run_id: str,
+        result: str,
+        summary: dict[str, Any],
+        error: str | None = None,
+    ) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE runs SET finished_at = ?, result = ?, summary = ?, error = ?"
+                " WHERE id = ?",
+                (self.clock(), result, json.dumps(summary, sort_keys=True), error, run_id),
+            )
+
+    async def last_run(self, tenant: str) -> RunRow | None:
+        async with self.db.conn.execute(
+            "SELECT id, tenant, trigger, started_at, finished_at, result, summary, error"
+            " FROM runs WHERE tenant = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
+            (tenant,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return RunRow(
+            id=row[0],
+            tenant=row[1],
+            trigger=row[2],
+            started_at=row[3],
+            finished_at=row[4],
+            result=row[5],
+            summary=json.loads(row[6]) if row[6] else {},
+            error=row[7],
+        )

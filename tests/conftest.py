@@ -1,0 +1,109 @@
+"""Shared fixtures: a valid configuration on disk, with private secret files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+DIRECTORY_ID = "11111111-2222-3333-4444-555555555555"
+APPLICATION_ID = "66666666-7777-8888-9999-000000000000"
+
+
+def write_secret(path: Path, value: str = "s3cr3t-value", mode: int = 0o600) -> Path:
+    path.write_text(value + "\n")
+    os.chmod(path, mode)
+    return path
+
+
+def _merge(defaults: dict[str, str], lines: str) -> str:
+    """TOML lines: ``defaults`` overridden (or extended) by ``key = value`` lines."""
+    merged = dict(defaults)
+    for line in lines.strip().splitlines():
+        if line.strip():
+            key, _, value = line.partition("=")
+            merged[key.strip()] = value.strip()
+    return "\n".join(f"{key} = {value}" for key, value in merged.items())
+
+
+def tenant_toml(name: str = "contoso", extra: str = "", users: str = "") -> str:
+    """One [[tenants]] table; ``extra`` and ``users`` lines override its keys."""
+    top = _merge(
+        {
+            "name": f'"{name}"',
+            "directory_id": f'"{DIRECTORY_ID}"',
+            "application_id": f'"{APPLICATION_ID}"',
+        },
+        extra,
+    )
+    user_lines = _merge({"enabled": "true", "starting_extension_number": '"1001"'}, users)
+    return f"""
+[[tenants]]
+{top}
+
+[tenants.pbx]
+scim_url = "http://127.0.0.1:9/scim/v2"
+token_file = "pbx-token"
+
+[tenants.users]
+{user_lines}
+"""
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    write_secret(tmp_path / "pbx-token")
+    write_secret(tmp_path / "admin-token")
+    return tmp_path
+
+
+@pytest.fixture
+def write_config(config_dir: Path) -> Callable[[str], Path]:
+    """Write TOML text as config.toml beside the secret files; return its path."""
+
+    def write(text: str) -> Path:
+        path = config_dir / "config.toml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def basic_config(tenants: str | None = None, server: str = "") -> str:
+    """A whole valid config; ``server`` lines override or extend [server]."""
+    server_lines = _merge(
+        {
+            "listen": '"127.0.0.1:0"',
+            "public_url": '"https://pbx.example.com:8887"',
+            "admin_token_file": '"admin-token"',
+        },
+        server,
+    )
+    return f"""
+[server]
+{server_lines}
+
+[state]
+path = "state.db"
+
+[log]
+format = "console"
+{tenant_toml() if tenants is None else tenants}
+"""
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of a system tool; skipped on a developer machine without it,
+    a failure under CI (which installs it), so CI can never pass by skipping."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package {package})"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; .ci/run must install it")
+        pytest.skip(message)
+    return path
