@@ -53,3 +53,54 @@ class StateError(M365SyncError):
 
 class SchemaTooNew(StateError):
     """The state database was written by a newer m365sync than this one."""
+
+
+class AuthorizationRequired(M365SyncError):
+    """No usable token: the tenant must be (re-)authorized by an admin."""
+
+
+# --- Microsoft Graph ---
+
+
+class GraphError(M365SyncError):
+    """A Graph request failed for good; ``status`` and ``code`` are Graph's."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.code = code
+
+
+class DeltaExpired(GraphError):
+    """The delta state is gone (410, syncStateNotFound, resyncRequired): run a full round."""
+
+
+class AccessDenied(GraphError):
+    """403: the token may not read this resource (e.g. another user's mailbox)."""
+
+
+class GraphNotFound(GraphError):
+    """404: the object (or photo, or mailbox) does not exist."""
+
+
+class GraphThrottled(GraphError):
+    """Still 429 after the allowed attempts."""
+
+
+class GraphUnavailable(GraphError):
+    """5xx, timeouts or connection failures after the allowed attempts."""
+
+
+class GraphRequestError(GraphError):
+    """Any other 4xx: the request itself is wrong."""
+
+
+class GraphPayloadError(GraphError):
+    """Graph answered with something that is not the documented shape."""

@@ -10,7 +10,9 @@ import platform
 
 from prometheus_client import (
     CollectorRegistry,
+    Counter,
     Gauge,
+    Histogram,
     Info,
     PlatformCollector,
     ProcessCollector,
@@ -40,6 +42,26 @@ class Metrics:
             "m365sync_tenant_ready",
             "1 when the tenant can sync (authorized, secrets present), else 0.",
             ["tenant"],
+            registry=self.registry,
+        )
+
+        self.graph_requests = Counter(
+            "m365sync_graph_requests",
+            "Microsoft Graph requests (batch items included), by endpoint and HTTP status.",
+            ["tenant", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.graph_throttled = Counter(
+            "m365sync_graph_throttled",
+            "Graph answers of 429 Too Many Requests (batch items included).",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.graph_request_duration = Histogram(
+            "m365sync_graph_request_duration_seconds",
+            "Time from sending a Graph request to reading its answer.",
+            ["tenant", "endpoint"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
 

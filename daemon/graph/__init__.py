@@ -1,0 +1,1 @@
+"""The daemon's Microsoft Graph client: requests, delta rounds, ``$batch``."""

@@ -1,0 +1,35 @@
+"""``python -m sim --users 1000 --port 8800``: a standalone Graph simulator."""
+
+from __future__ import annotations
+
+import argparse
+
+from aiohttp import web
+
+from sim.app import Simulator
+from daemon.clock import SystemClock
+from sim.generator import generate_tenant
+from sim.store import SimTenant
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--contacts", type=int, default=5, help="contacts per user")
+    parser.add_argument("--events", type=int, default=3, help="events per user")
+    parser.add_argument("--groups", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8800)
+    parser.add_argument("--token", action="append", help="accepted bearer token (repeatable); default: any")
+    args = parser.parse_args()
+    tenant = SimTenant(SystemClock())
+    made = generate_tenant(tenant, args.users, args.seed, args.contacts, args.events, args.groups)
+    simulator = Simulator(tenant, accepted_tokens=set(args.token) if args.token else None)
+    print(f"simulated tenant: {len(made.all_users)} users, {len(made.groups)} groups; "
+          f"Graph at http://{args.host}:{args.port}/v1.0", flush=True)
+    web.run_app(simulator.app(), host=args.host, port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

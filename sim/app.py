@@ -1,0 +1,217 @@
+"""The simulator as an aiohttp application: bearer-token checks, ``$batch``,
+fault injection and a request log, around :class:`~sim.graph.GraphApi`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from aiohttp import web
+
+from sim.graph import GraphApi, SimRequest, SimResponse, SimSettings, graph_error
+from sim.store import SimTenant
+
+MAX_BATCH_REQUESTS = 20
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    method: str
+    path: str  # below /v1.0, without the query
+    status: int
+    in_batch: bool = False
+    at: float = 0.0  # the simulator clock's time when answered
+
+
+@dataclass
+class ScriptedFault:
+    """Answer the next ``count`` matching requests with ``status``."""
+
+    status: int
+    count: int = 1
+    path_pattern: str = ".*"
+    retry_after: int | None = None
+    code: str = "ServiceUnavailable"
+    in_batch: bool | None = None  # None: top-level requests and batch items alike
+
+
+@dataclass
+class Faults:
+    latency: float = 0.0
+    throttle_fraction: float = 0.0
+    batch_item_throttle_fraction: float = 0.0
+    retry_after: int = 2
+    scripted: list[ScriptedFault] = field(default_factory=list)
+    hang_pattern: str | None = None  # requests whose path matches never get an answer
+
+
+class Simulator:
+    """One simulated tenant served over HTTP."""
+
+    def __init__(
+        self,
+        tenant: SimTenant | None = None,
+        settings: SimSettings | None = None,
+        accepted_tokens: set[str] | None = None,
+        seed: int = 1,
+    ) -> None:
+        self.tenant = tenant or SimTenant()
+        self.api = GraphApi(self.tenant, settings)
+        self.accepted_tokens = accepted_tokens
+        self.faults = Faults()
+        self.log: list[LoggedRequest] = []
+        self._random = random.Random(seed)
+        self._hang = asyncio.Event()
+        self._mailbox_in_flight: dict[str, int] = {}
+        self.max_mailbox_in_flight: dict[str, int] = {}
+
+    def fail_next(self, status: int, count: int = 1, path_pattern: str = ".*", **kwargs: Any) -> None:
+        self.faults.scripted.append(ScriptedFault(status, count, path_pattern, **kwargs))
+
+    def requests(self, pattern: str = ".*", in_batch: bool | None = None) -> list[LoggedRequest]:
+        """Logged requests whose path matches ``pattern``."""
+        regex = re.compile(pattern)
+        return [r for r in self.log if regex.search(r.path) and (in_batch is None or r.in_batch == in_batch)]
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_route("*", "/v1.0/{tail:.*}", self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        if self.faults.latency:
+            await asyncio.sleep(self.faults.latency)
+        if self.faults.hang_pattern and re.search(self.faults.hang_pattern, path):
+            await self._hang.wait()  # never set: the request hangs until the client gives up
+        response = self._check_auth(request)
+        if response is None:
+            response = self._fault(path, in_batch=False)
+        if response is None:
+            if path == "/$batch" and request.method == "POST":
+                response = await self._batch(request)
+            else:
+                response = self.api.dispatch(self._sim_request(request.method, path, dict(request.query), dict(request.headers), request))
+        self._record(request.method, path, response.status, False)
+        return _to_http(response)
+
+    def _record(self, method: str, path: str, status: int, in_batch: bool) -> None:
+        self.log.append(LoggedRequest(method, path, status, in_batch, self.tenant.clock.time()))
+
+    def _check_auth(self, request: web.Request) -> SimResponse | None:
+        if self.accepted_tokens is None:
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return graph_error(401, "InvalidAuthenticationToken", "Access token is empty.")
+        if token not in self.accepted_tokens:
+            return graph_error(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
+        return None
+
+    def _fault(self, path: str, in_batch: bool) -> SimResponse | None:
+        for fault in list(self.faults.scripted):
+            if fault.in_batch not in (None, in_batch) or not re.search(fault.path_pattern, path):
+                continue
+            fault.count -= 1
+            if fault.count <= 0:
+                self.faults.scripted.remove(fault)
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            code = "TooManyRequests" if fault.status == 429 else fault.code
+            return graph_error(fault.status, code, f"Simulated {fault.status}.", headers)
+        fraction = self.faults.batch_item_throttle_fraction if in_batch else self.faults.throttle_fraction
+        if fraction and path != "/$batch" and self._random.random() < fraction:
+            return graph_error(429, "TooManyRequests", "Too many requests.", {"Retry-After": str(self.faults.retry_after)})
+        return None
+
+    def _sim_request(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], request: web.Request) -> SimRequest:
+        base = f"{request.scheme}://{request.host}"
+        return SimRequest(method, path, query, {k.lower(): v for k, v in headers.items()}, base)
+
+    async def _batch(self, request: web.Request) -> SimResponse:
+        try:
+            body = await request.json()
+            items = body["requests"]
+            assert isinstance(items, list)
+        except (ValueError, KeyError, AssertionError, TypeError):
+            return graph_error(400, "BadRequest", "Invalid batch payload.")
+        if len(items) > MAX_BATCH_REQUESTS:
+            return graph_error(400, "BadRequest", f"Maximum number of requests in a batch is {MAX_BATCH_REQUESTS}.")
+        ids = [str(item.get("id")) for item in items if isinstance(item, dict)]
+        if len(ids) != len(items) or len(set(ids)) != len(ids):
+            return graph_error(400, "BadRequest", "Every batch request needs a unique id.")
+        mailboxes = [_mailbox_of(str(item.get("url", ""))) for item in items]
+        for mailbox in filter(None, mailboxes):
+            self._enter_mailbox(mailbox)
+        try:
+            if self.faults.latency:
+                await asyncio.sleep(self.faults.latency)
+            return self._run_batch(items, request)
+        finally:
+            for mailbox in filter(None, mailboxes):
+                self._mailbox_in_flight[mailbox] -= 1
+
+    def _enter_mailbox(self, mailbox: str) -> None:
+        count = self._mailbox_in_flight.get(mailbox, 0) + 1
+        self._mailbox_in_flight[mailbox] = count
+        self.max_mailbox_in_flight[mailbox] = max(count, self.max_mailbox_in_flight.get(mailbox, 0))
+
+    def _run_batch(self, items: list[Any], request: web.Request) -> SimResponse:
+        statuses: dict[str, int] = {}
+        responses = []
+        for item in items:
+            response = self._batch_item(item, statuses, request)
+            statuses[str(item["id"])] = response.status
+            responses.append(_batch_response(str(item["id"]), response))
+        self._random.shuffle(responses)  # Graph answers items in any order
+        return SimResponse(200, {"responses": responses})
+
+    def _batch_item(self, item: dict[str, Any], statuses: dict[str, int], request: web.Request) -> SimResponse:
+        url = str(item.get("url", ""))
+        method = str(item.get("method", "GET")).upper()
+        parts = urlsplit(url if url.startswith("/") else "/" + url)
+        path = parts.path
+        for dependency in item.get("dependsOn", []) or []:
+            if not 200 <= statuses.get(str(dependency), 0) < 300:
+                self._record(method, path, 424, True)
+                return graph_error(424, "FailedDependency", "A request this one depends on failed.")
+        fault = self._fault(path, in_batch=True)
+        if fault is not None:
+            response = fault
+        else:
+            headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
+            headers.setdefault("authorization", request.headers.get("Authorization", ""))
+            response = self.api.dispatch(self._sim_request(method, path, dict(parse_qsl(parts.query)), headers, request))
+        self._record(method, path, response.status, True)
+        return response
+
+
+def _mailbox_of(url: str) -> str | None:
+    """The mailbox an Outlook request touches (contacts, calendar, settings, photo)."""
+    match = re.match(r"/?users/([^/?]+)/(contactFolders|contacts|calendarView|events|mailboxSettings|photo)", url)
+    return match.group(1) if match else None
+
+
+def _batch_response(id_: str, response: SimResponse) -> dict[str, Any]:
+    headers = dict(response.headers)
+    body: Any = response.body
+    if isinstance(body, bytes):
+        body = base64.b64encode(body).decode()  # binary bodies travel base64-encoded
+    else:
+        headers.setdefault("Content-Type", "application/json")
+    return {"id": id_, "status": response.status, "headers": headers, "body": body}
+
+
+def _to_http(response: SimResponse) -> web.Response:
+    if isinstance(response.body, bytes):
+        return web.Response(status=response.status, body=response.body, headers=response.headers)
+    text = json.dumps(response.body if response.body is not None else {})
+    return web.Response(status=response.status, text=text, content_type="application/json", headers=response.headers)
+

@@ -1,0 +1,243 @@
+"""The simulated tenant's data and its change history.
+
+Every mutation takes the next value of one tenant-wide sequence number, and
+each record remembers the sequence of its last change and of each property's
+last change. A delta token is then just "changes after sequence S", which is
+how the real service behaves from the outside: incremental rounds return only
+what changed, removals carry a reason, and minimal responses carry only the
+properties that changed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from daemon.clock import FakeClock, SystemClock
+
+Clock = FakeClock | SystemClock
+
+
+@dataclass
+class Record:
+    """One Graph object with its change history."""
+
+    id: str
+    data: dict[str, Any]
+    seq: int
+    prop_seq: dict[str, int]
+    removed: str | None = None  # None, "changed" (soft-deleted) or "deleted"
+
+
+class Collection:
+    """Records of one kind in one scope, kept in id order for stable paging."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, Record] = {}
+        self._ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def put(self, seq: int, id_: str, data: dict[str, Any]) -> Record:
+        """Create the record, or change the given properties of it."""
+        record = self.records.get(id_)
+        if record is None:
+            record = Record(id_, dict(data), seq, {key: seq for key in data})
+            self.records[id_] = record
+            bisect.insort(self._ids, id_)
+            return record
+        for key, value in data.items():
+            if record.data.get(key, _MISSING) != value:
+                record.data[key] = value
+                record.prop_seq[key] = seq
+        record.seq = seq
+        return record
+
+    def remove(self, seq: int, id_: str, reason: str) -> Record:
+        record = self.records[id_]
+        record.removed = reason
+        record.seq = seq
+        return record
+
+    def restore(self, seq: int, id_: str) -> Record:
+        record = self.records[id_]
+        record.removed = None
+        record.seq = seq
+        for key in record.prop_seq:
+            record.prop_seq[key] = seq  # a restored object comes back whole
+        return record
+
+    def live(self, id_: str) -> Record | None:
+        record = self.records.get(id_)
+        return record if record is not None and record.removed is None else None
+
+    def after(self, after_id: str | None) -> Iterator[Record]:
+        """Records in id order, starting after ``after_id``."""
+        start = 0 if after_id is None else bisect.bisect_right(self._ids, after_id)
+        for index in range(start, len(self._ids)):
+            yield self.records[self._ids[index]]
+
+
+_MISSING = object()
+
+
+@dataclass
+class Photo:
+    content: bytes
+    etag: str
+    width: int = 96
+    height: int = 96
+
+
+@dataclass
+class GroupMembers:
+    """Membership with per-member change sequence, for ``members@delta``."""
+
+    current: dict[str, int] = field(default_factory=dict)  # member id -> seq added
+    removed: dict[str, int] = field(default_factory=dict)  # member id -> seq removed
+
+
+DEFAULT_CONTACT_FOLDER = "contacts"
+
+
+class SimTenant:
+    """All data of one simulated Microsoft 365 tenant, and the mutation API."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or FakeClock()
+        self.seq = 0
+        self.users = Collection()
+        self.groups = Collection()
+        self.members: dict[str, GroupMembers] = {}
+        self.folders: dict[str, Collection] = {}  # user id -> contact folders (not the default)
+        self.contacts: dict[tuple[str, str], Collection] = {}  # (user id, folder id)
+        self.events: dict[str, Collection] = {}  # user id -> events
+        self.photos: dict[str, Photo] = {}
+        self.mailbox_purpose: dict[str, str] = {}  # user id -> userPurpose; absent: no mailbox
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def timestamp(self) -> str:
+        return _iso(self.clock.now())
+
+    # --- users ---
+
+    def add_user(self, id_: str, mailbox: str | None = "user", **properties: Any) -> Record:
+        properties.setdefault("createdDateTime", self.timestamp())
+        record = self.users.put(self._next(), id_, properties)
+        if mailbox is not None:
+            self.mailbox_purpose[id_] = mailbox
+            self.contacts.setdefault((id_, DEFAULT_CONTACT_FOLDER), Collection())
+            self.folders.setdefault(id_, Collection())
+            self.events.setdefault(id_, Collection())
+        return record
+
+    def change_user(self, id_: str, **properties: Any) -> Record:
+        if self.users.live(id_) is None:
+            raise KeyError(f"no live user {id_}")
+        return self.users.put(self._next(), id_, properties)
+
+    def soft_delete_user(self, id_: str) -> None:
+        self.users.remove(self._next(), id_, "changed")
+
+    def restore_user(self, id_: str) -> None:
+        self.users.restore(self._next(), id_)
+
+    def hard_delete_user(self, id_: str) -> None:
+        self.users.remove(self._next(), id_, "deleted")
+        for members in self.members.values():
+            if id_ in members.current:
+                del members.current[id_]
+                members.removed[id_] = self.seq
+
+    # --- groups ---
+
+    def add_group(self, id_: str, members: list[str] | None = None, **properties: Any) -> Record:
+        properties.setdefault("createdDateTime", self.timestamp())
+        record = self.groups.put(self._next(), id_, properties)
+        self.members[id_] = GroupMembers({m: self.seq for m in members or []})
+        return record
+
+    def change_group(self, id_: str, **properties: Any) -> Record:
+        return self.groups.put(self._next(), id_, properties)
+
+    def add_member(self, group_id: str, user_id: str) -> None:
+        seq = self._next()
+        membership = self.members[group_id]
+        membership.current[user_id] = seq
+        membership.removed.pop(user_id, None)
+
+    def remove_member(self, group_id: str, user_id: str) -> None:
+        seq = self._next()
+        membership = self.members[group_id]
+        if membership.current.pop(user_id, None) is not None:
+            membership.removed[user_id] = seq
+
+    def delete_group(self, id_: str) -> None:
+        self.groups.remove(self._next(), id_, "deleted")
+
+    # --- contacts ---
+
+    def add_folder(self, user_id: str, folder_id: str, display_name: str) -> Record:
+        record = self.folders[user_id].put(
+            self._next(), folder_id, {"displayName": display_name, "parentFolderId": f"root-{user_id}"}
+        )
+        self.contacts[(user_id, folder_id)] = Collection()
+        return record
+
+    def delete_folder(self, user_id: str, folder_id: str) -> None:
+        self.folders[user_id].remove(self._next(), folder_id, "deleted")
+
+    def put_contact(self, user_id: str, contact_id: str, folder_id: str = DEFAULT_CONTACT_FOLDER, **properties: Any) -> Record:
+        collection = self.contacts[(user_id, folder_id)]
+        now = self.timestamp()
+        if contact_id not in collection.records:
+            properties.setdefault("createdDateTime", now)
+        properties["lastModifiedDateTime"] = now
+        properties["parentFolderId"] = folder_id
+        properties["changeKey"] = _change_key(contact_id, self.seq + 1)
+        return collection.put(self._next(), contact_id, properties)
+
+    def delete_contact(self, user_id: str, contact_id: str, folder_id: str = DEFAULT_CONTACT_FOLDER) -> None:
+        self.contacts[(user_id, folder_id)].remove(self._next(), contact_id, "deleted")
+
+    # --- events ---
+
+    def put_event(self, user_id: str, event_id: str, **properties: Any) -> Record:
+        collection = self.events[user_id]
+        now = self.timestamp()
+        if event_id not in collection.records:
+            properties.setdefault("createdDateTime", now)
+        properties["lastModifiedDateTime"] = now
+        properties["changeKey"] = _change_key(event_id, self.seq + 1)
+        return collection.put(self._next(), event_id, properties)
+
+    def delete_event(self, user_id: str, event_id: str) -> None:
+        self.events[user_id].remove(self._next(), event_id, "deleted")
+
+    # --- photos (not part of users delta, exactly like Graph) ---
+
+    def set_photo(self, user_id: str, content: bytes | None) -> None:
+        if content is None:
+            self.photos.pop(user_id, None)
+        else:
+            etag = hashlib.sha256(content).hexdigest()[:16]
+            self.photos[user_id] = Photo(content, f'"{etag}"')
+
+    def set_mailbox_purpose(self, user_id: str, purpose: str) -> None:
+        self.mailbox_purpose[user_id] = purpose
+
+
+def _change_key(id_: str, seq: int) -> str:
+    return hashlib.sha1(f"{id_}:{seq}".encode()).hexdigest()[:20]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
