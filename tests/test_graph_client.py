@@ -395,3 +395,14 @@ async def test_server_chosen_page_sizes_vary(graph_env: GraphEnv) -> None:
         sizes.append(len(body["value"]))
         url = body.get("@odata.nextLink")
     assert sum(sizes) == 1000 and len(set(sizes[:-1])) > 1
+
+
+async def test_a_fraction_of_throttled_requests_still_completes_the_round(graph_env: GraphEnv) -> None:
+    made = generate_tenant(graph_env.tenant, users=400)
+    graph_env.sim.faults.throttle_fraction = 0.3
+    graph_env.sim.faults.retry_after = 5
+    changes = await drain(DeltaRound(graph_env.client, USER_SELECT))
+    assert len(changes) == len(made.all_users)
+    throttled = graph_env.sim.requests("/users/delta")
+    assert any(r.status == 429 for r in throttled)
+    assert all(s >= 5 for s in graph_env.clock.sleeps)
