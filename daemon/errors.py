@@ -104,3 +104,39 @@ class GraphRequestError(GraphError):
 
 class GraphPayloadError(GraphError):
     """Graph answered with something that is not the documented shape."""
+
+
+# --- the PBX (SCIM) ---
+
+
+class PbxError(M365SyncError):
+    """A SCIM request to the PBX failed; ``status`` and ``detail`` are the PBX's."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.detail = detail
+
+
+class PbxConflict(PbxError):
+    """The PBX already has an object holding a unique value we need, and it is
+    not ours to adopt (another externalId), or the value is an extension number."""
+
+
+class PbxRequestFailed(PbxError):
+    """The PBX refused this one object (a 4xx other than 409/412/429): recorded, run goes on."""
+
+
+class PbxUnavailable(PbxError):
+    """5xx, 429, timeouts or connection failures after the allowed attempts."""
+
+
+class PbxAuthFailed(PbxError):
+    """401/403 from the PBX: the SCIM token in ``pbx.token_file`` is wrong."""

@@ -65,6 +65,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.pbx_requests = Counter(
+            "m365sync_pbx_requests",
+            "SCIM requests to the PBX, by operation and HTTP status.",
+            ["tenant", "op", "status"],
+            registry=self.registry,
+        )
+        self.pbx_request_duration = Histogram(
+            "m365sync_pbx_request_duration_seconds",
+            "Time from sending a SCIM request to the PBX to reading its answer.",
+            ["tenant", "op"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The text exposition format served at ``/metrics``."""
         return generate_latest(self.registry)

@@ -11,7 +11,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from daemon.clock import FakeClock
-from daemon.graph.client import GraphClient, RetryPolicy
+from daemon.graph.client import GraphClient
+from daemon.retry import RetryPolicy, Transport
 from daemon.metrics import Metrics
 from sim.app import Simulator
 from sim.graph import SimSettings
@@ -57,15 +58,7 @@ async def graph_env() -> AsyncIterator[GraphEnv]:
     tokens = StaticTokens()
     base_url = str(server.make_url("")).rstrip("/")
     async with aiohttp.ClientSession() as session:
-        client = GraphClient(
-            session,
-            base_url,
-            tokens,
-            tenant="t",
-            metrics=metrics,
-            clock=clock,
-            retry=RetryPolicy(max_attempts=4),
-            rng=random.Random(7),
-        )
+        transport = Transport(session, "t", metrics, clock=clock, retry=RetryPolicy(max_attempts=4), rng=random.Random(7))
+        client = GraphClient(transport, base_url, tokens)
         yield GraphEnv(sim, tenant, client, clock, metrics, tokens, base_url)
     await server.close()

@@ -268,9 +268,9 @@ async def test_5xx_backs_off_then_gives_up_with_a_typed_error(graph_env: GraphEn
     graph_env.sim.fail_next(504, count=10, path_pattern="/users/delta", code="GatewayTimeout")
     with pytest.raises(GraphUnavailable):
         await drain(DeltaRound(graph_env.client, USER_SELECT))
-    assert len(graph_env.sim.requests("/users/delta")) == graph_env.client.retry.max_attempts
+    assert len(graph_env.sim.requests("/users/delta")) == graph_env.client.transport.retry.max_attempts
     delays = graph_env.clock.sleeps
-    assert len(delays) == graph_env.client.retry.max_attempts - 1
+    assert len(delays) == graph_env.client.transport.retry.max_attempts - 1
     assert all(0.5 <= d <= 1 for d in delays[:1]) and delays[1] >= 1 and delays[2] >= 2
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.errors import GraphPayloadError, M365SyncError
-from daemon.graph.client import RETRYABLE_STATUSES, GraphClient, endpoint_label, error_for, retry_after_seconds
+from daemon.graph.client import RETRYABLE_STATUSES, GraphClient, endpoint_label, error_for
+from daemon.retry import retry_after_seconds
 from daemon.logging import get_logger
 
 log = get_logger(__name__)
@@ -98,8 +99,8 @@ class BatchExecutor:
                         return
                     if pending:
                         # Only items waiting out a Retry-After remain.
-                        wait = min(p.not_before for p in pending) - self.client.clock.monotonic()
-                        await self.client.clock.sleep(max(wait, 0.0))
+                        wait = min(p.not_before for p in pending) - self.client.transport.clock.monotonic()
+                        await self.client.transport.clock.sleep(max(wait, 0.0))
                     continue
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -120,7 +121,7 @@ class BatchExecutor:
 
     def _pack(self, pending: deque[_Pending], in_flight: Counter[str]) -> list[_Pending]:
         """Up to 20 ready items without exceeding any mailbox's in-flight limit."""
-        now = self.client.clock.monotonic()
+        now = self.client.transport.clock.monotonic()
         batch: list[_Pending] = []
         counts = Counter(in_flight)
         keep: deque[_Pending] = deque()
@@ -136,11 +137,11 @@ class BatchExecutor:
         return batch
 
     def _retry_at(self, item: _Pending, result: BatchResult) -> float | None:
-        if result.status not in RETRYABLE_STATUSES or item.attempt >= self.client.retry.max_attempts:
+        if result.status not in RETRYABLE_STATUSES or item.attempt >= self.client.transport.retry.max_attempts:
             return None
         retry_after = retry_after_seconds(result.headers)
-        delay = retry_after if retry_after is not None else self.client.retry.backoff(item.attempt, self.client.rng)
-        return self.client.clock.monotonic() + delay
+        delay = retry_after if retry_after is not None else self.client.transport.retry.backoff(item.attempt, self.client.transport.rng)
+        return self.client.transport.clock.monotonic() + delay
 
     async def _send(self, batch: list[_Pending]) -> list[tuple[_Pending, BatchResult]]:
         self.batches_sent += 1

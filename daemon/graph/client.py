@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import re
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,8 +31,7 @@ from daemon.errors import (
     M365SyncError,
 )
 from daemon.logging import get_logger
-from daemon.metrics import Metrics
-from daemon.clock import SystemClock
+from daemon.retry import Transport, retry_after_seconds
 
 log = get_logger(__name__)
 
@@ -46,25 +43,6 @@ ID_PARENTS = frozenset({"users", "groups", "contactFolders", "contacts", "events
 
 class TokenProvider(Protocol):
     async def __call__(self, *, force_refresh: bool = False) -> str: ...
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 6
-    base_delay: float = 1.0
-    max_delay: float = 60.0
-    longest_retry_after: float = 600.0  # a longer Retry-After ends the request instead
-
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Full-jitter exponential backoff for ``attempt`` (1-based)."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return rng.uniform(ceiling / 2, ceiling)
 
 
 @dataclass(frozen=True)
@@ -83,16 +61,6 @@ def endpoint_label(url_path: str) -> str:
         previous = parts[index - 1] if index else ""
         out.append("{id}" if previous in ID_PARENTS and part not in ("delta", "$value") else part)
     return "/" + "/".join(out)
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def error_for(status: int, body: Any, *, url: str, retry_after: float | None = None) -> M365SyncError:
@@ -129,28 +97,15 @@ class GraphClient:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         base_url: str,
         token_provider: TokenProvider,
-        *,
-        tenant: str,
-        metrics: Metrics,
-        ssl_context: ssl.SSLContext | None = None,
-        clock: Clock | None = None,
-        retry: RetryPolicy | None = None,
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
-        rng: random.Random | None = None,
     ) -> None:
-        self.session = session
+        self.transport = transport
         self.base_url = base_url.rstrip("/")
         self.token_provider = token_provider
-        self.tenant = tenant
-        self.metrics = metrics
-        self.ssl_context = ssl_context
-        self.clock: Clock = clock or SystemClock()
-        self.retry = retry or RetryPolicy()
         self.timeout = timeout
-        self.rng = rng or random.Random()
 
     def url(self, path_or_url: str) -> str:
         """An absolute URL: Graph's links are used as given, paths go below ``/v1.0``."""
@@ -180,12 +135,12 @@ class GraphClient:
             try:
                 response = await self._send(method, url, endpoint, token, json_body, headers)
             except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                if attempt >= self.retry.max_attempts:
+                if attempt >= self.transport.retry.max_attempts:
                     raise GraphUnavailable(
                         f"Graph unreachable for {endpoint} after {attempt} attempts: {type(err).__name__}: {err}",
                         hint="check the network path to Graph; the next run retries",
                     ) from err
-                await self._wait(self.retry.backoff(attempt, self.rng), endpoint, reason=type(err).__name__)
+                await self._wait(self.transport.retry.backoff(attempt, self.transport.rng), endpoint, reason=type(err).__name__)
                 continue
             if 200 <= response.status < 300:
                 return response
@@ -194,24 +149,16 @@ class GraphClient:
                 attempt -= 1
                 continue
             retry_after = retry_after_seconds(response.headers)
-            if response.status in RETRYABLE_STATUSES and attempt < self.retry.max_attempts:
-                delay = self._delay(response.status, retry_after, attempt)
+            if response.status in RETRYABLE_STATUSES and attempt < self.transport.retry.max_attempts:
+                delay = self.transport.retry.delay(retry_after, attempt, self.transport.rng)
                 if delay is not None:
                     await self._wait(delay, endpoint, reason=str(response.status))
                     continue
             raise error_for(response.status, response.body, url=url, retry_after=retry_after)
 
-    def _delay(self, status: int, retry_after: float | None, attempt: int) -> float | None:
-        """How long to wait before the next attempt; None to give up now."""
-        if retry_after is not None:
-            if retry_after > self.retry.longest_retry_after:
-                return None
-            return retry_after  # never less than the server asked
-        return self.retry.backoff(attempt, self.rng)
-
     async def _wait(self, seconds: float, endpoint: str, reason: str) -> None:
         log.info("retrying Graph request", endpoint=endpoint, reason=reason, wait_seconds=round(seconds, 2))
-        await self.clock.sleep(seconds)
+        await self.transport.clock.sleep(seconds)
 
     async def _send(
         self,
@@ -223,28 +170,31 @@ class GraphClient:
         headers: Mapping[str, str] | None,
     ) -> GraphResponse:
         all_headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", **(headers or {})}
-        started = self.clock.monotonic()
-        async with self.session.request(
+        started = self.transport.clock.monotonic()
+        async with self.transport.session.request(
             method,
             url,
             json=json_body,
             headers=all_headers,
-            ssl=self.ssl_context if self.ssl_context is not None else True,
+            ssl=self.transport.ssl,
             timeout=self.timeout,
             allow_redirects=False,
         ) as response:
             raw = await response.read()
             status = response.status
             response_headers = dict(response.headers)
-        self.metrics.graph_request_duration.labels(self.tenant, endpoint).observe(self.clock.monotonic() - started)
+        self.transport.metrics.graph_request_duration.labels(self.transport.tenant, endpoint).observe(
+            self.transport.clock.monotonic() - started
+        )
         self.record(endpoint, status)
         return GraphResponse(status, response_headers, _decode(raw, response_headers, url))
 
     def record(self, endpoint: str, status: int) -> None:
         """Count one answer (also used for ``$batch`` items)."""
-        self.metrics.graph_requests.labels(self.tenant, endpoint, str(status)).inc()
+        metrics, tenant = self.transport.metrics, self.transport.tenant
+        metrics.graph_requests.labels(tenant, endpoint, str(status)).inc()
         if status == 429:
-            self.metrics.graph_throttled.labels(self.tenant).inc()
+            metrics.graph_throttled.labels(tenant).inc()
 
 
 def _decode(raw: bytes, headers: Mapping[str, str], url: str) -> Any:

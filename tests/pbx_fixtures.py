@@ -1,0 +1,56 @@
+"""scim2-server as the PBX: one process per test session, one tenant per test."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from daemon.clock import FakeClock
+from daemon.metrics import Metrics
+from daemon.pbx.client import PbxClient
+from daemon.retry import Transport
+from sim.pbx import PbxRequest, ScimServer
+
+_tenants = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def scim_server() -> Iterator[ScimServer]:
+    with ScimServer() as server:
+        yield server
+
+
+@dataclass
+class PbxEnv:
+    server: ScimServer
+    tenant: str
+    client: PbxClient
+    metrics: Metrics
+    clock: FakeClock
+
+    def requests(self) -> list[PbxRequest]:
+        return self.server.requests(self.tenant)
+
+    def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[PbxRequest]:
+        """The tenant's log once it holds ``count`` entries (the server logs just after answering)."""
+        deadline = time.monotonic() + timeout
+        while len(self.requests()) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.requests()
+
+
+def make_client(server: ScimServer, tenant: str, session: aiohttp.ClientSession, metrics: Metrics, clock: FakeClock) -> PbxClient:
+    return PbxClient(Transport(session, "t", metrics, clock=clock), server.url(tenant), server.token)
+
+
+@pytest.fixture
+async def pbx(scim_server: ScimServer) -> AsyncIterator[PbxEnv]:
+    tenant = f"t{next(_tenants)}"
+    metrics, clock = Metrics(), FakeClock()
+    async with aiohttp.ClientSession() as session:
+        yield PbxEnv(scim_server, tenant, make_client(scim_server, tenant, session, metrics, clock), metrics, clock)
