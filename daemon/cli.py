@@ -18,7 +18,11 @@ from daemon import __version__
 from daemon.config import Config, TenantConfig, load_config
 from daemon.errors import ConfigError, M365SyncError
 from daemon.logging import configure_logging
+from daemon.auth.manager import AuthManager, redirect_uris
+from daemon.metrics import Metrics
 from daemon.service import Service
+from state.db import open_database
+from state.store import Store
 
 DEFAULT_CONFIG = Path(os.environ.get("M365SYNC_CONFIG", "/etc/m365sync/config.toml"))
 
@@ -62,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="treat warnings (e.g. missing secret files) as errors"
     )
     check.set_defaults(handler=_check_config)
+
+    authorize = add("authorize", "print a one-time link that starts the Microsoft 365 authorization of a tenant")
+    _config_argument(authorize)
+    authorize.add_argument("--tenant", required=True, help="the tenant's name in the config")
+    authorize.add_argument("--via", choices=["pbx", "sbc"], default="pbx", help="use the PBX or the SBC redirect URI")
+    authorize.set_defaults(handler=_authorize)
+
+    uris = add("redirect-uris", "print the exact redirect URIs to register in Entra ID")
+    _config_argument(uris)
+    uris.set_defaults(handler=_redirect_uris)
 
     demo = add("demo", "start the daemon on the example configuration with a local state")
     demo.add_argument("--config", type=Path, default=Path("config.example.toml"))
@@ -132,6 +146,33 @@ def tenant_summary(tenant: TenantConfig) -> str:
     ]
     disabled = "" if tenant.enabled else " (disabled)"
     return f"  {tenant.name}{disabled}: " + ", ".join(parts)
+
+
+def _authorize(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    tenant = config.tenant(args.tenant)
+
+    async def issue() -> str:
+        db = await open_database(config.state.path)
+        try:
+            store = Store(db)
+            await store.register_tenant(tenant.name, tenant.directory_id, tenant.application_id)
+            return await AuthManager(config, store, Metrics()).issue_start_link(tenant.name, args.via)
+        finally:
+            await db.close()
+
+    link = asyncio.run(issue())
+    print(f"Open this link in a browser within 15 minutes (it works once) to connect {tenant.name}:")
+    print(link)
+    print("The m365sync daemon must be running and reachable at that address.")
+    return 0
+
+
+def _redirect_uris(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    for label, uri in redirect_uris(config.server):
+        print(f"{label}: {uri}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -217,6 +217,7 @@ class ServerConfig(_Section):
 
 class StateConfig(_Section):
     path: ConfigPath = Path("/var/lib/m365sync/state.db")
+    encryption_key_file: ConfigPath | None = None
 
 
 class LogConfig(_Section):
@@ -319,7 +320,7 @@ class Config:
         return Config(
             source=self.source,
             server=self.server,
-            state=StateConfig(path=path),
+            state=self.state.model_copy(update={"path": path}),
             log=self.log,
             tenants=self.tenants,
             warnings=self.warnings,
@@ -349,7 +350,7 @@ def load_config(path: Path) -> Config:
     if not raw_tenants and top is not None:
         problems.append(ConfigProblem("tenants", "at least one [[tenants]] table is required"))
     if top is not None:
-        problems.extend(_secret_file_problems(top.server, tenants))
+        problems.extend(_secret_file_problems(top.server, top.state, tenants))
     errors = [p for p in problems if not p.is_warning]
     if errors or top is None:
         raise ConfigError(errors)
@@ -552,11 +553,13 @@ def _unique_names(raw_tenants: list[Any]) -> list[ConfigProblem]:
 
 
 def _secret_file_problems(
-    server: ServerConfig, tenants: list[TenantConfig]
+    server: ServerConfig, state: StateConfig, tenants: list[TenantConfig]
 ) -> list[ConfigProblem]:
     files: list[tuple[str, Path]] = []
     if server.admin_token_file is not None:
         files.append(("server.admin_token_file", server.admin_token_file))
+    if state.encryption_key_file is not None:
+        files.append(("state.encryption_key_file", state.encryption_key_file))
     for index, tenant in enumerate(tenants):
         for key, path in tenant.secret_files().items():
             files.append((f"tenants[{index}].{key}", path))

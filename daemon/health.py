@@ -39,7 +39,8 @@ def tenant_status(tenant: TenantConfig, row: TenantRow | None, config_file: str)
     if state != AUTHORIZED:
         command = f"m365sync authorize --config {config_file} --tenant {tenant.name}"
         if state == "reauthorization_required":
-            detail = f"the stored authorization no longer works; run: {command}"
+            reason = f" ({row.auth_reason})" if row is not None and row.auth_reason else ""
+            detail = f"the stored authorization no longer works{reason}; run: {command}"
         elif tenant.auth_mode == "application":
             detail = f"waiting for admin consent and a first token; run: {command}"
         else:

@@ -132,8 +132,11 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log repeats what we log per request; keep it at warnings.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp's access log repeats what we log per request (and would carry the
+    # OAuth callback's query); aiosqlite logs statement parameters at debug
+    # level, tokens included; urllib3 logs request URLs. Keep them at warnings.
+    for noisy in ("aiohttp.access", "aiosqlite", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             *_shared_processors(),

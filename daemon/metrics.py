@@ -79,6 +79,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.auth_state = Gauge(
+            "m365sync_auth_state",
+            "1 for the tenant's current authorization state, 0 for the others.",
+            ["tenant", "state"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The text exposition format served at ``/metrics``."""
         return generate_latest(self.registry)

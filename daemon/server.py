@@ -12,6 +12,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from daemon.auth.manager import CALLBACK_PATH, START_PATH, AuthManager, PageResult, admin_token_matches
 from daemon.health import TenantStatus
 from daemon.logging import get_logger
 from daemon.metrics import CONTENT_TYPE, Metrics
@@ -27,17 +28,61 @@ class StatusSource(Protocol):
 
 STATUS_KEY = web.AppKey("status_source", StatusSource)
 METRICS_KEY = web.AppKey("metrics", Metrics)
+AUTH_KEY = web.AppKey("auth", AuthManager)
+ADMIN_TOKEN_KEY = web.AppKey("admin_token", str)
+
+# Pages of the OAuth flow are never cached, framed, or leak their URL onward.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
+}
 
 
-def build_app(status: StatusSource, metrics: Metrics) -> web.Application:
+def build_app(
+    status: StatusSource,
+    metrics: Metrics,
+    auth: AuthManager | None = None,
+    admin_token: str | None = None,
+) -> web.Application:
     """The application with every route of the daemon."""
     app = web.Application(middlewares=[_errors_middleware], client_max_size=64 * 1024)
     app[STATUS_KEY] = status
     app[METRICS_KEY] = metrics
+    app[ADMIN_TOKEN_KEY] = admin_token or ""
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    if auth is not None:
+        app[AUTH_KEY] = auth
+        app.router.add_get(START_PATH, auth_start)
+        app.router.add_get(CALLBACK_PATH, auth_callback)
     return app
+
+
+def is_admin(request: web.Request) -> bool:
+    """The request carries the admin bearer token (compared in constant time)."""
+    return admin_token_matches(request.app[ADMIN_TOKEN_KEY] or None, request.headers.get("Authorization"))
+
+
+def _html(result: PageResult) -> web.Response:
+    return web.Response(text=result.html, status=result.status, content_type="text/html", headers=PAGE_HEADERS)
+
+
+async def auth_start(request: web.Request) -> web.Response:
+    """The start page: needs the one-time link, or the admin token."""
+    query = request.query
+    via = query.get("via", "pbx")
+    result = await request.app[AUTH_KEY].begin(query.get("tenant", ""), query.get("link"), is_admin(request), via)
+    return _html(result)
+
+
+async def auth_callback(request: web.Request) -> web.Response:
+    """Where Microsoft sends the browser back; the query is never logged."""
+    result = await request.app[AUTH_KEY].complete(dict(request.query))
+    return _html(result)
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -11,14 +11,16 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from daemon.config import Config
-from daemon.errors import M365SyncError
+from daemon.auth.manager import AuthManager
+from daemon.config import Config, read_secret
+from daemon.errors import ConfigError, M365SyncError
 from daemon.health import TenantStatus, tenant_status
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.sdnotify import Notifier
 from daemon.server import build_app
 from state.db import Database, open_database
+from state.sealing import Sealer
 from state.store import Store
 
 log = get_logger(__name__)
@@ -39,6 +41,8 @@ class Service:
         self._watchdog: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
+        self.auth: AuthManager | None = None
+        self.pending_syncs: set[str] = set()
 
     @property
     def store(self) -> Store:
@@ -50,6 +54,9 @@ class Service:
         """Open the state, register tenants, listen, then tell systemd READY=1."""
         self._db = await open_database(self.config.state.path)
         self._store = Store(self._db)
+        self.auth = AuthManager(
+            self.config, self._store, self.metrics, _sealer(self.config), on_authorized=self.request_sync
+        )
         for tenant in self.config.tenants:
             changed = await self._store.register_tenant(
                 tenant.name, tenant.directory_id, tenant.application_id
@@ -60,8 +67,10 @@ class Service:
                     "extension numbers and mappings kept",
                     tenant=tenant.name,
                 )
+        for row in await self._store.tenants():
+            self.auth.publish_state(row.name, row.auth_state)
         self._runner = web.AppRunner(
-            build_app(self, self.metrics),
+            build_app(self, self.metrics, self.auth, _admin_token(self.config)),
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
         )
@@ -103,6 +112,11 @@ class Service:
             self._db = None
             self._store = None
 
+    def request_sync(self, tenant: str) -> None:
+        """Ask for a sync of ``tenant`` as soon as possible (after authorization, Sync now)."""
+        self.pending_syncs.add(tenant)
+        log.info("sync requested", tenant=tenant)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -133,6 +147,23 @@ class Service:
         for status in statuses:
             self.metrics.tenant_ready.labels(tenant=status.tenant).set(1 if status.ready else 0)
         return statuses
+
+
+def _sealer(config: Config) -> Sealer:
+    key_file = config.state.encryption_key_file
+    return Sealer(read_secret(key_file).encode() if key_file is not None else None)
+
+
+def _admin_token(config: Config) -> str | None:
+    """The admin API token, or None (admin endpoints then refuse everyone)."""
+    path = config.server.admin_token_file
+    if path is None:
+        return None
+    try:
+        return read_secret(path)
+    except ConfigError as err:
+        log.warning("admin API disabled: cannot read the admin token", problem=str(err))
+        return None
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

@@ -8,8 +8,11 @@ neither replace nor silently override the configured trust.
 from __future__ import annotations
 
 import ssl
+import tempfile
 from functools import lru_cache
 from pathlib import Path
+
+import requests
 
 from daemon.errors import ConfigError, ConfigProblem
 
@@ -24,3 +27,34 @@ def client_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as err:
             raise ConfigError([ConfigProblem("ca_file", f"{ca_file}: cannot load CA bundle ({err})")]) from err
     return context
+
+
+@lru_cache(maxsize=32)
+def ca_bundle_path(ca_file: Path | None = None) -> str | bool:
+    """A CA bundle file for ``requests`` (MSAL): the system store plus ``ca_file``.
+
+    ``requests`` lets ``REQUESTS_CA_BUNDLE`` and friends override a session's
+    ``verify`` unless ``trust_env`` is off, and takes a file rather than an
+    ``SSLContext``, so the combined bundle is written once per process.
+    """
+    if ca_file is None:
+        return True
+    paths = ssl.get_default_verify_paths()
+    system = next((p for p in (paths.cafile, paths.openssl_cafile) if p and Path(p).is_file()), None)
+    parts = [Path(system).read_bytes()] if system else []
+    try:
+        parts.append(ca_file.read_bytes())
+    except OSError as err:
+        raise ConfigError([ConfigProblem("ca_file", f"{ca_file}: cannot read CA bundle ({err.strerror})")]) from err
+    folder = Path(tempfile.mkdtemp(prefix="m365sync-ca-"))
+    bundle = folder / "ca-bundle.pem"
+    bundle.write_bytes(b"\n".join(parts))
+    return str(bundle)
+
+
+def msal_http_client(ca_file: Path | None = None) -> requests.Session:
+    """The requests session MSAL uses: environment ignored, configured trust only."""
+    session = requests.Session()
+    session.trust_env = False  # no proxy or CA variables from the environment
+    session.verify = ca_bundle_path(ca_file)
+    return session

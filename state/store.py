@@ -21,6 +21,15 @@ class TenantRow:
     auth_state: str
     auth_owner: str | None
     has_token_cache: bool
+    auth_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    id: str
+    tenant: str
+    purpose: str
+    data: bytes | None
 
 
 @dataclass(frozen=True)
@@ -77,19 +86,72 @@ class Store:
     async def tenants(self) -> list[TenantRow]:
         async with self.db.conn.execute(
             "SELECT t.name, t.directory_id, t.application_id, t.auth_state, t.auth_owner,"
-            " c.tenant IS NOT NULL FROM tenants t"
+            " c.tenant IS NOT NULL, t.auth_reason FROM tenants t"
             " LEFT JOIN token_cache c ON c.tenant = t.name ORDER BY t.name"
         ) as cursor:
             rows = await cursor.fetchall()
-        return [TenantRow(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+        return [TenantRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
 
-    async def set_auth_state(self, tenant: str, state: str, owner: str | None = None) -> None:
+    async def tenant(self, name: str) -> TenantRow | None:
+        return next((row for row in await self.tenants() if row.name == name), None)
+
+    async def set_auth_state(
+        self, tenant: str, state: str, owner: str | None = None, reason: str | None = None
+    ) -> None:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE tenants SET auth_state = ?, auth_owner = COALESCE(?, auth_owner),"
-                " auth_changed_at = ? WHERE name = ?",
-                (state, owner, self.clock(), tenant),
+                " auth_reason = ?, auth_changed_at = ? WHERE name = ?",
+                (state, owner, reason, self.clock(), tenant),
             )
+
+    async def drop_token_cache(self, tenant: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM token_cache WHERE tenant = ?", (tenant,))
+
+    # --- authorization attempts and the signing key ---
+
+    async def secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The daemon secret called ``name``, created with ``make()`` on first use."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO daemon_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, make()),
+            )
+            async with conn.execute("SELECT value FROM daemon_secrets WHERE name = ?", (name,)) as cursor:
+                row = await cursor.fetchone()
+        assert row is not None
+        return bytes(row[0])
+
+    async def create_attempt(
+        self, attempt_id: str, tenant: str, purpose: str, lifetime: float, data: bytes | None = None
+    ) -> None:
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM auth_attempts WHERE expires_at < ?", (now - 86400,))
+            await conn.execute(
+                "INSERT INTO auth_attempts (id, tenant, purpose, created_at, expires_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (attempt_id, tenant, purpose, now, now + lifetime, data),
+            )
+
+    async def consume_attempt(self, attempt_id: str, purpose: str) -> Attempt | None:
+        """Mark an unexpired, unused attempt used and return it; None otherwise (single use)."""
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE auth_attempts SET used_at = ? WHERE id = ? AND purpose = ?"
+                " AND used_at IS NULL AND expires_at > ?",
+                (now, attempt_id, purpose, now),
+            )
+            if cursor.rowcount != 1:
+                return None
+            async with conn.execute(
+                "SELECT id, tenant, purpose, data FROM auth_attempts WHERE id = ?", (attempt_id,)
+            ) as rows:
+                row = await rows.fetchone()
+        assert row is not None
+        return Attempt(row[0], row[1], row[2], None if row[3] is None else bytes(row[3]))
 
     # --- token cache ---
 

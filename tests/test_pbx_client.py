@@ -209,7 +209,8 @@ async def test_inventory_lists_every_object_across_pages(pbx: PbxEnv) -> None:
         assert (await pbx.client.execute(user_op(graph_user(index), number=str(3000 + index)))).ok
     numbers = [o.data[PBX_USER]["extensionNumber"] async for o in pbx.client.iter_objects("User", [f"{PBX_USER}:extensionNumber"])]
     assert sorted(numbers) == [str(3000 + i) for i in range(1, 451)]
-    lists = [r for r in pbx.requests() if r.method == "GET" and "/Users?" in r.path]
+    logged = pbx.wait_for_requests(450 + 1 + 3)  # creates, discovery, at least 3 pages
+    lists = [r for r in logged if r.method == "GET" and "/Users?" in r.path]
     assert len(lists) >= 3
 
 

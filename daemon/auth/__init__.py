@@ -1,0 +1,1 @@
+"""Authorization: the admin's browser flow, MSAL token lifecycle, explanations."""
