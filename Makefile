@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: demo test typecheck unit clean
+.PHONY: demo test lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/m365sync demo $(ARGS)
 
-test: typecheck unit
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check daemon state sim tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

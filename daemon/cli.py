@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from daemon import __version__
-from daemon.config import Config, TenantConfig, load_config
+from daemon.auth.manager import AuthManager, redirect_uris
+from daemon.config import TenantConfig, load_config
 from daemon.errors import ConfigError, M365SyncError
 from daemon.logging import configure_logging
-from daemon.auth.manager import AuthManager, redirect_uris
 from daemon.metrics import Metrics
 from daemon.service import Service
 from state.db import open_database

@@ -6,8 +6,8 @@ import argparse
 
 from aiohttp import web
 
-from sim.app import Simulator
 from daemon.clock import SystemClock
+from sim.app import Simulator
 from sim.generator import generate_tenant
 from sim.store import SimTenant
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import socket
@@ -131,6 +132,26 @@ starting_extension_number = "1001"
     return config
 
 
+async def verifiers(env: AuthEnv) -> set[str]:
+    """The PKCE verifiers of every attempt, read from the state database."""
+    found = set()
+    async with env.service.store.db.conn.execute("SELECT data FROM auth_attempts WHERE purpose = 'flow'") as cursor:
+        for (data,) in await cursor.fetchall():
+            flow = json.loads(bytes(data))["flow"]
+            if "code_verifier" in flow:
+                found.add(flow["code_verifier"])
+    return found
+
+
+async def assert_no_secrets(env: AuthEnv) -> None:
+    """After every test: no token, code, secret or verifier in a log line or page."""
+    idp = env.idp
+    secrets = set(idp.issued_access_tokens) | set(idp._grants) | set(idp._codes) | idp.redeemed_refresh_tokens
+    secrets |= await verifiers(env) | {ADMIN_TOKEN}
+    text = env.log.getvalue() + "\n".join(env.pages)
+    assert [s for s in secrets if s in text] == []
+
+
 @pytest.fixture
 async def auth_env(tmp_path: Path) -> AsyncIterator[AuthEnv]:
     ca = trustme.CA()
@@ -175,8 +196,10 @@ token_file = "pbx-token"
     configure_logging("debug", "json", stream=log)
     service = Service(load_config(config_path), environ={})
     await service.start()
+    env = AuthEnv(idp, idp.base_url, service, f"http://127.0.0.1:{port}", tmp_path, ca_file, delegated, log)
     try:
-        yield AuthEnv(idp, idp.base_url, service, f"http://127.0.0.1:{port}", tmp_path, ca_file, delegated, log)
+        yield env
+        await assert_no_secrets(env)
     finally:
         await service.stop()
         await runner.cleanup()

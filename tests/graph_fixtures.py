@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestServer
 
 from daemon.clock import FakeClock
 from daemon.graph.client import GraphClient
-from daemon.retry import RetryPolicy, Transport
 from daemon.metrics import Metrics
+from daemon.retry import RetryPolicy, Transport
 from sim.app import Simulator
 from sim.graph import SimSettings
 from sim.store import SimTenant

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from playwright.async_api import async_playwright
 
-from auth_fixtures import OWNER, AuthEnv, auth_env  # noqa: F401
+from auth_fixtures import OWNER, AuthEnv
 from conftest import require_tool
 
 CHROMIUM_ARGS = [

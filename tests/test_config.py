@@ -39,7 +39,7 @@ def test_check_config_on_example_exits_zero_with_a_line_per_tenant(
 
 
 def test_defaults_are_the_pbx_pages_defaults(write_config: WriteConfig) -> None:
-    text = f"""
+    text = """
 [[tenants]]
 name = "t"
 directory_id = "11111111-2222-3333-4444-555555555555"

@@ -18,7 +18,7 @@ from daemon.errors import (
 from daemon.graph.batch import BatchExecutor, BatchRequest, BatchResult
 from daemon.graph.client import endpoint_label
 from daemon.graph.delta import DeltaRound, is_removed
-from graph_fixtures import GraphEnv, StaticTokens, graph_env  # noqa: F401
+from graph_fixtures import GraphEnv, StaticTokens
 from sim.generator import generate_tenant
 
 USER_SELECT = "/users/delta?$select=displayName,userPrincipalName,accountEnabled,userType,mobilePhone"

@@ -6,7 +6,7 @@ import gc
 import tracemalloc
 
 from daemon.graph.delta import DeltaRound
-from graph_fixtures import GraphEnv, graph_env  # noqa: F401
+from graph_fixtures import GraphEnv
 from sim.generator import generate_tenant
 
 USERS = 50_000

@@ -55,7 +55,7 @@ def test_secrets_inside_strings_urls_and_exceptions(stream: io.StringIO) -> None
     log.info(
         "callback https://pbx/api/auth/callback/ms365?code=authCODE123&state=s1",
         body="grant_type=refresh_token&refresh_token=0.AAAArefreshTOKENvalue&client_secret=cl13nt-s3cr3t",
-        raw='{"access_token": "%s", "expires_in": 3600}' % JWT,
+        raw=json.dumps({"access_token": JWT, "expires_in": 3600}),
         header="Authorization: Bearer cl13nt-s3cr3t",
     )
     try:

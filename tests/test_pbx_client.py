@@ -20,7 +20,7 @@ from daemon.pbx.dryrun import DryRunPbxClient
 from daemon.pbx.mapping import contact_payload, group_payload, patch_operations, user_payload
 from daemon.pbx.schema import ENTERPRISE_USER, PBX_GROUP, PBX_USER
 from daemon.retry import Transport
-from pbx_fixtures import PbxEnv, make_client, pbx, scim_server  # noqa: F401
+from pbx_fixtures import PbxEnv, make_client
 from sim.pbx import ScimServer
 
 GRAPH_USER = {

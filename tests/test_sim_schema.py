@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.graph.delta import DeltaRound
-from graph_fixtures import GraphEnv, graph_env  # noqa: F401
+from graph_fixtures import GraphEnv
 from sim.generator import generate_tenant
 
 SCHEMA = json.loads((Path(__file__).parent / "graph-v1-schema.json").read_text())["types"]

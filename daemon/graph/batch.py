@@ -21,8 +21,8 @@ from typing import Any
 
 from daemon.errors import GraphPayloadError, M365SyncError
 from daemon.graph.client import RETRYABLE_STATUSES, GraphClient, endpoint_label, error_for
-from daemon.retry import retry_after_seconds
 from daemon.logging import get_logger
+from daemon.retry import retry_after_seconds
 
 log = get_logger(__name__)
 

@@ -9,7 +9,6 @@ acquired token before it becomes :class:`~daemon.errors.AuthorizationRequired`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -22,7 +21,6 @@ from daemon.errors import (
     AccessDenied,
     AuthorizationRequired,
     DeltaExpired,
-    GraphError,
     GraphNotFound,
     GraphPayloadError,
     GraphRequestError,
@@ -134,7 +132,7 @@ class GraphClient:
             token = await self.token_provider(force_refresh=refreshed)
             try:
                 response = await self._send(method, url, endpoint, token, json_body, headers)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            except (TimeoutError, aiohttp.ClientError) as err:
                 if attempt >= self.transport.retry.max_attempts:
                     raise GraphUnavailable(
                         f"Graph unreachable for {endpoint} after {attempt} attempts: {type(err).__name__}: {err}",

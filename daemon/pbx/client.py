@@ -11,7 +11,6 @@ or refuses the token (``PbxAuthFailed``) ends a run.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ import aiohttp
 from daemon.errors import PbxAuthFailed, PbxConflict, PbxError, PbxRequestFailed, PbxUnavailable
 from daemon.logging import get_logger
 from daemon.pbx.filters import eq_filter
-from daemon.pbx.mapping import Payload, PatchOperation, patch_operations
+from daemon.pbx.mapping import PatchOperation, Payload, patch_operations
 from daemon.pbx.schema import BULK_REQUEST, ENDPOINTS, EXTENSION_NUMBER_PATHS, PATCH_OP, SCIM_JSON, Kind
 from daemon.retry import Transport, retry_after_seconds
 
@@ -196,7 +195,7 @@ class PbxClient:
                 ) as response:
                     raw = await response.read()
                     answer = _Answer(response.status, dict(response.headers), _json_or_none(raw))
-            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            except (TimeoutError, aiohttp.ClientError) as err:
                 metrics.pbx_requests.labels(tenant, op, "error").inc()
                 if attempt >= transport.retry.max_attempts:
                     raise PbxUnavailable(
