@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from daemon import __version__
+from daemon import __version__, commands
 from daemon.auth.manager import AuthManager, redirect_uris
 from daemon.config import TenantConfig, load_config
 from daemon.errors import ConfigError, M365SyncError
@@ -76,6 +76,24 @@ def _parser() -> argparse.ArgumentParser:
     uris = add("redirect-uris", "print the exact redirect URIs to register in Entra ID")
     _config_argument(uris)
     uris.set_defaults(handler=_redirect_uris)
+
+    sync = add("sync", "run a sync in the foreground (with --once), or plan one (--dry-run)")
+    _config_argument(sync)
+    sync.add_argument("--tenant", help="only this tenant (default: every enabled tenant)")
+    sync.add_argument("--once", action="store_true", required=True, help="one run, then exit")
+    sync.add_argument("--dry-run", action="store_true", help="print the plan; change nothing on the PBX or in the state")
+    sync.set_defaults(handler=_sync)
+
+    explain = add("explain", "say why a user is or is not synced, their extension, last push and last error")
+    _config_argument(explain)
+    explain.add_argument("--tenant", required=True)
+    explain.add_argument("user", help="userPrincipalName or object ID")
+    explain.set_defaults(handler=_explain)
+
+    approve = add("approve", "release the deprovisions held by the mass-deletion guard, on the next run")
+    _config_argument(approve)
+    approve.add_argument("--tenant", required=True)
+    approve.set_defaults(handler=_approve)
 
     demo = add("demo", "start the daemon on the example configuration with a local state")
     demo.add_argument("--config", type=Path, default=Path("config.example.toml"))
@@ -173,6 +191,20 @@ def _redirect_uris(args: argparse.Namespace) -> int:
     for label, uri in redirect_uris(config.server):
         print(f"{label}: {uri}")
     return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log.level, "console" if sys.stderr.isatty() else config.log.format)
+    return asyncio.run(commands.sync_once(config, args.tenant, args.dry_run))
+
+
+def _explain(args: argparse.Namespace) -> int:
+    return asyncio.run(commands.explain_user(load_config(args.config), args.tenant, args.user))
+
+
+def _approve(args: argparse.Namespace) -> int:
+    return asyncio.run(commands.approve(load_config(args.config), args.tenant))
 
 
 def _demo(args: argparse.Namespace) -> int:

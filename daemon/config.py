@@ -230,14 +230,21 @@ class PbxConfig(_Section):
     token_file: ConfigPath
 
 
+PhotoSize = Literal["48x48", "64x64", "96x96", "120x120", "240x240"]
+
+
 class UsersConfig(_Section):
     enabled: bool = False
     sync_guest_users: bool = False
     sync_photo: bool = False
+    photo_size: PhotoSize = "96x96"
     starting_extension_number: ExtensionNumber | None = None
     last_extension_number: ExtensionNumber | None = None
     sync_type: SyncType = "ALL"
     selected_users: list[UserReference] = Field(default_factory=list)
+    extension_reuse_days: int = Field(default=90, ge=0)
+    delete_after_days: int = Field(default=30, ge=0)
+    max_deprovisions_per_run: int | None = Field(default=None, ge=0)
 
 
 class FeatureToggle(_Section):
@@ -443,6 +450,7 @@ _TYPE_MESSAGES = {
     "model_type": "must be a table",
     "model_attributes_type": "must be a table",
     "path_type": "must be a file path",
+    "greater_than_equal": "must be 0 or more",
 }
 
 

@@ -21,7 +21,7 @@ import aiohttp
 from daemon.errors import PbxAuthFailed, PbxConflict, PbxError, PbxRequestFailed, PbxUnavailable
 from daemon.logging import get_logger
 from daemon.pbx.filters import eq_filter
-from daemon.pbx.mapping import PatchOperation, Payload, patch_operations
+from daemon.pbx.mapping import PatchOperation, Payload, managed_view, patch_operations
 from daemon.pbx.schema import BULK_REQUEST, ENDPOINTS, EXTENSION_NUMBER_PATHS, PATCH_OP, SCIM_JSON, Kind
 from daemon.retry import Transport, retry_after_seconds
 
@@ -343,7 +343,7 @@ class PbxClient:
             if current is None:
                 continue
             adopt = replace(operation, action="update", pbx_id=current.id, etag=current.etag,
-                            operations=patch_operations(_managed_view(current.data, payload), payload))
+                            operations=patch_operations(managed_view(current.data, payload), payload))
             outcome = await self._update(adopt)
             log.info("adopted an existing PBX object", kind=kind, pbx_id=current.id, external_id=operation.external_id)
             return replace(outcome, operation=operation, adopted=True)
@@ -508,18 +508,6 @@ def _extension_number(payload: Mapping[str, Any], path: str) -> str | None:
 def _values_of(operations: Sequence[PatchOperation]) -> dict[str, Any]:
     """PATCH values by path, read like a flattened payload."""
     return {str(op["path"]): op["value"] for op in operations if "value" in op}
-
-
-def _managed_view(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of an adopted object that our payload manages (others are left alone)."""
-    view: dict[str, Any] = {}
-    for key in desired:
-        if key in existing:
-            value = existing[key]
-            if isinstance(value, Mapping) and isinstance(desired[key], Mapping):
-                value = {k: v for k, v in value.items() if k in desired[key]}
-            view[key] = value
-    return view
 
 
 def _chunks(

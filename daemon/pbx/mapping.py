@@ -165,3 +165,16 @@ def payload_hash(payload: Mapping[str, Any]) -> str:
     """A stable fingerprint of a payload: equal payloads, equal hashes."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def managed_view(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a PBX object that our payload manages; the rest is left alone
+    when we adopt or recover an object we did not record."""
+    view: dict[str, Any] = {}
+    for key in desired:
+        if key in existing:
+            value = existing[key]
+            if isinstance(value, Mapping) and isinstance(desired[key], Mapping):
+                value = {k: v for k, v in value.items() if k in desired[key]}
+            view[key] = value
+    return view

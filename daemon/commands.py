@@ -1,0 +1,194 @@
+"""Operator commands that work on the state database: sync once (or dry-run),
+explain one user, approve held deprovisions."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import aiohttp
+
+from daemon.auth.manager import AuthManager
+from daemon.config import Config, TenantConfig, read_secret
+from daemon.errors import StateError
+from daemon.metrics import Metrics
+from daemon.pbx.schema import PBX_USER
+from daemon.sync.plan import settings_fingerprint
+from daemon.sync.runner import RunResult, TenantRunner
+from daemon.sync.scope import decide, matches, sso_flags
+from state.db import Database, open_database
+from state.sealing import Sealer
+from state.store import Store
+from state.sync_store import SyncStore
+
+RESULT_EXIT_CODES = {"success": 0, "deprovisions_held": 3}
+
+
+@dataclass
+class Stores:
+    db: Database
+    store: Store
+    sync: SyncStore
+    auth: AuthManager
+
+
+def sealer_for(config: Config) -> Sealer:
+    key_file = config.state.encryption_key_file
+    return Sealer(read_secret(key_file).encode() if key_file is not None else None)
+
+
+@asynccontextmanager
+async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = False) -> AsyncIterator[Stores]:
+    """The state database, or (dry run) a throw-away copy of it so nothing changes."""
+    path = config.state.path
+    scratch: tempfile.TemporaryDirectory[str] | None = None
+    if scratch_copy:
+        scratch = tempfile.TemporaryDirectory(prefix="m365sync-dry-run-")
+        copy = Path(scratch.name) / "state.db"
+        if path.exists():
+            _backup(path, copy)
+        path = copy
+    db = await open_database(path)
+    try:
+        store = Store(db)
+        for tenant in config.tenants:
+            await store.register_tenant(tenant.name, tenant.directory_id, tenant.application_id)
+        yield Stores(db, store, SyncStore(db), AuthManager(config, store, metrics, sealer_for(config)))
+    finally:
+        await db.close()
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def _backup(source: Path, target: Path) -> None:
+    try:
+        with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+            src.backup(dst)
+    except sqlite3.Error as err:
+        raise StateError(f"cannot copy {source} for a dry run: {err}") from err
+
+
+def _tenants(config: Config, name: str | None) -> list[TenantConfig]:
+    if name is not None:
+        return [config.tenant(name)]
+    return [t for t in config.tenants if t.enabled]
+
+
+class ProgressPrinter:
+    """A progress bar on a terminal, plain lines otherwise (journald, pipes)."""
+
+    def __init__(self, stream: TextIO = sys.stderr, interval: float = 2.0) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval = interval
+        self._last = 0.0
+        self._started = time.monotonic()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.tty and now - self._last < self.interval and done != total:
+            return
+        self._last = now
+        elapsed = max(now - self._started, 1e-6)
+        rate = done / elapsed
+        if total:
+            eta = (total - done) / rate if rate > 0 else 0
+            text = f"{phase}: {done}/{total} ({rate:.0f}/s, ETA {eta:.0f}s)"
+            if self.tty:
+                filled = int(30 * done / total)
+                text = f"\r{phase} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} ETA {eta:.0f}s"
+        else:
+            text = f"{phase}: {done} read ({rate:.0f}/s)"
+            if self.tty:
+                text = "\r" + text
+        self.stream.write(text + ("" if self.tty else "\n"))
+        self.stream.flush()
+
+
+async def sync_once(config: Config, tenant_name: str | None, dry_run: bool, out: TextIO = sys.stdout) -> int:
+    """``m365sync sync --once [--dry-run]``: one run per tenant in the foreground."""
+    metrics = Metrics()
+    exit_code = 0
+    async with open_stores(config, metrics, scratch_copy=dry_run) as stores, aiohttp.ClientSession() as session:
+        for tenant in _tenants(config, tenant_name):
+            runner = TenantRunner(tenant, stores.store, stores.sync, stores.auth, session, metrics, dry_run=dry_run)
+            result = await runner.run("cli-dry-run" if dry_run else "cli", progress=ProgressPrinter())
+            print_result(result, dry_run, out)
+            exit_code = max(exit_code, RESULT_EXIT_CODES.get(result.result, 1))
+    return exit_code
+
+
+def print_result(result: RunResult, dry_run: bool, out: TextIO) -> None:
+    report = result.report
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items())) or "no changes"
+    heading = "dry run (nothing was changed)" if dry_run else "run"
+    print(f"{result.tenant}: {heading} {result.run_id}: {result.result}; {counts}", file=out)
+    if dry_run:
+        for line in report.plan:
+            print(f"  would {line}", file=out)
+    for line in report.held:
+        print(f"  held: {line}", file=out)
+    for line in report.failures:
+        print(f"  failed: {line}", file=out)
+    for entry in report.unmatched_selected:
+        print(f"  selected_users entry matches no user: {entry}", file=out)
+    if report.error:
+        print(f"  error: {report.error}", file=out)
+
+
+async def explain_user(config: Config, tenant_name: str, reference: str, out: TextIO = sys.stdout) -> int:
+    """``m365sync explain``: why a user is or is not synced, and what the PBX has."""
+    tenant = config.tenant(tenant_name)
+    async with open_stores(config, Metrics()) as stores:
+        copy = await stores.sync.find_user(tenant.name, reference)
+        if copy is None:
+            print(f"{reference}: no such user in the last Graph data of {tenant.name} "
+                  "(not synced yet, or not in Entra ID)", file=out)
+            return 1
+        members = await stores.sync.members_of(tenant.name, tenant.groups)
+        decision = decide(copy.data, copy.removed, tenant, members)
+        synced = await stores.sync.synced(tenant.name, "user", copy.id)
+        admin, standard = sso_flags(copy.data, tenant)
+        print(f"user: {copy.data.get('userPrincipalName')} ({copy.id})", file=out)
+        state = "in scope" if decision.in_scope else "out of scope"
+        print(f"scope: {state}; active on the PBX: {'yes' if decision.active else 'no'}", file=out)
+        print(f"rule: {decision.rule}", file=out)
+        if not tenant.users.enabled:
+            print("note: users.enabled = false, so no user is created, changed or removed", file=out)
+        selected = matches(copy.data, tenant.users.selected_users)
+        print(f"selected_users entry: {selected or 'none'}", file=out)
+        print(f"sign-in flags: administrator {'yes' if admin else 'no'}, standard user {'yes' if standard else 'no'}", file=out)
+        if synced is None or synced.pbx_id is None:
+            print("PBX: not created", file=out)
+        else:
+            number = (synced.payload or {}).get(PBX_USER, {}).get("extensionNumber")
+            pushed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(synced.last_push_at)) if synced.last_push_at else "never"
+            print(f"PBX: id {synced.pbx_id}, extension {number}, last push {pushed}", file=out)
+        if synced is not None and synced.last_error:
+            print(f"last error ({synced.failures} in a row): {synced.last_error}", file=out)
+        if synced is not None and synced.quarantine_fingerprint:
+            print("quarantined: not retried until the user's Graph data or the settings change", file=out)
+        held = (await stores.sync.held(tenant.name)).get(copy.id)
+        if held:
+            print(f"held by the mass-deletion guard: {held[0]} (approve with: m365sync approve --tenant {tenant.name})", file=out)
+        print(f"settings fingerprint: {settings_fingerprint(tenant)}", file=out)
+    return 0
+
+
+async def approve(config: Config, tenant_name: str, out: TextIO = sys.stdout) -> int:
+    """``m365sync approve``: release exactly the held deprovisions on the next run."""
+    tenant = config.tenant(tenant_name)
+    async with open_stores(config, Metrics()) as stores:
+        count = await stores.sync.approve_held(tenant.name)
+    if count:
+        print(f"{tenant.name}: {count} held deprovision(s) approved; they are applied on the next run", file=out)
+    else:
+        print(f"{tenant.name}: nothing is held", file=out)
+    return 0

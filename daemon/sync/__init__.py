@@ -1,0 +1,1 @@
+"""The sync engine: read changes, plan (pure), apply to the PBX."""

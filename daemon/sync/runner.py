@@ -1,0 +1,97 @@
+"""One sync run of one tenant: clients, run record, log context, outcome.
+
+Used by ``m365sync sync --once`` and by the daemon's scheduler. Every error
+of the run becomes the run's recorded result and message; nothing escapes as
+a traceback.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from daemon.auth.manager import AuthManager
+from daemon.clock import SystemClock
+from daemon.config import TenantConfig, read_secret
+from daemon.errors import AuthorizationRequired, M365SyncError
+from daemon.graph.client import GraphClient
+from daemon.graph.clouds import graph_base_url
+from daemon.logging import bind, get_logger, unbind
+from daemon.metrics import Metrics
+from daemon.pbx.client import PbxClient, PbxWriter
+from daemon.pbx.dryrun import DryRunPbxClient
+from daemon.retry import Clock, Transport
+from daemon.sync.users import Progress, UserRunReport, UserSync
+from daemon.tls import client_ssl_context
+from state.store import Store
+from state.sync_store import SyncStore
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    tenant: str
+    result: str
+    report: UserRunReport
+    writer: PbxWriter | None
+
+
+class TenantRunner:
+    def __init__(
+        self,
+        tenant: TenantConfig,
+        store: Store,
+        sync_store: SyncStore,
+        auth: AuthManager,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        clock: Clock | None = None,
+        now: Callable[[], float] = time.time,
+        dry_run: bool = False,
+    ) -> None:
+        self.tenant = tenant
+        self.store = store
+        self.sync_store = sync_store
+        self.auth = auth
+        self.session = session
+        self.metrics = metrics
+        self.clock = clock or SystemClock()
+        self.now = now
+        self.dry_run = dry_run
+
+    def _transport(self) -> Transport:
+        return Transport(self.session, self.tenant.name, self.metrics,
+                         ssl_context=client_ssl_context(self.tenant.ca_file), clock=self.clock)
+
+    async def run(self, trigger: str, progress: Progress | None = None, run_id: str | None = None) -> RunResult:
+        run_id = run_id or uuid.uuid4().hex[:12]
+        name = self.tenant.name
+        bind(tenant=name, run_id=run_id)
+        await self.store.start_run(run_id, name, trigger)
+        writer: PbxWriter | None = None
+        started = time.monotonic()
+        try:
+            log.info("sync run started", trigger=trigger, dry_run=self.dry_run)
+            graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(name))
+            pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
+            writer = DryRunPbxClient() if self.dry_run else pbx
+            report = await UserSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now, progress).run()
+        except AuthorizationRequired as err:
+            report = UserRunReport(result="reauthorization_required", error=str(err))
+        except M365SyncError as err:
+            report = UserRunReport(result="failed", error=str(err))
+        summary = {"counts": report.counts, "held": len(report.held), "failures": report.failures[:50],
+                   "unmatched_selected": report.unmatched_selected, "full_round": report.full_round}
+        await self.store.finish_run(run_id, report.result, summary, report.error)
+        log_method = log.info if report.result == "success" else log.warning
+        log_method("sync run finished", result=report.result, counts=report.counts,
+                   seconds=round(time.monotonic() - started, 2), error=report.error)
+        unbind("tenant", "run_id")
+        return RunResult(run_id, name, report.result, report, writer)
