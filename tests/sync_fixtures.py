@@ -1,0 +1,100 @@
+"""The user engine wired to the Graph simulator and a scim2-server tenant."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config import TenantConfig
+from daemon.metrics import Metrics
+from daemon.pbx.client import PbxClient
+from daemon.pbx.schema import PBX_USER
+from daemon.sync.users import UserRunReport, UserSync
+from graph_fixtures import GraphEnv
+from pbx_fixtures import PbxEnv
+from state.db import Database, open_database
+from state.store import Store
+from state.sync_store import SyncStore
+
+WRITE_OPS = ("create", "update", "delete", "bulk")
+
+
+def tenant_config(tmp_path: Path, **sections: Any) -> TenantConfig:
+    """A tenant with users enabled from 1001, plus any overrides."""
+    users = {"enabled": True, "starting_extension_number": "1001", **sections.pop("users", {})}
+    raw: dict[str, Any] = {
+        "name": "t",
+        "directory_id": "11111111-2222-3333-4444-555555555555",
+        "application_id": "66666666-7777-8888-9999-000000000000",
+        "pbx": {"scim_url": "http://127.0.0.1:9/v2", "token_file": "pbx-token"},
+        "users": users,
+        **sections,
+    }
+    return TenantConfig.model_validate(raw, context={"base_dir": tmp_path})
+
+
+@dataclass
+class SyncEnv:
+    graph: GraphEnv
+    pbx: PbxEnv
+    db: Database
+    store: Store
+    sync_store: SyncStore
+    tmp_path: Path
+    tenant: TenantConfig
+
+    def configure(self, **sections: Any) -> None:
+        self.tenant = tenant_config(self.tmp_path, **sections)
+
+    def pbx_writes(self) -> int:
+        """PBX write requests so far, from the client's own metrics."""
+        return _sum_metric(self.pbx.metrics, "m365sync_pbx_requests_total", WRITE_OPS)
+
+    def graph_requests(self, pattern: str) -> int:
+        return len(self.graph.sim.requests(pattern))
+
+    async def run(self, writer: Any = None) -> UserRunReport:
+        client = self.pbx.client
+        fresh = PbxClient(client.transport, client.base_url, client._token)  # one discovery per run, like the daemon
+        return await UserSync(self.tenant, self.store, self.sync_store, self.graph.client, fresh,
+                              writer or fresh, self.graph.clock.time).run()
+
+    async def pbx_users(self) -> dict[str, dict[str, Any]]:
+        """The PBX's users by externalId (every object must have one)."""
+        users: dict[str, dict[str, Any]] = {}
+        async for obj in self.pbx.client.iter_objects("User"):
+            assert obj.external_id is not None
+            assert obj.external_id not in users, f"duplicate externalId {obj.external_id}"
+            users[obj.external_id] = dict(obj.data)
+        numbers = [u[PBX_USER]["extensionNumber"] for u in users.values()]
+        assert len(numbers) == len(set(numbers)), "duplicate extension numbers"
+        return users
+
+
+def _sum_metric(metrics: Metrics, name: str, ops: tuple[str, ...]) -> int:
+    total = 0.0
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("op") in ops:
+                total += sample.value
+    return int(total)
+
+
+def number(user: dict[str, Any]) -> str:
+    return str(user[PBX_USER]["extensionNumber"])
+
+
+@pytest.fixture
+async def sync_env(graph_env: GraphEnv, pbx: PbxEnv, tmp_path: Path) -> AsyncIterator[SyncEnv]:
+    db = await open_database(tmp_path / "state.db")
+    store = Store(db, clock=graph_env.clock.time)
+    await store.register_tenant("t", "d", "a")
+    env = SyncEnv(graph_env, pbx, db, store, SyncStore(db, clock=graph_env.clock.time), tmp_path, tenant_config(tmp_path))
+    try:
+        yield env
+    finally:
+        await db.close()
