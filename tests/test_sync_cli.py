@@ -1,0 +1,62 @@
+"""`m365sync sync --once`, `--dry-run`, `explain` and `approve` as real processes."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from live_fixtures import LiveEnv
+from sim.generator import generate_tenant
+
+
+def state_rows(env: LiveEnv) -> dict[str, int]:
+    path = env.tmp_path / "state.db"
+    if not path.exists():
+        return {}
+    with sqlite3.connect(path) as db:
+        return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("graph_objects", "synced_objects", "delta_links", "extension_allocations")}
+
+
+async def test_sync_once_then_dry_run_changes_nothing(live_env: LiveEnv) -> None:
+    made = generate_tenant(live_env.tenant, users=30, photo_fraction=0)
+    code, out, err = await live_env.sync()
+    assert code == 0, out + err
+    assert f"create {len(made.members)}" in out
+    assert set(await live_env.pbx_users()) == set(made.members)
+    live_env.tenant.change_user(made.members[0], displayName="Renamed By HR")
+    live_env.tenant.hard_delete_user(made.members[1])
+    before_rows, before_writes = state_rows(live_env), live_env.proxy.writes
+    code, out, err = await live_env.m365sync("sync", "--once", "--dry-run")
+    assert code == 0, out + err
+    assert "dry run (nothing was changed)" in out
+    assert "would update user" in out and "would delete user" in out
+    assert live_env.proxy.writes == before_writes
+    assert state_rows(live_env) == before_rows
+    code, out, _ = await live_env.sync()
+    assert "delete 1" in out and "update 1" in out
+
+
+async def test_explain_and_approve(live_env: LiveEnv) -> None:
+    made = generate_tenant(live_env.tenant, users=60, photo_fraction=0)
+    assert made.guests
+    await live_env.sync()
+    member = made.members[0]
+    upn = live_env.tenant.users.records[member].data["userPrincipalName"]
+    code, out, _ = await live_env.m365sync("explain", "--tenant", "contoso", upn.upper())
+    assert code == 0
+    assert "scope: in scope; active on the PBX: yes" in out and "rule: ALL: every user" in out
+    assert "extension 10" in out
+    guest = made.guests[0]
+    code, out, _ = await live_env.m365sync("explain", "--tenant", "contoso", guest)
+    assert "guest account and users.sync_guest_users = false" in out and "PBX: not created" in out
+    code, out, _ = await live_env.m365sync("explain", "--tenant", "contoso", "nobody@contoso.example")
+    assert code == 1 and "no such user" in out
+    for user in made.members:
+        live_env.tenant.hard_delete_user(user)
+    code, out, _ = await live_env.sync()
+    assert code == 3 and "deprovisions_held" in out  # all of them at once is more than 20
+    code, out, _ = await live_env.m365sync("approve", "--tenant", "contoso")
+    assert f"{len(made.members)} held deprovision(s) approved" in out
+    code, out, _ = await live_env.sync()
+    assert code == 0 and f"delete {len(made.members)}" in out
+    assert await live_env.pbx_users() == {}
