@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--tenant", required=True)
     approve.set_defaults(handler=_approve)
 
+    status_cmd = add("status", "show each tenant's authorization, last and next run, held and quarantined objects")
+    _config_argument(status_cmd)
+    status_cmd.add_argument("--json", action="store_true", help="print JSON (as GET /api/status)")
+    status_cmd.set_defaults(handler=_status)
+
     demo = add("demo", "start the daemon on the example configuration with a local state")
     demo.add_argument("--config", type=Path, default=Path("config.example.toml"))
     demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where the demo keeps its files")
@@ -205,6 +210,10 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _approve(args: argparse.Namespace) -> int:
     return asyncio.run(commands.approve(load_config(args.config), args.tenant))
+
+
+def _status(args: argparse.Namespace) -> int:
+    return asyncio.run(commands.status(load_config(args.config), args.json))
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ code waited "at least 3 s" without waiting at all.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -53,3 +54,49 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+class ManualClock(FakeClock):
+    """A fake clock whose ``sleep`` waits until a test moves time past it.
+
+    ``await clock.advance(seconds)`` wakes every sleeper that falls due, in
+    order, letting the woken tasks run before moving on, so schedules and
+    timeouts can be tested exactly and without real waiting.
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        super().__init__(start)
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._counter = 0
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._counter += 1
+        heapq.heappush(self._sleepers, (self._monotonic + seconds, self._counter, future))
+        try:
+            await future
+        finally:
+            if not future.done():
+                future.cancel()
+
+    async def settle(self) -> None:
+        """Let every task that can run, run."""
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    async def advance_async(self, seconds: float) -> None:
+        target = self._monotonic + seconds
+        await self.settle()
+        while self._sleepers and self._sleepers[0][0] <= target:
+            due, _, future = heapq.heappop(self._sleepers)
+            if future.done():
+                continue
+            super().advance(max(0.0, due - self._monotonic))
+            future.set_result(None)
+            await self.settle()
+        super().advance(max(0.0, target - self._monotonic))
+        await self.settle()

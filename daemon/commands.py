@@ -3,6 +3,7 @@ explain one user, approve held deprovisions."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from typing import TextIO
 
 import aiohttp
 
+from daemon import status as status_module
 from daemon.auth.manager import AuthManager
 from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import StateError
@@ -191,4 +193,15 @@ async def approve(config: Config, tenant_name: str, out: TextIO = sys.stdout) ->
         print(f"{tenant.name}: {count} held deprovision(s) approved; they are applied on the next run", file=out)
     else:
         print(f"{tenant.name}: nothing is held", file=out)
+    return 0
+
+
+async def status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """``m365sync status``: read the state database (works while the daemon runs)."""
+    async with open_stores(config, Metrics()) as stores:
+        reports = await status_module.collect(config, stores.store, stores.sync)
+    if as_json:
+        print(json.dumps(status_module.as_json(reports), indent=2), file=out)
+    else:
+        print(status_module.as_text(reports), file=out)
     return 0

@@ -86,6 +86,46 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.sync_runs = Counter(
+            "m365sync_sync_runs", "Finished sync runs, by result.", ["tenant", "result"], registry=self.registry
+        )
+        self.sync_duration = Histogram(
+            "m365sync_sync_duration_seconds",
+            "Duration of sync runs.",
+            ["tenant"],
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "m365sync_last_success_timestamp_seconds",
+            "Unix time of the last run that ended in success.",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.objects_changed = Counter(
+            "m365sync_objects_changed",
+            "Objects written to the PBX, by kind and action.",
+            ["tenant", "kind", "action"],
+            registry=self.registry,
+        )
+        self.objects_failed = Counter(
+            "m365sync_objects_failed", "Objects the PBX refused.", ["tenant", "kind"], registry=self.registry
+        )
+        self.synced_objects = Gauge(
+            "m365sync_synced_objects", "Objects on the PBX that the daemon manages.", ["tenant", "kind"],
+            registry=self.registry,
+        )
+        self.next_run = Gauge(
+            "m365sync_next_run_timestamp_seconds", "Unix time of the next scheduled run.", ["tenant"],
+            registry=self.registry,
+        )
+        self.deprovisions_held = Gauge(
+            "m365sync_deprovisions_held",
+            "Disables and deletes held by the mass-deletion guard, waiting for m365sync approve.",
+            ["tenant"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The text exposition format served at ``/metrics``."""
         return generate_latest(self.registry)

@@ -7,15 +7,19 @@ errors become a JSON 500 without a traceback in the response.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from daemon import status
 from daemon.auth.manager import CALLBACK_PATH, START_PATH, AuthManager, PageResult, admin_token_matches
 from daemon.health import TenantStatus
 from daemon.logging import get_logger
 from daemon.metrics import CONTENT_TYPE, Metrics
+from daemon.status import TenantReport
 
 log = get_logger(__name__)
 
@@ -26,9 +30,20 @@ class StatusSource(Protocol):
     async def tenant_statuses(self) -> list[TenantStatus]: ...
 
 
+class Control(Protocol):
+    """The admin API's view of the running daemon."""
+
+    def request_sync(self, tenant: str, trigger: str = ...) -> str | None: ...
+
+    async def run_status(self, tenant: str, run_id: str) -> dict[str, Any] | None: ...
+
+    async def status_reports(self) -> list[TenantReport]: ...
+
+
 STATUS_KEY = web.AppKey("status_source", StatusSource)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 AUTH_KEY = web.AppKey("auth", AuthManager)
+CONTROL_KEY = web.AppKey("control", Control)
 ADMIN_TOKEN_KEY = web.AppKey("admin_token", str)
 
 # Pages of the OAuth flow are never cached, framed, or leak their URL onward.
@@ -46,6 +61,7 @@ def build_app(
     metrics: Metrics,
     auth: AuthManager | None = None,
     admin_token: str | None = None,
+    control: Control | None = None,
 ) -> web.Application:
     """The application with every route of the daemon."""
     app = web.Application(middlewares=[_errors_middleware], client_max_size=64 * 1024)
@@ -59,12 +75,70 @@ def build_app(
         app[AUTH_KEY] = auth
         app.router.add_get(START_PATH, auth_start)
         app.router.add_get(CALLBACK_PATH, auth_callback)
+    if control is not None:
+        app[CONTROL_KEY] = control
+        app.router.add_post("/api/tenants/{name}/sync", sync_now)
+        app.router.add_get("/api/tenants/{name}/runs/{run_id}", run_status)
+        app.router.add_get("/api/status", status_json)
+        app.router.add_get("/", status_page)
     return app
 
 
+def _require_admin(request: web.Request) -> None:
+    if not is_admin(request):
+        raise web.HTTPUnauthorized(
+            text=json.dumps({"error": "the admin token is required (Authorization: Bearer ...)"}),
+            content_type="application/json",
+            headers={"WWW-Authenticate": 'Basic realm="m365sync admin", charset="UTF-8"'},
+        )
+
+
+async def sync_now(request: web.Request) -> web.Response:
+    """Sync now: 202 with the run id; 401 without the admin token, starting nothing."""
+    _require_admin(request)
+    name = request.match_info["name"]
+    control = request.app[CONTROL_KEY]
+    if not any(s.tenant == name for s in await request.app[STATUS_KEY].tenant_statuses()):
+        return web.json_response({"error": f"no tenant named {name!r}"}, status=404)
+    run_id = control.request_sync(name, "sync-now")
+    if run_id is None:
+        return web.json_response({"error": f"tenant {name!r} is disabled or not scheduled"}, status=409)
+    location = f"/api/tenants/{name}/runs/{run_id}"
+    return web.json_response({"tenant": name, "run_id": run_id, "status": location}, status=202,
+                             headers={"Location": location})
+
+
+async def run_status(request: web.Request) -> web.Response:
+    _require_admin(request)
+    found = await request.app[CONTROL_KEY].run_status(request.match_info["name"], request.match_info["run_id"])
+    if found is None:
+        return web.json_response({"error": "no such run"}, status=404)
+    return web.json_response(found)
+
+
+async def status_json(request: web.Request) -> web.Response:
+    _require_admin(request)
+    return web.json_response(status.as_json(await request.app[CONTROL_KEY].status_reports()))
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """The admins' status page (Bearer or Basic authentication with the admin token)."""
+    _require_admin(request)
+    html = status.as_html(await request.app[CONTROL_KEY].status_reports())
+    return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
+
+
 def is_admin(request: web.Request) -> bool:
-    """The request carries the admin bearer token (compared in constant time)."""
-    return admin_token_matches(request.app[ADMIN_TOKEN_KEY] or None, request.headers.get("Authorization"))
+    """The request carries the admin token, as a bearer token or as the
+    password of HTTP Basic authentication (for browsers); compared in constant time."""
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            decoded = base64.b64decode(header[6:].strip()).decode()
+        except (ValueError, UnicodeDecodeError):
+            return False
+        header = "Bearer " + decoded.partition(":")[2]
+    return admin_token_matches(request.app[ADMIN_TOKEN_KEY] or None, header)
 
 
 def _html(result: PageResult) -> web.Response:

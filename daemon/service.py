@@ -7,21 +7,31 @@ from __future__ import annotations
 import asyncio
 import errno
 import signal
+import time
 from collections.abc import Mapping
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 
-from daemon.auth.manager import AuthManager
-from daemon.config import Config, read_secret
+from daemon import status
+from daemon.auth.manager import AUTHORIZED, AuthManager
+from daemon.clock import SystemClock
+from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import ConfigError, M365SyncError
 from daemon.health import TenantStatus, tenant_status
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
+from daemon.progress import ProgressLog
+from daemon.scheduler import DEFAULT_RUN_TIMEOUT_SECONDS, RunFunction, RunProgress, SchedulerClock, TenantSchedule
 from daemon.sdnotify import Notifier
 from daemon.server import build_app
+from daemon.status import NEXT_RUN_KEY, TenantReport
+from daemon.sync.runner import TenantRunner
 from state.db import Database, open_database
 from state.sealing import Sealer
 from state.store import Store
+from state.sync_store import SyncStore
 
 log = get_logger(__name__)
 
@@ -31,10 +41,24 @@ SHUTDOWN_TIMEOUT_SECONDS = 10.0
 class Service:
     """One running m365sync: start, serve, stop."""
 
-    def __init__(self, config: Config, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        environ: Mapping[str, str] | None = None,
+        *,
+        schedule: bool = True,
+        clock: SchedulerClock | None = None,
+        run_timeout: float = DEFAULT_RUN_TIMEOUT_SECONDS,
+    ) -> None:
         self.config = config
         self.metrics = Metrics()
         self.notifier = Notifier(environ)
+        self.schedule = schedule
+        self.clock: SchedulerClock = clock or SystemClock()
+        self.run_timeout = run_timeout
+        self.schedules: dict[str, TenantSchedule] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._sync_store: SyncStore | None = None
         self._db: Database | None = None
         self._store: Store | None = None
         self._runner: web.AppRunner | None = None
@@ -50,10 +74,17 @@ class Service:
             raise M365SyncError("the service is not started")
         return self._store
 
+    @property
+    def sync_store(self) -> SyncStore:
+        if self._sync_store is None:
+            raise M365SyncError("the service is not started")
+        return self._sync_store
+
     async def start(self) -> None:
         """Open the state, register tenants, listen, then tell systemd READY=1."""
         self._db = await open_database(self.config.state.path)
         self._store = Store(self._db)
+        self._sync_store = SyncStore(self._db)
         self.auth = AuthManager(
             self.config, self._store, self.metrics, _sealer(self.config), on_authorized=self.request_sync
         )
@@ -70,7 +101,7 @@ class Service:
         for row in await self._store.tenants():
             self.auth.publish_state(row.name, row.auth_state)
         self._runner = web.AppRunner(
-            build_app(self, self.metrics, self.auth, _admin_token(self.config)),
+            build_app(self, self.metrics, self.auth, _admin_token(self.config), self),
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
         )
@@ -87,6 +118,13 @@ class Service:
                 hint="change [server] listen, or stop the process using that port",
             ) from err
         self.bound_port = _bound_port(self._runner)
+        self._session = aiohttp.ClientSession()
+        if self.schedule:
+            for tenant in self.config.tenants:
+                if tenant.enabled:
+                    schedule = TenantSchedule(tenant, self._runner_for(tenant), self.clock, self.run_timeout, self._next_run)
+                    self.schedules[tenant.name] = schedule
+                    schedule.start()
         self.notifier.notify("READY=1\nSTATUS=serving")
         self._watchdog = asyncio.create_task(self.notifier.watchdog(), name="sd-watchdog")
         statuses = await self.tenant_statuses()
@@ -100,6 +138,12 @@ class Service:
     async def stop(self) -> None:
         """Close the server and the database; safe to call more than once."""
         self.notifier.notify("STOPPING=1")
+        for schedule in self.schedules.values():
+            await schedule.stop()
+        self.schedules.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
@@ -112,10 +156,74 @@ class Service:
             self._db = None
             self._store = None
 
-    def request_sync(self, tenant: str) -> None:
-        """Ask for a sync of ``tenant`` as soon as possible (after authorization, Sync now)."""
+    def request_sync(self, tenant: str, trigger: str = "authorized") -> str | None:
+        """Ask for a sync of ``tenant`` as soon as possible; returns the run id (None: not scheduled)."""
         self.pending_syncs.add(tenant)
-        log.info("sync requested", tenant=tenant)
+        schedule = self.schedules.get(tenant)
+        run_id = schedule.request(trigger) if schedule is not None else None
+        log.info("sync requested", tenant=tenant, trigger=trigger, run_id=run_id)
+        return run_id
+
+    async def run_status(self, tenant: str, run_id: str) -> dict[str, Any] | None:
+        """A run's progress while it is queued or running, else its record."""
+        schedule = self.schedules.get(tenant)
+        progress = schedule.progress(run_id) if schedule is not None else None
+        if progress is not None and progress.state != "finished":
+            return progress.as_json()
+        row = await self.store.run(run_id)
+        if row is None or row.tenant != tenant:
+            return progress.as_json() if progress is not None else None
+        return {"run_id": row.id, "trigger": row.trigger, "state": "finished" if row.finished_at else "running",
+                "result": row.result, "started_at": row.started_at, "finished_at": row.finished_at,
+                "error": row.error, **row.summary}
+
+    async def status_reports(self) -> list[TenantReport]:
+        next_runs = {name: s.next_run for name, s in self.schedules.items() if s.next_run is not None}
+        return await status.collect(self.config, self.store, self.sync_store, next_runs)
+
+    async def _next_run(self, tenant: str, when: float) -> None:
+        self.metrics.next_run.labels(tenant).set(when)
+        await self.sync_store.set_value(tenant, NEXT_RUN_KEY, repr(when))
+
+    def _runner_for(self, tenant: TenantConfig) -> RunFunction:
+        async def run(trigger: str, run_id: str, progress: RunProgress) -> str:
+            return await self.run_tenant(tenant, trigger, run_id, progress)
+
+        return run
+
+    async def run_tenant(self, tenant: TenantConfig, trigger: str, run_id: str, progress: RunProgress) -> str:
+        """One scheduled run: skipped while a delegated tenant is not authorized."""
+        row = await self.store.tenant(tenant.name)
+        if tenant.auth_mode == "delegated" and (row is None or row.auth_state != AUTHORIZED):
+            progress.details["skipped"] = "the tenant is not authorized"
+            return "not_authorized"
+        assert self.auth is not None and self._session is not None
+        runner = TenantRunner(tenant, self.store, self.sync_store, self.auth, self._session, self.metrics)
+        started = time.monotonic()
+        try:
+            result = await runner.run(trigger, progress=ProgressLog(progress, self.clock), run_id=run_id)
+        except asyncio.CancelledError:
+            await self.store.finish_run(run_id, "timeout", {}, "the run exceeded its time limit")
+            self.metrics.sync_runs.labels(tenant.name, "timeout").inc()
+            raise
+        report = result.report
+        progress.details.update(counts=report.counts, failures=report.failures[:20], held=len(report.held), error=report.error)
+        self._record_metrics(tenant.name, result.result, report.counts, time.monotonic() - started, len(report.held))
+        self.metrics.synced_objects.labels(tenant.name, "user").set(await self.sync_store.count_synced(tenant.name, "user"))
+        return result.result
+
+    def _record_metrics(self, tenant: str, result: str, counts: dict[str, int], seconds: float, held: int) -> None:
+        metrics = self.metrics
+        metrics.sync_runs.labels(tenant, result).inc()
+        metrics.sync_duration.labels(tenant).observe(seconds)
+        if result == "success":
+            metrics.last_success.labels(tenant).set(time.time())
+        for action, amount in counts.items():
+            if action == "failed":
+                metrics.objects_failed.labels(tenant, "user").inc(amount)
+            elif action != "quarantined":
+                metrics.objects_changed.labels(tenant, "user", action).inc(amount)
+        metrics.deprovisions_held.labels(tenant).set(held)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -220,6 +220,14 @@ class Store:
                 (self.clock(), result, json.dumps(summary, sort_keys=True), error, run_id),
             )
 
+    async def run(self, run_id: str) -> RunRow | None:
+        async with self.db.conn.execute(
+            "SELECT id, tenant, trigger, started_at, finished_at, result, summary, error FROM runs WHERE id = ?",
+            (run_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _run_row(row)
+
     async def last_run(self, tenant: str) -> RunRow | None:
         async with self.db.conn.execute(
             "SELECT id, tenant, trigger, started_at, finished_at, result, summary, error"
@@ -227,15 +235,17 @@ class Store:
             (tenant,),
         ) as cursor:
             row = await cursor.fetchone()
-        if row is None:
-            return None
-        return RunRow(
-            id=row[0],
-            tenant=row[1],
-            trigger=row[2],
-            started_at=row[3],
-            finished_at=row[4],
-            result=row[5],
-            summary=json.loads(row[6]) if row[6] else {},
-            error=row[7],
-        )
+        return None if row is None else _run_row(row)
+
+
+def _run_row(row: Any) -> RunRow:
+    return RunRow(
+        id=row[0],
+        tenant=row[1],
+        trigger=row[2],
+        started_at=row[3],
+        finished_at=row[4],
+        result=row[5],
+        summary=json.loads(row[6]) if row[6] else {},
+        error=row[7],
+    )

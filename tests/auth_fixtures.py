@@ -194,7 +194,7 @@ token_file = "pbx-token"
 
     log = io.StringIO()
     configure_logging("debug", "json", stream=log)
-    service = Service(load_config(config_path), environ={})
+    service = Service(load_config(config_path), environ={}, schedule=False)
     await service.start()
     env = AuthEnv(idp, idp.base_url, service, f"http://127.0.0.1:{port}", tmp_path, ca_file, delegated, log)
     try:

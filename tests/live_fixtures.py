@@ -35,6 +35,7 @@ from sim.store import SimTenant
 DIRECTORY = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 APP_ID = "0b9d2a3c-5e6f-4a1b-8c7d-9e0f1a2b3c4d"
 SECRET = "app-secret-value-for-tests"
+ADMIN_TOKEN = "live-admin-token-0123456789"
 WRITE_METHODS = ("POST", "PATCH", "PUT", "DELETE")
 NO_BULK = {
     "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
@@ -110,10 +111,14 @@ class LiveEnv:
     async def sync(self, kill_after: int | None = None) -> tuple[int, str, str]:
         return await self.m365sync("sync", "--once", kill_after=kill_after)
 
+    async def pbx_client(self, session: aiohttp.ClientSession) -> PbxClient:
+        """A client of the PBX tenant, bypassing the kill proxy."""
+        return PbxClient(Transport(session, "check", Metrics(), clock=SystemClock()), self.scim.url(self.pbx_tenant), self.scim.token)
+
     async def pbx_users(self) -> dict[str, dict[str, object]]:
         """The PBX's users by externalId, checking there is no duplicate of either key."""
         async with aiohttp.ClientSession() as session:
-            client = PbxClient(Transport(session, "check", Metrics(), clock=SystemClock()), self.scim.url(self.pbx_tenant), self.scim.token)
+            client = await self.pbx_client(session)
             users: dict[str, dict[str, object]] = {}
             numbers: list[str] = []
             async for obj in client.iter_objects("User"):
@@ -156,10 +161,12 @@ async def live_env(tmp_path: Path, scim_server_one_by_one: ScimServer) -> AsyncI
 
     write_secret(tmp_path / "pbx-token", scim_server_one_by_one.token)
     write_secret(tmp_path / "client-secret", SECRET)
+    write_secret(tmp_path / "admin-token", ADMIN_TOKEN)
     config = tmp_path / "config.toml"
     config.write_text(f"""
 [server]
 listen = "127.0.0.1:{free_port()}"
+admin_token_file = "admin-token"
 
 [state]
 path = "state.db"

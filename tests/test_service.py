@@ -20,7 +20,7 @@ WriteConfig = Callable[[str], Path]
 @pytest.fixture
 async def service(write_config: WriteConfig) -> AsyncIterator[Service]:
     tenants = tenant_toml("alpha") + tenant_toml("beta") + tenant_toml("parked", extra="enabled = false")
-    service = Service(load_config(write_config(basic_config(tenants))), environ={})
+    service = Service(load_config(write_config(basic_config(tenants))), environ={}, schedule=False)
     await service.start()
     yield service
     await service.stop()

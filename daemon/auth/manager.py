@@ -80,7 +80,7 @@ class AuthManager:
         store: Store,
         metrics: Metrics,
         sealer: Sealer | None = None,
-        on_authorized: Callable[[str], None] | None = None,
+        on_authorized: Callable[[str], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config

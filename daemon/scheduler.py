@@ -1,0 +1,177 @@
+"""When each tenant syncs: at start-up, on its crontab, after authorization,
+and on "Sync now".
+
+Each tenant has its own task, so one tenant's failure, hang or
+re-authorization never delays another. At most one run per tenant runs at a
+time; requests during a run queue exactly one more (with the run id handed
+out at request time). A run that exceeds ``run_timeout`` is cancelled and
+recorded as ``timeout``. A schedule missed while the daemon was down is
+covered by the start-up run, not replayed slot by slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from daemon.config import TenantConfig
+from daemon.logging import get_logger
+
+log = get_logger(__name__)
+
+DEFAULT_RUN_TIMEOUT_SECONDS = 3 * 3600.0
+
+
+class SchedulerClock(Protocol):
+    def time(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+RunFunction = Callable[[str, str, "RunProgress"], Awaitable[str]]  # (trigger, run id, progress) -> result
+
+
+def next_run_after(tenant: TenantConfig, moment: float) -> float:
+    """The next time the tenant's crontab fires after ``moment``, in its time zone."""
+    zone = ZoneInfo(tenant.timezone)
+    start = datetime.fromtimestamp(moment, zone)
+    following: datetime = croniter(tenant.sync_time, start).get_next(datetime)
+    return following.timestamp()
+
+
+@dataclass
+class RunProgress:
+    """What ``GET /api/tenants/{name}/runs/{id}`` shows while a run is going."""
+
+    run_id: str
+    trigger: str
+    state: str = "queued"  # queued | running | finished
+    phase: str = "waiting"
+    done: int = 0
+    total: int = 0
+    result: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        self.phase, self.done, self.total = phase, done, total
+
+    def as_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "trigger": self.trigger, "state": self.state, "phase": self.phase,
+                "done": self.done, "total": self.total, "result": self.result, **self.details}
+
+
+class TenantSchedule:
+    def __init__(
+        self,
+        tenant: TenantConfig,
+        run: RunFunction,
+        clock: SchedulerClock,
+        run_timeout: float = DEFAULT_RUN_TIMEOUT_SECONDS,
+        on_next_run: Callable[[str, float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self._run = run
+        self.clock = clock
+        self.run_timeout = run_timeout
+        self.on_next_run = on_next_run
+        self.current: RunProgress | None = None
+        self.queued: RunProgress | None = None
+        self.recent: dict[str, RunProgress] = {}
+        self.next_run: float | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.queued = RunProgress(_new_id(), "startup")
+        self._task = asyncio.create_task(self._loop(), name=f"schedule-{self.tenant.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def request(self, trigger: str) -> str:
+        """Ask for a run now; returns its id. During a run, exactly one more is queued."""
+        if self.queued is None:
+            self.queued = RunProgress(_new_id(), trigger)
+        self._wake.set()
+        return self.queued.run_id
+
+    async def wait(self, run_id: str) -> RunProgress:
+        """Wait until the run with this id (queued, running or done) has finished."""
+        progress = self.progress(run_id)
+        if progress is None:
+            raise KeyError(run_id)
+        await progress.finished.wait()
+        return progress
+
+    def progress(self, run_id: str) -> RunProgress | None:
+        for candidate in (self.current, self.queued):
+            if candidate is not None and candidate.run_id == run_id:
+                return candidate
+        return self.recent.get(run_id)
+
+    async def _loop(self) -> None:
+        while True:
+            if self.queued is None:
+                await self._wait_for_due_time()
+                if self.queued is None:
+                    self.queued = RunProgress(_new_id(), "schedule")
+            run, self.queued = self.queued, None
+            self._wake.clear()
+            await self._execute(run)
+
+    async def _wait_for_due_time(self) -> None:
+        now = self.clock.time()
+        self.next_run = next_run_after(self.tenant, now)
+        if self.on_next_run is not None:
+            await self.on_next_run(self.tenant.name, self.next_run)
+        timer = asyncio.ensure_future(self.clock.sleep(max(0.0, self.next_run - now)))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({timer, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (timer, waker):
+                task.cancel()
+            await asyncio.gather(timer, waker, return_exceptions=True)
+
+    async def _execute(self, run: RunProgress) -> None:
+        self.current = run
+        run.state = "running"
+        task = asyncio.ensure_future(self._run(run.trigger, run.run_id, run))
+        timer = asyncio.ensure_future(self.clock.sleep(self.run_timeout))
+        try:
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                run.result = task.result() if not task.cancelled() else "cancelled"
+            else:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                run.result = "timeout"
+                log.error("sync run exceeded its time limit and was stopped", tenant=self.tenant.name,
+                          run_id=run.run_id, limit_seconds=self.run_timeout)
+        except Exception as err:  # a bug in one run must not stop the schedule
+            run.result = "failed"
+            log.exception("sync run crashed", tenant=self.tenant.name, run_id=run.run_id, error=str(err))
+        finally:
+            timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
+            run.state = "finished"
+            run.finished.set()
+            self.recent[run.run_id] = run
+            if len(self.recent) > 50:
+                self.recent.pop(next(iter(self.recent)))
+            self.current = None
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:12]

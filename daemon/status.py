@@ -1,0 +1,127 @@
+"""What an operator asks first: per tenant, authorization, last run, next run,
+held deprovisions and quarantined objects. One collector, three renderings:
+``m365sync status`` (text), ``GET /api/status`` (JSON) and ``/`` (HTML)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from html import escape
+from typing import Any
+
+from daemon.config import Config
+from state.store import Store
+from state.sync_store import SyncStore
+
+NEXT_RUN_KEY = "next_run"
+
+
+@dataclass
+class TenantReport:
+    tenant: str
+    enabled: bool
+    auth_state: str
+    auth_owner: str | None
+    auth_reason: str | None
+    last_run: dict[str, Any] | None
+    next_run: float | None
+    held: list[dict[str, str]] = field(default_factory=list)
+    quarantined: list[dict[str, str | None]] = field(default_factory=list)
+
+
+async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs: dict[str, float] | None = None) -> list[TenantReport]:
+    rows = {row.name: row for row in await store.tenants()}
+    reports = []
+    for tenant in config.tenants:
+        row = rows.get(tenant.name)
+        run = await store.last_run(tenant.name)
+        last = None
+        if run is not None:
+            last = {"id": run.id, "trigger": run.trigger, "started_at": run.started_at,
+                    "duration_seconds": round(run.finished_at - run.started_at, 2) if run.finished_at else None,
+                    "result": run.result or "running", "counts": run.summary.get("counts", {}), "error": run.error}
+        next_run = (next_runs or {}).get(tenant.name)
+        if next_run is None:
+            stored = await sync_store.value(tenant.name, NEXT_RUN_KEY)
+            next_run = float(stored) if stored else None
+        held = await sync_store.held(tenant.name)
+        names = {}
+        for graph_id in held:
+            copy = await sync_store.graph_copy(tenant.name, "user", graph_id)
+            names[graph_id] = str(copy.data.get("userPrincipalName")) if copy else graph_id
+        quarantined = []
+        for kind, graph_id, error in await sync_store.quarantined(tenant.name):
+            copy = await sync_store.graph_copy(tenant.name, kind, graph_id)
+            quarantined.append({"kind": kind, "id": graph_id, "name": str(copy.data.get("userPrincipalName") or graph_id) if copy else graph_id,
+                                "error": error})
+        reports.append(TenantReport(
+            tenant=tenant.name, enabled=tenant.enabled,
+            auth_state=row.auth_state if row else "authorization_required",
+            auth_owner=row.auth_owner if row else None, auth_reason=row.auth_reason if row else None,
+            last_run=last, next_run=next_run,
+            held=sorted(({"id": i, "name": names[i], "action": action, "approved": str(approved).lower()}
+                         for i, (action, approved) in held.items()), key=lambda h: h["name"]),
+            quarantined=quarantined,
+        ))
+    return reports
+
+
+def as_json(reports: list[TenantReport]) -> dict[str, Any]:
+    return {"tenants": [asdict(r) for r in reports]}
+
+
+def _when(moment: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(moment)) if moment else "-"
+
+
+def as_text(reports: list[TenantReport]) -> str:
+    lines = []
+    for r in reports:
+        lines.append(f"{r.tenant}{'' if r.enabled else ' (disabled)'}")
+        owner = f" as {r.auth_owner}" if r.auth_owner else ""
+        reason = f" ({r.auth_reason})" if r.auth_reason else ""
+        lines.append(f"  authorization: {r.auth_state}{owner}{reason}")
+        if r.last_run:
+            run = r.last_run
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(run["counts"].items())) or "no changes"
+            lines.append(f"  last run: {_when(run['started_at'])}, {run['duration_seconds']} s, {run['result']}; {counts}")
+            if run.get("error"):
+                lines.append(f"    error: {run['error']}")
+        else:
+            lines.append("  last run: never")
+        lines.append(f"  next run: {_when(r.next_run)}")
+        lines.append(f"  held deprovisions: {len(r.held)}" + (" (approve with: m365sync approve --tenant " + r.tenant + ")" if r.held else ""))
+        for item in r.held[:20]:
+            lines.append(f"    {item['action']} {item['name']}")
+        lines.append(f"  quarantined: {len(r.quarantined)}")
+        for quarantined in r.quarantined[:20]:
+            lines.append(f"    {quarantined['name']}: {quarantined['error']}")
+    return "\n".join(lines)
+
+
+def as_html(reports: list[TenantReport], refresh_seconds: int = 30) -> str:
+    sections = []
+    for r in reports:
+        run = r.last_run
+        run_text = "never"
+        if run:
+            counts = ", ".join(f"{escape(k)} {v}" for k, v in sorted(run["counts"].items())) or "no changes"
+            run_text = f"{escape(_when(run['started_at']))}, {run['duration_seconds']} s, <strong>{escape(str(run['result']))}</strong>; {counts}"
+        held = "".join(f"<li>{escape(h['action'])} {escape(h['name'])}</li>" for h in r.held[:50])
+        quarantined = "".join(f"<li>{escape(q['name'] or '')}: {escape(q['error'] or '')}</li>" for q in r.quarantined[:50])
+        sections.append(
+            f"<section class='tenant' id='tenant-{escape(r.tenant)}'><h2>{escape(r.tenant)}</h2><dl>"
+            f"<dt>Authorization</dt><dd>{escape(r.auth_state)}{(' as ' + escape(r.auth_owner)) if r.auth_owner else ''}</dd>"
+            f"<dt>Last run</dt><dd>{run_text}</dd>"
+            f"<dt>Next run</dt><dd>{escape(_when(r.next_run))}</dd>"
+            f"<dt>Held deprovisions</dt><dd class='held'>{len(r.held)}"
+            + (f" &mdash; approve with <code>m365sync approve --tenant {escape(r.tenant)}</code><ul>{held}</ul>" if r.held else "")
+            + f"</dd><dt>Quarantined</dt><dd class='quarantined'>{len(r.quarantined)}"
+            + (f"<ul>{quarantined}</ul>" if quarantined else "")
+            + "</dd></dl></section>"
+        )
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+             "section{border:1px solid #ddd;border-radius:4px;padding:0 1rem 1rem;margin-bottom:1rem}"
+             "dt{font-weight:bold;margin-top:.5rem}code{background:#f2f2f2;padding:.1rem .3rem}")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta http-equiv='refresh' content='{refresh_seconds}'>"
+            f"<title>m365sync status</title><style>{style}</style></head><body><h1>m365sync status</h1>{''.join(sections)}</body></html>")
