@@ -252,8 +252,8 @@ class Service:
         statuses = [
             tenant_status(t, rows.get(t.name), str(self.config.source)) for t in self.config.tenants
         ]
-        for status in statuses:
-            self.metrics.tenant_ready.labels(tenant=status.tenant).set(1 if status.ready else 0)
+        for tenant_state in statuses:
+            self.metrics.tenant_ready.labels(tenant=tenant_state.tenant).set(1 if tenant_state.ready else 0)
         return statuses
 
 
