@@ -9,7 +9,7 @@ ARGS ?=
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --editable '.[test]'
+	$(BIN)/pip install --quiet --editable '.[test,demo]'
 	touch $(STAMP)
 
 demo: $(STAMP)

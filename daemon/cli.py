@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,16 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--tenant", required=True)
     approve.set_defaults(handler=_approve)
 
+    sync_now = add("sync-now", "ask the running daemon to sync a tenant now (POST /api/tenants/T/sync)")
+    _config_argument(sync_now)
+    sync_now.add_argument("--tenant", required=True)
+    sync_now.add_argument("--wait", action="store_true", help="wait for the run and print its result")
+    sync_now.set_defaults(handler=_sync_now)
+
     status_cmd = add("status", "show each tenant's authorization, last and next run, held and quarantined objects")
     _config_argument(status_cmd)
     status_cmd.add_argument("--json", action="store_true", help="print JSON (as GET /api/status)")
     status_cmd.set_defaults(handler=_status)
 
-    demo = add("demo", "start the daemon on the example configuration with a local state")
-    demo.add_argument("--config", type=Path, default=Path("config.example.toml"))
-    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where the demo keeps its files")
-    demo.add_argument("--listen", help="host:port to serve on, overriding the config")
-    demo.add_argument("--exit", action="store_true", help="stop after showing the endpoints")
+    demo = add("demo", "sync a fake 200-user tenant into a real SCIM server on this machine, then keep serving")
+    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where the demo keeps its files (default .demo)")
+    demo.add_argument("--users", type=int, default=200, help="size of the fake tenant")
+    demo.add_argument("--exit", action="store_true", help="stop after the scripted part instead of serving")
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -212,6 +218,10 @@ def _approve(args: argparse.Namespace) -> int:
     return asyncio.run(commands.approve(load_config(args.config), args.tenant))
 
 
+def _sync_now(args: argparse.Namespace) -> int:
+    return asyncio.run(commands.sync_now(load_config(args.config), args.tenant, args.wait))
+
+
 def _status(args: argparse.Namespace) -> int:
     return asyncio.run(commands.status(load_config(args.config), args.json))
 
@@ -219,8 +229,14 @@ def _status(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
-    config = load_config(args.config)
-    return asyncio.run(run_demo(config, args.dir.absolute(), args.listen, args.exit))
+    workdir = args.dir.absolute()
+    if workdir.exists():
+        shutil.rmtree(workdir)  # a fresh world each time
+    try:
+        return asyncio.run(run_demo(workdir, args.exit, args.users, sys.stdout))
+    except RuntimeError as err:
+        print(f"m365sync: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

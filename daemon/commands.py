@@ -3,6 +3,7 @@ explain one user, approve held deprovisions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import sys
@@ -19,7 +20,7 @@ import aiohttp
 from daemon import status as status_module
 from daemon.auth.manager import AuthManager
 from daemon.config import Config, TenantConfig, read_secret
-from daemon.errors import StateError
+from daemon.errors import ConfigError, ConfigProblem, StateError
 from daemon.metrics import Metrics
 from daemon.pbx.schema import PBX_USER
 from daemon.sync.plan import settings_fingerprint
@@ -204,4 +205,37 @@ async def status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int
         print(json.dumps(status_module.as_json(reports), indent=2), file=out)
     else:
         print(status_module.as_text(reports), file=out)
+    return 0
+
+
+SYNC_NOW_POLL_SECONDS = 1.0
+
+
+async def sync_now(config: Config, tenant_name: str, wait: bool, out: TextIO = sys.stdout) -> int:
+    """``m365sync sync-now``: POST /api/tenants/T/sync on the running daemon."""
+    tenant = config.tenant(tenant_name)
+    if config.server.admin_token_file is None:
+        raise ConfigError([ConfigProblem("server.admin_token_file", "required to call the daemon's admin API")])
+    headers = {"Authorization": f"Bearer {read_secret(config.server.admin_token_file)}"}
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{config.server.port}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            async with session.post(f"{base}/api/tenants/{tenant.name}/sync", headers=headers) as response:
+                body = await response.json(content_type=None)
+                if response.status != 202:
+                    print(f"m365sync: error: the daemon answered {response.status}: {body.get('error')}", file=sys.stderr)
+                    return 1
+            run_id = body["run_id"]
+            print(f"{tenant.name}: sync requested, run {run_id}", file=out)
+            while wait:
+                async with session.get(f"{base}/api/tenants/{tenant.name}/runs/{run_id}", headers=headers) as response:
+                    run = await response.json(content_type=None)
+                if run.get("state") == "finished":
+                    print(f"{tenant.name}: run {run_id}: {run.get('result')}; {run.get('counts', {})}", file=out)
+                    return RESULT_EXIT_CODES.get(str(run.get("result")), 1)
+                await asyncio.sleep(SYNC_NOW_POLL_SECONDS)
+    except (TimeoutError, aiohttp.ClientError) as err:
+        print(f"m365sync: error: cannot reach the daemon at {base}: {err}", file=sys.stderr)
+        return 1
     return 0

@@ -1,82 +1,133 @@
-"""``m365sync demo``: the daemon on the example configuration, on this machine.
+"""``m365sync demo``: the real daemon syncing a seeded 200-user tenant into a
+real SCIM server, on this machine, with no Microsoft tenant.
 
-Until the sync engine exists this shows exactly what is real: the daemon
-starts with a private state file, serves ``/healthz``, ``/readyz`` and
-``/metrics``, and waits for authorization. It does not pretend to sync.
+The Graph simulator, a fake Entra over HTTPS and scim2-server stand in for
+Microsoft and the PBX; everything else is the daemon as it runs in
+production (application mode, scheduler, HTTP API, metrics). It prints what
+the first sync did, plays a scripted day (a new hire, a leaver, a rename, a
+guest invited), runs Sync now through the admin API, prints exactly what that
+second sync touched, then serves its pages until Ctrl-C (``--exit`` stops).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
-import secrets
 import signal
+import time
+from collections import Counter
 from pathlib import Path
+from typing import Any, TextIO
 
 import aiohttp
 
-from daemon.config import Config, ServerConfig
+from daemon.config import load_config
 from daemon.logging import configure_logging
+from daemon.pbx.schema import PBX_USER
 from daemon.service import Service
+from daemon.sync.scope import decide
+
+NEW_HIRE = "00000000-0000-4000-8000-00000000d001"
+GUEST = "00000000-0000-4000-8000-00000000d002"
 
 
-async def run_demo(config: Config, workdir: Path, listen: str | None, exit_after: bool) -> int:
-    """Start, show the endpoints, then serve until Ctrl-C (or stop if ``exit_after``)."""
-    config = _demo_config(config, workdir, listen)
+async def run_demo(workdir: Path, exit_after: bool, users: int, out: TextIO) -> int:
+    from sim.world import FakeWorld  # the demo extra: trustme, scim2-server
+
+    started = time.monotonic()
     configure_logging("warning", "console")
+    world = await FakeWorld(workdir, users=users).start()
+    assert world.config_path is not None and world.made is not None and world.sim is not None
+    config = load_config(world.config_path)
     service = Service(config, environ={})
-    await service.start()
     try:
-        base = f"http://{_url_host(config.server.host)}:{service.bound_port}"
-        print(f"m365sync is serving on {base} (state: {config.state.path})")
+        print(f"Fake Microsoft 365 tenant: {users} users (members, guests, disabled, shared mailboxes, rooms)", file=out)
+        print(f"PBX (scim2-server): {world.pbx.url('contoso') if world.pbx else '?'}", file=out)
+        await service.start()
+        base = f"http://127.0.0.1:{service.bound_port}"
+        schedule = service.schedules["contoso"]
+        first = schedule.current or schedule.queued
+        assert first is not None
+        progress = await schedule.wait(first.run_id)
+        await print_first_sync(service, progress.result or "?", out)
+
+        script = play_scripted_day(world)
+        print("\nA day in the tenant:", file=out)
+        for line in script:
+            print(f"  - {line}", file=out)
+        headers = {"Authorization": f"Bearer {world.admin_token}"}
         async with aiohttp.ClientSession() as session:
-            for path in ("/healthz", "/readyz"):
-                async with session.get(base + path) as response:
-                    body = await response.json()
-                print(f"GET {path} -> {response.status} {body}")
-        print()
-        for tenant in await service.tenant_statuses():
-            print(f"tenant {tenant.tenant}: {tenant.reason}: {tenant.detail}")
-        print("\nNo sync runs until a tenant is authorized; nothing is sent to any PBX.")
-        print(f"Metrics: {base}/metrics")
+            async with session.post(f"{base}/api/tenants/contoso/sync", headers=headers) as response:
+                run_id = (await response.json())["run_id"]
+            print(f"\nSync now: POST /api/tenants/contoso/sync -> {response.status}, run {run_id}", file=out)
+            await schedule.wait(run_id)
+            async with session.get(f"{base}/api/tenants/contoso/runs/{run_id}", headers=headers) as response:
+                run = await response.json()
+        await print_second_sync(service, run, out)
+        print(f"\nScripted part took {time.monotonic() - started:.1f} s.", file=out)
+        print(f"\nStatus page: {base}/  (user any, password: the token in {workdir / 'admin-token'})", file=out)
+        print(f"Metrics:     {base}/metrics", file=out)
+        print(f"Readiness:   {base}/readyz", file=out)
         if not exit_after:
-            print("Press Ctrl-C to stop.")
+            print("Press Ctrl-C to stop.", file=out, flush=True)
             await _wait_for_interrupt()
+        return 0 if run.get("result") == "success" else 1
     finally:
         await service.stop()
-    return 0
+        await world.stop()
 
 
-def _demo_config(config: Config, workdir: Path, listen: str | None) -> Config:
-    """The example config with a local state file and demo-only secret files."""
-    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tenants = []
-    for tenant in config.tenants:
-        token_file = workdir / f"{tenant.name}-pbx-token"
-        _write_secret(token_file)
-        pbx = tenant.pbx.model_copy(update={"token_file": token_file})
-        tenants.append(tenant.model_copy(update={"pbx": pbx}))
-    server = config.server
-    if listen is not None:
-        server = ServerConfig.model_validate({**server.model_dump(exclude_none=True), "listen": listen})
-    return dataclasses.replace(
-        config.with_state_path(workdir / "state.db"),
-        server=server,
-        tenants=tuple(tenants),
-    )
+async def print_first_sync(service: Service, result: str, out: TextIO) -> None:
+    tenant = service.config.tenants[0]
+    numbers: list[int] = []
+    skipped: Counter[str] = Counter()
+    members = await service.sync_store.members_of(tenant.name, tenant.groups)
+    async for copy, synced in service.sync_store.iter_with_synced(tenant.name, "user"):
+        if copy is None:
+            continue
+        if synced is not None and synced.pbx_id and synced.payload:
+            numbers.append(int(synced.payload[PBX_USER]["extensionNumber"]))
+        else:
+            skipped[decide(copy.data, copy.removed, tenant, members).rule] += 1
+    print(f"\nFirst sync ({result}):", file=out)
+    print(f"  {'created':<58} {len(numbers):>4}", file=out)
+    for rule, count in skipped.most_common():
+        print(f"  {'skipped: ' + rule:<58} {count:>4}", file=out)
+    if numbers:
+        print(f"  {'extension range used':<58} {min(numbers)}-{max(numbers)}", file=out)
 
 
-def _write_secret(path: Path) -> None:
-    if path.exists():
-        return
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_urlsafe(32) + "\n")
+def play_scripted_day(world: Any) -> list[str]:
+    tenant = world.tenant
+    made = world.made
+    tenant.add_user(NEW_HIRE, displayName="Nadia New", givenName="Nadia", surname="New",
+                    userPrincipalName="nadia.new@contoso.example", mail="nadia.new@contoso.example",
+                    accountEnabled=True, userType="Member", jobTitle="Engineer", businessPhones=["+1 425 555 0199"])
+    leaver, renamed = made.members[0], made.members[1]
+    tenant.change_user(leaver, accountEnabled=False)
+    old_name = tenant.users.records[renamed].data["displayName"]
+    tenant.change_user(renamed, displayName=f"{old_name} (Sales Lead)")
+    tenant.add_user(GUEST, mailbox=None, displayName="Gus Guest", userPrincipalName="gus_fabrikam.example#EXT#@contoso.example",
+                    mail="gus@fabrikam.example", accountEnabled=True, userType="Guest")
+    def upn(user_id: str) -> str:
+        return str(tenant.users.records[user_id].data["userPrincipalName"])
+
+    return [
+        "new hire: nadia.new@contoso.example",
+        f"leaver (account disabled): {upn(leaver)}",
+        f"rename: {upn(renamed)} -> {old_name} (Sales Lead)",
+        "guest invited: gus@fabrikam.example",
+    ]
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+async def print_second_sync(service: Service, run: dict[str, Any], out: TextIO) -> None:
+    print(f"Second sync ({run.get('result')}): {sum(run.get('counts', {}).values())} write(s)", file=out)
+    for line in run.get("writes", []):
+        print(f"  {line}", file=out)
+    tenant = service.config.tenants[0]
+    guest = await service.sync_store.graph_copy(tenant.name, "user", GUEST)
+    if guest is not None:
+        rule = decide(guest.data, guest.removed, tenant, set()).rule
+        print(f"  skipped {guest.data['userPrincipalName']} ({rule})", file=out)
 
 
 async def _wait_for_interrupt() -> None:
@@ -85,4 +136,3 @@ async def _wait_for_interrupt() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-

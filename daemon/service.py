@@ -168,7 +168,7 @@ class Service:
         """A run's progress while it is queued or running, else its record."""
         schedule = self.schedules.get(tenant)
         progress = schedule.progress(run_id) if schedule is not None else None
-        if progress is not None and progress.state != "finished":
+        if progress is not None:
             return progress.as_json()
         row = await self.store.run(run_id)
         if row is None or row.tenant != tenant:
@@ -207,7 +207,8 @@ class Service:
             self.metrics.sync_runs.labels(tenant.name, "timeout").inc()
             raise
         report = result.report
-        progress.details.update(counts=report.counts, failures=report.failures[:20], held=len(report.held), error=report.error)
+        progress.details.update(counts=report.counts, writes=report.plan[:100], failures=report.failures[:20],
+                                held=len(report.held), error=report.error)
         self._record_metrics(tenant.name, result.result, report.counts, time.monotonic() - started, len(report.held))
         self.metrics.synced_objects.labels(tenant.name, "user").set(await self.sync_store.count_synced(tenant.name, "user"))
         return result.result

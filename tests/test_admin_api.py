@@ -118,3 +118,10 @@ async def test_status_page_names_held_deprovisions_and_quarantined_objects(
     deleted_upn = str(live_env.tenant.users.records[members[0]].data["userPrincipalName"])
     assert deleted_upn in held
     assert "clash@contoso.example" in quarantined and "linked to another directory object" in quarantined
+
+
+async def test_sync_now_cli_calls_the_running_daemon(daemon: tuple[Service, str], live_env: LiveEnv) -> None:
+    service, _ = daemon
+    code, out, err = await live_env.m365sync("sync-now", "--tenant", "contoso", "--wait")
+    assert code == 0, out + err
+    assert "sync requested, run" in out and ": success;" in out
