@@ -40,9 +40,17 @@ def _secret_file(path: Path, value: str) -> Path:
 
 @dataclass
 class FakeWorld:
+    """``users`` generated users (0: the caller fills the tenant); ``scim`` an
+    already running PBX to use (else one is started); ``pbx_url`` replaces the
+    PBX's URL in the daemon's config (e.g. a proxy in front of it)."""
+
     workdir: Path
     users: int = 200
     seed: int = 1
+    scim: ScimServer | None = None
+    pbx_tenant: str = "contoso"
+    pbx_url: str | None = None
+    sync_photo: bool = True
     tenant: SimTenant = field(default_factory=lambda: SimTenant(SystemClock()))
     made: GeneratedTenant | None = None
     idp: FakeIdentityProvider = field(default_factory=FakeIdentityProvider)
@@ -51,6 +59,7 @@ class FakeWorld:
     config_path: Path | None = None
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     _runners: list[web.AppRunner] = field(default_factory=list)
+    _owns_pbx: bool = False
 
     async def start(self) -> FakeWorld:
         try:
@@ -67,11 +76,13 @@ class FakeWorld:
         client_secret = secrets.token_urlsafe(24)
         self.idp.register_app(DIRECTORY, FakeApp(APP_ID, client_secret=client_secret))
         self.made = generate_tenant(self.tenant, users=self.users, seed=self.seed, photo_fraction=0.3)
+        owns_pbx = self.scim is None
         self.sim = Simulator(self.tenant, accepted_tokens=self.idp.issued_access_tokens)
         idp_port = await self._serve(self.idp.app(), server_context)
         graph_port = await self._serve(self.sim.app(), None)
         self.idp.base_url = f"https://127.0.0.1:{idp_port}"
-        self.pbx = ScimServer().start()
+        self.pbx = self.scim or ScimServer().start()
+        self._owns_pbx = owns_pbx
 
         _secret_file(self.workdir / "client-secret", client_secret)
         _secret_file(self.workdir / "pbx-token", self.pbx.token)
@@ -89,6 +100,7 @@ path = "state.db"
 level = "warning"
 format = "console"
 
+
 [[tenants]]
 name = "contoso"
 directory_id = "{DIRECTORY}"
@@ -101,12 +113,12 @@ ca_file = "{ca_file}"
 sync_time = "0 */6 * * *"
 
 [tenants.pbx]
-scim_url = "{self.pbx.url("contoso")}"
+scim_url = "{self.pbx_url or self.pbx.url(self.pbx_tenant)}"
 token_file = "pbx-token"
 
 [tenants.users]
 enabled = true
-sync_photo = true
+sync_photo = {"true" if self.sync_photo else "false"}
 starting_extension_number = "1001"
 """)
         return self
@@ -123,5 +135,5 @@ starting_extension_number = "1001"
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
-        if self.pbx is not None:
+        if self.pbx is not None and self._owns_pbx:
             self.pbx.stop()

@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import re
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from daemon.logging import configure_logging
 from daemon.service import Service
 from daemon.tls import client_ssl_context
 from sim.idp import FakeApp, FakeIdentityProvider, certificate_pair
+from sim.world import free_port
 
 DIRECTORY = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 OTHER_DIRECTORY = "11111111-2222-4333-8444-555555555555"
@@ -33,12 +33,6 @@ DELEGATED_APP = "0b9d2a3c-5e6f-4a1b-8c7d-9e0f1a2b3c4d"
 APPLICATION_APP = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
 OWNER = "pbx-service@contoso.example"
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

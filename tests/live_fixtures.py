@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import os
 import signal
-import ssl
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -17,10 +16,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import trustme
 from aiohttp import web
 
-from auth_fixtures import free_port
 from conftest import write_secret
 from daemon.clock import SystemClock
 from daemon.metrics import Metrics
@@ -28,13 +25,11 @@ from daemon.pbx.client import PbxClient
 from daemon.pbx.schema import PBX_USER
 from daemon.retry import Transport
 from sim.app import Simulator
-from sim.idp import FakeApp, FakeIdentityProvider
+from sim.idp import FakeIdentityProvider
 from sim.pbx import ScimServer
 from sim.store import SimTenant
+from sim.world import FakeWorld, free_port
 
-DIRECTORY = "72f988bf-86f1-41af-91ab-2d7cd011db47"
-APP_ID = "0b9d2a3c-5e6f-4a1b-8c7d-9e0f1a2b3c4d"
-SECRET = "app-secret-value-for-tests"
 ADMIN_TOKEN = "live-admin-token-0123456789"
 WRITE_METHODS = ("POST", "PATCH", "PUT", "DELETE")
 NO_BULK = {
@@ -131,71 +126,23 @@ class LiveEnv:
 
 @pytest.fixture
 async def live_env(tmp_path: Path, scim_server_one_by_one: ScimServer) -> AsyncIterator[LiveEnv]:
-    ca = trustme.CA()
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-
-    idp = FakeIdentityProvider()
-    idp.register_app(DIRECTORY, FakeApp(APP_ID, client_secret=SECRET))
-    tenant = SimTenant(SystemClock())
-    sim = Simulator(tenant, accepted_tokens=idp.issued_access_tokens)
     pbx_tenant = f"live{next(_pbx_tenants)}"
     proxy = KillProxy(scim_server_one_by_one.url(pbx_tenant))
-
-    runners = []
-    ports = {}
-    for name, app, context in (("idp", idp.app(), server_context), ("graph", sim.app(), None), ("pbx", None, None)):
-        if app is None:
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", proxy.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-        runners.append(runner)
-        ports[name] = port
-    idp.base_url = f"https://127.0.0.1:{ports['idp']}"
-    proxy_url = f"http://127.0.0.1:{ports['pbx']}/v2"
-
-    write_secret(tmp_path / "pbx-token", scim_server_one_by_one.token)
-    write_secret(tmp_path / "client-secret", SECRET)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    proxy_url = f"http://127.0.0.1:{port}/v2"
+    world = await FakeWorld(tmp_path, users=0, scim=scim_server_one_by_one, pbx_tenant=pbx_tenant,
+                            pbx_url=proxy_url, sync_photo=False).start()
+    assert world.sim is not None and world.config_path is not None
     write_secret(tmp_path / "admin-token", ADMIN_TOKEN)
-    config = tmp_path / "config.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:{free_port()}"
-admin_token_file = "admin-token"
-
-[state]
-path = "state.db"
-
-[log]
-level = "info"
-format = "json"
-
-[[tenants]]
-name = "contoso"
-directory_id = "{DIRECTORY}"
-application_id = "{APP_ID}"
-auth_mode = "application"
-client_secret_file = "client-secret"
-authority_url = "{idp.base_url}"
-graph_url = "http://127.0.0.1:{ports['graph']}"
-ca_file = "{ca_file}"
-
-[tenants.pbx]
-scim_url = "{proxy_url}"
-token_file = "pbx-token"
-
-[tenants.users]
-enabled = true
-starting_extension_number = "1001"
-""")
-    env = LiveEnv(tmp_path, sim, tenant, idp, scim_server_one_by_one, proxy, config, pbx_tenant, proxy_url)
+    env = LiveEnv(tmp_path, world.sim, world.tenant, world.idp, scim_server_one_by_one, proxy, world.config_path,
+                  pbx_tenant, proxy_url)
     try:
         yield env
     finally:
-        for runner in runners:
-            await runner.cleanup()
+        await world.stop()
+        await runner.cleanup()
