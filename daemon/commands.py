@@ -142,6 +142,11 @@ def print_result(result: RunResult, dry_run: bool, out: TextIO) -> None:
         print(f"  failed: {line}", file=out)
     for entry in report.unmatched_selected:
         print(f"  selected_users entry matches no user: {entry}", file=out)
+    if report.groups.counts:
+        groups = ", ".join(f"{k} {v}" for k, v in sorted(report.groups.counts.items()))
+        print(f"  groups: {groups}", file=out)
+    for group in report.groups.missing:
+        print(f"  configured group does not exist in Entra ID: {group}", file=out)
     if report.error:
         print(f"  error: {report.error}", file=out)
 

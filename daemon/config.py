@@ -278,6 +278,7 @@ class TenantConfig(_Section):
     graph_url: BaseUrl | None = None
     ca_file: ConfigPath | None = None
     groups: list[Uuid] = Field(default_factory=list)
+    groups_starting_extension_number: ExtensionNumber | None = None
     pbx: PbxConfig
     users: UsersConfig = UsersConfig()
     personal_contacts: FeatureToggle = FeatureToggle()

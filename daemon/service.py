@@ -209,21 +209,26 @@ class Service:
         report = result.report
         progress.details.update(counts=report.counts, writes=report.plan[:100], failures=report.failures[:20],
                                 held=len(report.held), error=report.error)
-        self._record_metrics(tenant.name, result.result, report.counts, time.monotonic() - started, len(report.held))
-        self.metrics.synced_objects.labels(tenant.name, "user").set(await self.sync_store.count_synced(tenant.name, "user"))
+        self._record_metrics(tenant.name, result.result, time.monotonic() - started, len(report.held),
+                             {"user": report.counts, "group": report.groups.counts})
+        for kind in ("user", "group"):
+            self.metrics.synced_objects.labels(tenant.name, kind).set(await self.sync_store.count_synced(tenant.name, kind))
         return result.result
 
-    def _record_metrics(self, tenant: str, result: str, counts: dict[str, int], seconds: float, held: int) -> None:
+    def _record_metrics(
+        self, tenant: str, result: str, seconds: float, held: int, counts: dict[str, dict[str, int]]
+    ) -> None:
         metrics = self.metrics
         metrics.sync_runs.labels(tenant, result).inc()
         metrics.sync_duration.labels(tenant).observe(seconds)
         if result == "success":
             metrics.last_success.labels(tenant).set(time.time())
-        for action, amount in counts.items():
-            if action == "failed":
-                metrics.objects_failed.labels(tenant, "user").inc(amount)
-            elif action != "quarantined":
-                metrics.objects_changed.labels(tenant, "user", action).inc(amount)
+        for kind, kind_counts in counts.items():
+            for action, amount in kind_counts.items():
+                if action == "failed":
+                    metrics.objects_failed.labels(tenant, kind).inc(amount)
+                elif action != "quarantined":
+                    metrics.objects_changed.labels(tenant, kind, action).inc(amount)
         metrics.deprovisions_held.labels(tenant).set(held)
 
     def request_stop(self) -> None:

@@ -174,6 +174,17 @@ class SyncStore:
             row = await cursor.fetchone()
         return None if row is None else _synced(row)
 
+    async def pbx_ids(self, tenant: str, kind: str) -> dict[str, str]:
+        """Graph id -> PBX id of every object of a kind on the PBX."""
+        async with self.db.conn.execute(
+            "SELECT graph_id, pbx_id FROM synced_objects WHERE tenant = ? AND kind = ? AND pbx_id IS NOT NULL",
+            (tenant, kind),
+        ) as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def synced_ids(self, tenant: str, kind: str) -> list[str]:
+        return list(await self.pbx_ids(tenant, kind))
+
     async def count_synced(self, tenant: str, kind: str) -> int:
         async with self.db.conn.execute(
             "SELECT count(*) FROM synced_objects WHERE tenant = ? AND kind = ? AND pbx_id IS NOT NULL", (tenant, kind)
@@ -327,6 +338,12 @@ class SyncStore:
             await conn.executemany(
                 "DELETE FROM group_members WHERE tenant = ? AND group_id = ? AND member_id = ?",
                 [(tenant, group_id, m) for m in removed],
+            )
+
+    async def clear_group_members(self, tenant: str, group_ids: Iterable[str]) -> None:
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "DELETE FROM group_members WHERE tenant = ? AND group_id = ?", [(tenant, g) for g in group_ids]
             )
 
     async def members_of(self, tenant: str, group_ids: Iterable[str]) -> set[str]:

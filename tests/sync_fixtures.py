@@ -13,6 +13,7 @@ from daemon.config import TenantConfig
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.schema import PBX_USER
+from daemon.sync.groups import GroupSync
 from daemon.sync.users import UserRunReport, UserSync
 from graph_fixtures import GraphEnv
 from pbx_fixtures import PbxEnv
@@ -60,8 +61,17 @@ class SyncEnv:
     async def run(self, writer: Any = None) -> UserRunReport:
         client = self.pbx.client
         fresh = PbxClient(client.transport, client.base_url, client._token)  # one discovery per run, like the daemon
+        writer = writer or fresh
+        groups = GroupSync(self.tenant, self.store, self.sync_store, self.graph.client, fresh, writer, self.graph.clock.time)
         return await UserSync(self.tenant, self.store, self.sync_store, self.graph.client, fresh,
-                              writer or fresh, self.graph.clock.time).run()
+                              writer, self.graph.clock.time, groups=groups).run()
+
+    async def pbx_groups(self) -> dict[str, dict[str, Any]]:
+        groups: dict[str, dict[str, Any]] = {}
+        async for obj in self.pbx.client.iter_objects("Group"):
+            assert obj.external_id is not None and obj.external_id not in groups
+            groups[obj.external_id] = dict(obj.data)
+        return groups
 
     async def pbx_users(self) -> dict[str, dict[str, Any]]:
         """The PBX's users by externalId (every object must have one)."""

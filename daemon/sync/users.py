@@ -29,6 +29,7 @@ from daemon.logging import get_logger
 from daemon.pbx.client import PbxClient, PbxOperation, PbxOutcome, PbxWriter
 from daemon.pbx.mapping import managed_view, patch_operations, payload_hash, photo_data_uri
 from daemon.pbx.schema import EXTENSION_NUMBER_PATHS, PBX_GROUP, PBX_USER
+from daemon.sync.groups import GroupReport, GroupSync
 from daemon.sync.plan import PHOTO_PLACEHOLDER, InventoryEntry, PlanInputs, UserAction, UserPlan, UserPlanner
 from daemon.sync.scope import decide
 from state.store import Store
@@ -43,7 +44,6 @@ USER_SELECT = (
 MERGE_PAGE = 200
 WRITE_CHUNK = 50
 MAX_PHOTO_BYTES = 256 * 1024
-GROUP_FILTER_LIMIT = 50
 
 Progress = Callable[[str, int, int], None]
 
@@ -59,6 +59,7 @@ class UserRunReport:
     full_round: bool = False
     reconciled: int = 0
     error: str | None = None
+    groups: GroupReport = field(default_factory=GroupReport)
 
     def add(self, kind: str, amount: int = 1) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + amount
@@ -74,14 +75,15 @@ class UserSync:
     writer: PbxWriter
     now: Callable[[], float]
     progress: Progress | None = None
+    groups: GroupSync | None = None
 
     async def run(self) -> UserRunReport:
         """One complete users run; never raises for one object's failure."""
         report = UserRunReport()
         name = self.tenant.name
         delta_link = await self._read(report)
-        if self.tenant.groups and self.tenant.users.sync_type == "INCLUDE":
-            await self._read_group_members()
+        if self.groups is not None and self.groups.configured:
+            await self.groups.read(report.groups)
         inventory = await self._inventory()
         photos = await self._photos() if self.tenant.users.sync_photo and self.tenant.users.enabled else {}
         held = await self.sync_store.held(name)
@@ -107,8 +109,13 @@ class UserSync:
         await self.sync_store.hold(name, {a.graph_id: a.kind for a in plan.held})
         report.held = [a.describe() for a in plan.held]
         await self._apply(plan, report)
+        if self.groups is not None:
+            await self.groups.apply(report.groups, inventory[0], inventory[2])
+            report.failures += report.groups.failures
         if delta_link is not None:
             await self.store.save_delta_link(name, "users", delta_link)
+        if self.groups is not None:
+            await self.groups.commit()
         if plan.held:
             report.result = "deprovisions_held"
             log.warning("deprovisions held by the mass-deletion guard", tenant=name, held=len(plan.held),
@@ -153,38 +160,11 @@ class UserSync:
                          users=len(missing))
         return round_.delta_link
 
-    async def _read_group_members(self) -> None:
-        """Membership of the configured groups (INCLUDE scope), by groups delta."""
-        name = self.tenant.name
-        groups = sorted(self.tenant.groups)
-        for start in range(0, len(groups), GROUP_FILTER_LIMIT):
-            chunk = groups[start : start + GROUP_FILTER_LIMIT]
-            key = ",".join(chunk)
-            link = await self.store.delta_link(name, "group-members", key)
-            clause = " or ".join(f"id eq '{g}'" for g in chunk)
-            try:
-                new_link = await self._members_round(link or f"/groups/delta?$filter={clause}&$select=members")
-            except DeltaExpired:
-                await self.store.drop_delta_link(name, "group-members", key)
-                new_link = await self._members_round(f"/groups/delta?$filter={clause}&$select=members")
-            if new_link:
-                await self.store.save_delta_link(name, "group-members", new_link, key)
-
-    async def _members_round(self, url: str) -> str | None:
-        round_ = DeltaRound(self.graph, url)
-        async for group in round_:
-            added: list[str] = []
-            removed: list[str] = []
-            for member in group.get("members@delta", []) or []:
-                if isinstance(member, dict) and isinstance(member.get("id"), str):
-                    (removed if is_removed(member) else added).append(member["id"])
-            await self.sync_store.set_group_members(self.tenant.name, group["id"], added, removed)
-        return round_.delta_link
-
-    async def _inventory(self) -> tuple[set[str], dict[str, InventoryEntry]]:
-        """Every extension on the PBX, and our users it holds by externalId (one listing per run)."""
+    async def _inventory(self) -> tuple[set[str], dict[str, InventoryEntry], dict[str, str]]:
+        """Every extension on the PBX, and the users and groups it holds by externalId (one listing per run)."""
         numbers: set[str] = set()
         by_external_id: dict[str, InventoryEntry] = {}
+        groups: dict[str, str] = {}
         for kind, urn in (("User", PBX_USER), ("Group", PBX_GROUP)):
             async for obj in self.pbx.iter_objects(kind, [EXTENSION_NUMBER_PATHS[kind]]):  # type: ignore[arg-type]
                 extension = obj.data.get(urn, {}).get("extensionNumber") if isinstance(obj.data.get(urn), dict) else None
@@ -192,7 +172,9 @@ class UserSync:
                     numbers.add(str(extension))
                 if kind == "User" and obj.external_id:
                     by_external_id[obj.external_id] = InventoryEntry(obj.id, str(extension) if extension else None)
-        return numbers, by_external_id
+                elif obj.external_id:
+                    groups[obj.external_id] = obj.id
+        return numbers, by_external_id, groups
 
     async def _photos(self) -> dict[str, str | None]:
         """mediaEtag of every active user's photo (None: no photo), in $batches."""
