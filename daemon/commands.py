@@ -145,6 +145,11 @@ def print_result(result: RunResult, dry_run: bool, out: TextIO) -> None:
     if report.groups.counts:
         groups = ", ".join(f"{k} {v}" for k, v in sorted(report.groups.counts.items()))
         print(f"  groups: {groups}", file=out)
+    if report.contacts.counts:
+        contacts = ", ".join(f"{k} {v}" for k, v in sorted(report.contacts.counts.items()))
+        print(f"  contacts: {contacts}", file=out)
+    for mailbox in report.contacts.unreadable:
+        print(f"  mailbox not readable (403): {mailbox}", file=out)
     for group in report.groups.missing:
         print(f"  configured group does not exist in Entra ID: {group}", file=out)
     if report.error:

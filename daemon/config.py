@@ -251,6 +251,16 @@ class FeatureToggle(_Section):
     enabled: bool = False
 
 
+class PersonalContactsConfig(_Section):
+    enabled: bool = False
+    require_phone: bool = True
+
+
+class SharedMailboxConfig(_Section):
+    enabled: bool = False
+    mailboxes: list[UserReference] = Field(default_factory=list)
+
+
 class SignInAsAdministratorConfig(_Section):
     enabled: bool = False
     selected_users: list[UserReference] = Field(default_factory=list)
@@ -281,8 +291,8 @@ class TenantConfig(_Section):
     groups_starting_extension_number: ExtensionNumber | None = None
     pbx: PbxConfig
     users: UsersConfig = UsersConfig()
-    personal_contacts: FeatureToggle = FeatureToggle()
-    shared_mailbox: FeatureToggle = FeatureToggle()
+    personal_contacts: PersonalContactsConfig = PersonalContactsConfig()
+    shared_mailbox: SharedMailboxConfig = SharedMailboxConfig()
     events: FeatureToggle = FeatureToggle()
     sign_in_as_administrator: SignInAsAdministratorConfig = SignInAsAdministratorConfig()
     sign_in_as_standard_user: SignInAsStandardUserConfig = SignInAsStandardUserConfig()

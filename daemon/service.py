@@ -210,8 +210,8 @@ class Service:
         progress.details.update(counts=report.counts, writes=report.plan[:100], failures=report.failures[:20],
                                 held=len(report.held), error=report.error)
         self._record_metrics(tenant.name, result.result, time.monotonic() - started, len(report.held),
-                             {"user": report.counts, "group": report.groups.counts})
-        for kind in ("user", "group"):
+                             {"user": report.counts, "group": report.groups.counts, "contact": report.contacts.counts})
+        for kind in ("user", "group", "contact"):
             self.metrics.synced_objects.labels(tenant.name, kind).set(await self.sync_store.count_synced(tenant.name, kind))
         return result.result
 

@@ -120,6 +120,15 @@ class SyncStore:
             )
         return missing
 
+    async def remove_where(self, tenant: str, kind: str, key: str, value: str, key2: str, value2: str) -> None:
+        """Mark removed the copies whose JSON fields ``key`` and ``key2`` hold these values."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE graph_objects SET removed = 'deleted', updated_at = ? WHERE tenant = ? AND kind = ?"
+                f" AND json_extract(data, '$.{key}') = ? AND json_extract(data, '$.{key2}') = ?",
+                (self.clock(), tenant, kind, value, value2),
+            )
+
     async def purge_graph_object(self, tenant: str, kind: str, id_: str) -> None:
         async with self.db.transaction() as conn:
             await conn.execute("DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND id = ?", (tenant, kind, id_))
@@ -220,6 +229,26 @@ class SyncStore:
                 (tenant, kind, graph_id, pbx_id, json.dumps(payload) if payload is not None else None, payload_hash,
                  etag, None if active is None else int(active), out_of_scope_since, photo_etag, self.clock(), self.clock()),
             )
+
+    async def journal_pending(self, tenant: str, kind: str, graph_id: str, marker: str) -> None:
+        """Note that an object is about to be created (found by externalId after a crash)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO synced_objects (tenant, kind, graph_id, payload_hash, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET payload_hash = excluded.payload_hash"
+                " WHERE synced_objects.pbx_id IS NULL",
+                (tenant, kind, graph_id, marker, self.clock()),
+            )
+
+    async def active_users(self, tenant: str) -> list[tuple[str, str, str]]:
+        """(graph id, PBX id, userPrincipalName) of every active synced user."""
+        async with self.db.conn.execute(
+            "SELECT s.graph_id, s.pbx_id, json_extract(g.data, '$.userPrincipalName') FROM synced_objects s"
+            " JOIN graph_objects g ON g.tenant = s.tenant AND g.kind = 'user' AND g.id = s.graph_id"
+            " WHERE s.tenant = ? AND s.kind = 'user' AND s.pbx_id IS NOT NULL AND s.active = 1 ORDER BY s.graph_id",
+            (tenant,),
+        ) as cursor:
+            return [(r[0], r[1], str(r[2])) for r in await cursor.fetchall()]
 
     async def set_out_of_scope_since(self, tenant: str, kind: str, graph_id: str, since: float | None) -> None:
         async with self.db.transaction() as conn:

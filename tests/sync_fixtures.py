@@ -13,6 +13,7 @@ from daemon.config import TenantConfig
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.schema import PBX_USER
+from daemon.sync.contacts import ContactSync
 from daemon.sync.groups import GroupSync
 from daemon.sync.users import UserRunReport, UserSync
 from graph_fixtures import GraphEnv
@@ -63,8 +64,16 @@ class SyncEnv:
         fresh = PbxClient(client.transport, client.base_url, client._token)  # one discovery per run, like the daemon
         writer = writer or fresh
         groups = GroupSync(self.tenant, self.store, self.sync_store, self.graph.client, fresh, writer, self.graph.clock.time)
+        contacts = ContactSync(self.tenant, self.store, self.sync_store, self.graph.client, fresh, writer, self.graph.clock.time)
         return await UserSync(self.tenant, self.store, self.sync_store, self.graph.client, fresh,
-                              writer, self.graph.clock.time, groups=groups).run()
+                              writer, self.graph.clock.time, groups=groups, contacts=contacts).run()
+
+    async def pbx_contacts(self) -> dict[str, dict[str, Any]]:
+        contacts: dict[str, dict[str, Any]] = {}
+        async for obj in self.pbx.client.iter_objects("Contact"):
+            assert obj.external_id is not None and obj.external_id not in contacts, f"duplicate {obj.external_id}"
+            contacts[obj.external_id] = dict(obj.data)
+        return contacts
 
     async def pbx_groups(self) -> dict[str, dict[str, Any]]:
         groups: dict[str, dict[str, Any]] = {}

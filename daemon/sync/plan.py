@@ -49,6 +49,7 @@ class PlanInputs:
     allocations: tuple[tuple[str, str, str, float | None], ...] = ()  # number, kind, owner, released_at
     photos: Mapping[str, str | None] = field(default_factory=dict)  # user id -> mediaEtag (None: no photo)
     approved_deprovisions: frozenset[str] = frozenset()
+    shared_mailboxes: frozenset[str] = frozenset()
     synced_count: int = 0
 
 
@@ -154,7 +155,7 @@ class UserPlanner:
         if synced is not None and synced.quarantine_fingerprint == fingerprint:
             self._emit(UserAction("quarantined", copy.id, upn, f"quarantined after repeated failures: {synced.last_error}"))
             return
-        decision = decide(data, copy.removed, self.tenant, set(self.inputs.group_members))
+        decision = decide(data, copy.removed, self.tenant, self.inputs.group_members, self.inputs.shared_mailboxes)
         recovered = synced is None or synced.pbx_id is None
         entry = self.inputs.pbx_by_external_id.get(copy.id)
         pbx_id = synced.pbx_id if synced is not None and synced.pbx_id else (entry.pbx_id if entry else None)
@@ -245,7 +246,7 @@ class UserPlanner:
                     self._emit(UserAction("fail", copy.id, copy.data.get("userPrincipalName", copy.id), str(err),
                                           fingerprint=fingerprint))
                     continue
-                decision = decide(copy.data, copy.removed, self.tenant, set(self.inputs.group_members))
+                decision = decide(copy.data, copy.removed, self.tenant, self.inputs.group_members, self.inputs.shared_mailboxes)
                 payload = self._payload(copy, number, True, None)
                 self._emit(UserAction("create", copy.id, str(copy.data.get("userPrincipalName") or copy.id), decision.rule,
                                       number, payload=payload, active=True, photo_etag=self._photo_etag(copy.id, None),

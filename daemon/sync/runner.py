@@ -25,6 +25,7 @@ from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient, PbxWriter
 from daemon.pbx.dryrun import DryRunPbxClient
 from daemon.retry import Clock, Transport
+from daemon.sync.contacts import ContactSync
 from daemon.sync.groups import GroupSync
 from daemon.sync.users import Progress, UserRunReport, UserSync
 from daemon.tls import client_ssl_context
@@ -84,13 +85,15 @@ class TenantRunner:
             pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
             writer = DryRunPbxClient() if self.dry_run else pbx
             groups = GroupSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now)
+            contacts = ContactSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now)
             report = await UserSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now, progress,
-                                    groups).run()
+                                    groups, contacts).run()
         except AuthorizationRequired as err:
             report = UserRunReport(result="reauthorization_required", error=str(err))
         except M365SyncError as err:
             report = UserRunReport(result="failed", error=str(err))
         summary = {"counts": report.counts, "group_counts": report.groups.counts, "missing_groups": report.groups.missing,
+                   "contact_counts": report.contacts.counts, "unreadable_mailboxes": report.contacts.unreadable,
                    "held": len(report.held), "failures": report.failures[:50],
                    "unmatched_selected": report.unmatched_selected, "full_round": report.full_round}
         await self.store.finish_run(run_id, report.result, summary, report.error)

@@ -43,7 +43,13 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def decide(user: Mapping[str, Any], removed: str | None, tenant: TenantConfig, group_members: set[str]) -> ScopeDecision:
+def decide(
+    user: Mapping[str, Any],
+    removed: str | None,
+    tenant: TenantConfig,
+    group_members: set[str] | frozenset[str],
+    shared_mailboxes: set[str] | frozenset[str] = frozenset(),
+) -> ScopeDecision:
     """The scope of one user from their stored Graph copy and the settings."""
     settings = tenant.users
     enabled = user.get("accountEnabled") is not False and removed is None
@@ -51,6 +57,8 @@ def decide(user: Mapping[str, Any], removed: str | None, tenant: TenantConfig, g
         return ScopeDecision(False, False, "permanently deleted in Entra ID")
     if removed == "changed":
         return ScopeDecision(False, False, "deleted in Entra ID (restorable for 30 days)")
+    if str(user.get("id")) in shared_mailboxes:
+        return ScopeDecision(False, enabled, "shared mailbox (shared mailboxes never get extensions)")
     if user.get("userType") == "Guest" and not settings.sync_guest_users:
         return ScopeDecision(False, enabled, "guest account and users.sync_guest_users = false")
     selected = matches(user, settings.selected_users)

@@ -29,7 +29,9 @@ from daemon.logging import get_logger
 from daemon.pbx.client import PbxClient, PbxOperation, PbxOutcome, PbxWriter
 from daemon.pbx.mapping import managed_view, patch_operations, payload_hash, photo_data_uri
 from daemon.pbx.schema import EXTENSION_NUMBER_PATHS, PBX_GROUP, PBX_USER
+from daemon.sync.contacts import ContactReport, ContactSync, Mailbox
 from daemon.sync.groups import GroupReport, GroupSync
+from daemon.sync.mailboxes import shared_mailboxes
 from daemon.sync.plan import PHOTO_PLACEHOLDER, InventoryEntry, PlanInputs, UserAction, UserPlan, UserPlanner
 from daemon.sync.scope import decide
 from state.store import Store
@@ -60,6 +62,7 @@ class UserRunReport:
     reconciled: int = 0
     error: str | None = None
     groups: GroupReport = field(default_factory=GroupReport)
+    contacts: ContactReport = field(default_factory=ContactReport)
 
     def add(self, kind: str, amount: int = 1) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + amount
@@ -76,6 +79,7 @@ class UserSync:
     now: Callable[[], float]
     progress: Progress | None = None
     groups: GroupSync | None = None
+    contacts: ContactSync | None = None
 
     async def run(self) -> UserRunReport:
         """One complete users run; never raises for one object's failure."""
@@ -84,6 +88,9 @@ class UserSync:
         delta_link = await self._read(report)
         if self.groups is not None and self.groups.configured:
             await self.groups.read(report.groups)
+        shared: dict[str, str] = {}
+        if self.tenant.shared_mailbox.enabled:
+            shared = await shared_mailboxes(self.tenant, self.sync_store, self.graph, self.now)
         inventory = await self._inventory()
         photos = await self._photos() if self.tenant.users.sync_photo and self.tenant.users.enabled else {}
         held = await self.sync_store.held(name)
@@ -97,6 +104,7 @@ class UserSync:
             photos=photos,
             approved_deprovisions=frozenset(i for i, (_, approved) in held.items() if approved),
             synced_count=await self.sync_store.count_synced(name, "user"),
+            shared_mailboxes=frozenset(shared),
         )
         planner = UserPlanner(inputs)
         async for copy, synced in self.sync_store.iter_with_synced(name, "user"):
@@ -112,6 +120,9 @@ class UserSync:
         if self.groups is not None:
             await self.groups.apply(report.groups, inventory[0], inventory[2])
             report.failures += report.groups.failures
+        if self.contacts is not None and self.contacts.enabled:
+            await self.contacts.run(await self._mailboxes(shared), report.contacts)
+            report.failures += report.contacts.failures
         if delta_link is not None:
             await self.store.save_delta_link(name, "users", delta_link)
         if self.groups is not None:
@@ -159,6 +170,17 @@ class UserSync:
                 log.info("full round no longer returns some users; they are deprovisioned", tenant=self.tenant.name,
                          users=len(missing))
         return round_.delta_link
+
+    async def _mailboxes(self, shared: dict[str, str]) -> list[Mailbox]:
+        """Whose contacts go to the PBX: active synced users, and shared mailboxes."""
+        mailboxes = []
+        if self.tenant.personal_contacts.enabled:
+            for graph_id, pbx_id, upn in await self.sync_store.active_users(self.tenant.name):
+                if graph_id not in shared:
+                    mailboxes.append(Mailbox(graph_id, upn, "personal", pbx_id))
+        if self.tenant.shared_mailbox.enabled:
+            mailboxes += [Mailbox(graph_id, upn, "company", None) for graph_id, upn in sorted(shared.items())]
+        return mailboxes
 
     async def _inventory(self) -> tuple[set[str], dict[str, InventoryEntry], dict[str, str]]:
         """Every extension on the PBX, and the users and groups it holds by externalId (one listing per run)."""

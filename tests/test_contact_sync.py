@@ -1,0 +1,151 @@
+"""Personal contacts and shared mailboxes into the PBX directory."""
+
+from __future__ import annotations
+
+import math
+
+from sim.generator import generate_tenant
+from sync_fixtures import SyncEnv
+
+DAY = 86400.0
+
+
+def add_user(env: SyncEnv, index: int, mailbox: str = "user", **fields: object) -> str:
+    user_id = f"00000000-0000-4000-8000-{index:012d}"
+    properties = {"displayName": f"User {index}", "userPrincipalName": f"user{index:03d}@contoso.example",
+                  "accountEnabled": True, "userType": "Member", **fields}
+    env.graph.tenant.add_user(user_id, mailbox=mailbox, **properties)
+    return user_id
+
+
+def contact(env: SyncEnv, owner: str, contact_id: str, folder: str = "contacts", **fields: object) -> None:
+    properties = {"displayName": contact_id, "mobilePhone": "+1 555 0100", **fields}
+    env.graph.tenant.put_contact(owner, contact_id, folder_id=folder, **properties)
+
+
+async def test_personal_contacts_with_owner_and_phone_rule(sync_env: SyncEnv) -> None:
+    alice, bob = add_user(sync_env, 1), add_user(sync_env, 2)
+    contact(sync_env, alice, "c-a1", businessPhones=["+49 30 1234-56"], emailAddresses=[{"name": "x", "address": "x@y.example"}])
+    contact(sync_env, alice, "c-a2", mobilePhone=None)  # no phone at all
+    contact(sync_env, bob, "c-b1")
+    sync_env.configure(personal_contacts={"enabled": True})
+    report = await sync_env.run()
+    assert report.contacts.counts == {"create": 2} and report.contacts.skipped_without_phone == 1
+    users = await sync_env.pbx_users()
+    contacts = await sync_env.pbx_contacts()
+    assert set(contacts) == {"c-a1", "c-b1"}
+    assert contacts["c-a1"]["directory"] == "personal" and contacts["c-a1"]["owner"] == users[alice]["id"]
+    assert contacts["c-a1"]["source"] == "user001@contoso.example"
+    assert {"value": "+49 30 1234-56", "type": "work"} in contacts["c-a1"]["phoneNumbers"]
+    writes = sync_env.pbx_writes()
+    assert (await sync_env.run()).contacts.counts == {}
+    assert sync_env.pbx_writes() == writes
+    sync_env.configure(personal_contacts={"enabled": True, "require_phone": False})
+    assert (await sync_env.run()).contacts.counts == {"create": 1}
+
+
+async def test_contact_changes_and_deletions_follow(sync_env: SyncEnv) -> None:
+    owner = add_user(sync_env, 1)
+    for name in ("c1", "c2", "c3"):
+        contact(sync_env, owner, name)
+    sync_env.configure(personal_contacts={"enabled": True})
+    await sync_env.run()
+    contact(sync_env, owner, "c1", displayName="Renamed", companyName="Fabrikam")
+    sync_env.graph.tenant.delete_contact(owner, "c2")
+    contact(sync_env, owner, "c4")
+    report = await sync_env.run()
+    assert report.contacts.counts == {"create": 1, "update": 1, "delete": 1}
+    contacts = await sync_env.pbx_contacts()
+    assert set(contacts) == {"c1", "c3", "c4"}
+    assert contacts["c1"]["displayName"] == "Renamed" and contacts["c1"]["companyName"] == "Fabrikam"
+
+
+async def test_folders_added_daily_and_removed_folders_take_their_contacts(sync_env: SyncEnv) -> None:
+    owner = add_user(sync_env, 1)
+    contact(sync_env, owner, "c-default")
+    sync_env.configure(personal_contacts={"enabled": True})
+    await sync_env.run()
+    sync_env.graph.tenant.add_folder(owner, "folder-suppliers", "Suppliers")
+    contact(sync_env, owner, "c-supplier", folder="folder-suppliers")
+    assert (await sync_env.run()).contacts.counts == {}  # folders are re-listed daily
+    sync_env.graph.clock.advance(DAY)
+    assert (await sync_env.run()).contacts.counts == {"create": 1}
+    sync_env.graph.tenant.delete_folder(owner, "folder-suppliers")
+    assert (await sync_env.run()).contacts.counts == {"delete": 1}
+    assert set(await sync_env.pbx_contacts()) == {"c-default"}
+
+
+async def test_user_leaving_scope_takes_their_contacts(sync_env: SyncEnv) -> None:
+    stays, leaves = add_user(sync_env, 1), add_user(sync_env, 2)
+    contact(sync_env, stays, "c-stays")
+    contact(sync_env, leaves, "c-leaves")
+    sync_env.configure(personal_contacts={"enabled": True})
+    await sync_env.run()
+    sync_env.graph.tenant.change_user(leaves, accountEnabled=False)
+    report = await sync_env.run()
+    assert report.counts == {"disable": 1} and report.contacts.counts == {"delete": 1}
+    assert set(await sync_env.pbx_contacts()) == {"c-stays"}
+
+
+async def test_shared_mailboxes_detected_and_listed_become_company_contacts(sync_env: SyncEnv) -> None:
+    add_user(sync_env, 1)
+    reception = add_user(sync_env, 2, mailbox="shared", displayName="Reception")
+    sales = add_user(sync_env, 3, displayName="Sales Desk")  # a user mailbox, listed explicitly
+    contact(sync_env, reception, "c-courier")
+    contact(sync_env, sales, "c-lead")
+    sync_env.configure(shared_mailbox={"enabled": True, "mailboxes": ["USER003@contoso.example"]})
+    await sync_env.run()
+    users = await sync_env.pbx_users()
+    assert reception not in users and sales not in users  # shared mailboxes never get extensions
+    contacts = await sync_env.pbx_contacts()
+    assert set(contacts) == {"c-courier", "c-lead"}
+    assert contacts["c-courier"]["directory"] == "company" and "owner" not in contacts["c-courier"]
+    assert contacts["c-courier"]["source"] == "user002@contoso.example"
+    checks = sync_env.graph_requests("/mailboxSettings")
+    await sync_env.run()
+    assert sync_env.graph_requests("/mailboxSettings") == checks  # cached, re-checked daily
+
+
+async def test_unreadable_mailboxes_are_reported_once_and_the_others_sync(sync_env: SyncEnv) -> None:
+    readable, locked = add_user(sync_env, 1), add_user(sync_env, 2)
+    contact(sync_env, readable, "c-ok")
+    contact(sync_env, locked, "c-locked")
+    sync_env.graph.sim.api.settings.forbidden_mailboxes.add(locked)
+    sync_env.configure(personal_contacts={"enabled": True})
+    report = await sync_env.run()
+    assert report.contacts.unreadable == ["user002@contoso.example"] and report.result == "success"
+    assert set(await sync_env.pbx_contacts()) == {"c-ok"}
+    requests = sync_env.graph_requests(locked)
+    report = await sync_env.run()
+    assert report.contacts.unreadable == [] and sync_env.graph_requests(locked) == requests  # not retried every run
+
+
+async def test_no_change_pass_at_1000_users_costs_one_batch_per_20_folders(sync_env: SyncEnv) -> None:
+    made = generate_tenant(sync_env.graph.tenant, users=1000, contacts_per_user=1, photo_fraction=0)
+    sync_env.configure(personal_contacts={"enabled": True, "require_phone": False})
+    await sync_env.run()
+    mailboxes = len(made.members)
+    batches, writes = sync_env.graph_requests(r"^/\$batch$"), sync_env.pbx_writes()
+    report = await sync_env.run()
+    assert report.contacts.counts == {}
+    assert sync_env.graph_requests(r"^/\$batch$") - batches <= math.ceil(mailboxes * 1 / 20)
+    assert sync_env.pbx_writes() == writes
+
+
+async def test_a_contact_created_before_a_crash_is_adopted_not_duplicated(sync_env: SyncEnv) -> None:
+    from daemon.pbx.client import PbxOperation
+    from daemon.pbx.mapping import contact_payload
+
+    owner = add_user(sync_env, 1)
+    contact(sync_env, owner, "c-1")
+    await sync_env.run()  # the user exists; personal contacts are still off
+    users = await sync_env.pbx_users()
+    # The previous run journaled "c-1", sent the create, and died before recording it.
+    await sync_env.sync_store.journal_pending("t", "contact", "c-1", "pending-create")
+    payload = contact_payload({"id": "c-1", "displayName": "c-1", "mobilePhone": "+1 555 0100"}, directory="personal",
+                              source="user001@contoso.example", owner=users[owner]["id"])
+    assert (await sync_env.pbx.client.execute(PbxOperation("create", "Contact", "c-1", payload=payload))).ok
+    sync_env.configure(personal_contacts={"enabled": True})
+    report = await sync_env.run()
+    assert report.contacts.counts == {"update": 1}
+    assert set(await sync_env.pbx_contacts()) == {"c-1"}  # pbx_contacts fails on a duplicate externalId
