@@ -33,6 +33,11 @@ class FakeClock:
         self._now += timedelta(seconds=seconds)
         self._monotonic += seconds
 
+    def set(self, moment: datetime) -> None:
+        """Jump the wall clock to ``moment`` (monotonic time keeps going forward)."""
+        self._monotonic += max(0.0, (moment - self._now).total_seconds())
+        self._now = moment
+
     async def sleep(self, seconds: float) -> None:
         """Advance by ``seconds`` and let other tasks run once."""
         self.sleeps.append(seconds)

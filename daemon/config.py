@@ -247,13 +247,23 @@ class UsersConfig(_Section):
     max_deprovisions_per_run: int | None = Field(default=None, ge=0)
 
 
-class FeatureToggle(_Section):
-    enabled: bool = False
-
-
 class PersonalContactsConfig(_Section):
     enabled: bool = False
     require_phone: bool = True
+
+
+ShowAs = Literal["busy", "oof", "tentative", "workingElsewhere", "free", "unknown"]
+
+
+def _default_show_as() -> list[ShowAs]:
+    return ["busy", "oof", "tentative"]
+
+
+class EventsConfig(_Section):
+    enabled: bool = False
+    window_days: int = Field(default=14, ge=1, le=60)
+    poll_seconds: int = Field(default=60, ge=10)
+    show_as: list[ShowAs] = Field(default_factory=_default_show_as)
 
 
 class SharedMailboxConfig(_Section):
@@ -293,7 +303,7 @@ class TenantConfig(_Section):
     users: UsersConfig = UsersConfig()
     personal_contacts: PersonalContactsConfig = PersonalContactsConfig()
     shared_mailbox: SharedMailboxConfig = SharedMailboxConfig()
-    events: FeatureToggle = FeatureToggle()
+    events: EventsConfig = EventsConfig()
     sign_in_as_administrator: SignInAsAdministratorConfig = SignInAsAdministratorConfig()
     sign_in_as_standard_user: SignInAsStandardUserConfig = SignInAsStandardUserConfig()
 

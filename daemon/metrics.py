@@ -126,6 +126,22 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.calendar_polls = Counter(
+            "m365sync_calendar_polls", "Calendar polls, by result.", ["tenant", "result"], registry=self.registry
+        )
+        self.calendar_polls_skipped = Counter(
+            "m365sync_calendar_polls_skipped",
+            "Calendar polls skipped because the previous poll overran its interval.",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.calendar_unreadable = Gauge(
+            "m365sync_calendar_unreadable_users",
+            "Users whose calendar answered 403 and is not polled.",
+            ["tenant"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The text exposition format served at ``/metrics``."""
         return generate_latest(self.registry)

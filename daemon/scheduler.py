@@ -32,6 +32,8 @@ DEFAULT_RUN_TIMEOUT_SECONDS = 3 * 3600.0
 class SchedulerClock(Protocol):
     def time(self) -> float: ...
 
+    def monotonic(self) -> float: ...
+
     async def sleep(self, seconds: float) -> None: ...
 
 
@@ -175,3 +177,52 @@ class TenantSchedule:
 
 def _new_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+class PollLoop:
+    """A fixed-interval poll (the calendar): one poll at a time; a poll that
+    overruns its interval makes the missed ticks skipped and counted, never stacked."""
+
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        poll: Callable[[], Awaitable[None]],
+        clock: SchedulerClock,
+        on_skipped: Callable[[int], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.interval = interval
+        self.poll = poll
+        self.clock = clock
+        self.on_skipped = on_skipped
+        self.polls = 0
+        self.skipped = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"poll-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            started = self.clock.monotonic()
+            try:
+                await self.poll()
+            except Exception as err:  # one failed poll must not end the polling
+                log.exception("poll failed", poll=self.name, error=str(err))
+            self.polls += 1
+            elapsed = self.clock.monotonic() - started
+            missed = int(elapsed // self.interval)
+            if missed:
+                self.skipped += missed
+                if self.on_skipped is not None:
+                    self.on_skipped(missed)
+                log.warning("a poll overran its interval; the missed polls were skipped", poll=self.name,
+                            seconds=round(elapsed, 1), skipped=missed)
+            await self.clock.sleep(self.interval - elapsed % self.interval)

@@ -8,7 +8,7 @@ import asyncio
 import errno
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -23,7 +23,14 @@ from daemon.health import TenantStatus, tenant_status
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.progress import ProgressLog
-from daemon.scheduler import DEFAULT_RUN_TIMEOUT_SECONDS, RunFunction, RunProgress, SchedulerClock, TenantSchedule
+from daemon.scheduler import (
+    DEFAULT_RUN_TIMEOUT_SECONDS,
+    PollLoop,
+    RunFunction,
+    RunProgress,
+    SchedulerClock,
+    TenantSchedule,
+)
 from daemon.sdnotify import Notifier
 from daemon.server import build_app
 from daemon.status import NEXT_RUN_KEY, TenantReport
@@ -57,6 +64,7 @@ class Service:
         self.clock: SchedulerClock = clock or SystemClock()
         self.run_timeout = run_timeout
         self.schedules: dict[str, TenantSchedule] = {}
+        self.polls: dict[str, PollLoop] = {}
         self._session: aiohttp.ClientSession | None = None
         self._sync_store: SyncStore | None = None
         self._db: Database | None = None
@@ -125,6 +133,11 @@ class Service:
                     schedule = TenantSchedule(tenant, self._runner_for(tenant), self.clock, self.run_timeout, self._next_run)
                     self.schedules[tenant.name] = schedule
                     schedule.start()
+                    if tenant.events.enabled:
+                        loop = PollLoop(f"calendar-{tenant.name}", tenant.events.poll_seconds, self._poller_for(tenant),
+                                        self.clock, self.metrics.calendar_polls_skipped.labels(tenant.name).inc)
+                        self.polls[tenant.name] = loop
+                        loop.start()
         self.notifier.notify("READY=1\nSTATUS=serving")
         self._watchdog = asyncio.create_task(self.notifier.watchdog(), name="sd-watchdog")
         statuses = await self.tenant_statuses()
@@ -138,6 +151,9 @@ class Service:
     async def stop(self) -> None:
         """Close the server and the database; safe to call more than once."""
         self.notifier.notify("STOPPING=1")
+        for poll in self.polls.values():
+            await poll.stop()
+        self.polls.clear()
         for schedule in self.schedules.values():
             await schedule.stop()
         self.schedules.clear()
@@ -184,6 +200,25 @@ class Service:
     async def _next_run(self, tenant: str, when: float) -> None:
         self.metrics.next_run.labels(tenant).set(when)
         await self.sync_store.set_value(tenant, NEXT_RUN_KEY, repr(when))
+
+    def _poller_for(self, tenant: TenantConfig) -> Callable[[], Awaitable[None]]:
+        async def poll() -> None:
+            row = await self.store.tenant(tenant.name)
+            if tenant.auth_mode == "delegated" and (row is None or row.auth_state != AUTHORIZED):
+                return
+            assert self.auth is not None and self._session is not None
+            runner = TenantRunner(tenant, self.store, self.sync_store, self.auth, self._session, self.metrics)
+            try:
+                report = await runner.poll_calendar()
+            except M365SyncError as err:
+                self.metrics.calendar_polls.labels(tenant.name, "failed").inc()
+                log.warning("calendar poll failed", tenant=tenant.name, error=str(err))
+                return
+            self.metrics.calendar_polls.labels(tenant.name, "partial" if report.failures else "success").inc()
+            if report.unreadable:
+                self.metrics.calendar_unreadable.labels(tenant.name).inc(len(report.unreadable))
+
+        return poll
 
     def _runner_for(self, tenant: TenantConfig) -> RunFunction:
         async def run(trigger: str, run_id: str, progress: RunProgress) -> str:

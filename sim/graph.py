@@ -303,13 +303,49 @@ class GraphApi:
         start, end = (datetime.fromisoformat(value) for value in state["w"])
         collection = self.tenant.events[user_id]
 
-        def render(record: Record) -> dict[str, Any] | None:
+        def render(record: Record) -> list[dict[str, Any]]:
+            if "recurrence" in record.data:
+                return [_render_event(occurrence, zone) for occurrence in _occurrences(record, start, end)]
             event_start, event_end = _event_bounds(record.data)
             if not (event_start < end and event_end > start):
-                return None  # outside the window: reported as removed
-            return _render_event(record, zone)
+                return []  # outside the window: reported as removed
+            return [_render_event(record, zone)]
 
-        return self._outlook_page(request, scope, collection, state, render, "#microsoft.graph.event")
+        return self._events_page(request, scope, collection, state, render)
+
+    def _events_page(
+        self,
+        request: SimRequest,
+        scope: str,
+        collection: Collection,
+        state: dict[str, Any],
+        render: Callable[[Record], list[dict[str, Any]]],
+    ) -> SimResponse:
+        """calendarView delta: a series master stands for its occurrences in the
+        window (all on one page); a removed or moved event is ``@removed``."""
+        since = state["s"]
+        page_size = self.settings.outlook_page_size
+        match = re.search(r"odata\.maxpagesize=(\d+)", request.headers.get("prefer", ""))
+        if match:
+            page_size = max(1, min(int(match.group(1)), self.settings.outlook_max_page_size))
+        items: list[dict[str, Any]] = []
+        last_id: str | None = state.get("a")
+        window = [datetime.fromisoformat(value) for value in state["w"]]
+        for record in collection.after(state.get("a")):
+            last_id = record.id
+            if record.seq <= since:
+                continue
+            rendered = [] if record.removed is not None else render(record)
+            if rendered:
+                items += [{"@odata.type": "#microsoft.graph.event", **item} for item in rendered]
+            elif since > 0:
+                ids = [o.id for o in _occurrences(record, *window)] if "recurrence" in record.data else [record.id]
+                items += [{"@odata.type": "#microsoft.graph.event", "id": i, "@removed": {"reason": "deleted"}} for i in ids]
+            if len(items) >= page_size:
+                break
+        else:
+            return self._final_page(request, scope, items, state)
+        return self._next_page(request, scope, items, {**state, "a": last_id})
 
     def _outlook_page(
         self,
@@ -543,15 +579,63 @@ def _prefer_timezone(prefer: str) -> str:
 
 
 def _render_event(record: Record, zone_name: str) -> dict[str, Any]:
-    """Events come back in UTC, or in the zone asked for with ``Prefer``."""
+    """Events come back in UTC, or in the zone asked for with ``Prefer``;
+    all-day events keep their own midnight-to-midnight in their own zone."""
     out: dict[str, Any] = {"id": record.id}
     zone = _zone(zone_name)
     start, end = _event_bounds(record.data)
     for key, value in record.data.items():
-        out[key] = value
+        if key != "recurrence":
+            out[key] = value
+    if record.data.get("isAllDay"):
+        return out
     out["start"] = {"dateTime": start.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": zone_name}
     out["end"] = {"dateTime": end.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": zone_name}
     return out
+
+
+WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+MAX_OCCURRENCES = 1000
+
+
+def _occurrences(master: Record, window_start: datetime, window_end: datetime) -> list[Record]:
+    """The occurrences of a daily or weekly series that overlap the window,
+    expanded in the series' own time zone (so DST keeps the local time)."""
+    data = master.data
+    pattern, range_ = data["recurrence"]["pattern"], data["recurrence"]["range"]
+    zone = _zone(data["start"].get("timeZone", "UTC"))
+    first = datetime.fromisoformat(data["start"]["dateTime"][:19])
+    length = datetime.fromisoformat(data["end"]["dateTime"][:19]) - first
+    interval = int(pattern.get("interval", 1))
+    weekdays = {WEEKDAYS.index(d) for d in pattern.get("daysOfWeek", [])} or {first.weekday()}
+    last_date = datetime.fromisoformat(range_["endDate"]).date() if range_.get("type") == "endDate" else None
+    limit = int(range_.get("numberOfOccurrences", MAX_OCCURRENCES)) if range_.get("type") == "numbered" else MAX_OCCURRENCES
+    occurrences: list[Record] = []
+    count = 0
+    day = first.date()
+    while count < limit and (last_date is None or day <= last_date):
+        weeks = (day - first.date()).days // 7
+        if pattern["type"] == "daily":
+            due = (day - first.date()).days % interval == 0
+        else:
+            due = weeks % interval == 0 and day.weekday() in weekdays
+        if due:
+            count += 1
+            local = datetime.combine(day, first.time())
+            start = local.replace(tzinfo=zone).astimezone(UTC)
+            end = (local + length).replace(tzinfo=zone).astimezone(UTC)
+            if start >= window_end:
+                break
+            if end > window_start:
+                occurrence = {k: v for k, v in data.items() if k != "recurrence"}
+                occurrence.update(
+                    type="occurrence", seriesMasterId=master.id,
+                    start={"dateTime": local.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": data["start"]["timeZone"]},
+                    end={"dateTime": (local + length).strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": data["end"]["timeZone"]},
+                )
+                occurrences.append(Record(f"{master.id}.{day:%Y%m%d}", occurrence, master.seq, {}))
+        day = day.fromordinal(day.toordinal() + 1)
+    return occurrences
 
 
 def _jitter(base: int, state: dict[str, Any]) -> int:

@@ -129,6 +129,23 @@ class SyncStore:
                 (self.clock(), tenant, kind, value, value2),
             )
 
+    async def purge_where(self, tenant: str, kind: str, key: str, value: str) -> None:
+        """Forget the copies whose JSON field ``key`` holds ``value`` (no tombstone)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                f"DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND json_extract(data, '$.{key}') = ?",
+                (tenant, kind, value),
+            )
+
+    async def copies_where(self, tenant: str, kind: str, key: str, value: str) -> list[dict[str, Any]]:
+        """The live copies whose JSON field ``key`` holds ``value``."""
+        async with self.db.conn.execute(
+            f"SELECT data FROM graph_objects WHERE tenant = ? AND kind = ? AND removed IS NULL"
+            f" AND json_extract(data, '$.{key}') = ?",
+            (tenant, kind, value),
+        ) as cursor:
+            return [json.loads(row[0]) for row in await cursor.fetchall()]
+
     async def purge_graph_object(self, tenant: str, kind: str, id_: str) -> None:
         async with self.db.transaction() as conn:
             await conn.execute("DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND id = ?", (tenant, kind, id_))

@@ -116,3 +116,28 @@ async def test_the_run_timeout_ends_a_hung_run_cleanly(tmp_path: Path) -> None:
     await clock.advance_async(2 * HOUR)
     assert recorder.runs[-1] == ("schedule", "11-30 12:00")
     await runner.stop()
+
+
+async def test_an_overrunning_poll_skips_and_counts_missed_polls_never_stacks(tmp_path: Path) -> None:
+    from daemon.scheduler import PollLoop
+
+    clock = ManualClock(datetime(2026, 11, 30, 8, 0, tzinfo=UTC))
+    starts: list[float] = []
+    running = 0
+    durations = iter([10.0, 150.0, 10.0, 10.0, 10.0, 10.0])
+
+    async def poll() -> None:
+        nonlocal running
+        running += 1
+        assert running == 1  # never two polls at once
+        starts.append(clock.monotonic() - 1000.0)
+        await clock.sleep(next(durations, 10.0))
+        running -= 1
+
+    skipped: list[int] = []
+    loop = PollLoop("calendar-t", 60.0, poll, clock, skipped.append)
+    loop.start()
+    await clock.advance_async(300)
+    assert starts == [0.0, 60.0, 240.0, 300.0]  # the 150 s poll (60-210) made the ticks at 120 and 180 skipped
+    assert skipped == [2] and loop.skipped == 2
+    await loop.stop()

@@ -25,6 +25,7 @@ from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient, PbxWriter
 from daemon.pbx.dryrun import DryRunPbxClient
 from daemon.retry import Clock, Transport
+from daemon.sync.calendar import CalendarReport, CalendarSync
 from daemon.sync.contacts import ContactSync
 from daemon.sync.groups import GroupSync
 from daemon.sync.users import Progress, UserRunReport, UserSync
@@ -71,6 +72,14 @@ class TenantRunner:
     def _transport(self) -> Transport:
         return Transport(self.session, self.tenant.name, self.metrics,
                          ssl_context=client_ssl_context(self.tenant.ca_file), clock=self.clock)
+
+    async def poll_calendar(self) -> CalendarReport:
+        """One calendar poll (the busy windows), outside the sync runs."""
+        graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(self.tenant.name))
+        pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
+        report = CalendarReport()
+        await CalendarSync(self.tenant, self.store, self.sync_store, graph, pbx, self.now).poll(report)
+        return report
 
     async def run(self, trigger: str, progress: Progress | None = None, run_id: str | None = None) -> RunResult:
         run_id = run_id or uuid.uuid4().hex[:12]
