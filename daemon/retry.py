@@ -7,8 +7,10 @@ number of attempts.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import ssl
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -58,6 +60,18 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 
 @dataclass
+class GraphBudget:
+    """One tenant's Graph concurrency, shared by every executor of that tenant
+    (sync runs and calendar polls): batches in flight and items per mailbox."""
+
+    max_batches_in_flight: int = 4
+    per_mailbox: int = 4
+    in_flight: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
 class Transport:
     """How one tenant reaches a peer (Graph or the PBX): the process-wide
     session, the trust for its TLS, the metrics, the clock and retry policy."""
@@ -69,6 +83,7 @@ class Transport:
     clock: Clock = field(default_factory=SystemClock)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rng: random.Random = field(default_factory=random.Random)
+    budget: GraphBudget | None = None  # shared by a tenant's concurrent Graph work
 
     @property
     def ssl(self) -> ssl.SSLContext | bool:

@@ -31,6 +31,7 @@ from daemon.scheduler import (
     SchedulerClock,
     TenantSchedule,
 )
+from daemon.retry import GraphBudget
 from daemon.sdnotify import Notifier
 from daemon.server import build_app
 from daemon.status import NEXT_RUN_KEY, TenantReport
@@ -65,6 +66,7 @@ class Service:
         self.run_timeout = run_timeout
         self.schedules: dict[str, TenantSchedule] = {}
         self.polls: dict[str, PollLoop] = {}
+        self.budgets: dict[str, GraphBudget] = {}  # one Graph budget per tenant, shared by runs and polls
         self._session: aiohttp.ClientSession | None = None
         self._sync_store: SyncStore | None = None
         self._db: Database | None = None
@@ -207,7 +209,8 @@ class Service:
             if tenant.auth_mode == "delegated" and (row is None or row.auth_state != AUTHORIZED):
                 return
             assert self.auth is not None and self._session is not None
-            runner = TenantRunner(tenant, self.store, self.sync_store, self.auth, self._session, self.metrics)
+            runner = TenantRunner(tenant, self.store, self.sync_store, self.auth, self._session, self.metrics,
+                                  budget=self.budgets.setdefault(tenant.name, GraphBudget()))
             try:
                 report = await runner.poll_calendar()
             except M365SyncError as err:
@@ -233,7 +236,8 @@ class Service:
             progress.details["skipped"] = "the tenant is not authorized"
             return "not_authorized"
         assert self.auth is not None and self._session is not None
-        runner = TenantRunner(tenant, self.store, self.sync_store, self.auth, self._session, self.metrics)
+        runner = TenantRunner(tenant, self.store, self.sync_store, self.auth, self._session, self.metrics,
+                              budget=self.budgets.setdefault(tenant.name, GraphBudget()))
         started = time.monotonic()
         try:
             result = await runner.run(trigger, progress=ProgressLog(progress, self.clock), run_id=run_id)

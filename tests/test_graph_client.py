@@ -406,3 +406,20 @@ async def test_a_fraction_of_throttled_requests_still_completes_the_round(graph_
     throttled = graph_env.sim.requests("/users/delta")
     assert any(r.status == 429 for r in throttled)
     assert all(s >= 5 for s in graph_env.clock.sleeps)
+
+
+async def test_executors_of_one_tenant_share_the_per_mailbox_budget(graph_env: GraphEnv) -> None:
+    """A sync run and a calendar poll at once still keep 4 in flight per mailbox."""
+    import asyncio
+
+    from daemon.retry import GraphBudget
+
+    graph_env.tenant.add_user("a", displayName="a")
+    graph_env.sim.faults.latency = 0.01
+    graph_env.client.transport.budget = GraphBudget()
+    requests = [BatchRequest(f"r{i}", "/users/a/mailboxSettings", mailbox="a") for i in range(12)]
+    first, second = await asyncio.gather(collect(BatchExecutor(graph_env.client), requests[:6]),
+                                         collect(BatchExecutor(graph_env.client), requests[6:]))
+    assert len(first) == 6 and len(second) == 6
+    assert graph_env.sim.max_mailbox_in_flight == {"a": 4}
+    assert graph_env.client.transport.budget.in_flight["a"] == 0 and graph_env.client.transport.budget.batches == 0

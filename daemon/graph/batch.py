@@ -22,7 +22,7 @@ from typing import Any
 from daemon.errors import GraphPayloadError, M365SyncError
 from daemon.graph.client import RETRYABLE_STATUSES, GraphClient, endpoint_label, error_for
 from daemon.logging import get_logger
-from daemon.retry import retry_after_seconds
+from daemon.retry import GraphBudget, retry_after_seconds
 
 log = get_logger(__name__)
 
@@ -65,21 +65,26 @@ class BatchExecutor:
     def __init__(
         self,
         client: GraphClient,
-        max_batches_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
-        per_mailbox: int = PER_MAILBOX_IN_FLIGHT,
+        max_batches_in_flight: int | None = None,
+        per_mailbox: int | None = None,
     ) -> None:
         self.client = client
-        self.max_batches_in_flight = max_batches_in_flight
-        self.per_mailbox = per_mailbox
+        shared = client.transport.budget
+        if max_batches_in_flight is not None or per_mailbox is not None or shared is None:
+            shared = GraphBudget(max_batches_in_flight or DEFAULT_BATCHES_IN_FLIGHT, per_mailbox or PER_MAILBOX_IN_FLIGHT)
+        self.budget = shared
+        self.per_mailbox = shared.per_mailbox
         self.batches_sent = 0
 
     async def run(self, requests: Iterable[BatchRequest]) -> AsyncIterator[BatchResult]:
         """Yield one final result per request, in completion order."""
         source: Iterator[BatchRequest] = iter(requests)
         pending: deque[_Pending] = deque()
-        in_flight: Counter[str] = Counter()
+        budget = self.budget
+        in_flight = budget.in_flight
         tasks: set[asyncio.Task[list[tuple[_Pending, BatchResult]]]] = set()
-        buffer_size = MAX_BATCH_SIZE * self.max_batches_in_flight * 2
+        holding: dict[asyncio.Task[list[tuple[_Pending, BatchResult]]], list[_Pending]] = {}
+        buffer_size = MAX_BATCH_SIZE * budget.max_batches_in_flight * 2
         exhausted = False
         try:
             while True:
@@ -87,24 +92,34 @@ class BatchExecutor:
                     more = list(itertools.islice(source, buffer_size - len(pending)))
                     exhausted = not more
                     pending.extend(_Pending(r) for r in more)
-                while len(tasks) < self.max_batches_in_flight:
+                while budget.batches < budget.max_batches_in_flight:
                     batch = self._pack(pending, in_flight)
                     if not batch:
                         break
                     for item in batch:
                         in_flight[item.request.mailbox or ""] += 1
-                    tasks.add(asyncio.create_task(self._send(batch)))
+                    budget.batches += 1
+                    task = asyncio.create_task(self._send(batch))
+                    holding[task] = batch
+                    tasks.add(task)
                 if not tasks:
                     if not pending and exhausted:
                         return
-                    if pending:
+                    now = self.client.transport.clock.monotonic()
+                    if pending and all(p.not_before > now for p in pending):
                         # Only items waiting out a Retry-After remain.
-                        wait = min(p.not_before for p in pending) - self.client.transport.clock.monotonic()
-                        await self.client.transport.clock.sleep(max(wait, 0.0))
+                        await self.client.transport.clock.sleep(max(min(p.not_before for p in pending) - now, 0.0))
+                    elif pending:
+                        # Another executor of this tenant holds the budget: wait for it to release some.
+                        budget.released.clear()
+                        await budget.released.wait()
                     continue
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     tasks.discard(task)
+                    holding.pop(task, None)
+                    budget.batches -= 1
+                    budget.released.set()
                     for item, result in task.result():
                         in_flight[item.request.mailbox or ""] -= 1
                         retry_at = self._retry_at(item, result)
@@ -118,6 +133,11 @@ class BatchExecutor:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for task in tasks:  # give back what cancelled batches held
+                budget.batches -= 1
+                for item in holding.get(task, []):
+                    in_flight[item.request.mailbox or ""] -= 1
+            budget.released.set()
 
     def _pack(self, pending: deque[_Pending], in_flight: Counter[str]) -> list[_Pending]:
         """Up to 20 ready items without exceeding any mailbox's in-flight limit."""

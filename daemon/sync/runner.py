@@ -24,7 +24,7 @@ from daemon.logging import bind, get_logger, unbind
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient, PbxWriter
 from daemon.pbx.dryrun import DryRunPbxClient
-from daemon.retry import Clock, Transport
+from daemon.retry import Clock, GraphBudget, Transport
 from daemon.sync.calendar import CalendarReport, CalendarSync
 from daemon.sync.contacts import ContactSync
 from daemon.sync.groups import GroupSync
@@ -58,6 +58,7 @@ class TenantRunner:
         clock: Clock | None = None,
         now: Callable[[], float] = time.time,
         dry_run: bool = False,
+        budget: GraphBudget | None = None,
     ) -> None:
         self.tenant = tenant
         self.store = store
@@ -68,10 +69,11 @@ class TenantRunner:
         self.clock = clock or SystemClock()
         self.now = now
         self.dry_run = dry_run
+        self.budget = budget or GraphBudget()
 
     def _transport(self) -> Transport:
         return Transport(self.session, self.tenant.name, self.metrics,
-                         ssl_context=client_ssl_context(self.tenant.ca_file), clock=self.clock)
+                         ssl_context=client_ssl_context(self.tenant.ca_file), clock=self.clock, budget=self.budget)
 
     async def poll_calendar(self) -> CalendarReport:
         """One calendar poll (the busy windows), outside the sync runs."""
