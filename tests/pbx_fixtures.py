@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -19,10 +20,24 @@ from sim.pbx import PbxRequest, ScimServer
 _tenants = itertools.count(1)
 
 
+# Event subjects the simulator and the tests use; none may ever reach the PBX.
+EVENT_SUBJECTS = ("Private meeting", "Board meeting", "Confidential agenda")
+_used_tenants: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def scim_server() -> Iterator[ScimServer]:
     with ScimServer() as server:
         yield server
+        leaked = []
+        for tenant in _used_tenants:  # over the whole test session
+            for endpoint in ("Users", "Contacts", "Groups"):
+                request = urllib.request.Request(f"{server.url(tenant)}/{endpoint}?count=1000",
+                                                 headers={"Authorization": f"Bearer {server.token}"})
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    text = response.read().decode()
+                leaked += [f"{tenant}/{endpoint}: {s}" for s in EVENT_SUBJECTS if s in text]
+        assert leaked == [], "event content reached the PBX"
 
 
 @dataclass
@@ -51,6 +66,7 @@ def make_client(server: ScimServer, tenant: str, session: aiohttp.ClientSession,
 @pytest.fixture
 async def pbx(scim_server: ScimServer) -> AsyncIterator[PbxEnv]:
     tenant = f"t{next(_tenants)}"
+    _used_tenants.append(tenant)
     metrics, clock = Metrics(), FakeClock()
     async with aiohttp.ClientSession() as session:
         yield PbxEnv(scim_server, tenant, make_client(scim_server, tenant, session, metrics, clock), metrics, clock)
