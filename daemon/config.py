@@ -299,6 +299,7 @@ class TenantConfig(_Section):
     ca_file: ConfigPath | None = None
     groups: list[Uuid] = Field(default_factory=list)
     groups_starting_extension_number: ExtensionNumber | None = None
+    groups_transitive: bool = False
     pbx: PbxConfig
     users: UsersConfig = UsersConfig()
     personal_contacts: PersonalContactsConfig = PersonalContactsConfig()

@@ -23,6 +23,7 @@ from daemon.health import TenantStatus, tenant_status
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.progress import ProgressLog
+from daemon.retry import GraphBudget
 from daemon.scheduler import (
     DEFAULT_RUN_TIMEOUT_SECONDS,
     PollLoop,
@@ -31,7 +32,6 @@ from daemon.scheduler import (
     SchedulerClock,
     TenantSchedule,
 )
-from daemon.retry import GraphBudget
 from daemon.sdnotify import Notifier
 from daemon.server import build_app
 from daemon.status import NEXT_RUN_KEY, TenantReport

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sim import schema
-from sim.store import DEFAULT_CONTACT_FOLDER, Collection, Record, SimTenant
+from sim.store import DEFAULT_CONTACT_FOLDER, Collection, GroupMembers, Record, SimTenant
 from sim.tokens import BadToken, TokenCodec
 
 DIRECTORY_TOKEN_LIFETIME = timedelta(days=7)
@@ -94,6 +94,7 @@ class GraphApi:
             (re.compile(r"/users/([^/]+)/photos/([^/]+)/\$value"), self.photo_sized_value),
             (re.compile(r"/users/([^/]+)"), self.get_user),
             (re.compile(r"/groups/([^/]+)/members"), self.group_members),
+            (re.compile(r"/groups/([^/]+)/transitiveMembers"), self.group_transitive_members),
         ]
 
     def expire_delta_tokens(self, style: str = "410") -> None:
@@ -216,31 +217,51 @@ class GraphApi:
         if membership is None:
             return []
         changes: list[dict[str, Any]] = [
-            {"@odata.type": "#microsoft.graph.user", "id": member}
+            {"@odata.type": self._member_type(member), "id": member}
             for member, seq in sorted(membership.current.items())
             if seq > since
         ]
         if since > 0:
             changes += [
-                {"@odata.type": "#microsoft.graph.user", "id": member, "@removed": {"reason": "deleted"}}
+                {"@odata.type": self._member_type(member), "id": member, "@removed": {"reason": "deleted"}}
                 for member, seq in sorted(membership.removed.items())
                 if seq > since
             ]
         return changes
 
-    def group_members(self, request: SimRequest, group_id: str) -> SimResponse:
+    def _member_type(self, member: str) -> str:
+        return "#microsoft.graph.group" if member in self.tenant.groups.records else "#microsoft.graph.user"
+
+    def _transitive(self, group_id: str, seen: set[str]) -> set[str]:
+        """Every member reachable through nested groups (groups included), cycles tolerated."""
+        found: set[str] = set()
+        for member in self.tenant.members.get(group_id, GroupMembers()).current:
+            found.add(member)
+            if member in self.tenant.groups.records and member not in seen:
+                seen.add(member)
+                found |= self._transitive(member, seen)
+        return found
+
+    def group_members(self, request: SimRequest, group_id: str, transitive: bool = False) -> SimResponse:
         if self.tenant.groups.live(group_id) is None:
             return graph_error(404, "Request_ResourceNotFound", f"Resource '{group_id}' does not exist or one of its queried reference-property objects are not present.")
-        members = sorted(self.tenant.members[group_id].current)
+        if transitive:
+            members = sorted(self._transitive(group_id, {group_id}))
+        else:
+            members = sorted(self.tenant.members[group_id].current)
         skip = int(request.query.get("$skiptoken", "0") or 0)
         page = members[skip : skip + 100]
         body: dict[str, Any] = {
             "@odata.context": f"{request.base_url}/v1.0/$metadata#directoryObjects",
-            "value": [{"@odata.type": "#microsoft.graph.user", "id": member} for member in page],
+            "value": [{"@odata.type": self._member_type(member), "id": member} for member in page],
         }
         if skip + 100 < len(members):
-            body["@odata.nextLink"] = f"{request.base_url}/v1.0/groups/{group_id}/members?$skiptoken={skip + 100}"
+            segment = "transitiveMembers" if transitive else "members"
+            body["@odata.nextLink"] = f"{request.base_url}/v1.0/groups/{group_id}/{segment}?$skiptoken={skip + 100}"
         return SimResponse(200, body)
+
+    def group_transitive_members(self, request: SimRequest, group_id: str) -> SimResponse:
+        return self.group_members(request, group_id, transitive=True)
 
     # --- mailboxes ---
 

@@ -84,3 +84,23 @@ async def test_removed_or_unconfigured_group_is_deleted_and_include_scope_follow
     assert await sync_env.pbx_groups() == {}
     users = await sync_env.pbx_users()
     assert users[ids[0]]["active"] is False and users[ids[1]]["active"] is True
+
+
+async def test_nested_groups_count_only_with_groups_transitive(sync_env: SyncEnv) -> None:
+    ids = add_users(sync_env, 4)
+    nested = "11111111-0000-4000-8000-00000000000d"
+    sync_env.graph.tenant.add_group(nested, members=[ids[2], ids[3]], displayName="Sales EMEA")
+    sync_env.graph.tenant.add_group(SALES, members=[ids[0], nested], displayName="Sales")
+    sync_env.configure(groups=[SALES], groups_starting_extension_number="2000")
+    await sync_env.run()
+    assert await members(sync_env, SALES) == {ids[0]}
+    sync_env.configure(groups=[SALES], groups_starting_extension_number="2000", groups_transitive=True)
+    report = await sync_env.run()
+    assert report.groups.counts == {"update": 1}
+    assert await members(sync_env, SALES) == {ids[0], ids[2], ids[3]}
+    sync_env.graph.tenant.remove_member(nested, ids[3])
+    await sync_env.run()
+    assert await members(sync_env, SALES) == {ids[0], ids[2]}
+    sync_env.configure(groups=[SALES], groups_starting_extension_number="2000")  # back to direct members
+    await sync_env.run()
+    assert await members(sync_env, SALES) == {ids[0]}

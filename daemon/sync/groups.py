@@ -15,6 +15,7 @@ from typing import Any
 
 from daemon.config import TenantConfig
 from daemon.errors import DeltaExpired
+from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
 from daemon.graph.delta import DeltaRound, is_removed
 from daemon.logging import get_logger
@@ -71,6 +72,13 @@ class GroupSync:
     async def read(self, report: GroupReport) -> None:
         """Merge the configured groups' delta; the new links wait for ``commit``."""
         groups = sorted(self.tenant.groups)
+        mode = "transitive" if self.tenant.groups_transitive else "direct"
+        if await self.sync_store.value(self.tenant.name, "groups-mode") != mode:
+            # Membership was computed the other way: read every group afresh.
+            for start in range(0, len(groups), FILTER_LIMIT):
+                await self.store.drop_delta_link(self.tenant.name, "groups", ",".join(groups[start : start + FILTER_LIMIT]))
+            await self.sync_store.clear_group_members(self.tenant.name, groups)
+            await self.sync_store.set_value(self.tenant.name, "groups-mode", mode)
         for start in range(0, len(groups), FILTER_LIMIT):
             chunk = groups[start : start + FILTER_LIMIT]
             key = ",".join(chunk)
@@ -86,10 +94,30 @@ class GroupSync:
                 new_link = await self._round(initial)
             if new_link:
                 self.pending_links[key] = new_link
+        if self.tenant.groups_transitive:
+            await self._read_transitive(groups)
         for group_id in groups:
             if await self.sync_store.graph_copy(self.tenant.name, "group", group_id) is None:
                 report.missing.append(group_id)
                 log.warning("a configured group does not exist in Entra ID", tenant=self.tenant.name, group=group_id)
+
+    async def _read_transitive(self, groups: list[str]) -> None:
+        """groups_transitive: members through nested groups, listed each run
+        (Graph has no delta for transitive membership); nested groups are not members."""
+        requests = (BatchRequest(g, f"/groups/{g}/transitiveMembers?$select=id", mailbox=None) for g in groups)
+        async for result in BatchExecutor(self.graph).run(requests):
+            if not result.ok or not isinstance(result.body, dict):
+                continue  # a group that does not exist is reported by read()
+            members: set[str] = set()
+            body: dict[str, Any] | None = result.body
+            while body is not None:
+                members |= {m["id"] for m in body.get("value", [])
+                            if isinstance(m, dict) and m.get("@odata.type") == "#microsoft.graph.user"}
+                next_link = body.get("@odata.nextLink")
+                body = (await self.graph.get(next_link)).body if isinstance(next_link, str) else None
+            group_id = result.request.key
+            current = await self.sync_store.members_of(self.tenant.name, [group_id])
+            await self.sync_store.set_group_members(self.tenant.name, group_id, members - current, current - members)
 
     async def _round(self, url: str) -> str | None:
         round_ = DeltaRound(self.graph, url)
@@ -98,10 +126,13 @@ class GroupSync:
             removed: list[str] = []
             for member in change.get("members@delta", []) or []:
                 if isinstance(member, dict) and isinstance(member.get("id"), str):
+                    if member.get("@odata.type", "#microsoft.graph.user") != "#microsoft.graph.user":
+                        continue  # a nested group: its members count only with groups_transitive
                     (removed if is_removed(member) else added).append(member["id"])
             properties = {k: v for k, v in change.items() if k != "members@delta"}
             await self.sync_store.merge_changes(self.tenant.name, "group", [properties])
-            await self.sync_store.set_group_members(self.tenant.name, change["id"], added, removed)
+            if not self.tenant.groups_transitive:
+                await self.sync_store.set_group_members(self.tenant.name, change["id"], added, removed)
         return round_.delta_link
 
     async def commit(self) -> None:
