@@ -345,10 +345,7 @@ class GraphApi:
         """calendarView delta: a series master stands for its occurrences in the
         window (all on one page); a removed or moved event is ``@removed``."""
         since = state["s"]
-        page_size = self.settings.outlook_page_size
-        match = re.search(r"odata\.maxpagesize=(\d+)", request.headers.get("prefer", ""))
-        if match:
-            page_size = max(1, min(int(match.group(1)), self.settings.outlook_max_page_size))
+        page_size = self._outlook_page_size(request)
         items: list[dict[str, Any]] = []
         last_id: str | None = state.get("a")
         window = [datetime.fromisoformat(value) for value in state["w"]]
@@ -368,6 +365,13 @@ class GraphApi:
             return self._final_page(request, scope, items, state)
         return self._next_page(request, scope, items, {**state, "a": last_id})
 
+    def _outlook_page_size(self, request: SimRequest) -> int:
+        """Outlook's default page size, or ``Prefer: odata.maxpagesize`` within its cap."""
+        match = re.search(r"odata\.maxpagesize=(\d+)", request.headers.get("prefer", ""))
+        if match:
+            return max(1, min(int(match.group(1)), self.settings.outlook_max_page_size))
+        return self.settings.outlook_page_size
+
     def _outlook_page(
         self,
         request: SimRequest,
@@ -378,10 +382,7 @@ class GraphApi:
         odata_type: str,
     ) -> SimResponse:
         since = state["s"]
-        page_size = self.settings.outlook_page_size
-        match = re.search(r"odata\.maxpagesize=(\d+)", request.headers.get("prefer", ""))
-        if match:
-            page_size = max(1, min(int(match.group(1)), self.settings.outlook_max_page_size))
+        page_size = self._outlook_page_size(request)
         items: list[dict[str, Any]] = []
         last_id: str | None = state.get("a")
         for record in collection.after(state.get("a")):
