@@ -27,6 +27,8 @@ class TenantReport:
     next_run: float | None
     held: list[dict[str, str]] = field(default_factory=list)
     quarantined: list[dict[str, str | None]] = field(default_factory=list)
+    unreadable_calendars: list[str] = field(default_factory=list)
+    unreadable_mailboxes: list[str] = field(default_factory=list)
 
 
 async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs: dict[str, float] | None = None) -> list[TenantReport]:
@@ -54,6 +56,13 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             copy = await sync_store.graph_copy(tenant.name, kind, graph_id)
             quarantined.append({"kind": kind, "id": graph_id, "name": str(copy.data.get("userPrincipalName") or graph_id) if copy else graph_id,
                                 "error": error})
+        unreadable: dict[str, list[str]] = {}
+        for key, prefix in (("calendars", "calendar-unreadable:"), ("mailboxes", "unreadable:")):
+            upns = []
+            for user_id in await sync_store.names_with_prefix(tenant.name, prefix):
+                copy = await sync_store.graph_copy(tenant.name, "user", user_id)
+                upns.append(str(copy.data.get("userPrincipalName")) if copy else user_id)
+            unreadable[key] = upns
         reports.append(TenantReport(
             tenant=tenant.name, enabled=tenant.enabled,
             auth_state=row.auth_state if row else "authorization_required",
@@ -62,6 +71,8 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             held=sorted(({"id": i, "name": names[i], "action": action, "approved": str(approved).lower()}
                          for i, (action, approved) in held.items()), key=lambda h: h["name"]),
             quarantined=quarantined,
+            unreadable_calendars=unreadable["calendars"],
+            unreadable_mailboxes=unreadable["mailboxes"],
         ))
     return reports
 
@@ -96,6 +107,9 @@ def as_text(reports: list[TenantReport]) -> str:
         lines.append(f"  quarantined: {len(r.quarantined)}")
         for quarantined in r.quarantined[:20]:
             lines.append(f"    {quarantined['name']}: {quarantined['error']}")
+        if r.unreadable_calendars or r.unreadable_mailboxes:
+            lines.append(f"  calendars not readable (403): {', '.join(r.unreadable_calendars) or 'none'}")
+            lines.append(f"  mailboxes not readable (403): {', '.join(r.unreadable_mailboxes) or 'none'}")
     return "\n".join(lines)
 
 
@@ -118,6 +132,9 @@ def as_html(reports: list[TenantReport], refresh_seconds: int = 30) -> str:
             + (f" &mdash; approve with <code>m365sync approve --tenant {escape(r.tenant)}</code><ul>{held}</ul>" if r.held else "")
             + f"</dd><dt>Quarantined</dt><dd class='quarantined'>{len(r.quarantined)}"
             + (f"<ul>{quarantined}</ul>" if quarantined else "")
+            + f"</dd><dt>Not readable (403)</dt><dd class='unreadable'>calendars: "
+            + (escape(", ".join(r.unreadable_calendars)) or "none") + "; mailboxes: "
+            + (escape(", ".join(r.unreadable_mailboxes)) or "none")
             + "</dd></dl></section>"
         )
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"

@@ -402,6 +402,14 @@ class SyncStore:
         ) as cursor:
             return {row[0] for row in await cursor.fetchall()}
 
+    async def names_with_prefix(self, tenant: str, prefix: str) -> list[str]:
+        """The bookkeeping names that start with ``prefix``, prefix removed."""
+        async with self.db.conn.execute(
+            "SELECT name FROM tenant_sync_state WHERE tenant = ? AND substr(name, 1, ?) = ? ORDER BY name",
+            (tenant, len(prefix), prefix),
+        ) as cursor:
+            return [row[0][len(prefix):] for row in await cursor.fetchall()]
+
     async def value(self, tenant: str, name: str) -> str | None:
         async with self.db.conn.execute(
             "SELECT value FROM tenant_sync_state WHERE tenant = ? AND name = ?", (tenant, name)

@@ -166,3 +166,18 @@ async def test_no_change_poll_at_1000_users_costs_one_batch_per_20_users(sync_en
     await poll(sync_env)
     assert sync_env.graph_requests(r"^/\$batch$") - batches <= math.ceil(len(made.members) / 20)
     assert sync_env.pbx_writes() == writes
+
+
+async def test_unreadable_calendar_shows_in_status(sync_env: SyncEnv) -> None:
+    from daemon import status
+
+    readable, locked = await setup(sync_env, users=2)
+    sync_env.graph.sim.api.settings.forbidden_mailboxes.add(locked)
+    await poll(sync_env)
+
+    class FakeConfig:
+        tenants = [sync_env.tenant]
+
+    (report,) = await status.collect(FakeConfig(), sync_env.store, sync_env.sync_store)  # type: ignore[arg-type]
+    assert report.unreadable_calendars == ["user002@contoso.example"]
+    assert "calendars not readable (403): user002@contoso.example" in status.as_text([report])
