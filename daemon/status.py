@@ -132,7 +132,7 @@ def as_html(reports: list[TenantReport], refresh_seconds: int = 30) -> str:
             + (f" &mdash; approve with <code>m365sync approve --tenant {escape(r.tenant)}</code><ul>{held}</ul>" if r.held else "")
             + f"</dd><dt>Quarantined</dt><dd class='quarantined'>{len(r.quarantined)}"
             + (f"<ul>{quarantined}</ul>" if quarantined else "")
-            + f"</dd><dt>Not readable (403)</dt><dd class='unreadable'>calendars: "
+            + "</dd><dt>Not readable (403)</dt><dd class='unreadable'>calendars: "
             + (escape(", ".join(r.unreadable_calendars)) or "none") + "; mailboxes: "
             + (escape(", ".join(r.unreadable_mailboxes)) or "none")
             + "</dd></dl></section>"
