@@ -166,7 +166,10 @@ class TenantSchedule:
             log.exception("sync run crashed", tenant=self.tenant.name, run_id=run.run_id, error=str(err))
         finally:
             timer.cancel()
-            await asyncio.gather(timer, return_exceptions=True)
+            if not task.done():  # the schedule itself is being stopped: stop its run too
+                task.cancel()
+                run.result = run.result or "interrupted"
+            await asyncio.gather(timer, task, return_exceptions=True)
             run.state = "finished"
             run.finished.set()
             self.recent[run.run_id] = run

@@ -242,8 +242,8 @@ class Service:
         try:
             result = await runner.run(trigger, progress=ProgressLog(progress, self.clock), run_id=run_id)
         except asyncio.CancelledError:
-            await self.store.finish_run(run_id, "timeout", {}, "the run exceeded its time limit")
-            self.metrics.sync_runs.labels(tenant.name, "timeout").inc()
+            await self.store.finish_run(run_id, "interrupted", {}, "stopped by the run time limit or a shutdown")
+            self.metrics.sync_runs.labels(tenant.name, "interrupted").inc()
             raise
         report = result.report
         progress.details.update(counts=report.counts, writes=report.plan[:100], failures=report.failures[:20],
