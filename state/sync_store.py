@@ -129,6 +129,21 @@ class SyncStore:
                 (self.clock(), tenant, kind, value, value2),
             )
 
+    async def remove_unseen(self, tenant: str, kind: str, owner: str, folder: str, seen: set[str]) -> int:
+        """After a full round of one folder: its stored contacts the round no longer returned are gone."""
+        async with self.db.conn.execute(
+            "SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND removed IS NULL"
+            " AND json_extract(data, '$._owner') = ? AND json_extract(data, '$._folder') = ?",
+            (tenant, kind, owner, folder),
+        ) as cursor:
+            missing = [row[0] for row in await cursor.fetchall() if row[0] not in seen]
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "UPDATE graph_objects SET removed = 'deleted', updated_at = ? WHERE tenant = ? AND kind = ? AND id = ?",
+                [(self.clock(), tenant, kind, id_) for id_ in missing],
+            )
+        return len(missing)
+
     async def purge_where(self, tenant: str, kind: str, key: str, value: str) -> None:
         """Forget the copies whose JSON field ``key`` holds ``value`` (no tombstone)."""
         async with self.db.transaction() as conn:

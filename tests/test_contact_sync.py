@@ -149,3 +149,17 @@ async def test_a_contact_created_before_a_crash_is_adopted_not_duplicated(sync_e
     report = await sync_env.run()
     assert report.contacts.counts == {"update": 1}
     assert set(await sync_env.pbx_contacts()) == {"c-1"}  # pbx_contacts fails on a duplicate externalId
+
+
+async def test_expired_contacts_delta_reconciles_deletions_made_meanwhile(sync_env: SyncEnv) -> None:
+    owner = add_user(sync_env, 1)
+    for name in ("c1", "c2"):
+        contact(sync_env, owner, name)
+    sync_env.configure(personal_contacts={"enabled": True})
+    await sync_env.run()
+    sync_env.graph.sim.api.expire_delta_tokens("syncStateNotFound")
+    sync_env.graph.tenant.contacts[(owner, "contacts")].records.pop("c2")  # gone while our state was expired
+    sync_env.graph.tenant.contacts[(owner, "contacts")]._ids.remove("c2")
+    report = await sync_env.run()  # the folder is read afresh in the same run, and reconciled
+    assert report.contacts.counts == {"delete": 1} and report.result == "success"
+    assert set(await sync_env.pbx_contacts()) == {"c1"}

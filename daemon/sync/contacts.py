@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daemon.config import TenantConfig
+from daemon.errors import DeltaExpired
 from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
 from daemon.graph.delta import is_removed
@@ -63,6 +64,10 @@ def relative(url: str) -> str:
     parts = urlsplit(url)
     path = parts.path.split("/v1.0", 1)[-1]
     return path + (f"?{parts.query}" if parts.query else "")
+
+
+def _initial(mailbox: Mailbox, folder: str) -> str:
+    return f"/users/{mailbox.user_id}/contactFolders/{folder}/contacts/delta?$select={CONTACT_SELECT}"
 
 
 @dataclass
@@ -128,14 +133,16 @@ class ContactSync:
     async def _read(self, mailboxes: list[Mailbox], report: ContactReport) -> None:
         name = self.tenant.name
         pending: list[tuple[Mailbox, str, str]] = []  # mailbox, folder, url
+        full_rounds: dict[str, set[str]] = {}  # folders read from scratch: the ids they returned
         for mailbox in mailboxes:
             if await self._is_unreadable(mailbox.user_id):
                 continue
             for folder in await self._folders(mailbox):
                 key = f"{mailbox.user_id}:{folder}"
                 link = await self.store.delta_link(name, "contacts", key)
-                initial = f"/users/{mailbox.user_id}/contactFolders/{folder}/contacts/delta?$select={CONTACT_SELECT}"
-                pending.append((mailbox, folder, relative(link) if link else initial))
+                pending.append((mailbox, folder, relative(link) if link else _initial(mailbox, folder)))
+                if not link:
+                    full_rounds[key] = set()
         prefer = {"Prefer": f"odata.maxpagesize={PAGE_SIZE}"}
         while pending:
             by_key = {f"{m.user_id}:{folder}": (m, folder) for m, folder, _ in pending}
@@ -151,9 +158,13 @@ class ContactSync:
                     continue
                 if result.status == 404:
                     continue  # no mailbox (e.g. no Exchange licence): nothing to read
+                if isinstance(result.error, DeltaExpired) and result.request.key not in full_rounds:
+                    # The folder's delta state expired: read it afresh now, and reconcile.
+                    await self.store.drop_delta_link(name, "contacts", result.request.key)
+                    full_rounds[result.request.key] = set()
+                    pending.append((mailbox, folder, _initial(mailbox, folder)))
+                    continue
                 if not result.ok or not isinstance(result.body, dict):
-                    if result.error is not None and "resync" in str(result.error).lower() or result.status == 410:
-                        await self.store.drop_delta_link(name, "contacts", result.request.key)
                     report.failures.append(f"contacts of {mailbox.upn}/{folder}: {result.error}")
                     continue
                 changes = []
@@ -163,12 +174,17 @@ class ContactSync:
                             item = {**item, "_owner": mailbox.user_id, "_folder": folder}
                         changes.append(item)
                 await self.sync_store.merge_changes(name, "contact", changes)
+                key = result.request.key
+                if key in full_rounds:
+                    full_rounds[key] |= {c["id"] for c in changes if is_removed(c) is None}
                 next_link = result.body.get("@odata.nextLink")
                 delta_link = result.body.get("@odata.deltaLink")
                 if isinstance(next_link, str):
                     pending.append((mailbox, folder, relative(next_link)))
                 elif isinstance(delta_link, str):
-                    self.pending_links[result.request.key] = delta_link
+                    self.pending_links[key] = delta_link
+                    if key in full_rounds:  # reconcile: what a full round no longer returns is gone
+                        await self.sync_store.remove_unseen(name, "contact", mailbox.user_id, folder, full_rounds[key])
 
     async def _folder_gone(self, mailbox: Mailbox, folder: str) -> None:
         """A removed folder: forget its link; its contacts are removed with it."""
