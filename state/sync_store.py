@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -424,6 +424,32 @@ class SyncStore:
             (tenant, len(prefix), prefix),
         ) as cursor:
             return [row[0][len(prefix):] for row in await cursor.fetchall()]
+
+    async def try_lock(self, tenant: str, owner: str, lease_seconds: float, alive: Callable[[str], bool]) -> str | None:
+        """Take the tenant's run lock; returns the current holder when someone else has it."""
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                "SELECT value FROM tenant_sync_state WHERE tenant = ? AND name = 'run-lock'", (tenant,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is not None:
+                holder, _, expires = str(row[0]).rpartition("@")
+                if holder != owner and float(expires) > now and alive(holder):
+                    return holder
+            await conn.execute(
+                "INSERT INTO tenant_sync_state (tenant, name, value) VALUES (?, 'run-lock', ?)"
+                " ON CONFLICT (tenant, name) DO UPDATE SET value = excluded.value",
+                (tenant, f"{owner}@{now + lease_seconds}"),
+            )
+        return None
+
+    async def unlock(self, tenant: str, owner: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM tenant_sync_state WHERE tenant = ? AND name = 'run-lock' AND value LIKE ?",
+                (tenant, f"{owner}@%"),
+            )
 
     async def value(self, tenant: str, name: str) -> str | None:
         async with self.db.conn.execute(

@@ -60,3 +60,31 @@ async def test_explain_and_approve(live_env: LiveEnv) -> None:
     code, out, _ = await live_env.sync()
     assert code == 0 and f"delete {len(made.members)}" in out
     assert await live_env.pbx_users() == {}
+
+
+async def test_a_second_process_cannot_sync_a_tenant_that_is_being_synced(live_env: LiveEnv) -> None:
+    import os
+    import socket
+
+    from daemon.config import load_config
+    from daemon.sync.runner import _process_alive
+    from state.db import open_database
+    from state.sync_store import SyncStore
+
+    generate_tenant(live_env.tenant, users=10, photo_fraction=0)
+    await live_env.sync()  # creates the state database
+    config = load_config(live_env.config)
+    db = await open_database(config.state.path)
+    try:
+        store = SyncStore(db)
+        holder = f"pid {os.getpid()} on {socket.gethostname()}"  # this test process, alive
+        assert await store.try_lock("contoso", holder, 3600, _process_alive) is None
+        code, out, _ = await live_env.sync()
+        assert code == 1 and "busy" in out and "is syncing tenant contoso" in out
+        await store.unlock("contoso", holder)
+        dead = f"pid 999999 on {socket.gethostname()}"  # a crashed process
+        assert await store.try_lock("contoso", dead, 3600, lambda h: True) is None
+    finally:
+        await db.close()
+    code, out, _ = await live_env.sync()
+    assert code == 0 and "success" in out  # the dead holder's lock is taken over

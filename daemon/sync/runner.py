@@ -7,6 +7,8 @@ a traceback.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +36,23 @@ from state.store import Store
 from state.sync_store import SyncStore
 
 log = get_logger(__name__)
+
+RUN_LOCK_SECONDS = 4 * 3600.0  # longer than any run may last
+LOCK_OWNER = f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def _process_alive(holder: str) -> bool:
+    """Whether the lock's holder (``pid N on HOST``) still runs; other hosts are trusted."""
+    parts = holder.split()
+    if len(parts) != 4 or parts[3] != socket.gethostname() or not parts[1].isdigit():
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,11 @@ class TenantRunner:
         run_id = run_id or uuid.uuid4().hex[:12]
         name = self.tenant.name
         bind(tenant=name, run_id=run_id)
+        holder = None if self.dry_run else await self.sync_store.try_lock(name, LOCK_OWNER, RUN_LOCK_SECONDS, _process_alive)
+        if holder is not None:
+            unbind("tenant", "run_id")
+            message = f"another m365sync process ({holder}) is syncing tenant {name}; try again when it finishes"
+            return RunResult(run_id, name, "busy", UserRunReport(result="busy", error=message), None)
         await self.store.start_run(run_id, name, trigger)
         writer: PbxWriter | None = None
         started = time.monotonic()
@@ -103,11 +127,17 @@ class TenantRunner:
             report = UserRunReport(result="reauthorization_required", error=str(err))
         except M365SyncError as err:
             report = UserRunReport(result="failed", error=str(err))
+        except BaseException:  # cancelled (time limit, shutdown): give the lock back
+            if not self.dry_run:
+                await self.sync_store.unlock(name, LOCK_OWNER)
+            raise
         summary = {"counts": report.counts, "group_counts": report.groups.counts, "missing_groups": report.groups.missing,
                    "contact_counts": report.contacts.counts, "unreadable_mailboxes": report.contacts.unreadable,
                    "held": len(report.held), "failures": report.failures[:50],
                    "unmatched_selected": report.unmatched_selected, "full_round": report.full_round}
         await self.store.finish_run(run_id, report.result, summary, report.error)
+        if not self.dry_run:
+            await self.sync_store.unlock(name, LOCK_OWNER)
         log_method = log.info if report.result == "success" else log.warning
         log_method("sync run finished", result=report.result, counts=report.counts,
                    seconds=round(time.monotonic() - started, 2), error=report.error)
