@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ class ScimServer:
         self.log: list[PbxRequest] = []
         self._process: subprocess.Popen[str] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._lock = threading.Lock()
+        self._logged = threading.Condition()
 
     def url(self, tenant: str | None = None) -> str:
         prefix = f"/{tenant}" if tenant else ""
@@ -68,11 +67,8 @@ class ScimServer:
 
     def requests(self, tenant: str | None = None) -> list[PbxRequest]:
         """Logged requests, of one tenant when given."""
-        with self._lock:
-            entries = list(self.log)
-        if tenant is None:
-            return entries
-        return [e for e in entries if e.path.startswith(f"/{tenant}/")]
+        with self._logged:
+            return list(self.log) if tenant is None else self._entries_of(tenant)
 
     def start(self) -> ScimServer:
         executable = shutil.which("scim2-server", path=str(Path(sys.executable).parent)) or shutil.which("scim2-server")
@@ -105,26 +101,37 @@ class ScimServer:
         raise ScimServerError("scim2-server did not start; see its output above")
 
     def _wait_until_serving(self, process: subprocess.Popen[str]) -> bool:
+        """scim2-server prints "Serving SCIM on ..." once its socket listens (and
+        exits at once when the port is taken, which ends the read with "")."""
         assert process.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        line = process.stdout.readline()  # "Serving SCIM on http://..." once it listens
+        line = process.stdout.readline()
         if "Serving SCIM" not in line or process.poll() is not None:
             return False
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return True
-            except OSError:
-                time.sleep(0.05)
-        return False
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT_SECONDS):
+                return True
+        except OSError:
+            return False
 
     def _read_log(self, process: subprocess.Popen[str]) -> None:
         assert process.stderr is not None
         for line in process.stderr:
             match = _ACCESS_LINE.search(line)
             if match:
-                with self._lock:
+                with self._logged:
                     self.log.append(PbxRequest(match["method"], match["path"], int(match["status"])))
+                    self._logged.notify_all()
+
+    def wait_for_requests(self, tenant: str, count: int, timeout: float = 10.0) -> list[PbxRequest]:
+        """The tenant's log once it holds ``count`` entries (the server logs just
+        after answering), or whatever it holds when ``timeout`` runs out."""
+        with self._logged:
+            self._logged.wait_for(lambda: len(self._entries_of(tenant)) >= count, timeout)
+            return self._entries_of(tenant)
+
+    def _entries_of(self, tenant: str) -> list[PbxRequest]:
+        """A tenant's entries; the caller holds the log's lock."""
+        return [e for e in self.log if e.path.startswith(f"/{tenant}/")]
 
     def stop(self) -> None:
         if self._process is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -53,10 +52,7 @@ class PbxEnv:
 
     def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[PbxRequest]:
         """The tenant's log once it holds ``count`` entries (the server logs just after answering)."""
-        deadline = time.monotonic() + timeout
-        while len(self.requests()) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.requests()
+        return self.server.wait_for_requests(self.tenant, count, timeout)
 
 
 def make_client(server: ScimServer, tenant: str, session: aiohttp.ClientSession, metrics: Metrics, clock: FakeClock) -> PbxClient:
