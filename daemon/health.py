@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from daemon.auth.manager import AUTHORIZED
 from daemon.config import TenantConfig, secret_file_problem
 from state.store import TenantRow
-
-AUTHORIZED = "authorized"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from daemon.pbx.client import PbxClient
 from daemon.pbx.schema import PBX_USER
 from daemon.sync.contacts import ContactSync
 from daemon.sync.groups import GroupSync
+from daemon.sync.tenant import TenantSync
 from daemon.sync.users import UserRunReport, UserSync
 from graph_fixtures import GraphEnv
 from pbx_fixtures import PbxEnv
@@ -63,10 +64,8 @@ class SyncEnv:
         client = self.pbx.client
         fresh = PbxClient(client.transport, client.base_url, client._token)  # one discovery per run, like the daemon
         writer = writer or fresh
-        groups = GroupSync(self.tenant, self.store, self.sync_store, self.graph.client, fresh, writer, self.graph.clock.time)
-        contacts = ContactSync(self.tenant, self.store, self.sync_store, self.graph.client, fresh, writer, self.graph.clock.time)
-        return await UserSync(self.tenant, self.store, self.sync_store, self.graph.client, fresh,
-                              writer, self.graph.clock.time, groups=groups, contacts=contacts).run()
+        parts = (self.tenant, self.store, self.sync_store, self.graph.client, fresh, writer, self.graph.clock.time)
+        return await TenantSync(UserSync(*parts), GroupSync(*parts), ContactSync(*parts)).run()
 
     async def pbx_contacts(self) -> dict[str, dict[str, Any]]:
         contacts: dict[str, dict[str, Any]] = {}

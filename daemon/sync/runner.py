@@ -24,12 +24,13 @@ from daemon.graph.client import GraphClient
 from daemon.graph.clouds import graph_base_url
 from daemon.logging import bind, get_logger, unbind
 from daemon.metrics import Metrics
-from daemon.pbx.client import PbxClient, PbxWriter
+from daemon.pbx.client import PbxClient
 from daemon.pbx.dryrun import DryRunPbxClient
 from daemon.retry import Clock, GraphBudget, Transport
 from daemon.sync.calendar import CalendarReport, CalendarSync
 from daemon.sync.contacts import ContactSync
 from daemon.sync.groups import GroupSync
+from daemon.sync.tenant import TenantSync
 from daemon.sync.users import Progress, UserRunReport, UserSync
 from daemon.tls import client_ssl_context
 from state.store import Store
@@ -61,7 +62,6 @@ class RunResult:
     tenant: str
     result: str
     report: UserRunReport
-    writer: PbxWriter | None
 
 
 class TenantRunner:
@@ -110,19 +110,19 @@ class TenantRunner:
         if holder is not None:
             unbind("tenant", "run_id")
             message = f"another m365sync process ({holder}) is syncing tenant {name}; try again when it finishes"
-            return RunResult(run_id, name, "busy", UserRunReport(result="busy", error=message), None)
+            return RunResult(run_id, name, "busy", UserRunReport(result="busy", error=message))
         await self.store.start_run(run_id, name, trigger)
-        writer: PbxWriter | None = None
         started = time.monotonic()
         try:
             log.info("sync run started", trigger=trigger, dry_run=self.dry_run)
             graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(name))
             pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
             writer = DryRunPbxClient() if self.dry_run else pbx
-            groups = GroupSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now)
-            contacts = ContactSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now)
-            report = await UserSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now, progress,
-                                    groups, contacts).run()
+            report = await TenantSync(
+                UserSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now, progress),
+                GroupSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now),
+                ContactSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now),
+            ).run()
         except AuthorizationRequired as err:
             report = UserRunReport(result="reauthorization_required", error=str(err))
         except M365SyncError as err:
@@ -142,4 +142,4 @@ class TenantRunner:
         log_method("sync run finished", result=report.result, counts=report.counts,
                    seconds=round(time.monotonic() - started, 2), error=report.error)
         unbind("tenant", "run_id")
-        return RunResult(run_id, name, report.result, report, writer)
+        return RunResult(run_id, name, report.result, report)

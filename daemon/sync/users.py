@@ -1,4 +1,5 @@
-"""One users run of one tenant: read the delta, plan, apply, then commit.
+"""The users part of a run (``TenantSync`` orders the parts): read the delta,
+plan, apply, and commit the deltaLink once the whole run was applied.
 
 Crash safety comes from the order of durable steps:
 
@@ -29,9 +30,8 @@ from daemon.logging import get_logger
 from daemon.pbx.client import PbxClient, PbxOperation, PbxOutcome, PbxWriter
 from daemon.pbx.mapping import managed_view, patch_operations, payload_hash, photo_data_uri
 from daemon.pbx.schema import EXTENSION_NUMBER_PATHS, PBX_GROUP, PBX_USER
-from daemon.sync.contacts import ContactReport, ContactSync, Mailbox
-from daemon.sync.groups import GroupReport, GroupSync
-from daemon.sync.mailboxes import shared_mailboxes
+from daemon.sync.contacts import ContactReport
+from daemon.sync.groups import GroupReport
 from daemon.sync.plan import PHOTO_PLACEHOLDER, InventoryEntry, PlanInputs, UserAction, UserPlan, UserPlanner
 from daemon.sync.scope import decide
 from state.store import Store
@@ -48,6 +48,32 @@ WRITE_CHUNK = 50
 MAX_PHOTO_BYTES = 256 * 1024
 
 Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the PBX holds, read once per run: every extension number (users and
+    groups), and our users and groups by externalId."""
+
+    numbers: set[str]
+    users: dict[str, InventoryEntry]
+    groups: dict[str, str]
+
+
+async def pbx_inventory(pbx: PbxClient) -> Inventory:
+    numbers: set[str] = set()
+    users: dict[str, InventoryEntry] = {}
+    groups: dict[str, str] = {}
+    for kind, urn in (("User", PBX_USER), ("Group", PBX_GROUP)):
+        async for obj in pbx.iter_objects(kind, [EXTENSION_NUMBER_PATHS[kind]]):  # type: ignore[arg-type]
+            extension = obj.data.get(urn, {}).get("extensionNumber") if isinstance(obj.data.get(urn), dict) else None
+            if extension:
+                numbers.add(str(extension))
+            if kind == "User" and obj.external_id:
+                users[obj.external_id] = InventoryEntry(obj.id, str(extension) if extension else None)
+            elif obj.external_id:
+                groups[obj.external_id] = obj.id
+    return Inventory(numbers, users, groups)
 
 
 @dataclass
@@ -78,28 +104,18 @@ class UserSync:
     writer: PbxWriter
     now: Callable[[], float]
     progress: Progress | None = None
-    groups: GroupSync | None = None
-    contacts: ContactSync | None = None
 
-    async def run(self) -> UserRunReport:
-        """One complete users run; never raises for one object's failure."""
-        report = UserRunReport()
+    async def plan_and_apply(self, report: UserRunReport, inventory: Inventory, shared: dict[str, str]) -> UserPlan:
+        """Plan every user from the stored copies and apply the plan (held deprovisions aside)."""
         name = self.tenant.name
-        delta_link = await self._read(report)
-        if self.groups is not None and self.groups.configured:
-            await self.groups.read(report.groups)
-        shared: dict[str, str] = {}
-        if self.tenant.shared_mailbox.enabled:
-            shared = await shared_mailboxes(self.tenant, self.sync_store, self.graph, self.now)
-        inventory = await self._inventory()
-        photos = await self._photos() if self.tenant.users.sync_photo and self.tenant.users.enabled else {}
+        photos = await self._photos(set(shared)) if self.tenant.users.sync_photo and self.tenant.users.enabled else {}
         held = await self.sync_store.held(name)
         inputs = PlanInputs(
             tenant=self.tenant,
             now=self.now(),
             group_members=frozenset(await self.sync_store.members_of(name, self.tenant.groups)),
-            pbx_numbers=frozenset(inventory[0]),
-            pbx_by_external_id=inventory[1],
+            pbx_numbers=frozenset(inventory.numbers),
+            pbx_by_external_id=inventory.users,
             allocations=tuple(await self.sync_store.allocations(name)),
             photos=photos,
             approved_deprovisions=frozenset(i for i, (_, approved) in held.items() if approved),
@@ -117,27 +133,15 @@ class UserSync:
         await self.sync_store.hold(name, {a.graph_id: a.kind for a in plan.held})
         report.held = [a.describe() for a in plan.held]
         await self._apply(plan, report)
-        if self.groups is not None:
-            await self.groups.apply(report.groups, inventory[0], inventory[2])
-            report.failures += report.groups.failures
-        if self.contacts is not None and self.contacts.enabled:
-            await self.contacts.run(await self._mailboxes(shared), report.contacts)
-            report.failures += report.contacts.failures
+        return plan
+
+    async def commit(self, delta_link: str | None) -> None:
         if delta_link is not None:
-            await self.store.save_delta_link(name, "users", delta_link)
-        if self.groups is not None:
-            await self.groups.commit()
-        if plan.held:
-            report.result = "deprovisions_held"
-            log.warning("deprovisions held by the mass-deletion guard", tenant=name, held=len(plan.held),
-                        threshold=plan.threshold, action=f"m365sync approve --tenant {name}")
-        elif report.failures:
-            report.result = "partial"
-        return report
+            await self.store.save_delta_link(self.tenant.name, "users", delta_link)
 
     # --- read ---
 
-    async def _read(self, report: UserRunReport) -> str | None:
+    async def read(self, report: UserRunReport) -> str | None:
         """Merge the users delta into the stored copies; returns the new deltaLink."""
         name = self.tenant.name
         link = await self.store.delta_link(name, "users")
@@ -171,39 +175,12 @@ class UserSync:
                          users=len(missing))
         return round_.delta_link
 
-    async def _mailboxes(self, shared: dict[str, str]) -> list[Mailbox]:
-        """Whose contacts go to the PBX: active synced users, and shared mailboxes."""
-        mailboxes = []
-        if self.tenant.personal_contacts.enabled:
-            for graph_id, pbx_id, upn in await self.sync_store.active_users(self.tenant.name):
-                if graph_id not in shared:
-                    mailboxes.append(Mailbox(graph_id, upn, "personal", pbx_id))
-        if self.tenant.shared_mailbox.enabled:
-            mailboxes += [Mailbox(graph_id, upn, "company", None) for graph_id, upn in sorted(shared.items())]
-        return mailboxes
-
-    async def _inventory(self) -> tuple[set[str], dict[str, InventoryEntry], dict[str, str]]:
-        """Every extension on the PBX, and the users and groups it holds by externalId (one listing per run)."""
-        numbers: set[str] = set()
-        by_external_id: dict[str, InventoryEntry] = {}
-        groups: dict[str, str] = {}
-        for kind, urn in (("User", PBX_USER), ("Group", PBX_GROUP)):
-            async for obj in self.pbx.iter_objects(kind, [EXTENSION_NUMBER_PATHS[kind]]):  # type: ignore[arg-type]
-                extension = obj.data.get(urn, {}).get("extensionNumber") if isinstance(obj.data.get(urn), dict) else None
-                if extension:
-                    numbers.add(str(extension))
-                if kind == "User" and obj.external_id:
-                    by_external_id[obj.external_id] = InventoryEntry(obj.id, str(extension) if extension else None)
-                elif obj.external_id:
-                    groups[obj.external_id] = obj.id
-        return numbers, by_external_id, groups
-
-    async def _photos(self) -> dict[str, str | None]:
+    async def _photos(self, shared: set[str]) -> dict[str, str | None]:
         """mediaEtag of every active user's photo (None: no photo), in $batches."""
         candidates: list[str] = []
         members = await self.sync_store.members_of(self.tenant.name, self.tenant.groups)
-        async for copy, synced in self.sync_store.iter_with_synced(self.tenant.name, "user"):
-            if copy is not None and decide(copy.data, copy.removed, self.tenant, members).active:
+        async for copy, _ in self.sync_store.iter_with_synced(self.tenant.name, "user"):
+            if copy is not None and decide(copy.data, copy.removed, self.tenant, members, shared).active:
                 candidates.append(copy.id)
         requests = (BatchRequest(user_id, f"/users/{user_id}/photo", mailbox=user_id) for user_id in candidates)
         photos: dict[str, str | None] = {}
