@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except Exception as err:
+        # Never a traceback for the operator; M365SYNC_DEBUG=1 shows it.
+        if os.environ.get("M365SYNC_DEBUG"):
+            traceback.print_exc()
+        reason = str(err).splitlines()[0][:200] if str(err) else ""
+        print(f"m365sync: internal error: {type(err).__name__}{': ' + reason if reason else ''} "
+              "(set M365SYNC_DEBUG=1 for details, and please report it)", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -59,6 +59,11 @@ class AuthorizationRequired(M365SyncError):
     """No usable token: the tenant must be (re-)authorized by an admin."""
 
 
+class AuthorityNotFound(M365SyncError):
+    """The identity platform does not know the configured directory (wrong
+    ``directory_id`` or ``national_cloud``): a configuration fix, not a sign-in."""
+
+
 # --- Microsoft Graph ---
 
 
@@ -136,6 +141,11 @@ class PbxRequestFailed(PbxError):
 
 class PbxUnavailable(PbxError):
     """5xx, 429, timeouts or connection failures after the allowed attempts."""
+
+
+class PbxProtocolError(PbxError):
+    """The PBX answered with something that is not valid SCIM (a number that is
+    not a number, JSON nested too deeply): the run stops rather than guess."""
 
 
 class PbxAuthFailed(PbxError):

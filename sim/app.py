@@ -40,6 +40,7 @@ class ScriptedFault:
     retry_after: int | None = None
     code: str = "ServiceUnavailable"
     in_batch: bool | None = None  # None: top-level requests and batch items alike
+    raw_body: bytes | None = None  # answer with these bytes as JSON instead (a malformed payload)
 
 
 @dataclass
@@ -123,6 +124,8 @@ class Simulator:
             fault.count -= 1
             if fault.count <= 0:
                 self.faults.scripted.remove(fault)
+            if fault.raw_body is not None:
+                return SimResponse(fault.status, fault.raw_body, {"Content-Type": "application/json"})
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             code = "TooManyRequests" if fault.status == 429 else fault.code
             return graph_error(fault.status, code, f"Simulated {fault.status}.", headers)

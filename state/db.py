@@ -20,8 +20,11 @@ from pathlib import Path
 import aiosqlite
 
 from daemon.errors import SchemaTooNew, StateError
+from state.errors import StateWriteFailed
 
 BUSY_TIMEOUT_MS = 5000
+# Errors of our own statements, not of the disk: left as they are (a bug shows as one).
+CONSTRAINT_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 STATE_FILE_MODE = 0o600
 
 
@@ -58,14 +61,33 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
-        await self.conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception.
+
+        A driver error (``disk I/O error``, ``database or disk is full``) becomes
+        :class:`StateWriteFailed`, so a run ends with a reason, not a traceback."""
+        try:
+            await self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise self._write_failed(err) from err
         try:
             yield self.conn
-        except BaseException:
-            await self.conn.rollback()
+        except BaseException as err:
+            if self.conn.in_transaction:
+                try:
+                    await self.conn.rollback()
+                except sqlite3.Error:
+                    pass  # the original error says more
+            if isinstance(err, sqlite3.Error) and not isinstance(err, CONSTRAINT_ERRORS):
+                raise self._write_failed(err) from err
             raise
-        await self.conn.commit()
+        try:
+            await self.conn.commit()
+        except sqlite3.Error as err:
+            raise self._write_failed(err) from err
+
+    def _write_failed(self, err: sqlite3.Error) -> StateWriteFailed:
+        return StateWriteFailed(f"cannot write the state database {self.path}: {err}",
+                                hint="check free disk space and the file system; the next run repeats this one")
 
     async def schema_version(self) -> int:
         async with self.conn.execute("PRAGMA user_version") as cursor:

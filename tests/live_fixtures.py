@@ -10,7 +10,7 @@ import itertools
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,13 +58,20 @@ class KillProxy:
         self.kill_after: int | None = None
         self.pid: int | None = None
         self.killed = False
+        self.rewrite: Callable[[str, str, bytes], bytes] | None = None  # (method, path, body) -> body sent back
+        self.refuse_writes_after: int | None = None  # then writes get 503 (Retry-After: 0), not forwarded
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if request.method in WRITE_METHODS and self.refuse_writes_after is not None \
+                and self.writes >= self.refuse_writes_after:
+            return web.Response(status=503, headers={"Retry-After": "0"})
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         async with aiohttp.ClientSession() as session:
             async with session.request(request.method, self.target + request.path_qs.split("/v2", 1)[1], data=body, headers=headers) as answer:
                 payload = await answer.read()
+                if self.rewrite is not None:
+                    payload = self.rewrite(request.method, request.path, payload)
                 response = web.Response(status=answer.status, body=payload,
                                         headers={k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "etag", "location")})
         if request.method in WRITE_METHODS:

@@ -35,7 +35,7 @@ from daemon.auth import pages, signing
 from daemon.auth.explain import DEAD_GRANT_CODES, AuthContext, AuthProblem, aadsts_code, admin_consent_url, explain
 from daemon.auth.scopes import application_scopes, delegated_scopes
 from daemon.config import Config, ServerConfig, TenantConfig, read_secret
-from daemon.errors import AuthorizationRequired, ConfigError, GraphUnavailable
+from daemon.errors import AuthorityNotFound, AuthorizationRequired, ConfigError, GraphUnavailable
 from daemon.graph.clouds import authority_url
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
@@ -249,7 +249,17 @@ class AuthManager:
         tenant = self.config.tenant(tenant_name)
         lock = self._locks.setdefault(tenant.name, asyncio.Lock())
         async with lock:
-            app = await self._app(tenant)
+            try:
+                app = await self._app(tenant)
+            except ValueError as err:  # MSAL could not read the authority: unknown directory or wrong cloud
+                problem = explain("invalid_tenant", str(err), AuthContext(tenant, tuple(u for _, u in self.redirect_uris())))
+                await self._set_state(tenant.name, REAUTHORIZATION_REQUIRED, reason=f"{problem.code}: {problem.explanation}")
+                raise AuthorityNotFound(f"{problem.title}: {problem.explanation}", hint=problem.actions[0]) from err
+            except requests.RequestException as err:
+                raise GraphUnavailable(
+                    f"the identity platform at {authority_url(tenant)} did not answer: {type(err).__name__}",
+                    hint="the next attempt retries",
+                ) from err
             try:
                 if tenant.auth_mode == "application":
                     result = await asyncio.to_thread(app.acquire_token_for_client, application_scopes(tenant))

@@ -205,3 +205,5 @@ def _decode(raw: bytes, headers: Mapping[str, str], url: str) -> Any:
         return json.loads(raw)
     except ValueError as err:
         raise GraphPayloadError(f"Graph sent invalid JSON for {endpoint_label(url)}: {err}") from err
+    except RecursionError as err:  # e.g. 100k nested arrays: refuse, do not crash
+        raise GraphPayloadError(f"Graph sent JSON nested too deeply to read for {endpoint_label(url)}") from err

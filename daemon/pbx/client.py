@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from daemon.errors import PbxAuthFailed, PbxConflict, PbxError, PbxRequestFailed, PbxUnavailable
+from daemon.errors import PbxAuthFailed, PbxConflict, PbxError, PbxProtocolError, PbxRequestFailed, PbxUnavailable
 from daemon.logging import get_logger
 from daemon.pbx.filters import eq_filter
 from daemon.pbx.mapping import PatchOperation, Payload, managed_view, patch_operations
@@ -52,13 +52,15 @@ class ProviderConfig:
             return value if isinstance(value, Mapping) else {}
 
         bulk = section("bulk")
+        max_operations = scim_int(bulk.get("maxOperations"), "ServiceProviderConfig bulk.maxOperations")
         return cls(
             patch=bool(section("patch").get("supported", True)),
-            bulk=bool(bulk.get("supported")) and int(bulk.get("maxOperations") or 0) > 0,
-            bulk_max_operations=int(bulk.get("maxOperations") or 0),
-            bulk_max_payload_size=int(bulk.get("maxPayloadSize") or 0),
+            bulk=bool(bulk.get("supported")) and max_operations > 0,
+            bulk_max_operations=max_operations,
+            bulk_max_payload_size=scim_int(bulk.get("maxPayloadSize"), "ServiceProviderConfig bulk.maxPayloadSize"),
             etag=bool(section("etag").get("supported")),
-            filter_max_results=int(section("filter").get("maxResults") or DEFAULT_PAGE_SIZE),
+            filter_max_results=scim_int(section("filter").get("maxResults"), "ServiceProviderConfig filter.maxResults")
+            or DEFAULT_PAGE_SIZE,
         )
 
 
@@ -274,7 +276,7 @@ class PbxClient:
             resources = [r for r in answer.body.get("Resources") or [] if isinstance(r, Mapping)]
             for resource in resources:
                 yield _object(kind, resource, None)
-            total = int(answer.body.get("totalResults") or 0)
+            total = scim_int(answer.body.get("totalResults"), f"totalResults of the {kind} list")
             start += len(resources)
             if not resources or start > total:
                 return
@@ -443,7 +445,7 @@ class PbxClient:
         by_id = {str(r.get("bulkId")): r for r in results if isinstance(r, Mapping)}
         for index, operation in enumerate(chunk):
             result = by_id.get(f"op{index}")
-            status = int(str(result.get("status", "0"))) if result else 0
+            status = scim_int(result.get("status"), "a /Bulk result's status") if result else 0
             if result is not None and 200 <= status < 300:
                 pbx_id = operation.pbx_id
                 if operation.action == "create":
@@ -474,6 +476,19 @@ def _json_or_none(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw.decode("utf-8", "replace")[:500]
+    except RecursionError as err:  # e.g. 100k nested arrays
+        raise PbxProtocolError("the PBX answered with JSON nested too deeply to read",
+                               hint="check pbx.scim_url points at the PBX's SCIM API") from err
+
+
+def scim_int(value: Any, what: str) -> int:
+    """A SCIM integer (JSON number, or a numeric string as some servers send); absent is 0."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise PbxProtocolError(f"the PBX sent {what} = {str(value)[:40]!r}, which is not a whole number",
+                               hint="check pbx.scim_url points at the PBX's SCIM API; report it to the PBX vendor")
+    return int(value)
 
 
 def _object(kind: Kind, body: Mapping[str, Any], etag: str | None) -> PbxObject:

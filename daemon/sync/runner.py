@@ -11,7 +11,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -103,43 +103,90 @@ class TenantRunner:
         return report
 
     async def run(self, trigger: str, progress: Progress | None = None, run_id: str | None = None) -> RunResult:
+        """One run; its record is always finished, whatever happens inside.
+
+        A typed error ends the run with its message; any other exception ends it
+        ``failed`` with a one-line reason (the traceback goes to the debug log).
+        Counts are those of the writes actually applied before the failure.
+        Cancellation (time limit, shutdown) is left to the caller to record."""
         run_id = run_id or uuid.uuid4().hex[:12]
         name = self.tenant.name
         bind(tenant=name, run_id=run_id)
-        holder = None if self.dry_run else await self.sync_store.try_lock(name, LOCK_OWNER, RUN_LOCK_SECONDS, _process_alive)
-        if holder is not None:
+        try:
+            return await self._locked_run(trigger, progress, run_id)
+        finally:
             unbind("tenant", "run_id")
+
+    async def _locked_run(self, trigger: str, progress: Progress | None, run_id: str) -> RunResult:
+        name = self.tenant.name
+        try:
+            holder = None if self.dry_run else await self.sync_store.try_lock(name, LOCK_OWNER, RUN_LOCK_SECONDS,
+                                                                               _process_alive)
+        except M365SyncError as err:
+            return RunResult(run_id, name, "failed", UserRunReport(result="failed", error=str(err)))
+        if holder is not None:
             message = f"another m365sync process ({holder}) is syncing tenant {name}; try again when it finishes"
             return RunResult(run_id, name, "busy", UserRunReport(result="busy", error=message))
-        await self.store.start_run(run_id, name, trigger)
+        try:
+            return await self._recorded_run(trigger, progress, run_id)
+        finally:
+            if not self.dry_run:
+                await _quietly(self.sync_store.unlock(name, LOCK_OWNER), "could not release the run lock")
+
+    async def _recorded_run(self, trigger: str, progress: Progress | None, run_id: str) -> RunResult:
+        name = self.tenant.name
+        report = UserRunReport()
         started = time.monotonic()
         try:
-            log.info("sync run started", trigger=trigger, dry_run=self.dry_run)
-            graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(name))
-            pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
-            writer = DryRunPbxClient() if self.dry_run else pbx
-            report = await TenantSync(
-                UserSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now, progress),
-                GroupSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now),
-                ContactSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now),
-            ).run()
-        except AuthorizationRequired as err:
-            report = UserRunReport(result="reauthorization_required", error=str(err))
+            await self.store.start_run(run_id, name, trigger)
         except M365SyncError as err:
-            report = UserRunReport(result="failed", error=str(err))
-        except BaseException:  # cancelled (time limit, shutdown): give the lock back
-            if not self.dry_run:
-                await self.sync_store.unlock(name, LOCK_OWNER)
-            raise
+            report.result, report.error = "failed", str(err)
+            log.error("sync run could not start", error=report.error)
+            return RunResult(run_id, name, report.result, report)
+        try:
+            log.info("sync run started", trigger=trigger, dry_run=self.dry_run)
+            await self._sync(report, progress)
+        except AuthorizationRequired as err:
+            report.result, report.error = "reauthorization_required", str(err)
+        except M365SyncError as err:
+            report.result, report.error = "failed", str(err)
+        except Exception as err:  # a run never ends without a record
+            report.result, report.error = "failed", unexpected_reason(err)
+            log.debug("sync run failed with an unexpected error", exc_info=True)
         summary = {"counts": report.counts, "group_counts": report.groups.counts, "missing_groups": report.groups.missing,
                    "contact_counts": report.contacts.counts, "unreadable_mailboxes": report.contacts.unreadable,
                    "held": len(report.held), "failures": report.failures[:50],
                    "unmatched_selected": report.unmatched_selected, "full_round": report.full_round}
-        await self.store.finish_run(run_id, report.result, summary, report.error)
-        if not self.dry_run:
-            await self.sync_store.unlock(name, LOCK_OWNER)
+        await _quietly(self.store.finish_run(run_id, report.result, summary, report.error),
+                       "could not record the run's result")
         log_method = log.info if report.result == "success" else log.warning
         log_method("sync run finished", result=report.result, counts=report.counts,
                    seconds=round(time.monotonic() - started, 2), error=report.error)
-        unbind("tenant", "run_id")
         return RunResult(run_id, name, report.result, report)
+
+    async def _sync(self, report: UserRunReport, progress: Progress | None) -> None:
+        name = self.tenant.name
+        graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(name))
+        pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
+        writer = DryRunPbxClient() if self.dry_run else pbx
+        await TenantSync(
+            UserSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now, progress),
+            GroupSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now),
+            ContactSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now),
+        ).run(report)
+
+
+def unexpected_reason(err: BaseException) -> str:
+    """A one-line reason for an error outside the typed hierarchy."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    if isinstance(err, RecursionError):
+        text = "data nested too deeply to read"
+    return f"unexpected error ({type(err).__name__}{': ' + text[:200] if text else ''}); details in the debug log"
+
+
+async def _quietly(step: Awaitable[None], message: str) -> None:
+    """A bookkeeping step that must not turn a recorded failure into a traceback."""
+    try:
+        await step
+    except Exception as err:  # e.g. a full disk while recording the failure itself
+        log.error(message, error=str(err) or type(err).__name__)

@@ -21,11 +21,14 @@ class TenantSync:
     groups: GroupSync
     contacts: ContactSync
 
-    async def run(self) -> UserRunReport:
-        """One complete run; never raises for one object's failure."""
+    async def run(self, report: UserRunReport | None = None) -> UserRunReport:
+        """One complete run; never raises for one object's failure.
+
+        ``report`` is filled as writes are applied, so a caller that passes its
+        own still has the counts when a later step raises."""
         users = self.users
         tenant = users.tenant
-        report = UserRunReport()
+        report = report if report is not None else UserRunReport()
         delta_link = await users.read(report)
         if self.groups.configured:
             await self.groups.read(report.groups)  # before planning users: the INCLUDE scope
