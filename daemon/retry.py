@@ -1,8 +1,11 @@
-"""Retry timing shared by the Graph and PBX clients.
+"""The one retry policy of the Graph and PBX clients, run by tenacity.
 
-Servers that say ``Retry-After`` are waited on at least that long; everything
-else retryable backs off exponentially with full jitter, within a bounded
-number of attempts.
+Servers that say ``Retry-After`` are waited on at least that long (never
+shorter; a wait longer than ``longest_retry_after`` ends the request instead);
+everything else retryable backs off exponentially with full jitter, within a
+bounded number of attempts. An attempt signals "worth another try" by raising
+:class:`RetryableFailure`; any other exception ends the request at once.
+Response headers are read case-insensitively through :func:`header` only.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ import asyncio
 import random
 import ssl
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from daemon.clock import SystemClock
 from daemon.metrics import Metrics
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -48,15 +54,80 @@ class RetryPolicy:
         return self.backoff(attempt, rng)
 
 
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A response header by name, case-insensitively (HTTP and ``$batch`` items alike)."""
+    wanted = name.lower()
+    return next((str(v) for k, v in headers.items() if k.lower() == wanted), None)
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """``Retry-After`` in seconds (the delta-seconds form), if present and valid."""
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    value = header(headers, "retry-after")
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+class RetryableFailure(Exception):
+    """One attempt failed in a way that another attempt may fix.
+
+    ``lost`` says the request may have reached the server (a timeout, a dropped
+    connection or a gateway error after sending): a write that is not
+    idempotent must then be resolved by reading, not sent again blindly."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None,
+                 lost: bool = True, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        self.lost = lost
+        self.detail = detail
+        self.attempts = 1
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    clock: Clock,
+    rng: random.Random,
+    on_retry: Callable[[RetryableFailure, float], None] | None = None,
+) -> T:
+    """Run ``attempt`` until it returns, raises something else, or the policy
+    gives up; then the last :class:`RetryableFailure` is raised (with
+    ``attempts`` set), for the caller to translate into its typed error."""
+
+    def stop(state: RetryCallState) -> bool:
+        failure = _failure_of(state)
+        if failure is not None and failure.retry_after is not None and failure.retry_after > policy.longest_retry_after:
+            return True
+        return state.attempt_number >= policy.max_attempts
+
+    def wait(state: RetryCallState) -> float:
+        failure = _failure_of(state)
+        delay = policy.delay(failure.retry_after if failure else None, state.attempt_number, rng)
+        return delay if delay is not None else 0.0
+
+    def before_sleep(state: RetryCallState) -> None:
+        failure = _failure_of(state)
+        if on_retry is not None and failure is not None and state.next_action is not None:
+            on_retry(failure, state.next_action.sleep)
+
+    retrying = AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception_type(RetryableFailure),
+                             sleep=clock.sleep, before_sleep=before_sleep, reraise=True)
+    try:
+        return await retrying(attempt)
+    except RetryableFailure as failure:
+        failure.attempts = retrying.statistics.get("attempt_number", 1)
+        raise
+
+
+def _failure_of(state: RetryCallState) -> RetryableFailure | None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    return error if isinstance(error, RetryableFailure) else None
 
 
 @dataclass

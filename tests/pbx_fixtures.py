@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from daemon.clock import FakeClock
 from daemon.metrics import Metrics
@@ -66,3 +69,70 @@ async def pbx(scim_server: ScimServer) -> AsyncIterator[PbxEnv]:
     metrics, clock = Metrics(), FakeClock()
     async with aiohttp.ClientSession() as session:
         yield PbxEnv(scim_server, tenant, make_client(scim_server, tenant, session, metrics, clock), metrics, clock)
+
+
+class LostAnswerProxy:
+    """Forwards to scim2-server; for the chosen write, lets the PBX apply it and
+    then loses the answer: a 502 from a gateway, a dropped connection, or no
+    answer until the client times out (an event that is never set)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.method: str | None = None  # POST, PATCH or DELETE (inside /Bulk too)
+        self.endpoint = "/"  # only writes to this endpoint (/Users, /Groups, /Contacts)
+        self.mode = "502"  # 502 | drop | timeout
+        self.remaining = 0  # answers still to lose
+        self.lost: list[str] = []
+        self._never = asyncio.Event()
+
+    def lose(self, method: str, mode: str, count: int = 1, endpoint: str = "/") -> None:
+        self.method, self.mode, self.remaining, self.endpoint = method, mode, count, endpoint
+
+    def _matches(self, request: web.Request, body: bytes) -> bool:
+        if self.remaining <= 0 or self.method is None:
+            return False
+        if request.path.endswith("/Bulk"):
+            text = body.decode()
+            return f'"method": "{self.method}", "path": "{self.endpoint}' in text
+        return request.method == self.method and self.endpoint in request.path
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with aiohttp.ClientSession() as session:
+            url = self.target + request.path_qs.split("/v2", 1)[1]
+            async with session.request(request.method, url, data=body, headers=headers) as answer:
+                payload = await answer.read()
+                response = web.Response(status=answer.status, body=payload,
+                                        headers={k: v for k, v in answer.headers.items()
+                                                 if k.lower() in ("content-type", "etag", "location")})
+        if not self._matches(request, body):
+            return response
+        self.remaining -= 1
+        self.lost.append(f"{request.method} {request.path} ({self.mode})")
+        if self.mode == "drop":
+            assert request.transport is not None
+            request.transport.abort()  # the connection goes away without an answer
+            return response
+        if self.mode == "timeout":
+            await self._never.wait()  # the client gives up first
+        return web.Response(status=502, text="Bad Gateway")
+
+
+@pytest.fixture
+async def lossy_proxy() -> AsyncIterator[Callable[[str], Awaitable[tuple[LostAnswerProxy, str]]]]:
+    """Start a lost-answer proxy in front of a scim2-server tenant URL; returns (proxy, its URL)."""
+    servers: list[TestServer] = []
+
+    async def start(target: str) -> tuple[LostAnswerProxy, str]:
+        proxy = LostAnswerProxy(target)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", proxy.handle)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return proxy, str(server.make_url("/v2"))
+
+    yield start
+    for server in servers:
+        await server.close()

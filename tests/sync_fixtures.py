@@ -62,7 +62,7 @@ class SyncEnv:
 
     async def run(self, writer: Any = None) -> UserRunReport:
         client = self.pbx.client
-        fresh = PbxClient(client.transport, client.base_url, client._token)  # one discovery per run, like the daemon
+        fresh = PbxClient(client.transport, client.base_url, client._token, client.timeout)  # one discovery per run, like the daemon
         writer = writer or fresh
         parts = (self.tenant, self.store, self.sync_store, self.graph.client, fresh, writer, self.graph.clock.time)
         return await TenantSync(UserSync(*parts), GroupSync(*parts), ContactSync(*parts)).run()

@@ -1,0 +1,167 @@
+"""The values the PBX client reads and writes: what the PBX announces, its
+objects, one write (:class:`PbxOperation`) and its outcome."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from daemon.errors import PbxError, PbxProtocolError, PbxRequestFailed
+from daemon.pbx.mapping import PatchOperation, Payload
+from daemon.pbx.schema import Kind
+from daemon.retry import header
+
+DEFAULT_PAGE_SIZE = 200
+
+Action = Literal["create", "update", "delete"]
+
+
+def scim_int(value: Any, what: str) -> int:
+    """A SCIM integer (JSON number, or a numeric string as some servers send); absent is 0."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise PbxProtocolError(f"the PBX sent {what} = {str(value)[:40]!r}, which is not a whole number",
+                               hint="check pbx.scim_url points at the PBX's SCIM API; report it to the PBX vendor")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """What ``/ServiceProviderConfig`` announces, with safe defaults."""
+
+    patch: bool = True
+    bulk: bool = False
+    bulk_max_operations: int = 0
+    bulk_max_payload_size: int = 0
+    etag: bool = False
+    filter_max_results: int = DEFAULT_PAGE_SIZE
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ProviderConfig:
+        def section(name: str) -> Mapping[str, Any]:
+            value = body.get(name)
+            return value if isinstance(value, Mapping) else {}
+
+        bulk = section("bulk")
+        max_operations = scim_int(bulk.get("maxOperations"), "ServiceProviderConfig bulk.maxOperations")
+        return cls(
+            patch=bool(section("patch").get("supported", True)),
+            bulk=bool(bulk.get("supported")) and max_operations > 0,
+            bulk_max_operations=max_operations,
+            bulk_max_payload_size=scim_int(bulk.get("maxPayloadSize"), "ServiceProviderConfig bulk.maxPayloadSize"),
+            etag=bool(section("etag").get("supported")),
+            filter_max_results=scim_int(section("filter").get("maxResults"), "ServiceProviderConfig filter.maxResults")
+            or DEFAULT_PAGE_SIZE,
+        )
+
+
+@dataclass(frozen=True)
+class PbxObject:
+    kind: Kind
+    id: str
+    external_id: str | None
+    etag: str | None
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PbxOperation:
+    """One write. ``payload`` is the full desired object (for create, and to
+    recreate or re-read an object); ``operations`` the PATCH of an update.
+
+    ``maybe_applied``: this write may already have reached the PBX (a crash or
+    a lost answer): a create looks the object up by externalId first, an update
+    re-reads the object and sends only what still differs."""
+
+    action: Action
+    kind: Kind
+    external_id: str
+    payload: Payload | None = None
+    operations: Sequence[PatchOperation] = ()
+    pbx_id: str | None = None
+    etag: str | None = None
+    maybe_applied: bool = False
+
+    def describe(self) -> str:
+        """``update User <externalId>: name.givenName, title`` (for logs and dry runs)."""
+        text = f"{self.action} {self.kind} {self.external_id}"
+        if self.action == "update":
+            text += ": " + ", ".join(str(op.get("path")) for op in self.operations)
+        return text
+
+    @property
+    def sends_nothing(self) -> bool:
+        """An update with nothing to change (and nothing to re-check) needs no request."""
+        return self.action == "update" and not self.operations and not self.maybe_applied
+
+
+@dataclass(frozen=True)
+class PbxOutcome:
+    operation: PbxOperation
+    pbx_id: str | None = None
+    etag: str | None = None
+    error: PbxError | None = None
+    adopted: bool = False
+    recreated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class PbxWriter(Protocol):
+    """What the sync engine writes through: the real client or a dry run."""
+
+    applied: list[PbxOperation]
+
+    async def execute(self, operation: PbxOperation) -> PbxOutcome: ...
+
+    def execute_many(self, operations: Sequence[PbxOperation]) -> AsyncIterator[PbxOutcome]: ...
+
+
+@dataclass
+class Answer:
+    """One HTTP answer of the PBX, body parsed as JSON where it is JSON."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+
+    @property
+    def detail(self) -> str:
+        if isinstance(self.body, Mapping):
+            detail = self.body.get("detail") or self.body.get("scimType")
+            if detail:
+                return str(detail)
+        return f"HTTP {self.status}"
+
+    @property
+    def etag(self) -> str | None:
+        etag = header(self.headers, "etag")
+        if etag is None and isinstance(self.body, Mapping):
+            meta = self.body.get("meta")
+            if isinstance(meta, Mapping) and isinstance(meta.get("version"), str):
+                etag = meta["version"]
+        return etag
+
+
+def pbx_object(kind: Kind, body: Mapping[str, Any], etag: str | None) -> PbxObject:
+    meta = body.get("meta")
+    if etag is None and isinstance(meta, Mapping) and isinstance(meta.get("version"), str):
+        etag = meta["version"]
+    external = body.get("externalId")
+    return PbxObject(kind, str(body.get("id")), str(external) if external else None, etag, dict(body))
+
+
+def required_payload(operation: PbxOperation) -> Payload:
+    if operation.payload is None:
+        raise PbxRequestFailed(f"{operation.describe()}: no payload to send")
+    return operation.payload
+
+
+def refused(operation: PbxOperation, answer: Answer) -> PbxRequestFailed:
+    return PbxRequestFailed(
+        f"the PBX refused {operation.describe()}: {answer.detail}", status=answer.status, detail=answer.detail
+    )
