@@ -16,7 +16,7 @@ import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
@@ -79,13 +79,14 @@ class RetryableFailure(Exception):
     idempotent must then be resolved by reading, not sent again blindly."""
 
     def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None,
-                 lost: bool = True, detail: str | None = None) -> None:
+                 lost: bool = True, detail: str | None = None, body: Any = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
         self.lost = lost
         self.detail = detail
+        self.body = body  # the last answer's parsed body, for the caller's typed error
         self.attempts = 1
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from daemon.errors import GraphPayloadError, M365SyncError
 from daemon.graph.client import RETRYABLE_STATUSES, GraphClient, endpoint_label, error_for
 from daemon.logging import get_logger
-from daemon.retry import GraphBudget, retry_after_seconds
+from daemon.retry import GraphBudget, header, retry_after_seconds
 
 log = get_logger(__name__)
 
@@ -191,7 +191,7 @@ class BatchExecutor:
         raw_headers = answer.get("headers")
         headers = {str(k): str(v) for k, v in raw_headers.items()} if isinstance(raw_headers, Mapping) else {}
         body = answer.get("body")
-        content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        content_type = header(headers, "content-type") or ""
         if isinstance(body, str) and content_type and "json" not in content_type:
             try:
                 body = base64.b64decode(body)  # binary bodies travel base64-encoded

@@ -29,7 +29,7 @@ from daemon.errors import (
     M365SyncError,
 )
 from daemon.logging import get_logger
-from daemon.retry import Transport, retry_after_seconds
+from daemon.retry import RetryableFailure, Transport, header, retry_after_seconds, with_retries
 
 log = get_logger(__name__)
 
@@ -122,41 +122,45 @@ class GraphClient:
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> GraphResponse:
-        """Send with retries; a 2xx answer, or a typed GraphError."""
+        """Send with the retry policy; a 2xx answer, or a typed GraphError.
+
+        A 401 is sent again once, at once, with a freshly acquired token."""
         url = self.url(path_or_url)
         endpoint = endpoint_label(url)
         refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            token = await self.token_provider(force_refresh=refreshed)
-            try:
-                response = await self._send(method, url, endpoint, token, json_body, headers)
-            except (TimeoutError, aiohttp.ClientError) as err:
-                if attempt >= self.transport.retry.max_attempts:
-                    raise GraphUnavailable(
-                        f"Graph unreachable for {endpoint} after {attempt} attempts: {type(err).__name__}: {err}",
-                        hint="check the network path to Graph; the next run retries",
-                    ) from err
-                await self._wait(self.transport.retry.backoff(attempt, self.transport.rng), endpoint, reason=type(err).__name__)
-                continue
-            if 200 <= response.status < 300:
-                return response
-            if response.status == 401 and not refreshed:
-                refreshed = True  # one retry with a freshly acquired token
-                attempt -= 1
-                continue
-            retry_after = retry_after_seconds(response.headers)
-            if response.status in RETRYABLE_STATUSES and attempt < self.transport.retry.max_attempts:
-                delay = self.transport.retry.delay(retry_after, attempt, self.transport.rng)
-                if delay is not None:
-                    await self._wait(delay, endpoint, reason=str(response.status))
-                    continue
-            raise error_for(response.status, response.body, url=url, retry_after=retry_after)
 
-    async def _wait(self, seconds: float, endpoint: str, reason: str) -> None:
-        log.info("retrying Graph request", endpoint=endpoint, reason=reason, wait_seconds=round(seconds, 2))
-        await self.transport.clock.sleep(seconds)
+        async def attempt() -> GraphResponse:
+            nonlocal refreshed
+            while True:
+                token = await self.token_provider(force_refresh=refreshed)
+                try:
+                    response = await self._send(method, url, endpoint, token, json_body, headers)
+                except (TimeoutError, aiohttp.ClientError) as err:
+                    raise RetryableFailure(f"{type(err).__name__}: {err}".rstrip(": ")) from err
+                if response.status == 401 and not refreshed:
+                    refreshed = True
+                    continue
+                if 200 <= response.status < 300:
+                    return response
+                retry_after = retry_after_seconds(response.headers)
+                if response.status in RETRYABLE_STATUSES:
+                    raise RetryableFailure(str(response.status), status=response.status, retry_after=retry_after,
+                                           body=response.body)
+                raise error_for(response.status, response.body, url=url, retry_after=retry_after)
+
+        def on_retry(failure: RetryableFailure, wait: float) -> None:
+            log.info("retrying Graph request", endpoint=endpoint, reason=failure.reason, wait_seconds=round(wait, 2))
+
+        transport = self.transport
+        try:
+            return await with_retries(attempt, transport.retry, transport.clock, transport.rng, on_retry)
+        except RetryableFailure as failure:
+            if failure.status is None:
+                raise GraphUnavailable(
+                    f"Graph unreachable for {endpoint} after {failure.attempts} attempts: {failure.reason}",
+                    hint="check the network path to Graph; the next run retries",
+                ) from failure
+            raise error_for(failure.status, failure.body, url=url, retry_after=failure.retry_after) from failure
 
     async def _send(
         self,
@@ -196,7 +200,7 @@ class GraphClient:
 
 
 def _decode(raw: bytes, headers: Mapping[str, str], url: str) -> Any:
-    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    content_type = header(headers, "content-type") or ""
     if not raw:
         return None
     if "json" not in content_type:

@@ -30,6 +30,7 @@ from daemon.logging import get_logger
 from daemon.pbx.client import PbxClient, PbxOperation, PbxOutcome, PbxWriter
 from daemon.pbx.mapping import managed_view, patch_operations, payload_hash, photo_data_uri
 from daemon.pbx.schema import EXTENSION_NUMBER_PATHS, PBX_GROUP, PBX_USER
+from daemon.retry import header
 from daemon.sync.contacts import ContactReport
 from daemon.sync.groups import GroupReport
 from daemon.sync.plan import PHOTO_PLACEHOLDER, InventoryEntry, PlanInputs, UserAction, UserPlan, UserPlanner
@@ -202,7 +203,7 @@ class UserSync:
         async for result in BatchExecutor(self.graph).run(requests):
             body = result.body
             if result.ok and isinstance(body, bytes) and 0 < len(body) <= MAX_PHOTO_BYTES:
-                content_type = next((v for k, v in result.headers.items() if k.lower() == "content-type"), "image/jpeg")
+                content_type = header(result.headers, "content-type") or "image/jpeg"
                 uris[result.request.key] = photo_data_uri(body, content_type.split(";")[0] or "image/jpeg")
             else:
                 uris[result.request.key] = None
