@@ -23,7 +23,7 @@ from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import ConfigError, ConfigProblem, StateError
 from daemon.metrics import Metrics
 from daemon.pbx.schema import PBX_USER
-from daemon.sync.plan import settings_fingerprint
+from daemon.sync.plan_users import settings_fingerprint
 from daemon.sync.runner import RunResult, TenantRunner
 from daemon.sync.scope import decide, matches, sso_flags
 from state.db import Database, open_database

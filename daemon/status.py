@@ -48,28 +48,26 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             next_run = float(stored) if stored else None
         held = await sync_store.held(tenant.name)
         names = {}
-        for graph_id in held:
-            copy = await sync_store.graph_copy(tenant.name, "user", graph_id)
-            names[graph_id] = str(copy.data.get("userPrincipalName")) if copy else graph_id
+        for graph_id, (kind, _, _) in held.items():
+            copy = await sync_store.graph_copy(tenant.name, kind, graph_id)
+            names[graph_id] = _name(copy.data, graph_id) if copy else graph_id
         quarantined = []
         for kind, graph_id, error in await sync_store.quarantined(tenant.name):
             copy = await sync_store.graph_copy(tenant.name, kind, graph_id)
-            quarantined.append({"kind": kind, "id": graph_id, "name": str(copy.data.get("userPrincipalName") or graph_id) if copy else graph_id,
+            quarantined.append({"kind": kind, "id": graph_id, "name": _name(copy.data, graph_id) if copy else graph_id,
                                 "error": error})
         unreadable: dict[str, list[str]] = {}
-        for key, prefix in (("calendars", "calendar-unreadable:"), ("mailboxes", "unreadable:")):
-            upns = []
-            for user_id in await sync_store.names_with_prefix(tenant.name, prefix):
-                copy = await sync_store.graph_copy(tenant.name, "user", user_id)
-                upns.append(str(copy.data.get("userPrincipalName")) if copy else user_id)
-            unreadable[key] = upns
+        for key, resource in (("calendars", "calendar"), ("mailboxes", "contacts")):
+            user_ids = await sync_store.unreadable(tenant.name, resource)
+            copies = await sync_store.graph_copies(tenant.name, "user", user_ids)
+            unreadable[key] = [_name(copies[u].data, u) if u in copies else u for u in user_ids]
         reports.append(TenantReport(
             tenant=tenant.name, enabled=tenant.enabled,
             auth_state=row.auth_state if row else "authorization_required",
             auth_owner=row.auth_owner if row else None, auth_reason=row.auth_reason if row else None,
             last_run=last, next_run=next_run,
-            held=sorted(({"id": i, "name": names[i], "action": action, "approved": str(approved).lower()}
-                         for i, (action, approved) in held.items()), key=lambda h: h["name"]),
+            held=sorted(({"id": i, "kind": kind, "name": names[i], "action": action, "approved": str(approved).lower()}
+                         for i, (kind, action, approved) in held.items()), key=lambda h: (h["kind"], h["name"])),
             quarantined=quarantined,
             unreadable_calendars=unreadable["calendars"],
             unreadable_mailboxes=unreadable["mailboxes"],
@@ -142,3 +140,8 @@ def as_html(reports: list[TenantReport], refresh_seconds: int = 30) -> str:
              "dt{font-weight:bold;margin-top:.5rem}code{background:#f2f2f2;padding:.1rem .3rem}")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta http-equiv='refresh' content='{refresh_seconds}'>"
             f"<title>m365sync status</title><style>{style}</style></head><body><h1>m365sync status</h1>{''.join(sections)}</body></html>")
+
+
+def _name(data: dict[str, Any], fallback: str) -> str:
+    """How people know an object: a user's UPN, a group's or contact's display name."""
+    return str(data.get("userPrincipalName") or data.get("displayName") or fallback)

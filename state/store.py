@@ -22,6 +22,7 @@ class TenantRow:
     auth_owner: str | None
     has_token_cache: bool
     auth_reason: str | None = None
+    auth_changed_at: float | None = None  # when the authorization state last changed (e.g. re-authorized)
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,11 @@ class Store:
     async def tenants(self) -> list[TenantRow]:
         async with self.db.conn.execute(
             "SELECT t.name, t.directory_id, t.application_id, t.auth_state, t.auth_owner,"
-            " c.tenant IS NOT NULL, t.auth_reason FROM tenants t"
+            " c.tenant IS NOT NULL, t.auth_reason, t.auth_changed_at FROM tenants t"
             " LEFT JOIN token_cache c ON c.tenant = t.name ORDER BY t.name"
         ) as cursor:
             rows = await cursor.fetchall()
-        return [TenantRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
+        return [TenantRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
 
     async def tenant(self, name: str) -> TenantRow | None:
         return next((row for row in await self.tenants() if row.name == name), None)
@@ -188,6 +189,37 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, resource, key)"
                 " DO UPDATE SET link = excluded.link, updated_at = excluded.updated_at",
                 (tenant, resource, key, link, self.clock()),
+            )
+
+    async def delta_links(self, tenant: str, resource: str) -> dict[str, str]:
+        """Every key's link of a resource (per-mailbox resources), in one query."""
+        async with self.db.conn.execute(
+            "SELECT key, link FROM delta_links WHERE tenant = ? AND resource = ?", (tenant, resource)
+        ) as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def save_delta_links(self, tenant: str, resource: str, links: dict[str, str]) -> None:
+        """Commit many keys' links in one transaction."""
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO delta_links (tenant, resource, key, link, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant, resource, key) DO UPDATE SET link = excluded.link, updated_at = excluded.updated_at",
+                [(tenant, resource, key, link, self.clock()) for key, link in links.items()],
+            )
+
+    async def drop_delta_links(self, tenant: str, resource: str, keep: list[str] | None = None,
+                               keys: list[str] | None = None) -> None:
+        """Drop a resource's links: all, all but ``keep``, or only ``keys``."""
+        async with self.db.transaction() as conn:
+            if keys is not None:
+                await conn.executemany("DELETE FROM delta_links WHERE tenant = ? AND resource = ? AND key = ?",
+                                       [(tenant, resource, k) for k in keys])
+                return
+            kept = keep or []
+            marks = ",".join("?" * len(kept))
+            await conn.execute(
+                f"DELETE FROM delta_links WHERE tenant = ? AND resource = ?{f' AND key NOT IN ({marks})' if kept else ''}",
+                (tenant, resource, *kept),
             )
 
     async def drop_delta_link(self, tenant: str, resource: str, key: str = "") -> None:

@@ -13,10 +13,8 @@ from daemon.config import TenantConfig
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.schema import PBX_USER
-from daemon.sync.contacts import ContactSync
-from daemon.sync.groups import GroupSync
-from daemon.sync.tenant import TenantSync
-from daemon.sync.users import UserRunReport, UserSync
+from daemon.sync.report import RunReport
+from daemon.sync.tenant import build_tenant_sync
 from graph_fixtures import GraphEnv
 from pbx_fixtures import PbxEnv
 from state.db import Database, open_database
@@ -60,12 +58,12 @@ class SyncEnv:
     def graph_requests(self, pattern: str) -> int:
         return len(self.graph.sim.requests(pattern))
 
-    async def run(self, writer: Any = None) -> UserRunReport:
+    async def run(self, writer: Any = None) -> RunReport:
         client = self.pbx.client
         fresh = PbxClient(client.transport, client.base_url, client._token, client.timeout)  # one discovery per run, like the daemon
         writer = writer or fresh
-        parts = (self.tenant, self.store, self.sync_store, self.graph.client, fresh, writer, self.graph.clock.time)
-        return await TenantSync(UserSync(*parts), GroupSync(*parts), ContactSync(*parts)).run()
+        return await build_tenant_sync(self.tenant, self.store, self.sync_store, self.graph.client, fresh, writer,
+                                       self.graph.clock.time).run()
 
     async def pbx_contacts(self) -> dict[str, dict[str, Any]]:
         contacts: dict[str, dict[str, Any]] = {}

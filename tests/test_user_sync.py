@@ -252,10 +252,11 @@ async def test_mass_deletion_guard_holds_then_approve_releases_exactly_the_held_
 
 
 async def test_default_guard_threshold_is_twenty_or_ten_percent(sync_env: SyncEnv) -> None:
-    from daemon.sync.plan import deprovision_threshold
+    from daemon.sync.guard import threshold
 
-    assert deprovision_threshold(sync_env.tenant, 50) == 20
-    assert deprovision_threshold(sync_env.tenant, 1000) == 100
+    assert threshold(sync_env.tenant, "user", 50) == 20
+    assert threshold(sync_env.tenant, "user", 1000) == 100
+    assert threshold(sync_env.tenant, "group", 10) == 5 and threshold(sync_env.tenant, "contact", 5000) == 500
 
 
 async def test_settings_change_replans_untouched_users(sync_env: SyncEnv) -> None:

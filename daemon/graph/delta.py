@@ -1,18 +1,25 @@
-"""One delta round: follow ``@odata.nextLink`` to the ``@odata.deltaLink``,
-yielding changes as they arrive.
+"""Delta rounds: follow ``@odata.nextLink`` to the ``@odata.deltaLink``,
+yielding changes as they arrive, either one round directly
+(:class:`DeltaRound`, users and groups) or many rounds at once through
+``$batch`` (:class:`BatchedRounds`, per-mailbox contacts and calendars).
+Both read pages with :func:`read_page`.
 
-Only one page is held at a time, so memory stays flat however large the
-tenant. The new deltaLink is handed to the caller, never stored here: the
-caller commits it after applying the changes, so a crash mid-way repeats the
-round from the last committed link instead of losing changes.
+Only one page per round is held at a time, so memory stays flat however
+large the tenant. New deltaLinks are handed to the caller, never stored
+here: the caller commits them after applying the changes, so a crash
+mid-way repeats the round from the last committed link instead of losing
+changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from daemon.errors import GraphPayloadError
+from daemon.graph.batch import BatchExecutor, BatchRequest, BatchResult
 from daemon.graph.client import GraphClient, endpoint_label
 from daemon.logging import get_logger
 
@@ -42,27 +49,95 @@ class DeltaRound:
         url: str | None = self.start
         while url is not None:
             response = await self.client.get(url, self.headers)  # DeltaExpired propagates
-            page = response.body
-            if not isinstance(page, Mapping) or not isinstance(page.get("value"), list):
-                raise GraphPayloadError(f"delta page from {endpoint_label(url)} has no 'value' list")
+            page = read_page(response.body, url)
             self.pages += 1
-            for item in page["value"]:
-                if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]:
-                    yield item
+            self.skipped += page.skipped
+            for item in page.items:
+                yield item
+            url = page.next_link
+            self.delta_link = page.delta_link
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_link: str | None
+    delta_link: str | None
+    skipped: int = 0
+
+
+def read_page(body: Any, url: str) -> Page:
+    """One delta page: its items with an id, and the next or the delta link."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("value"), list):
+        raise GraphPayloadError(f"delta page from {endpoint_label(url)} has no 'value' list")
+    items = [i for i in body["value"] if isinstance(i, dict) and isinstance(i.get("id"), str) and i["id"]]
+    skipped = len(body["value"]) - len(items)
+    if skipped:
+        log.warning("skipping delta items without an id", endpoint=endpoint_label(url), items=skipped)
+    next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
+    if isinstance(next_link, str):
+        return Page(items, next_link, None, skipped)
+    if isinstance(delta_link, str):
+        return Page(items, None, delta_link, skipped)
+    raise GraphPayloadError(f"delta page from {endpoint_label(url)} has neither @odata.nextLink nor @odata.deltaLink")
+
+
+def relative(url: str) -> str:
+    """A Graph link as a ``$batch`` item URL (below ``/v1.0``)."""
+    parts = urlsplit(url)
+    path = parts.path.split("/v1.0", 1)[-1]
+    return path + (f"?{parts.query}" if parts.query else "")
+
+
+@dataclass(frozen=True)
+class RoundEvent:
+    """One step of a batched round: a ``page`` of items, a round ``done`` with
+    its deltaLink, or a ``failed`` request (``result`` says why)."""
+
+    kind: str  # page | done | failed
+    key: str
+    items: list[dict[str, Any]] = field(default_factory=list)
+    delta_link: str | None = None
+    result: BatchResult | None = None
+    error: Exception | None = None
+
+
+class BatchedRounds:
+    """Many delta rounds at once, each of its pages one ``$batch`` item.
+
+    ``add`` starts (or restarts) a round; ``async for event in rounds``
+    yields events until every round is done or failed."""
+
+    def __init__(self, client: GraphClient, headers: Mapping[str, str] | None = None) -> None:
+        self.client = client
+        self.headers = dict(headers or {})
+        self._pending: list[BatchRequest] = []
+
+    def add(self, key: str, url: str, mailbox: str | None) -> None:
+        self._pending.append(BatchRequest(key, relative(url), mailbox=mailbox, headers=self.headers))
+
+    def __aiter__(self) -> AsyncIterator[RoundEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[RoundEvent]:
+        while self._pending:
+            requests, self._pending = self._pending, []
+            async for result in BatchExecutor(self.client).run(requests):
+                key = result.request.key
+                if not result.ok:
+                    yield RoundEvent("failed", key, result=result, error=result.error)
+                    continue
+                try:
+                    page = read_page(result.body, result.request.url)
+                except GraphPayloadError as err:
+                    yield RoundEvent("failed", key, result=result, error=err)
+                    continue
+                yield RoundEvent("page", key, items=page.items)
+                if page.next_link is not None:
+                    self._pending.append(BatchRequest(key, relative(page.next_link), mailbox=result.request.mailbox,
+                                                      headers=self.headers))
                 else:
-                    self.skipped += 1
-                    log.warning("skipping a delta item without an id", endpoint=endpoint_label(url))
-            next_link = page.get("@odata.nextLink")
-            delta_link = page.get("@odata.deltaLink")
-            if isinstance(next_link, str):
-                url = next_link
-            elif isinstance(delta_link, str):
-                self.delta_link = delta_link
-                url = None
-            else:
-                raise GraphPayloadError(
-                    f"delta page from {endpoint_label(url)} has neither @odata.nextLink nor @odata.deltaLink"
-                )
+                    yield RoundEvent("done", key, delta_link=page.delta_link)
 
 
 def is_removed(change: Mapping[str, Any]) -> str | None:

@@ -27,11 +27,10 @@ from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.dryrun import DryRunPbxClient
 from daemon.retry import Clock, GraphBudget, Transport
+from daemon.sync.apply import Progress
 from daemon.sync.calendar import CalendarReport, CalendarSync
-from daemon.sync.contacts import ContactSync
-from daemon.sync.groups import GroupSync
-from daemon.sync.tenant import TenantSync
-from daemon.sync.users import Progress, UserRunReport, UserSync
+from daemon.sync.report import RunReport
+from daemon.sync.tenant import build_tenant_sync
 from daemon.tls import client_ssl_context
 from state.store import Store
 from state.sync_store import SyncStore
@@ -61,7 +60,7 @@ class RunResult:
     run_id: str
     tenant: str
     result: str
-    report: UserRunReport
+    report: RunReport
 
 
 class TenantRunner:
@@ -123,10 +122,10 @@ class TenantRunner:
             holder = None if self.dry_run else await self.sync_store.try_lock(name, LOCK_OWNER, RUN_LOCK_SECONDS,
                                                                                _process_alive)
         except M365SyncError as err:
-            return RunResult(run_id, name, "failed", UserRunReport(result="failed", error=str(err)))
+            return RunResult(run_id, name, "failed", RunReport(result="failed", error=str(err)))
         if holder is not None:
             message = f"another m365sync process ({holder}) is syncing tenant {name}; try again when it finishes"
-            return RunResult(run_id, name, "busy", UserRunReport(result="busy", error=message))
+            return RunResult(run_id, name, "busy", RunReport(result="busy", error=message))
         try:
             return await self._recorded_run(trigger, progress, run_id)
         finally:
@@ -135,7 +134,7 @@ class TenantRunner:
 
     async def _recorded_run(self, trigger: str, progress: Progress | None, run_id: str) -> RunResult:
         name = self.tenant.name
-        report = UserRunReport()
+        report = RunReport()
         started = time.monotonic()
         try:
             await self.store.start_run(run_id, name, trigger)
@@ -156,7 +155,8 @@ class TenantRunner:
         summary = {"counts": report.counts, "group_counts": report.groups.counts, "missing_groups": report.groups.missing,
                    "contact_counts": report.contacts.counts, "unreadable_mailboxes": report.contacts.unreadable,
                    "held": len(report.held), "failures": report.failures[:50],
-                   "unmatched_selected": report.unmatched_selected, "full_round": report.full_round}
+                   "unmatched_selected": report.unmatched_selected, "selects_nobody": report.selects_nobody,
+                   "full_round": report.full_round}
         await _quietly(self.store.finish_run(run_id, report.result, summary, report.error),
                        "could not record the run's result")
         log_method = log.info if report.result == "success" else log.warning
@@ -164,16 +164,13 @@ class TenantRunner:
                    seconds=round(time.monotonic() - started, 2), error=report.error)
         return RunResult(run_id, name, report.result, report)
 
-    async def _sync(self, report: UserRunReport, progress: Progress | None) -> None:
+    async def _sync(self, report: RunReport, progress: Progress | None) -> None:
         name = self.tenant.name
         graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(name))
         pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
         writer = DryRunPbxClient() if self.dry_run else pbx
-        await TenantSync(
-            UserSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now, progress),
-            GroupSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now),
-            ContactSync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now),
-        ).run(report)
+        await build_tenant_sync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now,
+                                progress).run(report)
 
 
 def unexpected_reason(err: BaseException) -> str:

@@ -1,65 +1,208 @@
-"""One sync run of a tenant, in order: read users and groups, find shared
-mailboxes, read the PBX inventory once, plan and apply users, then groups,
-then contacts, and only then commit the deltaLinks."""
+"""One sync run of a tenant, the one pipeline every kind goes through:
+
+1. **read** (``read_*``): the users and groups deltas into the state
+   database, shared mailboxes, photo versions, the PBX inventory;
+2. **snapshot** (``snapshot``): what the planners read, taken once;
+3. **plan** (``plan_*``), pure: users first (they decide whose mailboxes are
+   read), then the contacts of those mailboxes are read, then groups and
+   contacts are planned; one number pool for users and groups, one guard
+   (``guard``) for everything that disables or deletes;
+4. the **plan summary** is logged before the first write;
+5. **apply** (``apply``): one applier, in phases, for every kind;
+6. **commit**: the deltaLinks, only now, so a crash anywhere repeats at most
+   the unfinished part (every write is idempotent or journaled).
+
+``build_tenant_sync`` is the one way the runner, the CLI and the daemon get one.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from daemon.config import TenantConfig
+from daemon.graph.client import GraphClient
 from daemon.logging import get_logger
-from daemon.sync.contacts import ContactSync, Mailbox
-from daemon.sync.groups import GroupSync
-from daemon.sync.mailboxes import shared_mailboxes
-from daemon.sync.users import UserRunReport, UserSync, pbx_inventory
+from daemon.pbx.client import PbxClient
+from daemon.pbx.types import PbxWriter
+from daemon.sync.apply import Applier, Materialize, Progress
+from daemon.sync.changes import Change, Plan
+from daemon.sync.guard import guard, held_rows
+from daemon.sync.photos import PhotoMaterializer, photo_versions
+from daemon.sync.plan_contacts import ContactPlanner, Mailbox
+from daemon.sync.plan_groups import plan_groups
+from daemon.sync.plan_users import PlanInputs, UserPlanner
+from daemon.sync.read_contacts import ContactsRead, ContactsReader
+from daemon.sync.read_groups import GroupsRead, read_groups
+from daemon.sync.read_mailboxes import shared_mailboxes
+from daemon.sync.read_users import read_users
+from daemon.sync.report import RunReport
+from daemon.sync.scope import decide
+from daemon.sync.snapshot import Snapshot, read_inventory, take_snapshot
+from state.store import Store
+from state.sync_store import SyncStore
 
 log = get_logger(__name__)
 
 
 @dataclass
 class TenantSync:
-    users: UserSync
-    groups: GroupSync
-    contacts: ContactSync
+    tenant: TenantConfig
+    store: Store
+    sync_store: SyncStore
+    graph: GraphClient
+    pbx: PbxClient  # reads (inventory, look-ups); writes go through ``writer``
+    writer: PbxWriter
+    now: Callable[[], float]
+    progress: Progress | None = None
+    links: dict[tuple[str, str], str] = field(default_factory=dict)  # (resource, key) -> link to commit
 
-    async def run(self, report: UserRunReport | None = None) -> UserRunReport:
+    async def run(self, report: RunReport | None = None) -> RunReport:
         """One complete run; never raises for one object's failure.
 
         ``report`` is filled as writes are applied, so a caller that passes its
         own still has the counts when a later step raises."""
-        users = self.users
-        tenant = users.tenant
-        report = report if report is not None else UserRunReport()
-        delta_link = await users.read(report)
-        if self.groups.configured:
-            await self.groups.read(report.groups)  # before planning users: the INCLUDE scope
-        shared: dict[str, str] = {}
-        if tenant.shared_mailbox.enabled:
-            shared = await shared_mailboxes(tenant, users.sync_store, users.graph, users.now)
-        inventory = await pbx_inventory(users.pbx)
-        plan = await users.plan_and_apply(report, inventory, shared)
-        await self.groups.apply(report.groups, inventory.numbers, inventory.groups)
-        report.failures += report.groups.failures
-        if self.contacts.enabled:
-            await self.contacts.run(await self._mailboxes(shared), report.contacts)
-            report.failures += report.contacts.failures
-        await users.commit(delta_link)
-        await self.groups.commit()
+        report = report if report is not None else RunReport()
+        tenant, name = self.tenant, self.tenant.name
+        users_read = await read_users(tenant, self.store, self.sync_store, self.graph, self.progress)
+        report.full_round, report.reconciled = users_read.full_round, users_read.reconciled
+        if users_read.delta_link:
+            self.links[("users", "")] = users_read.delta_link
+        groups_read = await read_groups(tenant, self.store, self.sync_store, self.graph) if tenant.groups else GroupsRead()
+        report.groups.missing = groups_read.missing
+        self.links.update({("groups", key): link for key, link in groups_read.links.items()})
+        shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now) if tenant.shared_mailbox.enabled else {}
+        inventory = await read_inventory(self.pbx)
+        snapshot = await take_snapshot(tenant, self.sync_store, inventory, self.now(), shared=shared,
+                                       photos=await self._photo_versions(shared))
+
+        plan, users = await self._plan_users(snapshot, report)
+        if tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled:
+            contacts_read = await self._read_contacts(users, snapshot, report)
+            plan.extend(await self._plan_contacts(users, snapshot, contacts_read, report))
+        plan.extend(await self._plan_groups(users, snapshot, plan))
+        guard(plan, tenant, snapshot.synced_counts, snapshot.approved)
+        await self.sync_store.hold(name, held_rows(plan.held))
+        self._summarize(plan, report)
+
+        materializers: tuple[Materialize, ...] = (PhotoMaterializer(tenant, self.graph),) if tenant.users.sync_photo else ()
+        await Applier(name, self.sync_store, self.writer, report, self.progress, materializers).apply(plan)
+        await self._commit()
         if plan.held:
             report.result = "deprovisions_held"
-            log.warning("deprovisions held by the mass-deletion guard", tenant=tenant.name, held=len(plan.held),
-                        threshold=plan.threshold, action=f"m365sync approve --tenant {tenant.name}")
+            log.warning("deprovisions held by the mass-deletion guard", tenant=name, held=len(plan.held),
+                        action=f"m365sync approve --tenant {name}")
         elif report.failures:
             report.result = "partial"
         return report
 
-    async def _mailboxes(self, shared: dict[str, str]) -> list[Mailbox]:
-        """Whose contacts go to the PBX: active synced users, and shared mailboxes."""
-        tenant = self.users.tenant
-        mailboxes = []
-        if tenant.personal_contacts.enabled:
-            for graph_id, pbx_id, upn in await self.users.sync_store.active_users(tenant.name):
-                if graph_id not in shared:
-                    mailboxes.append(Mailbox(graph_id, upn, "personal", pbx_id))
-        if tenant.shared_mailbox.enabled:
-            mailboxes += [Mailbox(graph_id, upn, "company", None) for graph_id, upn in sorted(shared.items())]
+    # --- planning ---
+
+    async def _plan_users(self, snapshot: Snapshot, report: RunReport) -> tuple[Plan, UserPlanner]:
+        inputs = PlanInputs(
+            tenant=self.tenant, now=snapshot.now, group_members=snapshot.members_in_scope,
+            pbx_numbers=frozenset(snapshot.inventory.numbers), pbx_by_external_id=snapshot.inventory.users,
+            allocations=snapshot.allocations, photos=snapshot.photos,
+            shared_mailboxes=frozenset(snapshot.shared_mailboxes),
+            pending_creates=snapshot.pending_creates.get("user", frozenset()),
+        )
+        planner = UserPlanner(inputs)
+        async for copy, synced in self.sync_store.iter_with_synced(self.tenant.name, "user"):
+            planner.add(copy, synced)
+        plan = planner.finish()
+        report.unmatched_selected = planner.unmatched_selected
+        # Users first: a held disable keeps its user (and so its mailbox) active.
+        guard(plan, self.tenant, {"user": snapshot.synced_counts.get("user", 0)}, snapshot.approved)
+        for change in plan.held:
+            if change.action == "disable" and change.operation.pbx_id:
+                planner.active[change.graph_id] = (change.label, change.operation.pbx_id)
+        return plan, planner
+
+    async def _plan_groups(self, users: UserPlanner, snapshot: Snapshot, plan: Plan) -> Plan:
+        name = self.tenant.name
+        synced = await self.sync_store.synced_rows(name, "group")
+        if not self.tenant.groups and not synced:
+            return Plan()
+        pbx_ids = {external: entry.pbx_id for external, entry in snapshot.inventory.users.items()}
+        pbx_ids.update(await self.sync_store.pbx_ids(name, "user"))
+        created = {c.graph_id for c in plan.changes if c.kind == "user" and c.action == "create"}
+        leaving = {c.graph_id for c in plan.changes if c.kind == "user" and c.action == "delete"}
+        copies = await self.sync_store.graph_copies(name, "group", set(self.tenant.groups) | set(synced))
+        return plan_groups(snapshot, copies, synced, pbx_ids, created, leaving, users.pool)
+
+    def _mailboxes(self, users: UserPlanner, snapshot: Snapshot) -> dict[str, Mailbox]:
+        """Whose contacts go to the PBX: users active after this run, and shared mailboxes."""
+        mailboxes: dict[str, Mailbox] = {}
+        if self.tenant.personal_contacts.enabled:
+            for user_id, (upn, pbx_id) in sorted(users.active.items()):
+                if user_id not in snapshot.shared_mailboxes:
+                    mailboxes[user_id] = Mailbox(user_id, upn, "personal", pbx_id)
+        if self.tenant.shared_mailbox.enabled:
+            for user_id, upn in sorted(snapshot.shared_mailboxes.items()):
+                mailboxes[user_id] = Mailbox(user_id, upn, "company", None)
         return mailboxes
+
+    async def _read_contacts(self, users: UserPlanner, snapshot: Snapshot, report: RunReport) -> ContactsRead:
+        row = await self.store.tenant(self.tenant.name)
+        reader = ContactsReader(self.tenant, self.store, self.sync_store, self.graph,
+                                authorized_at=row.auth_changed_at if row is not None else None)
+        read = await reader(list(self._mailboxes(users, snapshot).values()))
+        report.contacts.unreadable = read.unreadable
+        for failure in read.failures:
+            report.fail("contact", failure)
+        self.links.update({("contacts", key): link for key, link in read.links.items()})
+        return read
+
+    async def _plan_contacts(self, users: UserPlanner, snapshot: Snapshot, read: ContactsRead,
+                             report: RunReport) -> Plan:
+        on_pbx: dict[str, str] = {}
+        if read.full_rounds:  # folders read from scratch: their contacts may be on the PBX, unrecorded
+            on_pbx = (await read_inventory(self.pbx, contacts=True)).contacts
+        planner = ContactPlanner(self.tenant, self._mailboxes(users, snapshot),
+                                 snapshot.pending_creates.get("contact", frozenset()), on_pbx)
+        async for copy, synced in self.sync_store.iter_with_synced(self.tenant.name, "contact"):
+            planner.add(copy, synced)
+        report.contacts.skipped_without_phone = planner.skipped_without_phone
+        return planner.finish()
+
+    async def _photo_versions(self, shared: dict[str, str]) -> dict[str, str | None]:
+        """mediaEtags of the users in scope (only when photos are synced)."""
+        tenant = self.tenant
+        if not (tenant.users.sync_photo and tenant.users.enabled):
+            return {}
+        members = await self.sync_store.members_of(tenant.name, tenant.groups)
+        candidates = []
+        async for copy in self.sync_store.iter_copies(tenant.name, "user"):
+            if decide(copy.data, copy.removed, tenant, members, frozenset(shared)).active:
+                candidates.append(copy.id)
+        return await photo_versions(self.graph, candidates)
+
+    def _summarize(self, plan: Plan, report: RunReport) -> None:
+        """The plan summary, logged before the first write (and the dry run's lines)."""
+        ordered = plan.ordered()
+        report.plan = [c.describe() for c in ordered]
+        report.held = [c.describe() for c in plan.held]
+        report.selects_nobody = list(plan.notes)
+        for note in plan.notes:
+            log.warning("a setting selects nobody", tenant=self.tenant.name, note=note)
+        log.info("sync plan", tenant=self.tenant.name, changes=plan.summary(), writes=len(ordered), held=len(plan.held))
+
+    # --- commit ---
+
+    async def _commit(self) -> None:
+        """The deltaLinks, once every write of the run was tried."""
+        by_resource: dict[str, dict[str, str]] = {}
+        for (resource, key), link in self.links.items():
+            by_resource.setdefault(resource, {})[key] = link
+        for resource, links in by_resource.items():
+            await self.store.save_delta_links(self.tenant.name, resource, links)
+        self.links.clear()
+
+
+def build_tenant_sync(tenant: TenantConfig, store: Store, sync_store: SyncStore, graph: GraphClient, pbx: PbxClient,
+                      writer: PbxWriter, now: Callable[[], float], progress: Progress | None = None) -> TenantSync:
+    """The one way to get a run's pipeline (runner, CLI, daemon and tests)."""
+    return TenantSync(tenant, store, sync_store, graph, pbx, writer, now, progress)
+
+
+__all__ = ["Change", "TenantSync", "build_tenant_sync"]

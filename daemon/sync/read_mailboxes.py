@@ -10,7 +10,7 @@ from typing import Any
 from daemon.config import TenantConfig
 from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
-from state.sync_store import SyncStore
+from state.sync_store import GraphCopy, SyncStore
 
 RECHECK_SECONDS = 86400.0
 
@@ -26,15 +26,15 @@ def purpose_of(settings: Any) -> str | None:
 async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, now: Callable[[], float]) -> dict[str, str]:
     """Shared mailbox user id -> userPrincipalName (detected or listed)."""
     name = tenant.name
-    due: list[str] = []
     users: dict[str, str] = {}
-    async for copy, _ in sync_store.iter_with_synced(name, "user"):
-        if copy is None or copy.removed is not None:
-            continue
-        users[copy.id] = str(copy.data.get("userPrincipalName") or copy.id)
-        checked = await sync_store.graph_copy(name, "mailbox", copy.id)
-        if checked is None or now() - float(checked.data.get("checked_at", 0)) >= RECHECK_SECONDS:
-            due.append(copy.id)
+    async for copy in sync_store.iter_copies(name, "user"):
+        if copy.removed is None:
+            users[copy.id] = str(copy.data.get("userPrincipalName") or copy.id)
+    checked: dict[str, GraphCopy] = {}
+    async for copy in sync_store.iter_copies(name, "mailbox"):
+        checked[copy.id] = copy
+    due = [u for u in users
+           if u not in checked or now() - float(checked[u].data.get("checked_at", 0)) >= RECHECK_SECONDS]
     requests = (BatchRequest(u, f"/users/{u}/mailboxSettings?$select=userPurpose", mailbox=u) for u in due)
     results = []
     async for result in BatchExecutor(graph).run(requests):
@@ -45,12 +45,9 @@ async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: G
         else:
             continue  # unknown this run; asked again next run
         results.append({"id": result.request.key, "userPurpose": purpose, "checked_at": now()})
+        checked[result.request.key] = GraphCopy(result.request.key, results[-1], None)
     await sync_store.merge_changes(name, "mailbox", results)
-    shared: dict[str, str] = {}
-    for user_id, upn in users.items():
-        copy = await sync_store.graph_copy(name, "mailbox", user_id)
-        if copy is not None and copy.data.get("userPurpose") == "shared":
-            shared[user_id] = upn
+    shared = {u: upn for u, upn in users.items() if u in checked and checked[u].data.get("userPurpose") == "shared"}
     for reference in tenant.shared_mailbox.mailboxes:
         found = await sync_store.find_user(name, reference)
         if found is not None and found.removed is None:

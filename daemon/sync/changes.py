@@ -1,0 +1,96 @@
+"""What every planner produces and the one applier consumes: a :class:`Change`
+(one PBX write and the bookkeeping its success or failure needs) and the
+whole run's :class:`Plan`.
+
+Changes are applied in phases, whatever their kind: creates and updates,
+then group memberships, then disables (and contact deletes), then group
+deletes, then user deletes. A PBX group can so name users created earlier in
+the same run (their PBX ids are filled in by the applier: see
+:data:`PENDING_MEMBER`), and nothing is removed before what replaces it exists.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Literal
+
+from daemon.pbx.types import PbxOperation
+from state.pushed import Bookkeeping
+
+ObjectKind = Literal["user", "group", "contact", "busy"]
+PENDING_MEMBER = "pending-member:"  # + Graph id of a user created in this run
+
+
+class Phase(IntEnum):
+    WRITE = 0  # creates and updates
+    MEMBERSHIP = 1  # PBX groups: created or changed once their members exist
+    DISABLE = 2  # disables, and contact deletes
+    GROUP_DELETE = 3
+    USER_DELETE = 4
+
+
+@dataclass(frozen=True)
+class Change:
+    """One planned write. ``on_success`` is the bookkeeping once the PBX said
+    yes (the applier fills in the PBX id and ETag it answered); a failure is
+    recorded against ``graph_id`` with ``fingerprint`` (for quarantine)."""
+
+    kind: ObjectKind
+    action: str  # create | update | enable | disable | delete (what the report counts)
+    phase: Phase
+    operation: PbxOperation
+    on_success: Bookkeeping
+    label: str  # who, for people: a UPN, a group or contact name
+    reason: str = ""
+    fingerprint: str = ""
+    extension: str | None = None  # a number this create allocates (recorded before it is sent)
+
+    @property
+    def graph_id(self) -> str:
+        return self.operation.external_id
+
+    @property
+    def is_deprovision(self) -> bool:
+        return self.action in ("disable", "delete")
+
+    def describe(self) -> str:
+        """``update user alice@contoso.example ext 1001 [title] (reason)``: the plan and dry-run line."""
+        changed = ", ".join(str(op.get("path")) for op in self.operation.operations) if self.action != "create" else ""
+        number = f" ext {self.extension}" if self.extension else ""
+        return (f"{self.action} {self.kind} {self.label}{number}" + (f" [{changed}]" if changed else "")
+                + (f" ({self.reason})" if self.reason else ""))
+
+
+@dataclass
+class Plan:
+    """A whole run's changes, the deprovisions the guard held, and notes."""
+
+    changes: list[Change] = field(default_factory=list)
+    held: list[Change] = field(default_factory=list)
+    bookkeeping: list[Bookkeeping] = field(default_factory=list)  # no write needed (tracking)
+    failures: list[tuple[ObjectKind, str]] = field(default_factory=list)  # (kind, "who: why") found while planning
+    quarantined: list[tuple[ObjectKind, str]] = field(default_factory=list)  # (kind, who): skipped until they change
+    notes: list[str] = field(default_factory=list)  # settings that select nobody, and the like
+
+    def extend(self, other: Plan) -> None:
+        self.changes += other.changes
+        self.held += other.held
+        self.bookkeeping += other.bookkeeping
+        self.failures += other.failures
+        self.quarantined += other.quarantined
+        self.notes += other.notes
+
+    def ordered(self) -> list[Change]:
+        """Every change in apply order (stable within a phase)."""
+        return sorted(self.changes, key=lambda c: c.phase)
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Counts per kind and action, for the log line before the first write."""
+        counts: dict[str, Counter[str]] = {}
+        for change in self.changes:
+            counts.setdefault(change.kind, Counter())[change.action] += 1
+        for change in self.held:
+            counts.setdefault(change.kind, Counter())["held"] += 1
+        return {kind: dict(sorted(c.items())) for kind, c in sorted(counts.items())}

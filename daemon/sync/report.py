@@ -1,0 +1,74 @@
+"""What a run did, as the CLI, the status page, the run record and the
+metrics show it: counts of applied writes per kind, failures, held
+deprovisions, and settings that select nobody."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class KindReport:
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, action: str, amount: int = 1) -> None:
+        self.counts[action] = self.counts.get(action, 0) + amount
+
+
+@dataclass
+class GroupReport(KindReport):
+    missing: list[str] = field(default_factory=list)  # configured ids Graph does not know
+
+
+@dataclass
+class ContactReport(KindReport):
+    unreadable: list[str] = field(default_factory=list)
+    skipped_without_phone: int = 0
+
+
+@dataclass
+class RunReport:
+    """The whole run. ``counts`` and ``failures`` are the users' and, for
+    failures, every kind's (one list for the operator); ``groups`` and
+    ``contacts`` carry their own counts."""
+
+    result: str = "success"  # success | partial | deprovisions_held | failed | reauthorization_required | busy
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    unmatched_selected: list[str] = field(default_factory=list)
+    selects_nobody: list[str] = field(default_factory=list)
+    full_round: bool = False
+    reconciled: int = 0
+    error: str | None = None
+    groups: GroupReport = field(default_factory=GroupReport)
+    contacts: ContactReport = field(default_factory=ContactReport)
+
+    def add(self, kind: str, amount: int = 1) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + amount
+
+    def count(self, kind: str, action: str) -> None:
+        """One applied write of ``kind`` (user, group, contact)."""
+        if kind == "group":
+            self.groups.add(action)
+        elif kind == "contact":
+            self.contacts.add(action)
+        else:
+            self.add(action)
+
+    def fail(self, kind: str, text: str) -> None:
+        """One object that could not be written; the run goes on."""
+        self.failures.append(text if kind == "user" else f"{kind} {text}")
+        if kind == "group":
+            self.groups.add("failed")
+            self.groups.failures.append(text)
+        elif kind == "contact":
+            self.contacts.add("failed")
+            self.contacts.failures.append(text)
+        else:
+            self.add("failed")
+
+
+UserRunReport = RunReport  # the name the first version used

@@ -1,0 +1,193 @@
+"""Rows and queries of the stored Graph copies (``graph_objects``).
+
+Contacts and events carry their mailbox (``owner``) and contacts their
+``folder`` in indexed columns, so per-mailbox work is an index search, never
+a scan of every copy of the tenant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from state.db import Database
+from state.store import Clock
+
+ID_CHUNK = 500  # ids per IN (...) list, well below SQLite's variable limit
+
+
+@dataclass(frozen=True)
+class GraphCopy:
+    id: str
+    data: dict[str, Any]
+    removed: str | None
+
+
+class CopyQueries:
+    db: Database
+    clock: Clock
+
+    async def merge_changes(self, tenant: str, kind: str, changes: Iterable[Mapping[str, Any]],
+                            owner: str | None = None, folder: str | None = None) -> None:
+        """Merge one page of delta changes into the stored copies (partial objects welcome)."""
+        changes = list(changes)
+        if not changes:
+            return
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            existing = await self._existing(conn, tenant, kind, [str(c["id"]) for c in changes])
+            rows: list[tuple[Any, ...]] = []
+            for change in changes:
+                id_ = str(change["id"])
+                removed = change.get("@removed")
+                data = existing.get(id_, {"id": id_})
+                if isinstance(removed, Mapping):
+                    rows.append((tenant, kind, id_, json.dumps(data), str(removed.get("reason") or "deleted"), now,
+                                 owner, folder))
+                    continue
+                data.update({k: v for k, v in change.items() if not k.startswith("@")})
+                rows.append((tenant, kind, id_, json.dumps(data), None, now, owner, folder))
+                existing[id_] = data
+            await conn.executemany(
+                "INSERT INTO graph_objects (tenant, kind, id, data, removed, updated_at, owner, folder)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, kind, id) DO UPDATE SET data = excluded.data,"
+                " removed = excluded.removed, updated_at = excluded.updated_at,"
+                " owner = coalesce(excluded.owner, graph_objects.owner),"
+                " folder = coalesce(excluded.folder, graph_objects.folder)",
+                rows,
+            )
+
+    @staticmethod
+    async def _existing(conn: Any, tenant: str, kind: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+        existing: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = ids[start : start + ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            async with conn.execute(
+                f"SELECT id, data FROM graph_objects WHERE tenant = ? AND kind = ? AND id IN ({marks})",
+                (tenant, kind, *chunk),
+            ) as cursor:
+                existing.update({row[0]: json.loads(row[1]) for row in await cursor.fetchall()})
+        return existing
+
+    async def known_ids(self, tenant: str, kind: str, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` have a stored copy (one indexed look-up per 500 ids)."""
+        wanted = list(ids)
+        known: set[str] = set()
+        for start in range(0, len(wanted), ID_CHUNK):
+            chunk = wanted[start : start + ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.conn.execute(
+                f"SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND id IN ({marks})", (tenant, kind, *chunk)
+            ) as cursor:
+                known.update(row[0] for row in await cursor.fetchall())
+        return known
+
+    async def mark_missing_removed(self, tenant: str, kind: str, seen: set[str]) -> list[str]:
+        """After a full round: what it no longer returned is gone (reconciliation)."""
+        missing = []
+        async with self.db.conn.execute(
+            "SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND removed IS NULL", (tenant, kind)
+        ) as cursor:
+            async for (id_,) in cursor:
+                if id_ not in seen:
+                    missing.append(id_)
+        await self._mark_removed(tenant, kind, missing, "changed")
+        return missing
+
+    async def remove_unseen(self, tenant: str, kind: str, owner: str, folder: str, seen: set[str]) -> int:
+        """After a full round of one folder: its stored copies the round no longer returned are gone."""
+        async with self.db.conn.execute(
+            "SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND owner = ? AND folder = ? AND removed IS NULL",
+            (tenant, kind, owner, folder),
+        ) as cursor:
+            missing = [row[0] for row in await cursor.fetchall() if row[0] not in seen]
+        await self._mark_removed(tenant, kind, missing, "deleted")
+        return len(missing)
+
+    async def _mark_removed(self, tenant: str, kind: str, ids: list[str], reason: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "UPDATE graph_objects SET removed = ?, updated_at = ? WHERE tenant = ? AND kind = ? AND id = ?",
+                [(reason, self.clock(), tenant, kind, id_) for id_ in ids],
+            )
+
+    async def remove_folder_copies(self, tenant: str, kind: str, owner: str, folder: str) -> None:
+        """A folder is gone: its copies are removed with it."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE graph_objects SET removed = 'deleted', updated_at = ? WHERE tenant = ? AND kind = ?"
+                " AND owner = ? AND folder = ?",
+                (self.clock(), tenant, kind, owner, folder),
+            )
+
+    async def purge_owner(self, tenant: str, kind: str, owner: str) -> None:
+        """Forget an owner's copies (no tombstones), e.g. a calendar window being re-based."""
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND owner = ?",
+                               (tenant, kind, owner))
+
+    async def copies_of_owners(self, tenant: str, kind: str, owners: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The live copies of each owner, for many owners in one indexed query per 500."""
+        wanted = list(owners)
+        out: dict[str, list[dict[str, Any]]] = {owner: [] for owner in wanted}
+        for start in range(0, len(wanted), ID_CHUNK):
+            chunk = wanted[start : start + ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.conn.execute(
+                f"SELECT owner, data FROM graph_objects WHERE tenant = ? AND kind = ? AND owner IN ({marks})"
+                " AND removed IS NULL",
+                (tenant, kind, *chunk),
+            ) as cursor:
+                for owner, data in await cursor.fetchall():
+                    out[owner].append(json.loads(data))
+        return out
+
+    async def purge_graph_object(self, tenant: str, kind: str, id_: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND id = ?", (tenant, kind, id_))
+
+    async def graph_copy(self, tenant: str, kind: str, id_: str) -> GraphCopy | None:
+        async with self.db.conn.execute(
+            "SELECT id, data, removed FROM graph_objects WHERE tenant = ? AND kind = ? AND id = ?", (tenant, kind, id_)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else GraphCopy(row[0], json.loads(row[1]), row[2])
+
+    async def graph_copies(self, tenant: str, kind: str, ids: Iterable[str]) -> dict[str, GraphCopy]:
+        """Many copies by id, in one query per 500 ids."""
+        wanted = list(ids)
+        out: dict[str, GraphCopy] = {}
+        for start in range(0, len(wanted), ID_CHUNK):
+            chunk = wanted[start : start + ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.conn.execute(
+                f"SELECT id, data, removed FROM graph_objects WHERE tenant = ? AND kind = ? AND id IN ({marks})",
+                (tenant, kind, *chunk),
+            ) as cursor:
+                for row in await cursor.fetchall():
+                    out[row[0]] = GraphCopy(row[0], json.loads(row[1]), row[2])
+        return out
+
+    async def find_user(self, tenant: str, reference: str) -> GraphCopy | None:
+        """A user by object ID, or by userPrincipalName (case-insensitive)."""
+        copy = await self.graph_copy(tenant, "user", reference)
+        if copy is not None:
+            return copy
+        async with self.db.conn.execute(
+            "SELECT id, data, removed FROM graph_objects WHERE tenant = ? AND kind = 'user'"
+            " AND lower(json_extract(data, '$.userPrincipalName')) = lower(?)",
+            (tenant, reference),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else GraphCopy(row[0], json.loads(row[1]), row[2])
+
+    async def iter_copies(self, tenant: str, kind: str) -> AsyncIterator[GraphCopy]:
+        """Every stored copy of a kind, streamed in id order."""
+        async with self.db.conn.execute(
+            "SELECT id, data, removed FROM graph_objects WHERE tenant = ? AND kind = ? ORDER BY id", (tenant, kind)
+        ) as cursor:
+            async for row in cursor:
+                yield GraphCopy(row[0], json.loads(row[1]), row[2])

@@ -1,0 +1,302 @@
+"""Rows and queries of what was pushed to the PBX (``synced_objects``), the
+bookkeeping of an applied chunk (one transaction), and the create journal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from state.copies import GraphCopy
+from state.db import Database
+from state.store import Clock
+
+FAILURES_BEFORE_QUARANTINE = 5
+
+
+@dataclass(frozen=True)
+class SyncedRow:
+    graph_id: str
+    pbx_id: str | None
+    payload: dict[str, Any] | None
+    payload_hash: str | None
+    etag: str | None
+    active: bool | None
+    out_of_scope_since: float | None
+    photo_etag: str | None
+    last_push_at: float | None
+    failures: int
+    last_error: str | None
+    quarantine_fingerprint: str | None
+
+
+SYNCED_COLUMNS = (
+    "graph_id, pbx_id, payload, payload_hash, etag, active, out_of_scope_since, photo_etag,"
+    " last_push_at, failures, last_error, quarantine_fingerprint"
+)
+
+
+def synced_row(row: Any) -> SyncedRow:
+    return SyncedRow(
+        graph_id=row[0], pbx_id=row[1], payload=json.loads(row[2]) if row[2] else None, payload_hash=row[3],
+        etag=row[4], active=None if row[5] is None else bool(row[5]), out_of_scope_since=row[6], photo_etag=row[7],
+        last_push_at=row[8], failures=int(row[9] or 0), last_error=row[10], quarantine_fingerprint=row[11],
+    )
+
+
+# --- the bookkeeping of applied writes ---
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """The object is now as pushed: clears failures and quarantine, ends its journal entry."""
+
+    kind: str
+    graph_id: str
+    pbx_id: str | None
+    payload: dict[str, Any] | None
+    payload_hash: str | None
+    etag: str | None
+    active: bool | None = None
+    out_of_scope_since: float | None = None
+    photo_etag: str | None = None
+    extension: str | None = None  # the number it holds (allocated to it)
+
+
+@dataclass(frozen=True)
+class Removed:
+    """Deleted on the PBX: forget it, release its number, purge a deleted copy."""
+
+    kind: str
+    graph_id: str
+    purge_copy: bool
+
+
+@dataclass(frozen=True)
+class Failed:
+    kind: str
+    graph_id: str
+    error: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """No write, but the time it left the scope changed."""
+
+    kind: str
+    graph_id: str
+    out_of_scope_since: float | None
+
+
+@dataclass(frozen=True)
+class BusyPushed:
+    user_id: str
+    fingerprint: str
+
+
+Bookkeeping = Pushed | Removed | Failed | Tracked | BusyPushed
+
+
+class PushedQueries:
+    db: Database
+    clock: Clock
+
+    async def iter_with_synced(self, tenant: str, kind: str) -> AsyncIterator[tuple[GraphCopy | None, SyncedRow | None]]:
+        """Every Graph copy joined with its pushed state, then pushed objects without a copy."""
+        async with self.db.conn.execute(
+            f"SELECT g.id, g.data, g.removed, {', '.join('s.' + c.strip() for c in SYNCED_COLUMNS.split(','))}"
+            " FROM graph_objects g LEFT JOIN synced_objects s"
+            " ON s.tenant = g.tenant AND s.kind = g.kind AND s.graph_id = g.id"
+            " WHERE g.tenant = ? AND g.kind = ? ORDER BY g.id",
+            (tenant, kind),
+        ) as cursor:
+            async for row in cursor:
+                copy = GraphCopy(row[0], json.loads(row[1]), row[2])
+                yield copy, (synced_row(row[3:]) if row[3] is not None else None)
+        async with self.db.conn.execute(
+            f"SELECT {SYNCED_COLUMNS} FROM synced_objects s WHERE s.tenant = ? AND s.kind = ? AND NOT EXISTS"
+            " (SELECT 1 FROM graph_objects g WHERE g.tenant = s.tenant AND g.kind = s.kind AND g.id = s.graph_id)",
+            (tenant, kind),
+        ) as cursor:
+            async for row in cursor:
+                yield None, synced_row(row)
+
+    async def synced(self, tenant: str, kind: str, graph_id: str) -> SyncedRow | None:
+        async with self.db.conn.execute(
+            f"SELECT {SYNCED_COLUMNS} FROM synced_objects WHERE tenant = ? AND kind = ? AND graph_id = ?",
+            (tenant, kind, graph_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else synced_row(row)
+
+    async def synced_rows(self, tenant: str, kind: str) -> dict[str, SyncedRow]:
+        """Every pushed object of a kind (a kind that stays small: groups)."""
+        async with self.db.conn.execute(
+            f"SELECT {SYNCED_COLUMNS} FROM synced_objects WHERE tenant = ? AND kind = ?", (tenant, kind)
+        ) as cursor:
+            return {row[0]: synced_row(row) for row in await cursor.fetchall()}
+
+    async def pbx_ids(self, tenant: str, kind: str) -> dict[str, str]:
+        """Graph id -> PBX id of every object of a kind on the PBX."""
+        async with self.db.conn.execute(
+            "SELECT graph_id, pbx_id FROM synced_objects WHERE tenant = ? AND kind = ? AND pbx_id IS NOT NULL",
+            (tenant, kind),
+        ) as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def synced_ids(self, tenant: str, kind: str) -> list[str]:
+        return list(await self.pbx_ids(tenant, kind))
+
+    async def count_synced(self, tenant: str, kind: str) -> int:
+        async with self.db.conn.execute(
+            "SELECT count(*) FROM synced_objects WHERE tenant = ? AND kind = ? AND pbx_id IS NOT NULL", (tenant, kind)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def active_users(self, tenant: str) -> list[tuple[str, str, str]]:
+        """(graph id, PBX id, userPrincipalName) of every active synced user."""
+        async with self.db.conn.execute(
+            "SELECT s.graph_id, s.pbx_id, json_extract(g.data, '$.userPrincipalName') FROM synced_objects s"
+            " JOIN graph_objects g ON g.tenant = s.tenant AND g.kind = 'user' AND g.id = s.graph_id"
+            " WHERE s.tenant = ? AND s.kind = 'user' AND s.pbx_id IS NOT NULL AND s.active = 1 ORDER BY s.graph_id",
+            (tenant,),
+        ) as cursor:
+            return [(r[0], r[1], str(r[2])) for r in await cursor.fetchall()]
+
+    async def record_push(self, tenant: str, kind: str, graph_id: str, *, pbx_id: str | None,
+                          payload: dict[str, Any] | None, payload_hash: str | None, etag: str | None,
+                          active: bool | None, out_of_scope_since: float | None, photo_etag: str | None) -> None:
+        """One object is as pushed (tests and one-off callers; runs use :meth:`apply_bookkeeping`)."""
+        await self.apply_bookkeeping(tenant, [Pushed(kind, graph_id, pbx_id, payload, payload_hash, etag, active,
+                                                     out_of_scope_since, photo_etag)])
+
+    async def forget_synced(self, tenant: str, kind: str, graph_id: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM synced_objects WHERE tenant = ? AND kind = ? AND graph_id = ?", (tenant, kind, graph_id)
+            )
+
+    async def quarantined(self, tenant: str) -> list[tuple[str, str, str | None]]:
+        async with self.db.conn.execute(
+            "SELECT kind, graph_id, last_error FROM synced_objects WHERE tenant = ? AND quarantine_fingerprint IS NOT NULL"
+            " ORDER BY kind, graph_id",
+            (tenant,),
+        ) as cursor:
+            return [(r[0], r[1], r[2]) for r in await cursor.fetchall()]
+
+    # --- the create journal ---
+
+    async def journal_creates(self, tenant: str, creates: Sequence[tuple[str, str, str | None]]) -> None:
+        """Note, before sending, the objects about to be created and the numbers
+        they take (kind, graph id, number or None), in one transaction."""
+        if not creates:
+            return
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO pending_creates (tenant, kind, graph_id, since) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (tenant, kind, graph_id) DO NOTHING",
+                [(tenant, kind, graph_id, self.clock()) for kind, graph_id, _ in creates],
+            )
+            await _allocate(conn, tenant, [(kind, graph_id, n) for kind, graph_id, n in creates if n], self.clock())
+
+    async def pending_creates(self, tenant: str, kind: str) -> set[str]:
+        """Creates journaled but never confirmed: they may exist on the PBX already."""
+        async with self.db.conn.execute(
+            "SELECT graph_id FROM pending_creates WHERE tenant = ? AND kind = ?", (tenant, kind)
+        ) as cursor:
+            return {row[0] for row in await cursor.fetchall()}
+
+    # --- one transaction per applied chunk ---
+
+    async def apply_bookkeeping(self, tenant: str, entries: Iterable[Bookkeeping]) -> set[str]:
+        """Record a chunk's outcomes in one transaction; returns the ids now quarantined."""
+        entries = list(entries)
+        if not entries:
+            return set()
+        now = self.clock()
+        pushed = [e for e in entries if isinstance(e, Pushed)]
+        removed = [e for e in entries if isinstance(e, Removed)]
+        failed = [e for e in entries if isinstance(e, Failed)]
+        tracked = [e for e in entries if isinstance(e, Tracked)]
+        busy = [e for e in entries if isinstance(e, BusyPushed)]
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO synced_objects (tenant, kind, graph_id, pbx_id, payload, payload_hash, etag, active,"
+                " out_of_scope_since, photo_etag, last_push_at, updated_at, failures, last_error, quarantine_fingerprint)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL)"
+                " ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET pbx_id = excluded.pbx_id,"
+                " payload = excluded.payload, payload_hash = excluded.payload_hash, etag = excluded.etag,"
+                " active = excluded.active, out_of_scope_since = excluded.out_of_scope_since,"
+                " photo_etag = excluded.photo_etag, last_push_at = excluded.last_push_at,"
+                " updated_at = excluded.updated_at, failures = 0, last_error = NULL, quarantine_fingerprint = NULL",
+                [(tenant, e.kind, e.graph_id, e.pbx_id, json.dumps(e.payload) if e.payload is not None else None,
+                  e.payload_hash, e.etag, None if e.active is None else int(e.active), e.out_of_scope_since,
+                  e.photo_etag, now, now) for e in pushed],
+            )
+            await conn.executemany(
+                "DELETE FROM pending_creates WHERE tenant = ? AND kind = ? AND graph_id = ?",
+                [(tenant, e.kind, e.graph_id) for e in pushed] + [(tenant, e.kind, e.graph_id) for e in removed],
+            )
+            await _allocate(conn, tenant, [(e.kind, e.graph_id, e.extension) for e in pushed if e.extension], now)
+            await conn.executemany(
+                "DELETE FROM synced_objects WHERE tenant = ? AND kind = ? AND graph_id = ?",
+                [(tenant, e.kind, e.graph_id) for e in removed],
+            )
+            await conn.executemany(
+                "UPDATE extension_allocations SET released_at = ? WHERE tenant = ? AND owner_kind = ?"
+                " AND owner_graph_id = ? AND released_at IS NULL",
+                [(now, tenant, e.kind, e.graph_id) for e in removed],
+            )
+            await conn.executemany(
+                "DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND id = ?",
+                [(tenant, e.kind, e.graph_id) for e in removed if e.purge_copy],
+            )
+            await conn.executemany(
+                "UPDATE synced_objects SET out_of_scope_since = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
+                [(e.out_of_scope_since, tenant, e.kind, e.graph_id) for e in tracked],
+            )
+            await conn.executemany(
+                "INSERT INTO calendar_state (tenant, user_id, busy_fingerprint) VALUES (?, ?, ?)"
+                " ON CONFLICT (tenant, user_id) DO UPDATE SET busy_fingerprint = excluded.busy_fingerprint",
+                [(tenant, e.user_id, e.fingerprint) for e in busy],
+            )
+            quarantined: set[str] = set()
+            for entry in failed:
+                async with conn.execute(
+                    "INSERT INTO synced_objects (tenant, kind, graph_id, updated_at, failures, last_error)"
+                    " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET"
+                    " failures = failures + 1, last_error = excluded.last_error, updated_at = excluded.updated_at"
+                    " RETURNING failures",
+                    (tenant, entry.kind, entry.graph_id, now, entry.error),
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is not None and int(row[0]) >= FAILURES_BEFORE_QUARANTINE:
+                    quarantined.add(entry.graph_id)
+                    await conn.execute(
+                        "UPDATE synced_objects SET quarantine_fingerprint = ? WHERE tenant = ? AND kind = ?"
+                        " AND graph_id = ?",
+                        (entry.fingerprint, tenant, entry.kind, entry.graph_id),
+                    )
+        return quarantined
+
+    async def record_failure(self, tenant: str, kind: str, graph_id: str, error: str, fingerprint: str) -> bool:
+        """Count one failed push; True when the object is now quarantined."""
+        return graph_id in await self.apply_bookkeeping(tenant, [Failed(kind, graph_id, error, fingerprint)])
+
+
+async def _allocate(conn: Any, tenant: str, owners: Sequence[tuple[str, str, str | None]], now: float) -> None:
+    """Each owner (kind, graph id) holds its number; a different earlier one it held is dropped."""
+    await conn.executemany(
+        "DELETE FROM extension_allocations WHERE tenant = ? AND owner_kind = ? AND owner_graph_id = ?"
+        " AND released_at IS NULL AND number != ?",
+        [(tenant, kind, graph_id, number) for kind, graph_id, number in owners],
+    )
+    await conn.executemany(
+        "INSERT INTO extension_allocations (tenant, number, owner_kind, owner_graph_id, allocated_at, released_at)"
+        " VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (tenant, number) DO UPDATE SET"
+        " owner_kind = excluded.owner_kind, owner_graph_id = excluded.owner_graph_id, released_at = NULL",
+        [(tenant, number, kind, graph_id, now) for kind, graph_id, number in owners],
+    )
