@@ -51,6 +51,8 @@ class FakeWorld:
     pbx_tenant: str = "contoso"
     pbx_url: str | None = None
     sync_photo: bool = True
+    tenant_settings: str = ""  # more TOML lines of the [[tenants]] table (before its sub-tables)
+    tenant_sections: str = ""  # more sub-tables of it, e.g. [tenants.personal_contacts]
     tenant: SimTenant = field(default_factory=lambda: SimTenant(SystemClock()))
     made: GeneratedTenant | None = None
     idp: FakeIdentityProvider = field(default_factory=FakeIdentityProvider)
@@ -111,7 +113,7 @@ authority_url = "{self.idp.base_url}"
 graph_url = "http://127.0.0.1:{graph_port}"
 ca_file = "{ca_file}"
 sync_time = "0 */6 * * *"
-
+{self.tenant_settings}
 [tenants.pbx]
 scim_url = "{self.pbx_url or self.pbx.url(self.pbx_tenant)}"
 token_file = "pbx-token"
@@ -120,7 +122,7 @@ token_file = "pbx-token"
 enabled = true
 sync_photo = {"true" if self.sync_photo else "false"}
 starting_extension_number = "1001"
-""")
+{self.tenant_sections}""")
         return self
 
     async def _serve(self, app: web.Application, context: ssl.SSLContext | None) -> int:

@@ -26,10 +26,14 @@ class MarkerQueries:
             )
 
     async def clear_unreadable(self, tenant: str, user_ids: Iterable[str], resource: str) -> None:
+        """These mailboxes answered: forget that they once did not (writes only for those marked)."""
+        marked = set(await self.unreadable(tenant, resource)) & set(user_ids)
+        if not marked:
+            return
         async with self.db.transaction() as conn:
             await conn.executemany(
                 "DELETE FROM unreadable_mailboxes WHERE tenant = ? AND user_id = ? AND resource = ?",
-                [(tenant, u, resource) for u in user_ids],
+                [(tenant, u, resource) for u in marked],
             )
 
     async def skipped_unreadable(self, tenant: str, resource: str, authorized_at: float | None) -> set[str]:
@@ -37,7 +41,7 @@ class MarkerQueries:
         authorization and less than a day ago (then they are asked again)."""
         since = max(authorized_at or 0.0, self.clock() - DAY)
         async with self.db.conn.execute(
-            "SELECT user_id FROM unreadable_mailboxes WHERE tenant = ? AND resource = ? AND since >= ?",
+            "SELECT user_id FROM unreadable_mailboxes WHERE tenant = ? AND resource = ? AND since > ?",
             (tenant, resource, since),
         ) as cursor:
             return {row[0] for row in await cursor.fetchall()}

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +42,20 @@ NO_BULK = {
 _pbx_tenants = itertools.count(1)
 
 
+SMALL_BULK = {**NO_BULK, "bulk": {"supported": True, "maxOperations": 2, "maxPayloadSize": 1048576}}
+
+
 @pytest.fixture(scope="session")
 def scim_server_one_by_one() -> Iterator[ScimServer]:
     """A PBX without /Bulk, so that every object is its own write."""
     with ScimServer(service_provider_config=NO_BULK) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def scim_server_small_bulk() -> Iterator[ScimServer]:
+    """A PBX with /Bulk of at most 2 operations, so that a run has many bulk writes to be killed after."""
+    with ScimServer(service_provider_config=SMALL_BULK) as server:
         yield server
 
 
@@ -131,10 +142,12 @@ class LiveEnv:
         return users
 
 
-@pytest.fixture
-async def live_env(tmp_path: Path, scim_server_one_by_one: ScimServer) -> AsyncIterator[LiveEnv]:
+@asynccontextmanager
+async def started_live_env(tmp_path: Path, scim: ScimServer, tenant_settings: str = "",
+                           tenant_sections: str = "") -> AsyncIterator[LiveEnv]:
+    """The fake world with the PBX behind a kill proxy, and the daemon's config written."""
     pbx_tenant = f"live{next(_pbx_tenants)}"
-    proxy = KillProxy(scim_server_one_by_one.url(pbx_tenant))
+    proxy = KillProxy(scim.url(pbx_tenant))
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     runner = web.AppRunner(app, access_log=None)
@@ -142,14 +155,19 @@ async def live_env(tmp_path: Path, scim_server_one_by_one: ScimServer) -> AsyncI
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     proxy_url = f"http://127.0.0.1:{port}/v2"
-    world = await FakeWorld(tmp_path, users=0, scim=scim_server_one_by_one, pbx_tenant=pbx_tenant,
-                            pbx_url=proxy_url, sync_photo=False).start()
+    world = await FakeWorld(tmp_path, users=0, scim=scim, pbx_tenant=pbx_tenant, pbx_url=proxy_url, sync_photo=False,
+                            tenant_settings=tenant_settings, tenant_sections=tenant_sections).start()
     assert world.sim is not None and world.config_path is not None
     write_secret(tmp_path / "admin-token", ADMIN_TOKEN)
-    env = LiveEnv(tmp_path, world.sim, world.tenant, world.idp, scim_server_one_by_one, proxy, world.config_path,
-                  pbx_tenant, proxy_url)
+    env = LiveEnv(tmp_path, world.sim, world.tenant, world.idp, scim, proxy, world.config_path, pbx_tenant, proxy_url)
     try:
         yield env
     finally:
         await world.stop()
         await runner.cleanup()
+
+
+@pytest.fixture
+async def live_env(tmp_path: Path, scim_server_one_by_one: ScimServer) -> AsyncIterator[LiveEnv]:
+    async with started_live_env(tmp_path, scim_server_one_by_one) as env:
+        yield env

@@ -29,11 +29,10 @@ def config_sections(groups: tuple[str, ...] = (SALES, SUPPORT, LEGAL)) -> dict[s
             "personal_contacts": {"enabled": True}}
 
 
-def config_toml() -> str:
-    """The same settings as TOML lines of a ``[[tenants]]`` table (for the live daemon)."""
-    return (f'groups = ["{SALES}", "{SUPPORT}", "{LEGAL}"]\n'
-            'groups_starting_extension_number = "2000"\n'
-            "[tenants.personal_contacts]\nenabled = true\n")
+def config_toml() -> tuple[str, str]:
+    """The same settings for the live daemon: lines of the ``[[tenants]]`` table, and its sub-tables."""
+    return (f'groups = ["{SALES}", "{SUPPORT}", "{LEGAL}"]\ngroups_starting_extension_number = "2000"\n',
+            "\n[tenants.personal_contacts]\nenabled = true\n")
 
 
 @dataclass
@@ -77,34 +76,37 @@ def build(tenant: SimTenant, users: int = 20, contacts_per_user: int = 2, contac
     return scenario
 
 
-def working_day(scenario: Scenario) -> int:
+def working_day(scenario: Scenario, n: int = 3) -> int:
     """Creates, updates and deletes of every kind; returns the PBX writes it needs
-    (one by one): 3 hires, 3 renames, 3 leavers, a group rename, a membership
-    change, a deleted group, 2 new contacts, 2 changed, 2 deleted."""
+    one by one: n hires, n renames, n leavers, a group rename, a membership
+    change, a deleted group, n new contacts, n changed and n deleted."""
     tenant = scenario.tenant
-    for index in range(3):
+    for index in range(n):
         uid = hire_id(index)
         tenant.add_user(uid, displayName=f"New Hire {index}", userPrincipalName=f"hire{index}@contoso.example",
                         accountEnabled=True, userType="Member")
         scenario.users.append(uid)
-    for uid in scenario.users[12:15]:
+    for uid in scenario.users[12 : 12 + n]:
         tenant.change_user(uid, displayName=f"Renamed {uid[-4:]}")
-    for uid in scenario.users[15:18]:
+    leavers = scenario.users[12 + n : 12 + 2 * n]
+    for uid in leavers:
         tenant.hard_delete_user(uid)
-    scenario.users = [u for u in scenario.users if u not in scenario.users[15:18]]
+    scenario.users = [u for u in scenario.users if u not in leavers]
     tenant.change_group(SALES, displayName="Sales and Marketing")
     tenant.add_member(SUPPORT, scenario.users[11])
     scenario.members[SUPPORT].add(scenario.users[11])
     tenant.delete_group(LEGAL)
     del scenario.members[LEGAL]
     owner = user_id(1)
-    for number in range(2):
+    for number in range(n):
         contact = f"c-new-{number}"
         tenant.put_contact(owner, contact, displayName=f"New contact {number}", mobilePhone="+1 555 0199")
         scenario.contacts[contact] = owner
-    for contact in ("c-002-0", "c-002-1"):
-        tenant.put_contact(user_id(2), contact, displayName=f"Changed {contact}", mobilePhone="+1 555 0177")
-    for contact in ("c-003-0", "c-003-1"):
-        tenant.delete_contact(user_id(3), contact)
+    others = sorted(c for c, o in scenario.contacts.items() if o != owner and o in scenario.users)
+    for contact in others[:n]:
+        tenant.put_contact(scenario.contacts[contact], contact, displayName=f"Changed {contact}", mobilePhone="+1 555 0177")
+    for contact in others[n : 2 * n]:
+        tenant.delete_contact(scenario.contacts[contact], contact)
         del scenario.contacts[contact]
-    return 3 + 3 + 3 + 1 + 1 + 1 + 2 + 2 + 2
+    assert len(others) >= 2 * n and not set(leavers) & set().union(*scenario.members.values())
+    return 6 * n + 3

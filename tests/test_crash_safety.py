@@ -1,6 +1,8 @@
-"""SIGKILL the daemon right after its k-th PBX write, for many k; a normal
-rerun must converge to exactly the expected PBX, with no duplicate, and the
-run after that must write nothing."""
+"""SIGKILL the daemon right after its k-th PBX write of a first sync (200
+users, one by one), for many k; a normal rerun must converge to exactly the
+expected PBX, with no duplicate, and the run after that must write nothing.
+Incremental runs of every kind, with and without /Bulk, are killed in
+test_crash_all_kinds.py."""
 
 from __future__ import annotations
 
@@ -57,25 +59,3 @@ async def test_initial_sync_killed_after_write_k_converges(live_env: LiveEnv, ki
     code, _, _ = await live_env.sync(kill_after=kill_after)
     assert live_env.proxy.killed and code == -9
     await converge_and_check(live_env, set(made.members))
-
-
-@pytest.mark.parametrize("kill_after", spread(30))
-async def test_incremental_run_killed_after_write_k_converges(live_env: LiveEnv, kill_after: int) -> None:
-    made = generate_tenant(live_env.tenant, users=INCREMENTAL_USERS, photo_fraction=0)
-    code, out, err = await live_env.sync()
-    assert code == 0, out + err
-    expected, names = incremental_mutations(live_env, made.members)
-    before = live_env.proxy.writes
-    code, _, _ = await live_env.sync(kill_after=before + kill_after)
-    assert live_env.proxy.killed and code == -9
-    await converge_and_check(live_env, expected, names)
-
-
-async def test_incremental_run_makes_exactly_thirty_writes(live_env: LiveEnv) -> None:
-    """The kill points above cover the whole run: it is 30 writes long."""
-    made = generate_tenant(live_env.tenant, users=INCREMENTAL_USERS, photo_fraction=0)
-    await live_env.sync()
-    expected, names = incremental_mutations(live_env, made.members)
-    before = live_env.proxy.writes
-    await converge_and_check(live_env, expected, names)
-    assert live_env.proxy.writes - before == 30

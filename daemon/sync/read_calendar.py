@@ -53,6 +53,7 @@ async def read_calendars(tenant: str, store: Store, sync_store: SyncStore, graph
             await sync_store.purge_owner(tenant, "event", user_id)
             rounds.add(user_id, f"/users/{user_id}/calendarView/delta?startDateTime={start}&endDateTime={end}", user_id)
     new_links: dict[str, str] = {}
+    rebased = {u for u in upns if u not in skip and not (links.get(u) and states.get(u, (None, None))[0] == day)}
     async for event in rounds:
         user_id = event.key
         if event.kind == "page":
@@ -71,7 +72,7 @@ async def read_calendars(tenant: str, store: Store, sync_store: SyncStore, graph
                 result.failures.append(f"calendar of {upns[user_id]}: {event.error}")
                 await store.drop_delta_link(tenant, "events", user_id)
     await store.save_delta_links(tenant, "events", new_links)
-    await sync_store.set_window_days(tenant, new_links, day)
+    await sync_store.set_window_days(tenant, [u for u in new_links if u in rebased], day)
     await sync_store.clear_unreadable(tenant, new_links, "calendar")
     result.read = set(new_links)
     return result

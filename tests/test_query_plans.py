@@ -1,0 +1,87 @@
+"""Every statement a real run sends to the state database, through
+``EXPLAIN QUERY PLAN``: none may scan a table that grows with the tenant,
+and a statement run once per object must find its rows by more than the
+tenant and kind (an id, an owner), or a run's cost grows with the square of
+the tenant."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections import Counter
+from datetime import timedelta
+
+import scenario
+from daemon.sync.calendar import CalendarReport, CalendarSync
+from sync_fixtures import SyncEnv
+
+GROWING = ("graph_objects", "synced_objects", "group_members", "extension_allocations", "pending_creates",
+           "contact_folders", "unreadable_mailboxes", "calendar_state", "held_deprovisions", "delta_links", "runs")
+PER_OBJECT = 20  # a statement run this often in one run (of 60 users) is run per object
+_LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|X'[0-9A-Fa-f]*'")
+
+
+def template(sql: str) -> str:
+    """The statement with its values taken out (the trace shows them bound)."""
+    return re.sub(r"\s+", " ", _LITERAL.sub("?", sql)).strip()
+
+
+async def traced_run(env: SyncEnv) -> tuple[Counter[str], dict[str, str]]:
+    """Statements of one sync run and one calendar poll: how often each ran, and one bound example."""
+    seen: Counter[str] = Counter()
+    example: dict[str, str] = {}
+
+    def trace(sql: str) -> None:
+        if sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")):
+            key = template(sql)
+            seen[key] += 1
+            example.setdefault(key, sql)
+
+    await env.db.conn.set_trace_callback(trace)
+    try:
+        report = await env.run()
+        assert report.result == "success", report.failures
+        await CalendarSync(env.tenant, env.store, env.sync_store, env.graph.client, env.pbx.client,
+                           env.graph.clock.time).poll(CalendarReport())
+    finally:
+        await env.db.conn.set_trace_callback(None)
+    return seen, example
+
+
+async def plan_of(env: SyncEnv, sql: str) -> list[str]:
+    async with env.db.conn.execute(f"EXPLAIN QUERY PLAN {sql}") as cursor:
+        return [str(row[3]) for row in await cursor.fetchall()]
+
+
+async def test_no_statement_of_a_run_scans_a_growing_table(sync_env: SyncEnv) -> None:
+    world = scenario.build(sync_env.graph.tenant, users=60, contact_owners=10)
+    sync_env.configure(**scenario.config_sections(), events={"enabled": True})
+    start = sync_env.graph.clock.now() + timedelta(hours=1)
+    for user in world.users[:10]:
+        sync_env.graph.tenant.put_event(user, f"e-{user[-3:]}", subject="x", showAs="busy", isCancelled=False,
+                                        start={"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+                                        end={"dateTime": (start + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S"),
+                                             "timeZone": "UTC"})
+    first, examples = await traced_run(sync_env)  # the first sync
+    scenario.working_day(world)
+    again, more = await traced_run(sync_env)  # an incremental run of every kind
+    counts = first + again
+    examples.update(more)
+    assert len(counts) > 40  # the trace saw the run
+    problems = []
+    for key, times in sorted(counts.items()):
+        try:
+            plan = await plan_of(sync_env, examples[key])
+        except sqlite3.Error:
+            continue  # e.g. a statement of a finished transaction's temp objects
+        aliases = {alias: table for table, alias in re.findall(r"(?:FROM|JOIN) (\w+) (\w+)", examples[key])
+                   if table in GROWING}
+        for step in plan:
+            match = re.match(r"(SCAN|SEARCH) (\w+)", step)
+            name = aliases.get(match.group(2), match.group(2)) if match else None
+            table = name if name in GROWING else None
+            if step.startswith("SCAN") and table:
+                problems.append(f"{times}x {key}\n    {step}")
+            elif times >= PER_OBJECT and table and re.fullmatch(r".*\((tenant=\?|tenant=\? AND kind=\?)\)", step):
+                problems.append(f"{times}x per object, by tenant and kind only: {key}\n    {step}")
+    assert problems == [], "\n".join(problems)
