@@ -140,8 +140,8 @@ def print_result(result: RunResult, dry_run: bool, out: TextIO) -> None:
         print(f"  held: {line}", file=out)
     for line in report.failures:
         print(f"  failed: {line}", file=out)
-    for entry in report.unmatched_selected:
-        print(f"  selected_users entry matches no user: {entry}", file=out)
+    for note in report.selects_nobody:
+        print(f"  selects nobody: {note}", file=out)
     if report.groups.counts:
         groups = ", ".join(f"{k} {v}" for k, v in sorted(report.groups.counts.items()))
         print(f"  groups: {groups}", file=out)
@@ -190,8 +190,11 @@ async def explain_user(config: Config, tenant_name: str, reference: str, out: Te
             print("quarantined: not retried until the user's Graph data or the settings change", file=out)
         held = (await stores.sync.held(tenant.name)).get(copy.id)
         if held:
-            print(f"held by the mass-deletion guard: {held[0]} (approve with: m365sync approve --tenant {tenant.name})", file=out)
+            print(f"held by the mass-deletion guard: {held[1]} (approve with: m365sync approve --tenant {tenant.name})", file=out)
         print(f"settings fingerprint: {settings_fingerprint(tenant)}", file=out)
+        last = await stores.store.last_run(tenant.name)
+        for note in (last.summary.get("selects_nobody", []) if last is not None else []):
+            print(f"tenant setting that selects nobody (last run): {note}", file=out)
     return 0
 
 

@@ -29,6 +29,7 @@ class TenantReport:
     quarantined: list[dict[str, str | None]] = field(default_factory=list)
     unreadable_calendars: list[str] = field(default_factory=list)
     unreadable_mailboxes: list[str] = field(default_factory=list)
+    selects_nobody: list[str] = field(default_factory=list)  # from the last run: settings that match no one
 
 
 async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs: dict[str, float] | None = None) -> list[TenantReport]:
@@ -71,6 +72,7 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             quarantined=quarantined,
             unreadable_calendars=unreadable["calendars"],
             unreadable_mailboxes=unreadable["mailboxes"],
+            selects_nobody=list(run.summary.get("selects_nobody", [])) if run is not None else [],
         ))
     return reports
 
@@ -108,6 +110,8 @@ def as_text(reports: list[TenantReport]) -> str:
         if r.unreadable_calendars or r.unreadable_mailboxes:
             lines.append(f"  calendars not readable (403): {', '.join(r.unreadable_calendars) or 'none'}")
             lines.append(f"  mailboxes not readable (403): {', '.join(r.unreadable_mailboxes) or 'none'}")
+        for note in r.selects_nobody:
+            lines.append(f"  selects nobody: {note}")
     return "\n".join(lines)
 
 
@@ -133,7 +137,10 @@ def as_html(reports: list[TenantReport], refresh_seconds: int = 30) -> str:
             + "</dd><dt>Not readable (403)</dt><dd class='unreadable'>calendars: "
             + (escape(", ".join(r.unreadable_calendars)) or "none") + "; mailboxes: "
             + (escape(", ".join(r.unreadable_mailboxes)) or "none")
-            + "</dd></dl></section>"
+            + "</dd>"
+            + ("<dt>Settings that select nobody</dt><dd class='selects-nobody'><ul>"
+               + "".join(f"<li>{escape(n)}</li>" for n in r.selects_nobody) + "</ul></dd>" if r.selects_nobody else "")
+            + "</dl></section>"
         )
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
              "section{border:1px solid #ddd;border-radius:4px;padding:0 1rem 1rem;margin-bottom:1rem}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
-from live_fixtures import LiveEnv
+from live_fixtures import LiveEnv, started_live_env
 from sim.generator import generate_tenant
+from sim.pbx import ScimServer
 
 
 def state_rows(env: LiveEnv) -> dict[str, int]:
@@ -88,3 +90,18 @@ async def test_a_second_process_cannot_sync_a_tenant_that_is_being_synced(live_e
         await db.close()
     code, out, _ = await live_env.sync()
     assert code == 0 and "success" in out  # the dead holder's lock is taken over
+
+
+async def test_settings_that_select_nobody_show_in_sync_status_and_explain(tmp_path: Path,
+                                                                           scim_server_one_by_one: ScimServer) -> None:
+    sections = '\n[tenants.sign_in_as_administrator]\nenabled = true\nselected_users = ["boss@contoso.example"]\n'
+    async with started_live_env(tmp_path, scim_server_one_by_one, tenant_sections=sections) as env:
+        made = generate_tenant(env.tenant, users=5, photo_fraction=0)
+        note = "sign_in_as_administrator.selected_users entry 'boss@contoso.example' matches no user"
+        code, out, _ = await env.sync()
+        assert code == 0 and f"selects nobody: {note}" in out
+        code, out, _ = await env.m365sync("status")
+        assert f"selects nobody: {note}" in out
+        upn = env.tenant.users.records[made.members[0]].data["userPrincipalName"]
+        code, out, _ = await env.m365sync("explain", "--tenant", "contoso", upn)
+        assert code == 0 and note in out
