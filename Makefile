@@ -18,7 +18,7 @@ demo: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon state sim tests
+	$(BIN)/ruff check daemon state sim bench tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
