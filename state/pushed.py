@@ -146,9 +146,6 @@ class PushedQueries:
         ) as cursor:
             return {row[0]: row[1] for row in await cursor.fetchall()}
 
-    async def synced_ids(self, tenant: str, kind: str) -> list[str]:
-        return list(await self.pbx_ids(tenant, kind))
-
     async def count_synced(self, tenant: str, kind: str) -> int:
         async with self.db.conn.execute(
             "SELECT count(*) FROM synced_objects WHERE tenant = ? AND kind = ? AND pbx_id IS NOT NULL", (tenant, kind)
@@ -165,13 +162,6 @@ class PushedQueries:
             (tenant,),
         ) as cursor:
             return [(r[0], r[1], str(r[2])) for r in await cursor.fetchall()]
-
-    async def record_push(self, tenant: str, kind: str, graph_id: str, *, pbx_id: str | None,
-                          payload: dict[str, Any] | None, payload_hash: str | None, etag: str | None,
-                          active: bool | None, out_of_scope_since: float | None, photo_etag: str | None) -> None:
-        """One object is as pushed (tests and one-off callers; runs use :meth:`apply_bookkeeping`)."""
-        await self.apply_bookkeeping(tenant, [Pushed(kind, graph_id, pbx_id, payload, payload_hash, etag, active,
-                                                     out_of_scope_since, photo_etag)])
 
     async def forget_synced(self, tenant: str, kind: str, graph_id: str) -> None:
         async with self.db.transaction() as conn:
@@ -281,10 +271,6 @@ class PushedQueries:
                         (entry.fingerprint, tenant, entry.kind, entry.graph_id),
                     )
         return quarantined
-
-    async def record_failure(self, tenant: str, kind: str, graph_id: str, error: str, fingerprint: str) -> bool:
-        """Count one failed push; True when the object is now quarantined."""
-        return graph_id in await self.apply_bookkeeping(tenant, [Failed(kind, graph_id, error, fingerprint)])
 
 
 async def _allocate(conn: Any, tenant: str, owners: Sequence[tuple[str, str, str | None]], now: float) -> None:

@@ -32,32 +32,6 @@ class SyncStore(CopyQueries, PushedQueries, MarkerQueries):
         ) as cursor:
             return [(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall()]
 
-    async def allocate(self, tenant: str, number: str, owner_kind: str, owner_graph_id: str) -> None:
-        """Record a number before the object that uses it is created (crash safety)."""
-        async with self.db.transaction() as conn:
-            # A number allocated earlier but never used (the PBX refused it) is dropped.
-            await conn.execute(
-                "DELETE FROM extension_allocations WHERE tenant = ? AND owner_kind = ? AND owner_graph_id = ?"
-                " AND released_at IS NULL AND number != ?",
-                (tenant, owner_kind, owner_graph_id, number),
-            )
-            await conn.execute(
-                "INSERT INTO extension_allocations (tenant, number, owner_kind, owner_graph_id, allocated_at, released_at)"
-                " VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (tenant, number) DO UPDATE SET"
-                " owner_kind = excluded.owner_kind, owner_graph_id = excluded.owner_graph_id,"
-                " allocated_at = excluded.allocated_at, released_at = NULL",
-                (tenant, number, owner_kind, owner_graph_id, self.clock()),
-            )
-
-    async def release(self, tenant: str, owner_kind: str, owner_graph_id: str) -> None:
-        """The owner is deleted: its number enters the reuse cool-down."""
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                "UPDATE extension_allocations SET released_at = ? WHERE tenant = ? AND owner_kind = ?"
-                " AND owner_graph_id = ? AND released_at IS NULL",
-                (self.clock(), tenant, owner_kind, owner_graph_id),
-            )
-
     # --- the mass-deletion guard ---
 
     async def hold(self, tenant: str, held: Mapping[str, tuple[str, str]]) -> None:
@@ -98,12 +72,6 @@ class SyncStore(CopyQueries, PushedQueries, MarkerQueries):
             await conn.executemany(
                 "DELETE FROM group_members WHERE tenant = ? AND group_id = ? AND member_id = ?",
                 [(tenant, group_id, m) for m in removed],
-            )
-
-    async def clear_group_members(self, tenant: str, group_ids: Iterable[str]) -> None:
-        async with self.db.transaction() as conn:
-            await conn.executemany(
-                "DELETE FROM group_members WHERE tenant = ? AND group_id = ?", [(tenant, g) for g in group_ids]
             )
 
     async def replace_group_members(self, tenant: str, members: Mapping[str, Iterable[str]]) -> None:

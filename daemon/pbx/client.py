@@ -11,198 +11,33 @@ or refuses the token (``PbxAuthFailed``) ends a run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
-
-from daemon.errors import PbxAuthFailed, PbxConflict, PbxProtocolError, PbxRequestFailed, PbxUnavailable
+from daemon.errors import PbxConflict, PbxRequestFailed
 from daemon.logging import get_logger
 from daemon.pbx.bulk import bulk_body, bulk_results, chunks
-from daemon.pbx.filters import eq_filter
+from daemon.pbx.connection import DEFAULT_TIMEOUT, RETRYABLE_STATUSES, AnswerLost, PbxConnection
 from daemon.pbx.mapping import PatchOperation, Payload, managed_view, patch_operations
-from daemon.pbx.schema import ENDPOINTS, EXTENSION_NUMBER_PATHS, PATCH_OP, SCIM_JSON, Kind
+from daemon.pbx.schema import ENDPOINTS, EXTENSION_NUMBER_PATHS, PATCH_OP
 from daemon.pbx.types import (
-    DEFAULT_PAGE_SIZE,
     Answer,
     PbxObject,
     PbxOperation,
     PbxOutcome,
     PbxWriter,
     ProviderConfig,
-    pbx_object,
     refused,
     required_payload,
-    scim_int,
 )
-from daemon.retry import RetryableFailure, Transport, retry_after_seconds, with_retries
+from daemon.retry import RetryableFailure, with_retries
 
 log = get_logger(__name__)
 
-DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10, sock_read=30)
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
-
-class AnswerLost(Exception):
-    """A write that is not idempotent may have reached the PBX, but its answer
-    never arrived (timeout, dropped connection, gateway error): the caller
-    resolves it by reading before any new attempt."""
-
-    def __init__(self, failure: RetryableFailure) -> None:
-        super().__init__(failure.reason)
-        self.failure = failure
-
-
-class PbxClient:
-    """One tenant's PBX, over the process-wide aiohttp session."""
-
-    def __init__(
-        self,
-        transport: Transport,
-        base_url: str,
-        token: str,
-        timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
-    ) -> None:
-        self.transport = transport
-        self.base_url = base_url.rstrip("/")
-        self._token = token
-        self.timeout = timeout
-        self.config: ProviderConfig | None = None
-        self.applied: list[PbxOperation] = []
-
-    # --- transport ---
-
-    async def _request(
-        self,
-        op: str,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        idempotent: bool = True,
-    ) -> Answer:
-        """Send with the retry policy; any answer that is not retryable is returned.
-
-        A request that is not idempotent is retried only on 429 (refused before
-        it was applied); any other retryable failure raises :class:`AnswerLost`."""
-
-        async def attempt() -> Answer:
-            try:
-                return await self._send_once(op, method, path, body, params, headers)
-            except RetryableFailure as failure:
-                if not idempotent and failure.lost:
-                    raise AnswerLost(failure) from failure
-                raise
-
-        def on_retry(failure: RetryableFailure, wait: float) -> None:
-            log.info("retrying PBX request", op=op, reason=failure.reason, wait_seconds=round(wait, 2))
-
-        transport = self.transport
-        try:
-            return await with_retries(attempt, transport.retry, transport.clock, transport.rng, on_retry)
-        except RetryableFailure as failure:
-            raise self._unavailable(op, failure) from failure
-
-    async def _send_once(self, op: str, method: str, path: str, body: Any, params: Mapping[str, str] | None,
-                         headers: Mapping[str, str] | None) -> Answer:
-        url = path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
-        all_headers = {"Authorization": f"Bearer {self._token}", "Accept": SCIM_JSON, **(headers or {})}
-        data = None
-        if body is not None:
-            data = json.dumps(body, ensure_ascii=False).encode()
-            all_headers["Content-Type"] = SCIM_JSON
-        transport = self.transport
-        metrics, tenant = transport.metrics, transport.tenant
-        started = transport.clock.monotonic()
-        try:
-            async with transport.session.request(method, url, data=data, params=params, headers=all_headers,
-                                                 ssl=transport.ssl, timeout=self.timeout,
-                                                 allow_redirects=False) as response:
-                raw = await response.read()
-                answer = Answer(response.status, dict(response.headers), _json_or_none(raw))
-        except (TimeoutError, aiohttp.ClientError) as err:
-            metrics.pbx_requests.labels(tenant, op, "error").inc()
-            raise RetryableFailure(f"{type(err).__name__}: {err}".rstrip(": ")) from err
-        metrics.pbx_requests.labels(tenant, op, str(answer.status)).inc()
-        metrics.pbx_request_duration.labels(tenant, op).observe(transport.clock.monotonic() - started)
-        if answer.status in (401, 403):
-            raise PbxAuthFailed(
-                f"PBX refused the SCIM token ({answer.status}: {answer.detail})",
-                status=answer.status,
-                detail=answer.detail,
-                hint="check the token in pbx.token_file",
-            )
-        if answer.status in RETRYABLE_STATUSES:
-            raise RetryableFailure(f"HTTP {answer.status}: {answer.detail}", status=answer.status,
-                                   retry_after=retry_after_seconds(answer.headers), lost=answer.status != 429,
-                                   detail=answer.detail)
-        return answer
-
-    def _unavailable(self, op: str, failure: RetryableFailure) -> PbxUnavailable:
-        if failure.status is None:
-            return PbxUnavailable(
-                f"PBX unreachable at {self.base_url} after {failure.attempts} attempts: {failure.reason}",
-                hint="check pbx.scim_url and that the PBX is up; the next run retries",
-            )
-        return PbxUnavailable(
-            f"PBX answered {failure.status} to {op} after {failure.attempts} attempts: {failure.detail}",
-            status=failure.status, detail=failure.detail, hint="the next run retries",
-        )
-
-    # --- reads ---
-
-    async def discover(self) -> ProviderConfig:
-        """Read ``/ServiceProviderConfig`` once per client (one client per run)."""
-        if self.config is None:
-            answer = await self._request("discover", "GET", "/ServiceProviderConfig")
-            body = answer.body if answer.status == 200 and isinstance(answer.body, Mapping) else {}
-            self.config = ProviderConfig.from_json(body)
-        return self.config
-
-    async def get(self, kind: Kind, pbx_id: str) -> PbxObject | None:
-        answer = await self._request("get", "GET", f"{ENDPOINTS[kind]}/{pbx_id}")
-        if answer.status == 404:
-            return None
-        if answer.status != 200 or not isinstance(answer.body, Mapping):
-            raise PbxRequestFailed(f"cannot read {kind} {pbx_id}: {answer.detail}", status=answer.status, detail=answer.detail)
-        return pbx_object(kind, answer.body, answer.etag)
-
-    async def find(self, kind: Kind, attribute: str, value: str) -> list[PbxObject]:
-        """Objects whose ``attribute`` equals ``value`` exactly (value escaped)."""
-        answer = await self._request(
-            "find", "GET", ENDPOINTS[kind], params={"filter": eq_filter(attribute, value), "count": "10"}
-        )
-        if answer.status != 200 or not isinstance(answer.body, Mapping):
-            raise PbxRequestFailed(f"cannot search {kind}: {answer.detail}", status=answer.status, detail=answer.detail)
-        return [pbx_object(kind, item, None) for item in answer.body.get("Resources") or [] if isinstance(item, Mapping)]
-
-    async def find_by_external_id(self, kind: Kind, external_id: str) -> PbxObject | None:
-        found = await self.find(kind, "externalId", external_id)
-        return found[0] if found else None
-
-    async def iter_objects(self, kind: Kind, attributes: Sequence[str] = ()) -> AsyncIterator[PbxObject]:
-        """Every object of a kind, page by page (the existing-extension inventory)."""
-        config = await self.discover()
-        count = max(1, min(DEFAULT_PAGE_SIZE, config.filter_max_results))
-        start = 1
-        while True:
-            params = {"startIndex": str(start), "count": str(count)}
-            if attributes:
-                params["attributes"] = ",".join(["externalId", *attributes])
-            answer = await self._request("list", "GET", ENDPOINTS[kind], params=params)
-            if answer.status != 200 or not isinstance(answer.body, Mapping):
-                raise PbxRequestFailed(f"cannot list {kind}: {answer.detail}", status=answer.status, detail=answer.detail)
-            resources = [r for r in answer.body.get("Resources") or [] if isinstance(r, Mapping)]
-            for resource in resources:
-                yield pbx_object(kind, resource, None)
-            total = scim_int(answer.body.get("totalResults"), f"totalResults of the {kind} list")
-            start += len(resources)
-            if not resources or start > total:
-                return
+class PbxClient(PbxConnection):
+    """Reads (see :class:`PbxConnection`) and the writes, with the contract's rules."""
 
     # --- writes ---
 
@@ -432,18 +267,6 @@ class PbxClient:
 # --- helpers ---
 
 
-def _json_or_none(raw: bytes) -> Any:
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode("utf-8", "replace")[:500]
-    except RecursionError as err:  # e.g. 100k nested arrays
-        raise PbxProtocolError("the PBX answered with JSON nested too deeply to read",
-                               hint="check pbx.scim_url points at the PBX's SCIM API") from err
-
-
 def _extension_number(payload: Mapping[str, Any], path: str) -> str | None:
     urn, _, attribute = path.rpartition(":")
     extension = payload.get(urn)
@@ -459,6 +282,8 @@ def _values_of(operations: Sequence[PatchOperation]) -> dict[str, Any]:
 
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
+    "RETRYABLE_STATUSES",
     "AnswerLost",
     "PbxClient",
     "PbxObject",
