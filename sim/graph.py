@@ -22,6 +22,7 @@ from sim.tokens import BadToken, TokenCodec
 
 DIRECTORY_TOKEN_LIFETIME = timedelta(days=7)
 MAX_FILTER_IDS = 50
+LIST_MAX_TOP = 999  # GET /users: $top may be 1..999
 PHOTO_SIZES = {"48x48", "64x64", "96x96", "120x120", "240x240", "360x360", "432x432", "504x504", "648x648"}
 
 USER_DEFAULT_PROPERTIES = [
@@ -83,6 +84,7 @@ class GraphApi:
         self.token_epoch = 0  # tokens minted before this epoch are expired
         self.expiry_style = "410"
         self._routes: list[tuple[re.Pattern[str], Callable[..., SimResponse]]] = [
+            (re.compile(r"/users"), self.list_users),
             (re.compile(r"/users/delta"), self.users_delta),
             (re.compile(r"/groups/delta"), self.groups_delta),
             (re.compile(r"/users/([^/]+)/contactFolders"), self.contact_folders),
@@ -132,8 +134,56 @@ class GraphApi:
             return select
         return SimResponse(200, {"@odata.context": f"{request.base_url}/v1.0/$metadata#users/$entity", **_render(record, "user", select, 0, False)})
 
+    def list_users(self, request: SimRequest) -> SimResponse:
+        """``GET /users?$select=...&$top=N``: live users only (no soft-deleted ones),
+        pages of ``$top`` (default 100, at most 999) in id order."""
+        select = _parse_select(request.query, "user", USER_DEFAULT_PROPERTIES)
+        if isinstance(select, SimResponse):
+            return select
+        try:
+            top = int(request.query.get("$top", "100"))
+        except ValueError:
+            return graph_error(400, "Request_BadRequest", "Invalid value for $top.")
+        if not 1 <= top <= LIST_MAX_TOP:
+            return graph_error(400, "Request_BadRequest", f"Invalid page size specified: '{top}'. Must be between 1 and {LIST_MAX_TOP} inclusive.")
+        after = None
+        if "$skiptoken" in request.query:
+            try:
+                after = self.codec.decode(request.query["$skiptoken"]).get("after")
+            except BadToken:
+                return graph_error(400, "Request_BadRequest", "The $skiptoken is not valid.")
+        items: list[dict[str, Any]] = []
+        for record in self.tenant.users.after(after):
+            if record.removed is not None:
+                continue
+            if len(items) == top:
+                token = self.codec.encode({"after": items[-1]["id"]})
+                query = urlencode({"$select": ",".join(select), "$top": str(top), "$skiptoken": token})
+                return SimResponse(200, {"@odata.context": f"{request.base_url}/v1.0/$metadata#users",
+                                         "@odata.nextLink": f"{request.base_url}/v1.0/users?{query}", "value": items})
+            items.append(_render(record, "user", select, 0, False))
+        return SimResponse(200, {"@odata.context": f"{request.base_url}/v1.0/$metadata#users", "value": items})
+
+    def _latest(self, request: SimRequest, scope: str, initial_select: Callable[[], list[str] | SimResponse]) -> SimResponse | None:
+        """``$deltaToken=latest``: no objects, a deltaLink from now on ("sync from now")."""
+        token = request.query.get("$deltaToken", request.query.get("$deltatoken"))
+        if token != "latest":
+            return None
+        query = {k: v for k, v in request.query.items() if k.lower() != "$deltatoken"}
+        state = self._round_state(SimRequest(request.method, request.path, query, request.headers, request.base_url),
+                                  scope, initial_select)
+        if isinstance(state, SimResponse):
+            return state
+        return self._final_page(request, scope, [], {**state, "u": self.tenant.seq})
+
     def users_delta(self, request: SimRequest) -> SimResponse:
-        state = self._round_state(request, "users", lambda: _parse_select(request.query, "user", USER_DEFAULT_PROPERTIES))
+        def initial() -> list[str] | SimResponse:
+            return _parse_select(request.query, "user", USER_DEFAULT_PROPERTIES)
+
+        latest = self._latest(request, "users", initial)
+        if latest is not None:
+            return latest
+        state = self._round_state(request, "users", initial)
         if isinstance(state, SimResponse):
             return state
         minimal = "return=minimal" in request.headers.get("prefer", "")

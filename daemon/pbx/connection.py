@@ -18,13 +18,14 @@ from daemon.errors import PbxAuthFailed, PbxProtocolError, PbxRequestFailed, Pbx
 from daemon.logging import get_logger
 from daemon.pbx.filters import eq_filter
 from daemon.pbx.schema import ENDPOINTS, SCIM_JSON, Kind
-from daemon.pbx.types import DEFAULT_PAGE_SIZE, Answer, PbxObject, PbxOperation, ProviderConfig, pbx_object, scim_int
+from daemon.pbx.types import Answer, PbxObject, PbxOperation, ProviderConfig, pbx_object, scim_int
 from daemon.retry import RetryableFailure, Transport, retry_after_seconds, with_retries
 
 log = get_logger(__name__)
 
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10, sock_read=30)
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_PAGE_SIZE = 1000  # the inventory's page size: the PBX's filter.maxResults, up to this
 
 
 class AnswerLost(Exception):
@@ -169,7 +170,7 @@ class PbxConnection:
     async def iter_objects(self, kind: Kind, attributes: Sequence[str] = ()) -> AsyncIterator[PbxObject]:
         """Every object of a kind, page by page (the existing-extension inventory)."""
         config = await self.discover()
-        count = max(1, min(DEFAULT_PAGE_SIZE, config.filter_max_results))
+        count = max(1, min(MAX_PAGE_SIZE, config.filter_max_results))  # as large as the PBX allows
         start = 1
         while True:
             params = {"startIndex": str(start), "count": str(count)}

@@ -1,6 +1,13 @@
 """Read the users delta into the stored copies; the new deltaLink is returned,
 committed only after the whole run was applied.
 
+A first read (and a full reconciliation after the delta state expired) does
+not page through a delta round of ~100 users a page: it mints a deltaLink
+"from now" (``$deltaToken=latest``) first, then lists ``/users`` in pages of
+999, so it costs about N/999 requests; changes made during the listing come
+in the next round (merging twice is harmless). Users the listing does not
+return (soft-deleted, or gone) are deprovisioned through the guard.
+
 A delta item for a user never seen before that lacks ``userPrincipalName``
 (after the state was lost, or after ``$select`` grew, Graph may send only
 the changed properties) is completed with a batched GET before it is merged,
@@ -9,12 +16,12 @@ so no user is ever planned half-empty.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import TenantConfig
-from daemon.errors import DeltaExpired, GraphError
+from daemon.errors import DeltaExpired, GraphError, GraphPayloadError
 from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
 from daemon.graph.delta import DeltaRound, is_removed
@@ -30,6 +37,7 @@ USER_SELECT = (
 )
 REQUIRED = ("userPrincipalName", "accountEnabled")
 MERGE_PAGE = 200
+LIST_PAGE = 999  # GET /users accepts $top up to 999
 
 Progress = Callable[[str, int, int], None]
 
@@ -59,8 +67,16 @@ async def _round(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient
     read = UsersRead(None, link is None)
     seen: set[str] = set()
     page: list[dict[str, Any]] = []
-    round_ = DeltaRound(graph, link or f"/users/delta?$select={USER_SELECT}")
-    async for change in round_:
+    if link is None:  # "sync from now", then the listing: the link is minted first
+        latest = DeltaRound(graph, f"/users/delta?$select={USER_SELECT}&$deltaToken=latest")
+        async for change in latest:
+            page.append(change)  # none expected; merged anyway
+        changes: AsyncIterator[dict[str, Any]] = _listing(graph)
+        delta_link = latest.delta_link
+    else:
+        round_ = DeltaRound(graph, link)
+        changes = aiter(round_)
+    async for change in changes:
         if is_removed(change) is None:
             seen.add(change["id"])
         page.append(change)
@@ -74,10 +90,26 @@ async def _round(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient
         missing = await sync_store.mark_missing_removed(tenant.name, "user", seen)
         read.reconciled = len(missing)
         if missing:
-            log.info("full round no longer returns some users; they are deprovisioned", tenant=tenant.name,
+            log.info("the full listing no longer returns some users; they are deprovisioned", tenant=tenant.name,
                      users=len(missing))
-    read.delta_link = round_.delta_link
+        read.delta_link = delta_link
+    else:
+        read.delta_link = round_.delta_link
     return read
+
+
+async def _listing(graph: GraphClient) -> AsyncIterator[dict[str, Any]]:
+    """Every user, ``GET /users`` in pages of 999 (live users only)."""
+    url: str | None = f"/users?$select=id,{USER_SELECT}&$top={LIST_PAGE}"
+    while url is not None:
+        body = (await graph.get(url)).body
+        if not isinstance(body, dict) or not isinstance(body.get("value"), list):
+            raise GraphPayloadError("the /users listing answered without a 'value' list")
+        for item in body["value"]:
+            if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]:
+                yield item
+        next_link = body.get("@odata.nextLink")
+        url = next_link if isinstance(next_link, str) else None
 
 
 async def _merge(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, page: list[dict[str, Any]]) -> int:

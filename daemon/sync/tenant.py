@@ -1,7 +1,9 @@
 """One sync run of a tenant, the one pipeline every kind goes through:
 
 1. **read** (``read_*``): the users and groups deltas into the state
-   database, shared mailboxes, photo versions, the PBX inventory;
+   database, shared mailboxes, photo versions, and the PBX inventory only when
+   it is needed (a full round, numbers to allocate, or the daily
+   reconciliation that catches changes made by hand on the PBX);
 2. **snapshot** (``snapshot``): what the planners read, taken once;
 3. **plan** (``plan_*``), pure: users first (they decide whose mailboxes are
    read), then the contacts of those mailboxes are read, then groups and
@@ -18,7 +20,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from daemon.config import TenantConfig
 from daemon.graph.client import GraphClient
@@ -38,11 +40,14 @@ from daemon.sync.read_mailboxes import shared_mailboxes
 from daemon.sync.read_users import read_users
 from daemon.sync.report import RunReport
 from daemon.sync.scope import decide
-from daemon.sync.snapshot import Snapshot, read_inventory, take_snapshot
+from daemon.sync.snapshot import Inventory, Snapshot, read_inventory, take_snapshot
 from state.store import Store
 from state.sync_store import SyncStore
 
 log = get_logger(__name__)
+
+INVENTORY_READ_AT = "inventory-read-at"
+RECONCILE_SECONDS = 86400.0  # the PBX inventory is read at least daily
 
 
 @dataclass
@@ -72,11 +77,15 @@ class TenantSync:
         report.groups.missing = groups_read.missing
         self.links.update({("groups", key): link for key, link in groups_read.links.items()})
         shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now) if tenant.shared_mailbox.enabled else {}
-        inventory = await read_inventory(self.pbx)
-        snapshot = await take_snapshot(tenant, self.sync_store, inventory, self.now(), shared=shared,
+        reconcile = users_read.full_round or await self._reconciliation_due()
+        inventory = await self._read_inventory() if reconcile else None
+        snapshot = await take_snapshot(tenant, self.sync_store, inventory or Inventory(), self.now(), shared=shared,
                                        photos=await self._photo_versions(shared))
 
         plan, users = await self._plan_users(snapshot, report)
+        if inventory is None and await self._needs_numbers(plan):
+            snapshot = replace(snapshot, inventory=await self._read_inventory())
+            plan, users = await self._plan_users(snapshot, report)
         if tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled:
             contacts_read = await self._read_contacts(users, snapshot, report)
             plan.extend(await self._plan_contacts(users, snapshot, contacts_read, report))
@@ -95,6 +104,27 @@ class TenantSync:
         elif report.failures:
             report.result = "partial"
         return report
+
+    # --- the PBX inventory: only when it is needed ---
+
+    async def _reconciliation_due(self) -> bool:
+        """Daily, the inventory is read even without a need, to catch changes made by hand on the PBX."""
+        last = await self.sync_store.value(self.tenant.name, INVENTORY_READ_AT)
+        return last is None or self.now() - float(last) >= RECONCILE_SECONDS
+
+    async def _read_inventory(self) -> Inventory:
+        inventory = await read_inventory(self.pbx)
+        await self.sync_store.set_value(self.tenant.name, INVENTORY_READ_AT, repr(self.now()))
+        return inventory
+
+    async def _needs_numbers(self, plan: Plan) -> bool:
+        """New users, or configured groups not on the PBX yet, need the PBX's numbers (and may be there)."""
+        if any(c.kind == "user" and c.action == "create" for c in plan.changes):
+            return True
+        if self.tenant.groups_starting_extension_number is None or not self.tenant.groups:
+            return False
+        on_pbx = await self.sync_store.pbx_ids(self.tenant.name, "group")
+        return any(group not in on_pbx for group in self.tenant.groups)
 
     # --- planning ---
 
