@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ demo: $(STAMP)
 	$(BIN)/m365sync demo $(ARGS)
 
 test: lint typecheck unit
+
+# The side-by-side benchmark (bench/run.py); results in bench/results/.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet --editable '.[bench]'
+	$(BIN)/python -m bench.run $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon state sim bench tests

@@ -15,16 +15,14 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from daemon import __version__, commands
-from daemon.auth.manager import AuthManager, redirect_uris
-from daemon.config import TenantConfig, load_config
+from daemon import __version__
 from daemon.errors import ConfigError, M365SyncError
-from daemon.logging import configure_logging
-from daemon.metrics import Metrics
-from daemon.service import Service
-from state.db import open_database
-from state.store import Store
+
+if TYPE_CHECKING:
+    from daemon.config import Config, TenantConfig
 
 DEFAULT_CONFIG = Path(os.environ.get("M365SYNC_CONFIG", "/etc/m365sync/config.toml"))
 
@@ -129,6 +127,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_config(path: Path) -> Config:
+    """The configuration; imported here, not at start-up, so ``--help`` stays fast."""
+    from daemon.config import load_config as load
+
+    return load(path)
+
+
+def _commands() -> ModuleType:
+    """The command implementations (aiohttp, msal, the state database): imported only when a command runs."""
+    from daemon import commands
+
+    return commands
+
+
 def _config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -139,6 +151,9 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from daemon.logging import configure_logging
+    from daemon.service import Service
+
     config = load_config(args.config)
     if args.state is not None:
         config = config.with_state_path(args.state.absolute())
@@ -192,6 +207,11 @@ def tenant_summary(tenant: TenantConfig) -> str:
 
 
 def _authorize(args: argparse.Namespace) -> int:
+    from daemon.auth.manager import AuthManager
+    from daemon.metrics import Metrics
+    from state.db import open_database
+    from state.store import Store
+
     config = load_config(args.config)
     tenant = config.tenant(args.tenant)
 
@@ -212,6 +232,8 @@ def _authorize(args: argparse.Namespace) -> int:
 
 
 def _redirect_uris(args: argparse.Namespace) -> int:
+    from daemon.auth.manager import redirect_uris
+
     config = load_config(args.config)
     for label, uri in redirect_uris(config.server):
         print(f"{label}: {uri}")
@@ -219,25 +241,27 @@ def _redirect_uris(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
+    from daemon.logging import configure_logging
+
     config = load_config(args.config)
     configure_logging(config.log.level, "console" if sys.stderr.isatty() else config.log.format)
-    return asyncio.run(commands.sync_once(config, args.tenant, args.dry_run))
+    return int(asyncio.run(_commands().sync_once(config, args.tenant, args.dry_run)))
 
 
 def _explain(args: argparse.Namespace) -> int:
-    return asyncio.run(commands.explain_user(load_config(args.config), args.tenant, args.user))
+    return int(asyncio.run(_commands().explain_user(load_config(args.config), args.tenant, args.user)))
 
 
 def _approve(args: argparse.Namespace) -> int:
-    return asyncio.run(commands.approve(load_config(args.config), args.tenant))
+    return int(asyncio.run(_commands().approve(load_config(args.config), args.tenant)))
 
 
 def _sync_now(args: argparse.Namespace) -> int:
-    return asyncio.run(commands.sync_now(load_config(args.config), args.tenant, args.wait))
+    return int(asyncio.run(_commands().sync_now(load_config(args.config), args.tenant, args.wait)))
 
 
 def _status(args: argparse.Namespace) -> int:
-    return asyncio.run(commands.status(load_config(args.config), args.json))
+    return int(asyncio.run(_commands().status(load_config(args.config), args.json)))
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -60,6 +60,7 @@ def generate_tenant(
     events_per_user: int = 0,
     groups: int = 3,
     photo_fraction: float = 0.3,
+    photo_bytes: int = 64,
 ) -> GeneratedTenant:
     """Fill ``tenant`` with ``users`` directory users and their mailboxes."""
     rng = random.Random(seed)
@@ -110,7 +111,7 @@ def generate_tenant(
             made.members.append(id_)
         tenant.add_user(id_, mailbox=mailbox, **{k: v for k, v in properties.items() if v is not None})
         if mailbox is not None and rng.random() < photo_fraction:
-            tenant.set_photo(id_, b"\xff\xd8\xff\xe0" + rng.randbytes(64) + b"\xff\xd9")
+            tenant.set_photo(id_, b"\xff\xd8\xff\xe0" + rng.randbytes(photo_bytes) + b"\xff\xd9")
             made.with_photo.append(id_)
         if mailbox in ("user", "shared"):
             _contacts(tenant, rng, id_, contacts_per_user)

@@ -74,6 +74,7 @@ class SimSettings:
     outlook_max_page_size: int = 1000
     forbidden_mailboxes: set[str] = field(default_factory=set)
     mailbox_purpose_as_object: bool = False
+    list_max_top: int = LIST_MAX_TOP  # GET /users: the largest $top accepted
 
 
 class GraphApi:
@@ -144,8 +145,8 @@ class GraphApi:
             top = int(request.query.get("$top", "100"))
         except ValueError:
             return graph_error(400, "Request_BadRequest", "Invalid value for $top.")
-        if not 1 <= top <= LIST_MAX_TOP:
-            return graph_error(400, "Request_BadRequest", f"Invalid page size specified: '{top}'. Must be between 1 and {LIST_MAX_TOP} inclusive.")
+        if not 1 <= top <= self.settings.list_max_top:
+            return graph_error(400, "Request_BadRequest", f"Invalid page size specified: '{top}'. Must be between 1 and {self.settings.list_max_top} inclusive.")
         after = None
         if "$skiptoken" in request.query:
             try:

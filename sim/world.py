@@ -51,6 +51,7 @@ class FakeWorld:
     pbx_tenant: str = "contoso"
     pbx_url: str | None = None
     sync_photo: bool = True
+    photo_bytes: int = 64  # size of each generated photo
     tenant_settings: str = ""  # more TOML lines of the [[tenants]] table (before its sub-tables)
     tenant_sections: str = ""  # more sub-tables of it, e.g. [tenants.personal_contacts]
     tenant: SimTenant = field(default_factory=lambda: SimTenant(SystemClock()))
@@ -77,7 +78,8 @@ class FakeWorld:
 
         client_secret = secrets.token_urlsafe(24)
         self.idp.register_app(DIRECTORY, FakeApp(APP_ID, client_secret=client_secret))
-        self.made = generate_tenant(self.tenant, users=self.users, seed=self.seed, photo_fraction=0.3)
+        self.made = generate_tenant(self.tenant, users=self.users, seed=self.seed, photo_fraction=0.3,
+                                    photo_bytes=self.photo_bytes)
         owns_pbx = self.scim is None
         self.sim = Simulator(self.tenant, accepted_tokens=self.idp.issued_access_tokens)
         idp_port = await self._serve(self.idp.app(), server_context)

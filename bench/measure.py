@@ -1,0 +1,36 @@
+"""Run a module as ``__main__`` in this process, then write what it cost:
+
+    python -m bench.measure OUT.json MODULE [ARGS...]
+
+wall seconds, CPU seconds (user + system, imports included) and peak RSS, as
+``resource.getrusage`` sees this process: the simulator and the PBX run in
+other processes, so their work is not counted here."""
+
+from __future__ import annotations
+
+import json
+import resource
+import runpy
+import sys
+import time
+
+
+def main() -> int:
+    out, module, *args = sys.argv[1:]
+    started = time.perf_counter()
+    sys.argv = [module, *args]
+    code = 0
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    with open(out, "w", encoding="utf-8") as file:
+        json.dump({"exit_code": code, "wall_s": round(time.perf_counter() - started, 3),
+                   "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+                   "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}, file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
