@@ -24,6 +24,9 @@ def main() -> int:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException as err:  # still say what it cost, and that it failed
+        print(f"{module} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        code = 1
     usage = resource.getrusage(resource.RUSAGE_SELF)
     with open(out, "w", encoding="utf-8") as file:
         json.dump({"exit_code": code, "wall_s": round(time.perf_counter() - started, 3),
