@@ -82,10 +82,7 @@ class UserPlanner:
         data = copy.data
         upn = str(data.get("userPrincipalName") or copy.id)
         self._note_matches(data)
-        fingerprint = hashlib.sha256(
-            json.dumps([data, copy.removed, self.settings_fp], sort_keys=True).encode()
-        ).hexdigest()[:16]
-        if synced is not None and synced.quarantine_fingerprint == fingerprint:
+        if synced is not None and synced.quarantine_fingerprint and synced.quarantine_fingerprint == self._fingerprint(copy):
             self.plan.quarantined.append(("user", upn))
             if synced.active and synced.pbx_id:
                 self.active[copy.id] = (upn, synced.pbx_id)  # still on the PBX as it was
@@ -96,11 +93,11 @@ class UserPlanner:
         pbx_id = synced.pbx_id if synced is not None and synced.pbx_id else (entry.pbx_id if entry else None)
         if pbx_id is None:
             if decision.active:
-                self._new.append((upn.lower(), copy, fingerprint))
+                self._new.append((upn.lower(), copy, self._fingerprint(copy)))
             return
         number = self._number_of(copy.id, synced, entry)
         if copy.removed == "deleted":
-            self._delete(copy.id, upn, decision.rule, pbx_id, fingerprint, purge_copy=True)
+            self._delete(copy.id, upn, decision.rule, pbx_id, self._fingerprint(copy), purge_copy=True)
             return
         since = None
         if not decision.in_scope:
@@ -108,16 +105,18 @@ class UserPlanner:
             days = self.tenant.users.delete_after_days
             if days and self.inputs.now - since >= days * DAY:
                 self._delete(copy.id, upn, f"{decision.rule}; out of scope for more than {days} days", pbx_id,
-                             fingerprint, purge_copy=False)
+                             self._fingerprint(copy), purge_copy=False)
                 return
         if decision.active:
             self.active[copy.id] = (upn, pbx_id)
         desired = self._payload(copy, number or "", decision.active, synced)
         photo_etag = self._photo_etag(copy.id, synced)
+        desired_hash = payload_hash(desired)
         previous = synced.payload if synced is not None and not recovered else None
-        operations = tuple(patch_operations(previous, desired)) if previous is not None else ()
+        unchanged = previous is not None and synced is not None and synced.payload_hash == desired_hash
+        operations = tuple(patch_operations(previous, desired)) if previous is not None and not unchanged else ()
         was_active = synced.active if synced is not None else None
-        pushed = Pushed("user", copy.id, pbx_id, desired, payload_hash(desired), synced.etag if synced else None,
+        pushed = Pushed("user", copy.id, pbx_id, desired, desired_hash, synced.etag if synced else None,
                         decision.active, since, photo_etag, number)
         if recovered:
             action, reason = "update", "on the PBX but not recorded (recovering after an interruption)"
@@ -133,7 +132,12 @@ class UserPlanner:
             action, reason = "update", "changed in Entra ID or in the settings"
         operation = PbxOperation("update", "User", copy.id, payload=desired, operations=operations, pbx_id=pbx_id,
                                  etag=synced.etag if synced is not None else None, maybe_applied=recovered)
-        self.plan.changes.append(Change("user", action, PHASES[action], operation, pushed, upn, reason, fingerprint))
+        self.plan.changes.append(Change("user", action, PHASES[action], operation, pushed, upn, reason,
+                                        self._fingerprint(copy)))
+
+    def _fingerprint(self, copy: GraphCopy) -> str:
+        """What a quarantine is bound to: the user's Graph data and the settings (computed only when needed)."""
+        return hashlib.sha256(json.dumps([copy.data, copy.removed, self.settings_fp], sort_keys=True).encode()).hexdigest()[:16]
 
     def _delete(self, user_id: str, upn: str, reason: str, pbx_id: str, fingerprint: str, *, purge_copy: bool) -> None:
         operation = PbxOperation("delete", "User", user_id, pbx_id=pbx_id)
