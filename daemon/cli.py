@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_argument(sync)
     sync.add_argument("--tenant", help="only this tenant (default: every enabled tenant)")
     sync.add_argument("--once", action="store_true", required=True, help="one run, then exit")
+    sync.add_argument("--photos", action="store_true",
+                      help="check every user's photo this run (otherwise each about once per photo_check_hours)")
     sync.add_argument("--dry-run", action="store_true", help="print the plan; change nothing on the PBX or in the state")
     sync.set_defaults(handler=_sync)
 
@@ -112,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_argument(sync_now)
     sync_now.add_argument("--tenant", required=True)
     sync_now.add_argument("--wait", action="store_true", help="wait for the run and print its result")
+    sync_now.add_argument("--photos", action="store_true", help="check every user's photo in that run")
     sync_now.set_defaults(handler=_sync_now)
 
     status_cmd = add("status", "show each tenant's authorization, last and next run, held and quarantined objects")
@@ -245,7 +248,7 @@ def _sync(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(config.log.level, "console" if sys.stderr.isatty() else config.log.format)
-    return int(asyncio.run(_commands().sync_once(config, args.tenant, args.dry_run)))
+    return int(asyncio.run(_commands().sync_once(config, args.tenant, args.dry_run, photos=args.photos)))
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -257,7 +260,8 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _sync_now(args: argparse.Namespace) -> int:
-    return int(asyncio.run(_commands().sync_now(load_config(args.config), args.tenant, args.wait)))
+    return int(asyncio.run(_commands().sync_now(load_config(args.config), args.tenant, args.wait,
+                                                        photos=args.photos)))
 
 
 def _status(args: argparse.Namespace) -> int:

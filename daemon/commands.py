@@ -24,7 +24,7 @@ from daemon.errors import ConfigError, ConfigProblem, StateError
 from daemon.metrics import Metrics
 from daemon.pbx.schema import PBX_USER
 from daemon.sync.plan_users import settings_fingerprint
-from daemon.sync.runner import RunResult, TenantRunner
+from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
 from daemon.sync.scope import decide, matches, sso_flags
 from state.db import Database, open_database
 from state.sealing import Sealer
@@ -115,14 +115,16 @@ class ProgressPrinter:
         self.stream.flush()
 
 
-async def sync_once(config: Config, tenant_name: str | None, dry_run: bool, out: TextIO = sys.stdout) -> int:
+async def sync_once(config: Config, tenant_name: str | None, dry_run: bool, out: TextIO = sys.stdout,
+                    photos: bool = False) -> int:
     """``m365sync sync --once [--dry-run]``: one run per tenant in the foreground."""
     metrics = Metrics()
     exit_code = 0
     async with open_stores(config, metrics, scratch_copy=dry_run) as stores, aiohttp.ClientSession() as session:
         for tenant in _tenants(config, tenant_name):
             runner = TenantRunner(tenant, stores.store, stores.sync, stores.auth, session, metrics, dry_run=dry_run)
-            result = await runner.run("cli-dry-run" if dry_run else "cli", progress=ProgressPrinter())
+            trigger = ("cli-dry-run" if dry_run else "cli") + (PHOTOS_SUFFIX if photos else "")
+            result = await runner.run(trigger, progress=ProgressPrinter())
             print_result(result, dry_run, out)
             exit_code = max(exit_code, RESULT_EXIT_CODES.get(result.result, 1))
     return exit_code
@@ -224,7 +226,7 @@ async def status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int
 SYNC_NOW_POLL_SECONDS = 1.0
 
 
-async def sync_now(config: Config, tenant_name: str, wait: bool, out: TextIO = sys.stdout) -> int:
+async def sync_now(config: Config, tenant_name: str, wait: bool, out: TextIO = sys.stdout, photos: bool = False) -> int:
     """``m365sync sync-now``: POST /api/tenants/T/sync on the running daemon."""
     tenant = config.tenant(tenant_name)
     if config.server.admin_token_file is None:
@@ -234,7 +236,8 @@ async def sync_now(config: Config, tenant_name: str, wait: bool, out: TextIO = s
     base = f"http://{'[' + host + ']' if ':' in host else host}:{config.server.port}"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            async with session.post(f"{base}/api/tenants/{tenant.name}/sync", headers=headers) as response:
+            params = {"photos": "1"} if photos else {}
+            async with session.post(f"{base}/api/tenants/{tenant.name}/sync", headers=headers, params=params) as response:
                 body = await response.json(content_type=None)
                 if response.status != 202:
                     print(f"m365sync: error: the daemon answered {response.status}: {body.get('error')}", file=sys.stderr)

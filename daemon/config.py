@@ -238,6 +238,9 @@ class UsersConfig(_Section):
     sync_guest_users: bool = False
     sync_photo: bool = False
     photo_size: PhotoSize = "96x96"
+    # Photo changes are not in the users delta: each user's photo is checked
+    # about once per this many hours, spread over the runs (0: every run).
+    photo_check_hours: int = Field(default=24, ge=0)
     starting_extension_number: ExtensionNumber | None = None
     last_extension_number: ExtensionNumber | None = None
     sync_type: SyncType = "ALL"

@@ -100,7 +100,8 @@ async def sync_now(request: web.Request) -> web.Response:
     control = request.app[CONTROL_KEY]
     if not any(s.tenant == name for s in await request.app[STATUS_KEY].tenant_statuses()):
         return web.json_response({"error": f"no tenant named {name!r}"}, status=404)
-    run_id = control.request_sync(name, "sync-now")
+    photos = request.query.get("photos", "") in ("1", "true")  # check every photo, not only those due
+    run_id = control.request_sync(name, "sync-now:photos" if photos else "sync-now")
     if run_id is None:
         return web.json_response({"error": f"tenant {name!r} is disabled or not scheduled"}, status=409)
     location = f"/api/tenants/{name}/runs/{run_id}"

@@ -92,6 +92,23 @@ class MarkerQueries:
                 [(tenant, u, day) for u in user_ids],
             )
 
+    # --- photo checks ---
+
+    async def photo_checks(self, tenant: str) -> dict[str, float]:
+        """user id -> when its photo metadata was last checked."""
+        async with self.db.conn.execute(
+            "SELECT user_id, checked_at FROM photo_checks WHERE tenant = ?", (tenant,)
+        ) as cursor:
+            return {row[0]: float(row[1]) for row in await cursor.fetchall()}
+
+    async def set_photo_checks(self, tenant: str, user_ids: Iterable[str]) -> None:
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO photo_checks (tenant, user_id, checked_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (tenant, user_id) DO UPDATE SET checked_at = excluded.checked_at",
+                [(tenant, u, self.clock()) for u in user_ids],
+            )
+
     # --- the run lease ---
 
     async def try_lock(self, tenant: str, owner: str, lease_seconds: float, alive: Callable[[str], bool]) -> str | None:

@@ -142,7 +142,7 @@ async def test_sso_flags_for_each_combination(sync_env: SyncEnv) -> None:
 async def test_photos_added_unchanged_changed_and_removed(sync_env: SyncEnv) -> None:
     with_photo, without = add_user(sync_env, 1), add_user(sync_env, 2)
     sync_env.graph.tenant.set_photo(with_photo, b"\xff\xd8\xffONE")
-    sync_env.configure(users={"sync_photo": True})
+    sync_env.configure(users={"sync_photo": True, "photo_check_hours": 0})  # checked every run
     await sync_env.run()
     users = await sync_env.pbx_users()
     assert users[with_photo]["photos"][0]["value"].startswith("data:image/jpeg;base64,")
@@ -162,6 +162,34 @@ async def test_photos_added_unchanged_changed_and_removed(sync_env: SyncEnv) -> 
     sync_env.graph.tenant.set_photo(with_photo, None)
     await sync_env.run()
     assert "photos" not in (await sync_env.pbx_users())[with_photo]
+
+
+async def test_photo_checks_are_spread_over_the_day_unless_all_are_asked_for(sync_env: SyncEnv) -> None:
+    from daemon.sync.tenant import build_tenant_sync
+
+    users = [add_user(sync_env, i) for i in range(1, 41)]
+    for user in users:
+        sync_env.graph.tenant.set_photo(user, b"\xff\xd8\xffONE")
+    sync_env.configure(users={"sync_photo": True})  # photo_check_hours = 24
+    await sync_env.run()
+    checks = sync_env.graph_requests(r"^/users/[^/]+/photo$")
+    assert checks == 40  # new users: every photo checked once
+    await sync_env.run()
+    assert sync_env.graph_requests(r"^/users/[^/]+/photo$") == checks  # none due yet
+    sync_env.graph.clock.advance(18 * 3600)  # some are due after 12 h, all after 24 h
+    await sync_env.run()
+    due = sync_env.graph_requests(r"^/users/[^/]+/photo$") - checks
+    assert 0 < due < 40
+    sync_env.graph.tenant.set_photo(users[0], b"\xff\xd8\xffTWO")
+    client = sync_env.pbx.client
+    before = sync_env.graph_requests(r"^/users/[^/]+/photo$")
+    await build_tenant_sync(sync_env.tenant, sync_env.store, sync_env.sync_store, sync_env.graph.client, client, client,
+                            sync_env.graph.clock.time, all_photos=True).run()  # sync --photos
+    assert sync_env.graph_requests(r"^/users/[^/]+/photo$") == before + 40
+    import base64
+
+    changed = (await sync_env.pbx_users())[users[0]]["photos"][0]["value"]
+    assert base64.b64decode(changed.split(",", 1)[1]) == b"\xff\xd8\xffTWO"
 
 
 DAY = 86400

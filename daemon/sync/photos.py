@@ -1,9 +1,17 @@
-"""User photos: which changed (``mediaEtag`` read in ``$batch``es for the
-users in scope), and their bytes, fetched per applied chunk as ``data:``
-URIs and dropped after it, so memory does not grow with the tenant."""
+"""User photos: which changed (``mediaEtag`` read in ``$batch``es), and their
+bytes, fetched per applied chunk as ``data:`` URIs and dropped after it, so
+memory does not grow with the tenant.
+
+Photo changes are not in the users delta, so metadata has its own cadence:
+a user's photo is checked when it was never checked, or when its last check
+is older than ``users.photo_check_hours`` scaled by a stable per-user factor
+between 0.5 and 1; so checks spread over the day's runs instead of every
+run asking for every photo. A new user's photo is checked on its first run;
+``sync --once --photos`` and Sync now with ``photos`` check them all."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -17,6 +25,14 @@ from daemon.sync.changes import Change
 from daemon.sync.plan_users import PHOTO_PLACEHOLDER
 
 MAX_PHOTO_BYTES = 256 * 1024
+
+
+def photo_check_due(user_id: str, checked_at: float | None, now: float, hours: int) -> bool:
+    """Whether this run checks this user's photo (see the module docstring)."""
+    if checked_at is None or hours == 0:
+        return True
+    spread = 0.5 + 0.5 * (zlib.crc32(user_id.encode()) / 0xFFFFFFFF)
+    return now - checked_at >= hours * 3600 * spread
 
 
 async def photo_versions(graph: GraphClient, user_ids: Iterable[str]) -> dict[str, str | None]:

@@ -38,6 +38,7 @@ from state.sync_store import SyncStore
 log = get_logger(__name__)
 
 RUN_LOCK_SECONDS = 4 * 3600.0  # longer than any run may last
+PHOTOS_SUFFIX = ":photos"  # a trigger ending so checks every user's photo (sync --photos, Sync now with photos)
 LOCK_OWNER = f"pid {os.getpid()} on {socket.gethostname()}"
 
 
@@ -144,7 +145,7 @@ class TenantRunner:
             return RunResult(run_id, name, report.result, report)
         try:
             log.info("sync run started", trigger=trigger, dry_run=self.dry_run)
-            await self._sync(report, progress)
+            await self._sync(report, progress, all_photos=trigger.endswith(PHOTOS_SUFFIX))
         except AuthorizationRequired as err:
             report.result, report.error = "reauthorization_required", str(err)
         except M365SyncError as err:
@@ -164,13 +165,13 @@ class TenantRunner:
                    seconds=round(time.monotonic() - started, 2), error=report.error)
         return RunResult(run_id, name, report.result, report)
 
-    async def _sync(self, report: RunReport, progress: Progress | None) -> None:
+    async def _sync(self, report: RunReport, progress: Progress | None, *, all_photos: bool) -> None:
         name = self.tenant.name
         graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(name))
         pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
         writer = DryRunPbxClient() if self.dry_run else pbx
         await build_tenant_sync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now,
-                                progress).run(report)
+                                progress, all_photos=all_photos).run(report)
 
 
 def unexpected_reason(err: BaseException) -> str:

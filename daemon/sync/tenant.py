@@ -30,7 +30,7 @@ from daemon.pbx.types import PbxWriter
 from daemon.sync.apply import Applier, Materialize, Progress
 from daemon.sync.changes import Change, Plan
 from daemon.sync.guard import guard, held_rows
-from daemon.sync.photos import PhotoMaterializer, photo_versions
+from daemon.sync.photos import PhotoMaterializer, photo_check_due, photo_versions
 from daemon.sync.plan_contacts import ContactPlanner, Mailbox
 from daemon.sync.plan_groups import plan_groups
 from daemon.sync.plan_users import PlanInputs, UserPlanner
@@ -60,6 +60,7 @@ class TenantSync:
     writer: PbxWriter
     now: Callable[[], float]
     progress: Progress | None = None
+    all_photos: bool = False  # check every photo this run (sync --photos), not only those due
     links: dict[tuple[str, str], str] = field(default_factory=dict)  # (resource, key) -> link to commit
 
     async def run(self, report: RunReport | None = None) -> RunReport:
@@ -196,16 +197,21 @@ class TenantSync:
         return planner.finish()
 
     async def _photo_versions(self, shared: dict[str, str]) -> dict[str, str | None]:
-        """mediaEtags of the users in scope (only when photos are synced)."""
+        """mediaEtags of the users in scope whose check is due (only when photos are synced)."""
         tenant = self.tenant
         if not (tenant.users.sync_photo and tenant.users.enabled):
             return {}
         members = await self.sync_store.members_of(tenant.name, tenant.groups)
+        checked = await self.sync_store.photo_checks(tenant.name)
+        now, hours = self.now(), 0 if self.all_photos else tenant.users.photo_check_hours
         candidates = []
         async for copy in self.sync_store.iter_copies(tenant.name, "user"):
-            if decide(copy.data, copy.removed, tenant, members, frozenset(shared)).active:
+            if photo_check_due(copy.id, checked.get(copy.id), now, hours) and \
+                    decide(copy.data, copy.removed, tenant, members, frozenset(shared)).active:
                 candidates.append(copy.id)
-        return await photo_versions(self.graph, candidates)
+        versions = await photo_versions(self.graph, candidates)
+        await self.sync_store.set_photo_checks(tenant.name, versions)
+        return versions
 
     def _summarize(self, plan: Plan, report: RunReport) -> None:
         """The plan summary, logged before the first write (and the dry run's lines)."""
@@ -230,9 +236,10 @@ class TenantSync:
 
 
 def build_tenant_sync(tenant: TenantConfig, store: Store, sync_store: SyncStore, graph: GraphClient, pbx: PbxClient,
-                      writer: PbxWriter, now: Callable[[], float], progress: Progress | None = None) -> TenantSync:
+                      writer: PbxWriter, now: Callable[[], float], progress: Progress | None = None, *,
+                      all_photos: bool = False) -> TenantSync:
     """The one way to get a run's pipeline (runner, CLI, daemon and tests)."""
-    return TenantSync(tenant, store, sync_store, graph, pbx, writer, now, progress)
+    return TenantSync(tenant, store, sync_store, graph, pbx, writer, now, progress, all_photos)
 
 
 __all__ = ["Change", "TenantSync", "build_tenant_sync"]
