@@ -84,18 +84,35 @@ def build_app(
     return app
 
 
-def _require_admin(request: web.Request) -> None:
-    if not is_admin(request):
+def _require_admin(request: web.Request, *, changes_state: bool = False) -> None:
+    """401 without the admin token. Reads accept it as a bearer token or as the
+    browser's Basic password (the status page); a request that changes state
+    takes the bearer token only, and is refused from another site (a browser's
+    cached Basic login must not let another site's page trigger a sync)."""
+    if changes_state and _cross_site(request):
+        raise web.HTTPForbidden(text=json.dumps({"error": "cross-site requests are refused"}),
+                                content_type="application/json")
+    if not is_admin(request, allow_basic=not changes_state):
+        hint = ("Authorization: Bearer <admin token>" if changes_state else
+                "Authorization: Bearer <admin token>, or in a browser any user name and the admin token as password")
         raise web.HTTPUnauthorized(
-            text=json.dumps({"error": "the admin token is required (Authorization: Bearer ...)"}),
+            text=json.dumps({"error": f"the admin token is required ({hint})"}),
             content_type="application/json",
-            headers={"WWW-Authenticate": 'Basic realm="m365sync admin", charset="UTF-8"'},
+            headers={} if changes_state else {"WWW-Authenticate": 'Basic realm="m365sync admin", charset="UTF-8"'},
         )
+
+
+def _cross_site(request: web.Request) -> bool:
+    """A browser says so (Sec-Fetch-Site), or sends an Origin other than this server's."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    return origin is not None and origin != f"{request.scheme}://{request.host}"
 
 
 async def sync_now(request: web.Request) -> web.Response:
     """Sync now: 202 with the run id; 401 without the admin token, starting nothing."""
-    _require_admin(request)
+    _require_admin(request, changes_state=True)
     name = request.match_info["name"]
     control = request.app[CONTROL_KEY]
     if not any(s.tenant == name for s in await request.app[STATUS_KEY].tenant_statuses()):
@@ -129,11 +146,13 @@ async def status_page(request: web.Request) -> web.Response:
     return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
 
 
-def is_admin(request: web.Request) -> bool:
-    """The request carries the admin token, as a bearer token or as the
-    password of HTTP Basic authentication (for browsers); compared in constant time."""
+def is_admin(request: web.Request, *, allow_basic: bool = True) -> bool:
+    """The request carries the admin token, as a bearer token or (``allow_basic``)
+    as the password of HTTP Basic authentication (for browsers); compared in constant time."""
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("basic "):
+        if not allow_basic:
+            return False
         try:
             decoded = base64.b64decode(header[6:].strip()).decode()
         except (ValueError, UnicodeDecodeError):

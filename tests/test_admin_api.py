@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -125,3 +127,32 @@ async def test_sync_now_cli_calls_the_running_daemon(daemon: tuple[Service, str]
     code, out, err = await live_env.m365sync("sync-now", "--tenant", "contoso", "--wait")
     assert code == 0, out + err
     assert "sync requested, run" in out and ": success;" in out
+
+
+async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(daemon: tuple[Service, str]) -> None:
+    service, _ = daemon
+    for path in (b"/api/status", b"/"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", service.bound_port)
+        writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\xc3(\r\n"
+                     b"Connection: close\r\n\r\n")
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        assert status_line.split()[1] == b"401", status_line
+
+
+async def test_sync_now_takes_the_bearer_token_only_and_refuses_other_sites(daemon: tuple[Service, str]) -> None:
+    service, base = daemon
+    basic = {"Authorization": "Basic " + base64.b64encode(f"admin:{ADMIN_TOKEN}".encode()).decode()}
+    runs_before = len(service.schedules["contoso"].recent)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/api/status", headers=basic) as response:
+            assert response.status == 200  # reading with the browser's login is fine
+        async with session.post(f"{base}/api/tenants/contoso/sync", headers=basic) as response:
+            assert response.status == 401  # a cached browser login cannot trigger a sync
+        for header, value in (("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")):
+            async with session.post(f"{base}/api/tenants/contoso/sync", headers={**ADMIN, header: value}) as response:
+                assert response.status == 403
+        assert len(service.schedules["contoso"].recent) == runs_before and service.schedules["contoso"].queued is None
+        async with session.post(f"{base}/api/tenants/contoso/sync", headers={**ADMIN, "Origin": base}) as response:
+            assert response.status == 202  # the daemon's own origin, with the bearer token

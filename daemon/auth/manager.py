@@ -404,4 +404,8 @@ def admin_token_matches(expected: str | None, header: str | None) -> bool:
     if not expected or not header:
         return False
     scheme, _, presented = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected.encode())
+    try:
+        offered = presented.strip().encode()
+    except UnicodeError:  # bytes that are not UTF-8 (kept as surrogates by the HTTP parser): not our token
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(offered, expected.encode())
