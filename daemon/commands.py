@@ -72,7 +72,12 @@ async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = 
 
 def _backup(source: Path, target: Path) -> None:
     try:
-        with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        # Read-only. With no -wal file (the daemon is stopped, all is checkpointed)
+        # also "immutable", so that no -wal/-shm file is created (owned by
+        # whoever runs the command, which would lock the daemon's user out).
+        live = Path(f"{source}-wal").exists()
+        uri = f"{source.resolve().as_uri()}?mode=ro" + ("" if live else "&immutable=1")
+        with sqlite3.connect(uri, uri=True) as src, sqlite3.connect(target) as dst:
             src.backup(dst)
     except sqlite3.Error as err:
         raise StateError(f"cannot copy {source} for a dry run: {err}") from err
@@ -213,8 +218,11 @@ async def approve(config: Config, tenant_name: str, out: TextIO = sys.stdout) ->
 
 
 async def status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int:
-    """``m365sync status``: read the state database (works while the daemon runs)."""
-    async with open_stores(config, Metrics()) as stores:
+    """``m365sync status``: read the state database (works while the daemon runs).
+
+    It reads a copy: the real file is neither created (before the daemon's
+    first start) nor migrated nor written, whoever runs the command."""
+    async with open_stores(config, Metrics(), scratch_copy=True) as stores:
         reports = await status_module.collect(config, stores.store, stores.sync)
     if as_json:
         print(json.dumps(status_module.as_json(reports), indent=2), file=out)

@@ -105,3 +105,16 @@ async def test_settings_that_select_nobody_show_in_sync_status_and_explain(tmp_p
         upn = env.tenant.users.records[made.members[0]].data["userPrincipalName"]
         code, out, _ = await env.m365sync("explain", "--tenant", "contoso", upn)
         assert code == 0 and note in out
+
+
+async def test_status_creates_and_writes_nothing(live_env: LiveEnv) -> None:
+    state = live_env.tmp_path / "state.db"
+    code, out, err = await live_env.m365sync("status")
+    assert code == 0 and "contoso" in out and "last run: never" in out, out + err
+    assert not state.exists()  # no database before the daemon's first start
+    generate_tenant(live_env.tenant, users=3, photo_fraction=0)
+    await live_env.sync()
+    files = {p.name: p.stat().st_mtime_ns for p in live_env.tmp_path.glob("state.db*")}
+    code, out, _ = await live_env.m365sync("status", "--json")
+    assert code == 0 and '"result": "success"' in out
+    assert {p.name: p.stat().st_mtime_ns for p in live_env.tmp_path.glob("state.db*")} == files
