@@ -90,13 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     _config_argument(uris)
     uris.set_defaults(handler=_redirect_uris)
 
-    sync = add("sync", "run a sync in the foreground (with --once), or plan one (--dry-run)")
+    sync = add("sync", "run one sync in the foreground (--once), or only print its plan (--once --dry-run)")
     _config_argument(sync)
     sync.add_argument("--tenant", help="only this tenant (default: every enabled tenant)")
     sync.add_argument("--once", action="store_true", required=True, help="one run, then exit")
     sync.add_argument("--photos", action="store_true",
                       help="check every user's photo this run (otherwise each about once per photo_check_hours)")
-    sync.add_argument("--dry-run", action="store_true", help="print the plan; change nothing on the PBX or in the state")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="with --once: print the plan; change nothing on the PBX or in the state")
     sync.set_defaults(handler=_sync)
 
     explain = add("explain", "say why a user is or is not synced, their extension, last push and last error")

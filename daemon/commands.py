@@ -256,7 +256,8 @@ async def sync_now(config: Config, tenant_name: str, wait: bool, out: TextIO = s
                 async with session.get(f"{base}/api/tenants/{tenant.name}/runs/{run_id}", headers=headers) as response:
                     run = await response.json(content_type=None)
                 if run.get("state") == "finished":
-                    print(f"{tenant.name}: run {run_id}: {run.get('result')}; {run.get('counts', {})}", file=out)
+                    counts = ", ".join(f"{k} {v}" for k, v in sorted((run.get("counts") or {}).items())) or "no changes"
+                    print(f"{tenant.name}: run {run_id}: {run.get('result')}; {counts}", file=out)
                     return RESULT_EXIT_CODES.get(str(run.get("result")), 1)
                 await asyncio.sleep(SYNC_NOW_POLL_SECONDS)
     except (TimeoutError, aiohttp.ClientError) as err:
