@@ -44,8 +44,9 @@ def test_authorize_unknown_tenant_is_a_clear_error(write_config: WriteConfig, ca
     ("extra", "users", "expected"),
     [
         ("", 'enabled = true', ["User.Read.All"]),
-        ("", "enabled = false", ["User.Read"]),
+        ("", "enabled = false", ["User.Read.All"]),  # every run reads the users delta
         ('groups = ["11111111-2222-3333-4444-555555555555"]', "enabled = true", ["User.Read.All", "Group.Read.All"]),
+        ('groups = ["11111111-2222-3333-4444-555555555555"]', "enabled = false", ["User.Read.All", "Group.Read.All"]),
     ],
 )
 def test_delegated_scopes_are_the_minimum(write_config: WriteConfig, extra: str, users: str, expected: list[str]) -> None:
