@@ -51,6 +51,9 @@ async def test_explain_and_approve(live_env: LiveEnv) -> None:
     guest = made.guests[0]
     code, out, _ = await live_env.m365sync("explain", "--tenant", "contoso", guest)
     assert "guest account and users.sync_guest_users = false" in out and "PBX: not created" in out
+    if made.disabled:  # the reason first, then the rule that put them in scope
+        code, out, _ = await live_env.m365sync("explain", "--tenant", "contoso", made.disabled[0])
+        assert "rule: account disabled in Entra ID (in scope by ALL: every user)" in out
     code, out, _ = await live_env.m365sync("explain", "--tenant", "contoso", "nobody@contoso.example")
     assert code == 1 and "no such user" in out
     for user in made.members:

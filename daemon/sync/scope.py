@@ -75,8 +75,8 @@ def decide(
         decision = ScopeDecision(True, enabled, "EXCLUDE: not listed in selected_users")
     else:
         decision = ScopeDecision(True, enabled, "ALL: every user")
-    if not enabled:
-        return ScopeDecision(True, False, decision.rule + "; account disabled in Entra ID")
+    if not enabled:  # the reason first: what an operator reads as "why is this user not active?"
+        return ScopeDecision(True, False, f"account disabled in Entra ID (in scope by {decision.rule})")
     return decision
 
 
