@@ -170,9 +170,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    label = "error" if args.strict else "warning"  # --strict makes warnings errors, and says so
     for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"{label}: {warning}", file=sys.stderr)
     if args.strict and config.warnings:
+        print(f"{config.source}: invalid under --strict, {len(config.warnings)} problem(s)", file=sys.stderr)
         return 2
     print(f"{config.source}: valid, {len(config.tenants)} tenant(s)")
     for tenant in config.tenants:

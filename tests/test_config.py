@@ -212,6 +212,9 @@ def test_missing_secret_file_is_a_warning_and_strict_makes_it_an_error(
     assert main(["check-config", "--config", str(path)]) == 0
     assert "warning: tenants[0].pbx.token_file" in capsys.readouterr().err
     assert main(["check-config", "--strict", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: tenants[0].pbx.token_file" in err and "warning:" not in err
+    assert "invalid under --strict, 1 problem(s)" in err
 
 
 def test_relative_paths_resolve_against_the_config_directory(
