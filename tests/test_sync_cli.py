@@ -121,3 +121,14 @@ async def test_status_creates_and_writes_nothing(live_env: LiveEnv) -> None:
     code, out, _ = await live_env.m365sync("status", "--json")
     assert code == 0 and '"result": "success"' in out
     assert {p.name: p.stat().st_mtime_ns for p in live_env.tmp_path.glob("state.db*")} == files
+
+
+async def test_application_mode_gets_a_new_token_when_graph_refuses_the_cached_one(live_env: LiveEnv) -> None:
+    generate_tenant(live_env.tenant, users=3, photo_fraction=0)
+    code, out, _ = await live_env.sync()
+    assert code == 0 and "success" in out
+    live_env.idp.issued_access_tokens.clear()  # Graph no longer accepts the token in the cache
+    code, out, err = await live_env.sync()
+    assert code == 0 and "success" in out, out + err
+    code, out, _ = await live_env.m365sync("status")
+    assert "authorization: authorized" in out

@@ -262,6 +262,8 @@ class AuthManager:
                 ) from err
             try:
                 if tenant.auth_mode == "application":
+                    if force_refresh:  # Graph refused the cached token (401): MSAL would hand it out again
+                        await asyncio.to_thread(app.remove_tokens_for_client)
                     result = await asyncio.to_thread(app.acquire_token_for_client, application_scopes(tenant))
                 else:
                     accounts = await asyncio.to_thread(app.get_accounts)
