@@ -328,6 +328,9 @@ class _TopLevel(_Section):
     tenants: list[dict[str, Any]] = Field(default_factory=list)
 
 
+CALLBACK_PATH = "/api/auth/callback/ms365"  # where the browser flow ends (the PBX's documented path)
+
+
 @dataclass(frozen=True)
 class Config:
     """The validated configuration, plus the warnings found while loading it."""
@@ -383,6 +386,12 @@ def load_config(path: Path) -> Config:
         problems.append(ConfigProblem("tenants", "at least one [[tenants]] table is required"))
     if top is not None:
         problems.extend(_secret_file_problems(top.server, top.state, tenants))
+        if top.server.public_url is None and any(t.enabled and t.auth_mode == "delegated" for t in tenants):
+            problems.append(ConfigProblem(
+                "server.public_url",
+                f"not set, so the redirect URI is http://localhost:{top.server.port}{CALLBACK_PATH}, which only a "
+                "browser on this host reaches; set it to the https address admins open (the PBX portal's)",
+                is_warning=True))
     errors = [p for p in problems if not p.is_warning]
     if errors or top is None:
         raise ConfigError(errors)

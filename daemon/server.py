@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from daemon import status
-from daemon.auth.manager import CALLBACK_PATH, START_PATH, AuthManager, PageResult, admin_token_matches
+from daemon.auth.manager import START_PATH, AuthManager, PageResult, admin_token_matches
+from daemon.config import CALLBACK_PATH
 from daemon.health import TenantStatus
 from daemon.logging import get_logger
 from daemon.metrics import CONTENT_TYPE, Metrics

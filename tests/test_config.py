@@ -269,3 +269,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True, timeout=60
     )
+
+
+def test_a_delegated_tenant_without_public_url_is_warned_about(write_config: WriteConfig) -> None:
+    without = 'public_url = "https://pbx.example.com:8887"\n'
+    assert without in basic_config()
+    config = load_config(write_config(basic_config().replace(without, "")))
+    warning = next(w for w in config.warnings if w.path == "server.public_url")
+    assert "http://localhost:" in warning.message and "/api/auth/callback/ms365" in warning.message
+    application = tenant_toml(extra='auth_mode = "application"\nclient_secret_file = "pbx-token"')
+    config = load_config(write_config(basic_config(application).replace(without, "")))
+    assert all(w.path != "server.public_url" for w in config.warnings)

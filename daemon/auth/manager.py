@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from daemon.auth import pages, signing
 from daemon.auth.explain import DEAD_GRANT_CODES, AuthContext, AuthProblem, aadsts_code, admin_consent_url, explain
 from daemon.auth.scopes import application_scopes, delegated_scopes
-from daemon.config import Config, ServerConfig, TenantConfig, read_secret
+from daemon.config import CALLBACK_PATH, Config, ServerConfig, TenantConfig, read_secret
 from daemon.errors import AuthorityNotFound, AuthorizationRequired, ConfigError, GraphUnavailable
 from daemon.graph.clouds import authority_url
 from daemon.logging import get_logger
@@ -48,7 +48,6 @@ log = get_logger(__name__)
 LINK_LIFETIME_SECONDS = 15 * 60
 FLOW_LIFETIME_SECONDS = 15 * 60
 SIGNING_KEY_NAME = "auth-signing-key"
-CALLBACK_PATH = "/api/auth/callback/ms365"
 START_PATH = "/api/auth/start/ms365"
 
 AUTHORIZED = "authorized"
