@@ -123,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     status_cmd.add_argument("--json", action="store_true", help="print JSON (as GET /api/status)")
     status_cmd.set_defaults(handler=_status)
 
+    schemas = add("pbx-schemas", "write VeloPBX's SCIM schemas and resource types (for the PBX's admin) to a folder")
+    schemas.add_argument("--out", type=Path, default=Path("."), help="the folder (default: the current one)")
+    schemas.set_defaults(handler=_pbx_schemas)
+
     demo = add("demo", "sync a fake 200-user tenant into a real SCIM server on this machine, then keep serving")
     demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where the demo keeps its files (default .demo)")
     demo.add_argument("--users", type=int, default=200, help="size of the fake tenant")
@@ -269,6 +273,21 @@ def _sync_now(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     return int(asyncio.run(_commands().status(load_config(args.config), args.json)))
+
+
+def _pbx_schemas(args: argparse.Namespace) -> int:
+    from daemon.pbx.schema import SCHEMA_FILES, schema_file
+
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name in SCHEMA_FILES:
+            target = args.out / name
+            shutil.copyfile(schema_file(name), target)
+            print(target)
+    except OSError as err:
+        print(f"m365sync: error: cannot write to {args.out}: {err.strerror}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

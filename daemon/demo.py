@@ -64,10 +64,10 @@ async def run_demo(workdir: Path, exit_after: bool, users: int, out: TextIO) -> 
                 run = await response.json()
         await print_second_sync(service, run, out)
         print(f"\nScripted part took {time.monotonic() - started:.1f} s.", file=out)
-        print(f"\nStatus page: {base}/  (user any, password: the token in {workdir / 'admin-token'})", file=out)
-        print(f"Metrics:     {base}/metrics", file=out)
-        print(f"Readiness:   {base}/readyz", file=out)
-        if not exit_after:
+        if not exit_after:  # with --exit the server stops now: no addresses that are about to go dead
+            print(f"\nStatus page: {base}/  (user any, password: the token in {workdir / 'admin-token'})", file=out)
+            print(f"Metrics:     {base}/metrics", file=out)
+            print(f"Readiness:   {base}/readyz", file=out)
             print("Press Ctrl-C to stop.", file=out, flush=True)
             await _wait_for_interrupt()
         return 0 if run.get("result") == "success" else 1

@@ -1,7 +1,7 @@
 """A real SCIM server as the PBX of the tests and the demo.
 
 ``scim2-server`` (PyPI) runs as a subprocess on a free loopback port, loaded
-with VeloPBX's schemas and resource types from ``contrib/scim/``. It enforces
+with VeloPBX's schemas and resource types (``daemon/pbx/schemas/``, linked from ``contrib/scim/``). It enforces
 uniqueness, ETags, PATCH, filtering and bulk on its own, so the daemon's
 SCIM client is proved against an independent implementation. Its access log
 (stderr) is parsed into a request log.
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CONTRIB_SCIM = Path(__file__).resolve().parent.parent / "contrib" / "scim"
+from daemon.pbx.schema import schema_file
+
 START_TIMEOUT_SECONDS = 30.0
 _ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
 
@@ -45,14 +46,14 @@ class ScimServer:
     def __init__(
         self,
         token: str = "pbx-test-token",
-        schemas: Path = CONTRIB_SCIM / "schemas.json",
-        resource_types: Path = CONTRIB_SCIM / "resource-types.json",
+        schemas: Path | None = None,
+        resource_types: Path | None = None,
         service_provider_config: dict[str, Any] | None = None,
         dynamic_tenants: bool = True,
     ) -> None:
         self.token = token
-        self.schemas = schemas
-        self.resource_types = resource_types
+        self.schemas = schemas or schema_file("schemas.json")
+        self.resource_types = resource_types or schema_file("resource-types.json")
         self.service_provider_config = service_provider_config
         self.dynamic_tenants = dynamic_tenants
         self.port = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -27,3 +29,12 @@ EXTENSION_NUMBER_PATHS: dict[str, str] = {
     "User": f"{PBX_USER}:extensionNumber",
     "Group": f"{PBX_GROUP}:extensionNumber",
 }
+
+
+SCHEMA_FILES = ("schemas.json", "resource-types.json")
+
+
+def schema_file(name: str) -> Path:
+    """VeloPBX's SCIM schemas and resource types, shipped in the package (what a
+    PBX serves at /Schemas and /ResourceTypes; ``contrib/scim/`` links to them)."""
+    return Path(str(resources.files("daemon.pbx").joinpath("schemas", name)))
