@@ -29,12 +29,12 @@ def test_exposure_is_at_most_2() -> None:
 
 def test_verify_prints_nothing(tmp_path: Path) -> None:
     """`systemd-analyze verify` checks ExecStart exists, so the installed
-    console script stands in for /usr/local/bin/m365sync; nothing else changes."""
+    console script stands in for /opt/m365sync/bin/m365sync; nothing else changes."""
     analyze = require_tool("systemd-analyze", "systemd")
     script = shutil.which("m365sync", path=str(Path(sys.executable).parent))
     assert script is not None
     unit = tmp_path / "m365sync.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/m365sync", script))
+    unit.write_text(UNIT.read_text().replace("/opt/m365sync/bin/m365sync", script))
     result = subprocess.run(
         [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=120
     )
@@ -52,4 +52,4 @@ def test_unit_declares_what_the_daemon_relies_on() -> None:
         "UMask=0077",
     ):
         assert re.search(rf"^{re.escape(line)}", text, re.MULTILINE), line
-    assert "ExecStart=/usr/local/bin/m365sync run --config /etc/m365sync/config.toml" in text
+    assert "ExecStart=/opt/m365sync/bin/m365sync run --config /etc/m365sync/config.toml" in text
