@@ -119,6 +119,11 @@ class Metrics:
             "m365sync_next_run_timestamp_seconds", "Unix time of the next scheduled run.", ["tenant"],
             registry=self.registry,
         )
+        self.schedule_interval = Gauge(
+            "m365sync_schedule_interval_seconds",
+            "Seconds between the tenant's next two scheduled runs (for 'no success for two intervals' alerts).",
+            ["tenant"], registry=self.registry,
+        )
         self.deprovisions_held = Gauge(
             "m365sync_deprovisions_held",
             "Disables and deletes held by the mass-deletion guard, waiting for m365sync approve.",

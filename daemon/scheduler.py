@@ -48,6 +48,11 @@ def next_run_after(tenant: TenantConfig, moment: float) -> float:
     return following.timestamp()
 
 
+def schedule_interval(tenant: TenantConfig, next_run: float) -> float:
+    """Seconds from the next scheduled run to the one after it."""
+    return next_run_after(tenant, next_run) - next_run
+
+
 @dataclass
 class RunProgress:
     """What ``GET /api/tenants/{name}/runs/{id}`` shows while a run is going."""

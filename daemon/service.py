@@ -31,6 +31,7 @@ from daemon.scheduler import (
     RunProgress,
     SchedulerClock,
     TenantSchedule,
+    schedule_interval,
 )
 from daemon.sdnotify import Notifier
 from daemon.server import build_app
@@ -201,6 +202,9 @@ class Service:
 
     async def _next_run(self, tenant: str, when: float) -> None:
         self.metrics.next_run.labels(tenant).set(when)
+        config = next((t for t in self.config.tenants if t.name == tenant), None)
+        if config is not None:
+            self.metrics.schedule_interval.labels(tenant).set(schedule_interval(config, when))
         await self.sync_store.set_value(tenant, NEXT_RUN_KEY, repr(when))
 
     def _poller_for(self, tenant: TenantConfig) -> Callable[[], Awaitable[None]]:
