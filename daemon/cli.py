@@ -123,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     status_cmd.add_argument("--json", action="store_true", help="print JSON (as GET /api/status)")
     status_cmd.set_defaults(handler=_status)
 
+    init = add("init", "create the configuration folder: a config from the example and a random admin token")
+    init.add_argument("--dir", type=Path, default=Path("/etc/m365sync"), help="the folder (default /etc/m365sync)")
+    init.add_argument("--group", default="m365sync", help="the daemon's group, which may read the files (default m365sync)")
+    init.set_defaults(handler=_init)
+
     schemas = add("pbx-schemas", "write VeloPBX's SCIM schemas and resource types (for the PBX's admin) to a folder")
     schemas.add_argument("--out", type=Path, default=Path("."), help="the folder (default: the current one)")
     schemas.set_defaults(handler=_pbx_schemas)
@@ -273,6 +278,12 @@ def _sync_now(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     return int(asyncio.run(_commands().status(load_config(args.config), args.json)))
+
+
+def _init(args: argparse.Namespace) -> int:
+    from daemon.setup import init_config_dir
+
+    return init_config_dir(args.dir, args.group, sys.stdout)
 
 
 def _pbx_schemas(args: argparse.Namespace) -> int:
