@@ -50,6 +50,8 @@ def test_the_built_wheel_runs_the_demo_and_hands_out_the_schemas_from_another_di
     assert schemas.returncode == 0, schemas.stderr
     for name in ("schemas.json", "resource-types.json"):
         assert (elsewhere / "handed-out" / name).read_bytes() == (repo / "contrib" / "scim" / name).read_bytes()
+    init = subprocess.run([m365sync, "init", "--dir", "etc"], cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0 and (elsewhere / "etc" / "config.toml").is_file(), init.stdout + init.stderr
     demo = subprocess.run([m365sync, "demo", "--exit"], cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "Second sync (success)" in demo.stdout and "Traceback" not in demo.stderr
