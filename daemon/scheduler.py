@@ -94,6 +94,8 @@ class TenantSchedule:
         self.recent: dict[str, RunProgress] = {}
         self.next_run: float | None = None
         self._wake = asyncio.Event()
+        self._reschedule = asyncio.Event()
+        self._retiring = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -105,6 +107,19 @@ class TenantSchedule:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+
+    def reschedule(self, tenant: TenantConfig) -> None:
+        """New settings (a reload): the next due time is computed again; this starts no run."""
+        self.tenant = tenant
+        self._reschedule.set()
+
+    async def retire(self) -> None:
+        """Stop scheduling; a run in progress finishes first (a reload never drops it)."""
+        self._retiring = True
+        self.queued = None
+        if self.current is not None:
+            await self.current.finished.wait()
+        await self.stop()
 
     def request(self, trigger: str) -> str:
         """Ask for a run now; returns its id. During a run, exactly one more is queued."""
@@ -128,28 +143,33 @@ class TenantSchedule:
         return self.recent.get(run_id)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._retiring:
             if self.queued is None:
-                await self._wait_for_due_time()
+                if not await self._wait_for_due_time():
+                    continue  # rescheduled: compute the due time again
                 if self.queued is None:
                     self.queued = RunProgress(_new_id(), "schedule")
             run, self.queued = self.queued, None
             self._wake.clear()
             await self._execute(run)
 
-    async def _wait_for_due_time(self) -> None:
+    async def _wait_for_due_time(self) -> bool:
+        """Until the next due time or a request; False when the settings changed first."""
         now = self.clock.time()
         self.next_run = next_run_after(self.tenant, now)
         if self.on_next_run is not None:
             await self.on_next_run(self.tenant.name, self.next_run)
         timer = asyncio.ensure_future(self.clock.sleep(max(0.0, self.next_run - now)))
         waker = asyncio.ensure_future(self._wake.wait())
+        rescheduled = asyncio.ensure_future(self._reschedule.wait())
         try:
-            await asyncio.wait({timer, waker}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({timer, waker, rescheduled}, return_when=asyncio.FIRST_COMPLETED)
+            return not (rescheduled.done() and not timer.done() and not waker.done())
         finally:
-            for task in (timer, waker):
+            for task in (timer, waker, rescheduled):
                 task.cancel()
-            await asyncio.gather(timer, waker, return_exceptions=True)
+            await asyncio.gather(timer, waker, rescheduled, return_exceptions=True)
+            self._reschedule.clear()
 
     async def _execute(self, run: RunProgress) -> None:
         self.current = run

@@ -23,6 +23,7 @@ from daemon.health import TenantStatus, tenant_status
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.progress import ProgressLog
+from daemon.reload import reload_config
 from daemon.retry import GraphBudget
 from daemon.scheduler import (
     DEFAULT_RUN_TIMEOUT_SECONDS,
@@ -133,14 +134,7 @@ class Service:
         if self.schedule:
             for tenant in self.config.tenants:
                 if tenant.enabled:
-                    schedule = TenantSchedule(tenant, self._runner_for(tenant), self.clock, self.run_timeout, self._next_run)
-                    self.schedules[tenant.name] = schedule
-                    schedule.start()
-                    if tenant.events.enabled:
-                        loop = PollLoop(f"calendar-{tenant.name}", tenant.events.poll_seconds, self._poller_for(tenant),
-                                        self.clock, self.metrics.calendar_polls_skipped.labels(tenant.name).inc)
-                        self.polls[tenant.name] = loop
-                        loop.start()
+                    self.start_tenant(tenant)
         self.notifier.notify("READY=1\nSTATUS=serving")
         self._watchdog = asyncio.create_task(self.notifier.watchdog(), name="sd-watchdog")
         statuses = await self.tenant_statuses()
@@ -207,13 +201,37 @@ class Service:
             self.metrics.schedule_interval.labels(tenant).set(schedule_interval(config, when))
         await self.sync_store.set_value(tenant, NEXT_RUN_KEY, repr(when))
 
+    def start_tenant(self, tenant: TenantConfig) -> None:
+        """Schedule a tenant's runs (a start-up run first) and its calendar polls."""
+        schedule = TenantSchedule(tenant, self._runner_for(tenant), self.clock, self.run_timeout, self._next_run)
+        self.schedules[tenant.name] = schedule
+        schedule.start()
+        self.start_polls(tenant)
+
+    def start_polls(self, tenant: TenantConfig) -> None:
+        if tenant.events.enabled:
+            loop = PollLoop(f"calendar-{tenant.name}", tenant.events.poll_seconds, self._poller_for(tenant),
+                            self.clock, self.metrics.calendar_polls_skipped.labels(tenant.name).inc)
+            self.polls[tenant.name] = loop
+            loop.start()
+
+    async def stop_polls(self, name: str) -> None:
+        poll = self.polls.pop(name, None)
+        if poll is not None:
+            await poll.stop()
+
+    def current(self, tenant: TenantConfig) -> TenantConfig:
+        """The tenant's settings as configured now (a reload may have changed them)."""
+        return next((t for t in self.config.tenants if t.name == tenant.name), tenant)
+
     def _poller_for(self, tenant: TenantConfig) -> Callable[[], Awaitable[None]]:
         async def poll() -> None:
+            tenant_now = self.current(tenant)
             row = await self.store.tenant(tenant.name)
-            if tenant.auth_mode == "delegated" and (row is None or row.auth_state != AUTHORIZED):
+            if tenant_now.auth_mode == "delegated" and (row is None or row.auth_state != AUTHORIZED):
                 return
             assert self.auth is not None and self._session is not None
-            runner = TenantRunner(tenant, self.store, self.sync_store, self.auth, self._session, self.metrics,
+            runner = TenantRunner(tenant_now, self.store, self.sync_store, self.auth, self._session, self.metrics,
                                   budget=self.budgets.setdefault(tenant.name, GraphBudget()))
             try:
                 report = await runner.poll_calendar()
@@ -229,7 +247,7 @@ class Service:
 
     def _runner_for(self, tenant: TenantConfig) -> RunFunction:
         async def run(trigger: str, run_id: str, progress: RunProgress) -> str:
-            return await self.run_tenant(tenant, trigger, run_id, progress)
+            return await self.run_tenant(self.current(tenant), trigger, run_id, progress)
 
         return run
 
@@ -278,15 +296,24 @@ class Service:
         self._stop.set()
 
     async def serve_until_stopped(self) -> None:
-        """Run until SIGTERM or SIGINT (or :meth:`request_stop`), then shut down."""
+        """Run until SIGTERM or SIGINT (or :meth:`request_stop`), then shut down;
+        SIGHUP (``systemctl reload``) re-reads the configuration."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_hangup() -> None:
+            task = asyncio.ensure_future(reload_config(self))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         try:
             await self.start()
             await self._stop.wait()
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             await self.stop()
             log.info("m365sync stopped")

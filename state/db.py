@@ -8,6 +8,7 @@ each applied together with its version bump in one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
@@ -58,6 +59,10 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        # One connection serves every task (tenants' runs, calendar polls, HTTP
+        # handlers, a reload): transactions take turns, or two tasks' BEGINs
+        # would meet on it ("cannot start a transaction within a transaction").
+        self._turn = asyncio.Lock()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -65,6 +70,12 @@ class Database:
 
         A driver error (``disk I/O error``, ``database or disk is full``) becomes
         :class:`StateWriteFailed`, so a run ends with a reason, not a traceback."""
+        async with self._turn:
+            async with self._immediate() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _immediate(self) -> AsyncIterator[aiosqlite.Connection]:
         try:
             await self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:

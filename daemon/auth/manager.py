@@ -233,6 +233,10 @@ class AuthManager:
             self.on_authorized(tenant.name)
         return PageResult(200, pages.success_page(tenant.name, owner, tenant.directory_id), tenant.name)
 
+    def forget_app(self, tenant_name: str) -> None:
+        """Build the tenant's MSAL app again next time (its settings changed)."""
+        self._apps.pop(tenant_name, None)
+
     # --- tokens ---
 
     def token_provider(self, tenant_name: str) -> Callable[..., Any]:
