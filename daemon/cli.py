@@ -123,6 +123,16 @@ def _parser() -> argparse.ArgumentParser:
     status_cmd.add_argument("--json", action="store_true", help="print JSON (as GET /api/status)")
     status_cmd.set_defaults(handler=_status)
 
+    disconnect = add("disconnect", "stop syncing a tenant and forget its authorization (and, with --deprovision, "
+                                   "undo what it made on the PBX)")
+    _config_argument(disconnect)
+    disconnect.add_argument("--tenant", required=True)
+    disconnect.add_argument("--deprovision", action="store_true",
+                            help="first disable its users and delete its groups and contacts on the PBX (through the "
+                                 "mass-deletion guard)")
+    disconnect.add_argument("--delete", action="store_true", help="with --deprovision: delete its users instead")
+    disconnect.set_defaults(handler=_disconnect)
+
     init = add("init", "create the configuration folder: a config from the example and a random admin token")
     init.add_argument("--dir", type=Path, default=Path("/etc/m365sync"), help="the folder (default /etc/m365sync)")
     init.add_argument("--group", default="m365sync", help="the daemon's group, which may read the files (default m365sync)")
@@ -278,6 +288,15 @@ def _sync_now(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     return int(asyncio.run(_commands().status(load_config(args.config), args.json)))
+
+
+def _disconnect(args: argparse.Namespace) -> int:
+    from daemon.disconnect import disconnect
+
+    if args.delete and not args.deprovision:
+        print("m365sync: error: --delete goes with --deprovision", file=sys.stderr)
+        return 2
+    return asyncio.run(disconnect(load_config(args.config), args.tenant, args.deprovision, args.delete))
 
 
 def _init(args: argparse.Namespace) -> int:

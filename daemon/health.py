@@ -37,7 +37,9 @@ def tenant_status(tenant: TenantConfig, row: TenantRow | None, config_file: str)
     state = row.auth_state if row is not None else "authorization_required"
     if state != AUTHORIZED:
         command = f"m365sync authorize --config {config_file} --tenant {tenant.name}"
-        if state == "reauthorization_required":
+        if state == "disconnected":
+            detail = f"disconnected with m365sync disconnect; to resume, run: {command}"
+        elif state == "reauthorization_required":
             reason = f" ({row.auth_reason})" if row is not None and row.auth_reason else ""
             detail = f"the stored authorization no longer works{reason}; run: {command}"
         elif tenant.auth_mode == "application":

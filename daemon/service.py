@@ -330,6 +330,10 @@ class Service:
         ]
         for tenant_state in statuses:
             self.metrics.tenant_ready.labels(tenant=tenant_state.tenant).set(1 if tenant_state.ready else 0)
+        configured = {t.name for t in self.config.tenants}
+        statuses += [TenantStatus(name, False, False, "not_in_config",
+                                  f"no longer in the configuration; its state stays until: m365sync disconnect --tenant {name}")
+                     for name in sorted(rows) if name not in configured]
         return statuses
 
 

@@ -30,6 +30,7 @@ class TenantReport:
     unreadable_calendars: list[str] = field(default_factory=list)
     unreadable_mailboxes: list[str] = field(default_factory=list)
     selects_nobody: list[str] = field(default_factory=list)  # from the last run: settings that match no one
+    leftover: bool = False  # no longer in the configuration; its state stays until disconnected
 
 
 async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs: dict[str, float] | None = None) -> list[TenantReport]:
@@ -74,6 +75,11 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             unreadable_mailboxes=unreadable["mailboxes"],
             selects_nobody=list(run.summary.get("selects_nobody", [])) if run is not None else [],
         ))
+    configured = {t.name for t in config.tenants}
+    for name, row in sorted(rows.items()):
+        if name not in configured:
+            reports.append(TenantReport(tenant=name, enabled=False, auth_state=row.auth_state, auth_owner=row.auth_owner,
+                                        auth_reason=row.auth_reason, last_run=None, next_run=None, leftover=True))
     return reports
 
 
@@ -88,6 +94,10 @@ def _when(moment: float | None) -> str:
 def as_text(reports: list[TenantReport]) -> str:
     lines = []
     for r in reports:
+        if r.leftover:
+            lines.append(f"{r.tenant} (not in the configuration; its state stays until: "
+                         f"m365sync disconnect --tenant {r.tenant})")
+            continue
         lines.append(f"{r.tenant}{'' if r.enabled else ' (disabled)'}")
         owner = f" as {r.auth_owner}" if r.auth_owner else ""
         reason = f" ({r.auth_reason})" if r.auth_reason else ""
@@ -118,6 +128,11 @@ def as_text(reports: list[TenantReport]) -> str:
 def as_html(reports: list[TenantReport], refresh_seconds: int = 30) -> str:
     sections = []
     for r in reports:
+        if r.leftover:
+            sections.append(f"<section class='tenant leftover' id='tenant-{escape(r.tenant)}'><h2>{escape(r.tenant)}</h2>"
+                            "<p>Not in the configuration; its state stays until "
+                            f"<code>m365sync disconnect --tenant {escape(r.tenant)}</code>.</p></section>")
+            continue
         run = r.last_run
         run_text = "never"
         if run:

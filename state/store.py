@@ -106,6 +106,11 @@ class Store:
                 (state, owner, reason, self.clock(), tenant),
             )
 
+    async def forget_tenant(self, tenant: str) -> None:
+        """Everything kept for a tenant goes (every table refers to it ON DELETE CASCADE)."""
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM tenants WHERE name = ?", (tenant,))
+
     async def drop_token_cache(self, tenant: str) -> None:
         async with self.db.transaction() as conn:
             await conn.execute("DELETE FROM token_cache WHERE tenant = ?", (tenant,))

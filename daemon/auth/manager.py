@@ -53,7 +53,8 @@ START_PATH = "/api/auth/start/ms365"
 AUTHORIZED = "authorized"
 AUTHORIZATION_REQUIRED = "authorization_required"
 REAUTHORIZATION_REQUIRED = "reauthorization_required"
-AUTH_STATES = (AUTHORIZED, AUTHORIZATION_REQUIRED, REAUTHORIZATION_REQUIRED)
+DISCONNECTED = "disconnected"  # m365sync disconnect: no runs until authorized again
+AUTH_STATES = (AUTHORIZED, AUTHORIZATION_REQUIRED, REAUTHORIZATION_REQUIRED, DISCONNECTED)
 
 
 @dataclass(frozen=True)

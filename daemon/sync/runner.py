@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from daemon.auth.manager import AuthManager
+from daemon.auth.manager import DISCONNECTED, AuthManager
 from daemon.clock import SystemClock
 from daemon.config import TenantConfig, read_secret
 from daemon.errors import AuthorizationRequired, M365SyncError
@@ -95,7 +95,10 @@ class TenantRunner:
                          ssl_context=client_ssl_context(self.tenant.ca_file), clock=self.clock, budget=self.budget)
 
     async def poll_calendar(self) -> CalendarReport:
-        """One calendar poll (the busy windows), outside the sync runs."""
+        """One calendar poll (the busy windows), outside the sync runs; none for a disconnected tenant."""
+        row = await self.store.tenant(self.tenant.name)
+        if row is not None and row.auth_state == DISCONNECTED:
+            return CalendarReport()
         graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(self.tenant.name))
         pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
         report = CalendarReport()
@@ -127,6 +130,12 @@ class TenantRunner:
         if holder is not None:
             message = f"another m365sync process ({holder}) is syncing tenant {name}; try again when it finishes"
             return RunResult(run_id, name, "busy", RunReport(result="busy", error=message))
+        row = await self.store.tenant(name)
+        if row is not None and row.auth_state == DISCONNECTED:
+            if not self.dry_run:
+                await _quietly(self.sync_store.unlock(name, LOCK_OWNER), "could not release the run lock")
+            message = f"tenant {name} was disconnected; authorize it again to resume: m365sync authorize --tenant {name}"
+            return RunResult(run_id, name, "disconnected", RunReport(result="disconnected", error=message))
         try:
             return await self._recorded_run(trigger, progress, run_id)
         finally:
