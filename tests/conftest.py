@@ -103,7 +103,7 @@ format = "console"
 def require_tool(name: str, package: str) -> str:
     """The path of a system tool; skipped on a developer machine without it,
     a failure under CI (which installs it), so CI can never pass by skipping."""
-    path = shutil.which(name)
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")  # nginx lives in sbin
     if path is None:
         message = f"{name} is not installed (Debian package {package})"
         if os.environ.get("CI"):
