@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from daemon.sync.plan_users import settings_fingerprint
 from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
 from daemon.sync.scope import decide, matches, sso_flags
 from state.db import Database, open_database
-from state.sealing import Sealer
+from state.sealing import Sealer, key_material
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -42,9 +43,13 @@ class Stores:
     auth: AuthManager
 
 
-def sealer_for(config: Config) -> Sealer:
-    key_file = config.state.encryption_key_file
-    return Sealer(read_secret(key_file).encode() if key_file is not None else None)
+def sealer_for(config: Config, environ: Mapping[str, str] | None = None, *, create: bool = True) -> Sealer:
+    """The sealer of the state's secrets (see ``state.sealing`` for where its key comes from)."""
+    configured = config.state.encryption_key_file
+    if configured is not None:
+        read_secret(configured)  # the same checks (mode, readable) as every secret file
+    return Sealer(key_material(configured, config.state.path, os.environ if environ is None else environ,
+                               create=create))
 
 
 @asynccontextmanager
@@ -63,7 +68,8 @@ async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = 
         store = Store(db)
         for tenant in config.tenants:
             await store.register_tenant(tenant.name, tenant.directory_id, tenant.application_id)
-        yield Stores(db, store, SyncStore(db), AuthManager(config, store, metrics, sealer_for(config)))
+        sealer = sealer_for(config, create=not scratch_copy)  # a dry run or status never creates the key
+        yield Stores(db, store, SyncStore(db), AuthManager(config, store, metrics, sealer))
     finally:
         await db.close()
         if scratch is not None:

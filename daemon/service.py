@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,6 +18,7 @@ from aiohttp import web
 from daemon import status
 from daemon.auth.manager import AUTHORIZED, AuthManager
 from daemon.clock import SystemClock
+from daemon.commands import sealer_for
 from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import ConfigError, M365SyncError
 from daemon.health import TenantStatus, tenant_status
@@ -39,7 +41,6 @@ from daemon.server import build_app
 from daemon.status import NEXT_RUN_KEY, TenantReport
 from daemon.sync.runner import TenantRunner
 from state.db import Database, open_database
-from state.sealing import Sealer
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -62,6 +63,7 @@ class Service:
     ) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.notifier = Notifier(environ)
         self.schedule = schedule
         self.clock: SchedulerClock = clock or SystemClock()
@@ -98,7 +100,7 @@ class Service:
         self._store = Store(self._db)
         self._sync_store = SyncStore(self._db)
         self.auth = AuthManager(
-            self.config, self._store, self.metrics, _sealer(self.config), on_authorized=self.request_sync
+            self.config, self._store, self.metrics, sealer_for(self.config, self.environ), on_authorized=self.request_sync
         )
         for tenant in self.config.tenants:
             changed = await self._store.register_tenant(
@@ -335,11 +337,6 @@ class Service:
                                   f"no longer in the configuration; its state stays until: m365sync disconnect --tenant {name}")
                      for name in sorted(rows) if name not in configured]
         return statuses
-
-
-def _sealer(config: Config) -> Sealer:
-    key_file = config.state.encryption_key_file
-    return Sealer(read_secret(key_file).encode() if key_file is not None else None)
 
 
 def _admin_token(config: Config) -> str | None:

@@ -131,7 +131,8 @@ async def verifiers(env: AuthEnv) -> set[str]:
     found = set()
     async with env.service.store.db.conn.execute("SELECT data FROM auth_attempts WHERE purpose = 'flow'") as cursor:
         for (data,) in await cursor.fetchall():
-            flow = json.loads(bytes(data))["flow"]
+            assert env.service.auth is not None  # attempts are sealed at rest: open them as the daemon does
+            flow = json.loads(env.service.auth.sealer.open(bytes(data)))["flow"]
             if "code_verifier" in flow:
                 found.add(flow["code_verifier"])
     return found

@@ -181,3 +181,22 @@ async def test_runs_are_recorded(tmp_path: Path) -> None:
         assert await store.last_run("other") is None
     finally:
         await db.close()
+
+
+def test_the_state_key_comes_from_the_config_then_a_credential_then_a_file_beside_the_database(tmp_path: Path) -> None:
+    from state.sealing import key_material
+
+    state = tmp_path / "var" / "state.db"
+    assert key_material(None, state, {}, create=False) is None  # status and dry runs never create it
+    assert not (tmp_path / "var" / "state.db.key").exists()
+    key = key_material(None, state, {}, create=True)
+    key_file = tmp_path / "var" / "state.db.key"
+    assert key is not None and len(key) >= 43 and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_material(None, state, {}, create=True) == key  # made once, then read
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "state-key").write_bytes(b"from-systemd\n")
+    assert key_material(None, state, {"CREDENTIALS_DIRECTORY": str(credentials)}, create=True) == b"from-systemd"
+    configured = tmp_path / "configured-key"
+    configured.write_bytes(b"from-the-config")
+    assert key_material(configured, state, {"CREDENTIALS_DIRECTORY": str(credentials)}, create=True) == b"from-the-config"

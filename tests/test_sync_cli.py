@@ -132,3 +132,15 @@ async def test_application_mode_gets_a_new_token_when_graph_refuses_the_cached_o
     assert code == 0 and "success" in out, out + err
     code, out, _ = await live_env.m365sync("status")
     assert "authorization: authorized" in out
+
+
+async def test_tokens_are_sealed_at_rest_by_default(live_env: LiveEnv) -> None:
+    generate_tenant(live_env.tenant, users=2, photo_fraction=0)
+    code, _, _ = await live_env.sync()
+    assert code == 0
+    key = live_env.tmp_path / "state.db.key"
+    assert key.is_file() and key.stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(live_env.tmp_path / "state.db") as db:
+        (cache,) = db.execute("SELECT cache FROM token_cache").fetchone()
+    assert bytes(cache).startswith(b"fernet:") and b"access_token" not in bytes(cache).lower()
+    assert not any(token.encode() in bytes(cache) for token in live_env.idp.issued_access_tokens)
