@@ -8,8 +8,11 @@ ARGS ?=
 .PHONY: demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
+	@echo "Creating $(VENV) and installing m365sync with its test and demo extras (once; about a minute)..."
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --editable '.[test,demo]'
+	@{ $(BIN)/pip install --progress-bar off --editable '.[test,demo]' 2>&1; echo $$? > $(VENV)/.pip-status; } \
+		| grep -E '^(Collecting|Successfully|ERROR)' || true
+	@test "$$(cat $(VENV)/.pip-status)" = 0 || { echo "pip failed; run $(BIN)/pip install -e '.[test,demo]' to see why"; exit 1; }
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -68,7 +68,8 @@ class FakeWorld:
         try:
             import trustme
         except ModuleNotFoundError as err:  # the demo extra is not installed
-            raise RuntimeError("the demo needs trustme and scim2-server: pip install 'm365sync[demo]'") from err
+            raise RuntimeError("the demo needs the demo extra (trustme, scim2-server): from a checkout, make demo; "
+                               "or pip install '.[demo]' there, or the wheel with [demo]") from err
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         ca = trustme.CA()
         ca_file = self.workdir / "fake-entra-ca.pem"

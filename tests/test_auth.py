@@ -187,7 +187,10 @@ async def test_unknown_directory_suggests_another_cloud(auth_env: AuthEnv) -> No
     del auth_env.idp.tenants[DIRECTORY]
     async with aiohttp.ClientSession() as session:
         status, page, _ = await auth_env.fetch(session, await auth_env.service.auth.issue_start_link("contoso"))
-    assert status == 400 and "AADSTS90002" in page and "national_cloud = &quot;CHINA&quot;" in page
+    assert status == 400 and "AADSTS90002" in page
+    for cloud in ("CHINA", "USGOV", "USGOV_DOD"):  # every other national cloud is suggested, with its sign-in host
+        assert f"&quot;{cloud}&quot; (login." in page
+    assert "&quot;GLOBAL&quot;" not in page
     assert f"{auth_env.idp_url}/{DIRECTORY}" in page
 
 

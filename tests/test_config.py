@@ -280,3 +280,13 @@ def test_a_delegated_tenant_without_public_url_is_warned_about(write_config: Wri
     application = tenant_toml(extra='auth_mode = "application"\nclient_secret_file = "pbx-token"')
     config = load_config(write_config(basic_config(application).replace(without, "")))
     assert all(w.path != "server.public_url" for w in config.warnings)
+
+
+def test_the_readmes_check_config_sample_is_what_the_program_prints(write_config: WriteConfig,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (REPO / "README.md").read_text()
+    sample = readme.split("prints every problem at once, each with its field path, and exits 2:\n\n```\n", 1)[1]
+    sample = sample.split("```", 1)[0]
+    path = write_config(basic_config(tenant_toml(users='starting_extension_number = "0100"\nsyncc_photo = true')))
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert capsys.readouterr().err == sample

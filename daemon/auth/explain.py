@@ -100,7 +100,8 @@ def explain(error: str | None, description: str | None, context: AuthContext) ->
             ),
         )
     if code == "90002" or error in ("invalid_tenant", "tenant_not_found"):
-        other = "CHINA" if tenant.national_cloud == "GLOBAL" else "GLOBAL"
+        others = ", ".join(f'"{name}" ({cloud.authority_host})' for name, cloud in CLOUDS.items()
+                           if name != tenant.national_cloud)
         return AuthProblem(
             "AADSTS90002",
             "Tenant not found in this cloud",
@@ -108,7 +109,8 @@ def explain(error: str | None, description: str | None, context: AuthContext) ->
             f"(national_cloud = {tenant.national_cloud}, whose sign-in host is "
             f"{CLOUDS[tenant.national_cloud].authority_host}).",
             (
-                f"Check directory_id, and whether the tenant lives in another cloud: try national_cloud = \"{other}\".",
+                f"Check directory_id, and whether the tenant lives in another national cloud: national_cloud = "
+                f"{others}; the Entra admin center you registered the app in tells which.",
             ),
         )
     if error == "access_denied" or code == "65004":
