@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import os
 import re
 import stat
 import tomllib
@@ -58,12 +59,25 @@ _M = typing.TypeVar("_M", bound=BaseModel)
 # --- value validators: each raises ValueError with the operator's message ---
 
 
+CREDENTIAL_PREFIX = "credential:"
+# Where systemd puts the unit's credentials (LoadCredential=, LoadCredentialEncrypted=)
+# when $CREDENTIALS_DIRECTORY is not set, e.g. for an admin's m365sync status.
+SERVICE_CREDENTIALS = Path("/run/credentials/m365sync.service")
+
+
 def _resolve_path(value: object, info: ValidationInfo) -> object:
-    """Turn a string into a path relative to the config file's directory."""
+    """Turn a string into a path relative to the config file's directory;
+    ``credential:NAME`` is the systemd credential NAME ($CREDENTIALS_DIRECTORY/NAME),
+    so secrets need not sit in /etc."""
     if not isinstance(value, str):
         return value
     if not value:
         raise ValueError("must not be empty")
+    if value.startswith(CREDENTIAL_PREFIX):
+        name = value.removeprefix(CREDENTIAL_PREFIX)
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError("credential:NAME needs the plain name given to LoadCredential=")
+        return Path(os.environ.get("CREDENTIALS_DIRECTORY") or SERVICE_CREDENTIALS) / name
     base = (info.context or {}).get("base_dir", Path.cwd())
     return (Path(base) / Path(value).expanduser()).absolute()
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, basic_config, tenant_toml, write_secret
 from daemon.cli import main
-from daemon.config import load_config
+from daemon.config import load_config, read_secret
 from daemon.errors import ConfigError
 
 WriteConfig = Callable[[str], Path]
@@ -290,3 +290,24 @@ def test_the_readmes_check_config_sample_is_what_the_program_prints(write_config
     path = write_config(basic_config(tenant_toml(users='starting_extension_number = "0100"\nsyncc_photo = true')))
     assert main(["check-config", "--config", str(path)]) == 2
     assert capsys.readouterr().err == sample
+
+
+def test_secrets_may_be_systemd_credentials(write_config: WriteConfig, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    write_secret(credentials / "contoso-pbx", "pbx-from-systemd")
+    write_secret(credentials / "admin", "admin-from-systemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    text = basic_config(server='admin_token_file = "credential:admin"').replace(
+        'token_file = "pbx-token"', 'token_file = "credential:contoso-pbx"')
+    config = load_config(write_config(text))
+    assert read_secret(config.tenants[0].pbx.token_file) == "pbx-from-systemd"
+    assert config.server.admin_token_file is not None and read_secret(config.server.admin_token_file) == "admin-from-systemd"
+    assert config.warnings == ()
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    config = load_config(write_config(text))  # an admin's shell: the service's own credentials folder
+    assert config.tenants[0].pbx.token_file == Path("/run/credentials/m365sync.service/contoso-pbx")
+    bad = text.replace("credential:admin", "credential:../etc/shadow")
+    with pytest.raises(ConfigError, match="credential:NAME needs the plain name"):
+        load_config(write_config(bad))
