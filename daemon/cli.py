@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # here, where a reader gone away (| head) is caught, not at exit
         return code
     except ConfigError as err:
         for problem in err.problems:

@@ -144,3 +144,16 @@ async def test_tokens_are_sealed_at_rest_by_default(live_env: LiveEnv) -> None:
         (cache,) = db.execute("SELECT cache FROM token_cache").fetchone()
     assert bytes(cache).startswith(b"fernet:") and b"access_token" not in bytes(cache).lower()
     assert not any(token.encode() in bytes(cache) for token in live_env.idp.issued_access_tokens)
+
+
+async def test_a_reader_that_goes_away_is_no_traceback(live_env: LiveEnv) -> None:
+    import subprocess
+    import sys
+
+    err = live_env.tmp_path / "stderr.txt"
+    command = (f"{sys.executable} -m daemon.cli status --json --config {live_env.config} 2>{err} | head -c 10; "
+               "exit ${PIPESTATUS[0]}")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert len(result.stdout) == 10
+    assert "Traceback" not in err.read_text() and "BrokenPipe" not in err.read_text()
+    assert result.returncode in (0, 141)  # quietly, as other Unix tools stop
