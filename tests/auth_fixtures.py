@@ -147,15 +147,13 @@ async def assert_no_secrets(env: AuthEnv) -> None:
     assert [s for s in secrets if s in text] == []
 
 
-@pytest.fixture
-async def auth_env(tmp_path: Path) -> AsyncIterator[AuthEnv]:
+async def serve_idp(tmp_path: Path) -> tuple[FakeIdentityProvider, web.AppRunner, trustme.CA, Path]:
+    """The fake Entra over HTTPS with a throwaway CA (written to ``idp-ca.pem``), its owner account added."""
     ca = trustme.CA()
-    server_cert = ca.issue_cert("127.0.0.1", "localhost")
     ca_file = tmp_path / "idp-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_cert.configure_cert(server_context)
-
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
     idp = FakeIdentityProvider()
     runner = web.AppRunner(idp.app())
     await runner.setup()
@@ -163,6 +161,12 @@ async def auth_env(tmp_path: Path) -> AsyncIterator[AuthEnv]:
     await web.TCPSite(runner, "127.0.0.1", idp_port, ssl_context=server_context).start()
     idp.base_url = f"https://127.0.0.1:{idp_port}"
     idp.add_user(OWNER, name="PBX Service")
+    return idp, runner, ca, ca_file
+
+
+@pytest.fixture
+async def auth_env(tmp_path: Path) -> AsyncIterator[AuthEnv]:
+    idp, runner, _, ca_file = await serve_idp(tmp_path)
 
     port = free_port()
     cert_pem, key_pem = certificate_pair()

@@ -21,10 +21,12 @@ from aiohttp import web
 
 from conftest import write_secret
 from daemon.clock import SystemClock
+from daemon.config import load_config
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.schema import PBX_USER
 from daemon.retry import Transport
+from daemon.service import Service
 from sim.app import Simulator
 from sim.idp import FakeIdentityProvider
 from sim.pbx import ScimServer
@@ -171,3 +173,18 @@ async def started_live_env(tmp_path: Path, scim: ScimServer, tenant_settings: st
 async def live_env(tmp_path: Path, scim_server_one_by_one: ScimServer) -> AsyncIterator[LiveEnv]:
     async with started_live_env(tmp_path, scim_server_one_by_one) as env:
         yield env
+
+
+@asynccontextmanager
+async def scheduled_service(env: LiveEnv) -> AsyncIterator[Service]:
+    """The daemon on the live world, scheduling, once its start-up run is done."""
+    service = Service(load_config(env.config), environ={})
+    await service.start()
+    schedule = service.schedules["contoso"]
+    startup = schedule.current or schedule.queued
+    assert startup is not None
+    await schedule.wait(startup.run_id)
+    try:
+        yield service
+    finally:
+        await service.stop()

@@ -12,11 +12,10 @@ import pytest
 from playwright.async_api import async_playwright
 
 from conftest import require_tool
-from daemon.config import load_config
 from daemon.pbx.client import PbxOperation
 from daemon.pbx.mapping import user_payload
 from daemon.service import Service
-from live_fixtures import ADMIN_TOKEN, LiveEnv
+from live_fixtures import ADMIN_TOKEN, LiveEnv, scheduled_service
 from sim.generator import generate_tenant
 from test_auth_browser import CHROMIUM_ARGS
 
@@ -26,16 +25,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 @pytest.fixture
 async def daemon(live_env: LiveEnv) -> AsyncIterator[tuple[Service, str]]:
     generate_tenant(live_env.tenant, users=60, photo_fraction=0)
-    service = Service(load_config(live_env.config), environ={})
-    await service.start()
-    schedule = service.schedules["contoso"]
-    startup = schedule.current or schedule.queued
-    assert startup is not None
-    await schedule.wait(startup.run_id)
-    try:
+    async with scheduled_service(live_env) as service:
         yield service, f"http://127.0.0.1:{service.bound_port}"
-    finally:
-        await service.stop()
 
 
 async def sync_now(service: Service, base: str, session: aiohttp.ClientSession) -> str:

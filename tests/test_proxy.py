@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -14,11 +13,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import trustme
-from aiohttp import web
 from playwright.async_api import async_playwright
 
-from auth_fixtures import DELEGATED_APP, DIRECTORY, OWNER, daemon_config
+from auth_fixtures import DELEGATED_APP, DIRECTORY, OWNER, daemon_config, serve_idp
 from conftest import require_tool
 from daemon.config import load_config
 from daemon.service import Service
@@ -45,21 +42,10 @@ async def until_listening(port: int, process: subprocess.Popen[bytes], limit: fl
 @pytest.fixture
 async def proxied(tmp_path: Path) -> AsyncIterator[tuple[Service, FakeIdentityProvider, str]]:
     nginx = require_tool("nginx", "nginx")
-    ca = trustme.CA()
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    idp, runner, ca, ca_file = await serve_idp(tmp_path)
     cert = ca.issue_cert("127.0.0.1")
     cert.private_key_pem.write_to_path(str(tmp_path / "proxy.key"))
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "proxy.crt"))
-    idp_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(idp_context)
-    idp = FakeIdentityProvider()
-    runner = web.AppRunner(idp.app())
-    await runner.setup()
-    idp_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", idp_port, ssl_context=idp_context).start()
-    idp.base_url = f"https://127.0.0.1:{idp_port}"
-    idp.add_user(OWNER, name="PBX Service")
 
     daemon_port, proxy_port = free_port(), free_port()
     public_url = f"https://127.0.0.1:{proxy_port}"

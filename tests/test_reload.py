@@ -15,7 +15,7 @@ import pytest
 from daemon.config import load_config
 from daemon.reload import reload_config
 from daemon.service import Service
-from live_fixtures import LiveEnv
+from live_fixtures import LiveEnv, scheduled_service
 from sim.generator import generate_tenant
 
 
@@ -30,16 +30,8 @@ async def until(condition: Callable[[], bool], limit: float = 20.0) -> None:
 @pytest.fixture
 async def running(live_env: LiveEnv) -> AsyncIterator[Service]:
     generate_tenant(live_env.tenant, users=20, photo_fraction=0)
-    service = Service(load_config(live_env.config), environ={})
-    await service.start()
-    schedule = service.schedules["contoso"]
-    startup = schedule.current or schedule.queued
-    assert startup is not None
-    await schedule.wait(startup.run_id)
-    try:
+    async with scheduled_service(live_env) as service:
         yield service
-    finally:
-        await service.stop()
 
 
 async def test_a_configuration_with_errors_is_refused_and_the_old_one_stays(running: Service, live_env: LiveEnv) -> None:
