@@ -59,7 +59,7 @@ def settings_fingerprint(tenant: TenantConfig) -> str:
 
 
 class UserPlanner:
-    def __init__(self, inputs: PlanInputs, pool: NumberPool | None = None) -> None:
+    def __init__(self, inputs: PlanInputs, pool: NumberPool | None = None, *, track_active: bool = True) -> None:
         self.inputs = inputs
         self.tenant = inputs.tenant
         self.settings_fp = settings_fingerprint(inputs.tenant)
@@ -67,6 +67,7 @@ class UserPlanner:
         self.pool = pool or NumberPool(inputs.pbx_numbers, inputs.allocations, inputs.now,
                                        inputs.tenant.users.extension_reuse_days)
         self.active: dict[str, tuple[str, str | None]] = {}  # user id -> (UPN, PBX id or None if created now)
+        self.track_active = track_active  # only personal contacts need the list (it grows with the tenant)
         self._new: list[tuple[str, GraphCopy, str]] = []  # upn (lower-case), copy, fingerprint
         self._matched: set[str] = set()
         self.unmatched_selected: list[str] = []
@@ -84,7 +85,7 @@ class UserPlanner:
         self._note_matches(data)
         if synced is not None and synced.quarantine_fingerprint and synced.quarantine_fingerprint == self._fingerprint(copy):
             self.plan.quarantined.append(("user", upn))
-            if synced.active and synced.pbx_id:
+            if synced.active and synced.pbx_id and self.track_active:
                 self.active[copy.id] = (upn, synced.pbx_id)  # still on the PBX as it was
             return
         decision = decide(data, copy.removed, self.tenant, self.inputs.group_members, self.inputs.shared_mailboxes)
@@ -107,7 +108,7 @@ class UserPlanner:
                 self._delete(copy.id, upn, f"{decision.rule}; out of scope for more than {days} days", pbx_id,
                              self._fingerprint(copy), purge_copy=False)
                 return
-        if decision.active:
+        if decision.active and self.track_active:
             self.active[copy.id] = (upn, pbx_id)
         desired = self._payload(copy, number or "", decision.active, synced)
         photo_etag = self._photo_etag(copy.id, synced)
@@ -205,7 +206,8 @@ class UserPlanner:
                 pushed = Pushed("user", copy.id, None, payload, payload_hash(payload), None, True, None, photo_etag, number)
                 self.plan.changes.append(Change("user", "create", Phase.WRITE, operation, pushed, upn, decision.rule,
                                                 fingerprint, extension=number))
-                self.active[copy.id] = (upn, None)
+                if self.track_active:
+                    self.active[copy.id] = (upn, None)
         self._report_unmatched()
         return self.plan
 

@@ -77,13 +77,14 @@ class Snapshot:
         return frozenset(i for i, (_, _, approved) in self.held.items() if approved)
 
 
-async def take_snapshot(tenant: TenantConfig, sync_store: SyncStore, inventory: Inventory, now: float, *,
+async def take_snapshot(tenant: TenantConfig, sync_store: SyncStore, inventory: Inventory | None, now: float, *,
                         shared: Mapping[str, str], photos: Mapping[str, str | None]) -> Snapshot:
+    """Without an inventory (no number is needed this run) the numbers handed out are not loaded either."""
     name = tenant.name
     members = {g: frozenset(await sync_store.members_of(name, [g])) for g in tenant.groups}
     return Snapshot(
-        tenant=tenant, now=now, inventory=inventory,
-        allocations=tuple(await sync_store.allocations(name)),
+        tenant=tenant, now=now, inventory=inventory or Inventory(),
+        allocations=tuple(await sync_store.allocations(name)) if inventory is not None else (),
         group_members=members,
         held=await sync_store.held(name),
         synced_counts={kind: await sync_store.count_synced(name, kind) for kind in ("user", "group", "contact")},

@@ -80,12 +80,13 @@ class TenantSync:
         shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now) if tenant.shared_mailbox.enabled else {}
         reconcile = users_read.full_round or await self._reconciliation_due()
         inventory = await self._read_inventory() if reconcile else None
-        snapshot = await take_snapshot(tenant, self.sync_store, inventory or Inventory(), self.now(), shared=shared,
+        snapshot = await take_snapshot(tenant, self.sync_store, inventory, self.now(), shared=shared,
                                        photos=await self._photo_versions(shared))
 
         plan, users = await self._plan_users(snapshot, report)
-        if inventory is None and await self._needs_numbers(plan):
-            snapshot = replace(snapshot, inventory=await self._read_inventory())
+        if inventory is None and await self._needs_numbers(plan):  # plan again, knowing the numbers
+            snapshot = replace(snapshot, inventory=await self._read_inventory(),
+                               allocations=tuple(await self.sync_store.allocations(name)))
             plan, users = await self._plan_users(snapshot, report)
         if tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled:
             contacts_read = await self._read_contacts(users, snapshot, report)
@@ -137,7 +138,7 @@ class TenantSync:
             shared_mailboxes=frozenset(snapshot.shared_mailboxes),
             pending_creates=snapshot.pending_creates.get("user", frozenset()),
         )
-        planner = UserPlanner(inputs)
+        planner = UserPlanner(inputs, track_active=self.tenant.personal_contacts.enabled)
         async for copy, synced in self.sync_store.iter_with_synced(self.tenant.name, "user"):
             planner.add(copy, synced)
         plan = planner.finish()
