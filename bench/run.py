@@ -71,8 +71,7 @@ async def one_run(world: FakeWorld, scim: ScimServer, who: str, pbx_tenant: str,
     result = await measured(command, env)
     await asyncio.sleep(0)  # let the simulator's last answers be logged
     graph = Counter(graph_kind(r.path, r.in_batch) for r in world.sim.log[graph_before:])
-    time.sleep(0.5)  # scim2-server logs just after answering
-    pbx = scim.requests(pbx_tenant)[pbx_before:]
+    pbx = (await asyncio.to_thread(scim.settled_requests, pbx_tenant))[pbx_before:]
     result.update(graph_requests=sum(v for k, v in graph.items() if k != "batch_item"), graph=dict(graph),
                   pbx_reads=sum(1 for r in pbx if r.method == "GET"),
                   pbx_writes=sum(1 for r in pbx if r.method != "GET"), who=who)

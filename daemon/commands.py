@@ -46,10 +46,9 @@ class Stores:
 def sealer_for(config: Config, environ: Mapping[str, str] | None = None, *, create: bool = True) -> Sealer:
     """The sealer of the state's secrets (see ``state.sealing`` for where its key comes from)."""
     configured = config.state.encryption_key_file
-    if configured is not None:
-        read_secret(configured)  # the same checks (mode, readable) as every secret file
-    return Sealer(key_material(configured, config.state.path, os.environ if environ is None else environ,
-                               create=create))
+    if configured is not None:  # read once, with the checks (mode, readable) of every secret file
+        return Sealer(read_secret(configured).encode())
+    return Sealer(key_material(None, config.state.path, os.environ if environ is None else environ, create=create))
 
 
 @asynccontextmanager

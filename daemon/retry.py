@@ -157,6 +157,11 @@ class Transport:
     rng: random.Random = field(default_factory=random.Random)
     budget: GraphBudget | None = None  # shared by a tenant's concurrent Graph work
 
+    async def retrying(self, attempt: Callable[[], Awaitable[T]],
+                       on_retry: Callable[[RetryableFailure, float], None] | None = None) -> T:
+        """``attempt`` under this peer's retry policy, clock and randomness (see :func:`with_retries`)."""
+        return await with_retries(attempt, self.retry, self.clock, self.rng, on_retry)
+
     @property
     def ssl(self) -> ssl.SSLContext | bool:
         """aiohttp's ``ssl=``: the configured context, or default verification."""

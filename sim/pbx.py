@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,18 @@ class ScimServer:
         with self._logged:
             self._logged.wait_for(lambda: len(self._entries_of(tenant)) >= count, timeout)
             return self._entries_of(tenant)
+
+    def settled_requests(self, tenant: str, timeout: float = 10.0) -> list[PbxRequest]:
+        """The tenant's log once every request answered so far is in it: a marker
+        request is sent and waited for (the server logs just after answering), then dropped."""
+        marker = f"/{tenant}/v2/ServiceProviderConfig?settle={uuid.uuid4().hex}"
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{marker}",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+        with self._logged:
+            self._logged.wait_for(lambda: any(e.path == marker for e in self.log), timeout)
+            return [e for e in self._entries_of(tenant) if e.path != marker]
 
     def _entries_of(self, tenant: str) -> list[PbxRequest]:
         """A tenant's entries; the caller holds the log's lock."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -95,9 +96,10 @@ async def test_only_the_oauth_pages_are_exposed_and_the_flow_completes(
         proxied: tuple[Service, FakeIdentityProvider, str], tmp_path: Path) -> None:
     service, idp, public_url = proxied
     chromium = require_tool("chromium", "chromium")
+    trust = ssl.create_default_context(cafile=str(tmp_path / "idp-ca.pem"))  # the test's CA signed the proxy's cert
     async with aiohttp.ClientSession() as session:
         for path in ("/", "/metrics", "/api/status", "/readyz"):
-            async with session.get(public_url + path, ssl=False) as response:
+            async with session.get(public_url + path, ssl=trust) as response:
                 assert response.status == 404, path  # the status page and the admin API stay on loopback
     assert service.auth is not None
     link = await service.auth.issue_start_link("contoso")

@@ -29,7 +29,7 @@ from daemon.errors import (
     M365SyncError,
 )
 from daemon.logging import get_logger
-from daemon.retry import RetryableFailure, Transport, header, retry_after_seconds, with_retries
+from daemon.retry import RetryableFailure, Transport, header, retry_after_seconds
 
 log = get_logger(__name__)
 
@@ -151,9 +151,8 @@ class GraphClient:
         def on_retry(failure: RetryableFailure, wait: float) -> None:
             log.info("retrying Graph request", endpoint=endpoint, reason=failure.reason, wait_seconds=round(wait, 2))
 
-        transport = self.transport
         try:
-            return await with_retries(attempt, transport.retry, transport.clock, transport.rng, on_retry)
+            return await self.transport.retrying(attempt, on_retry)
         except RetryableFailure as failure:
             if failure.status is None:
                 raise GraphUnavailable(

@@ -31,7 +31,7 @@ from daemon.pbx.types import (
     refused,
     required_payload,
 )
-from daemon.retry import RetryableFailure, with_retries
+from daemon.retry import RetryableFailure
 
 log = get_logger(__name__)
 
@@ -60,9 +60,8 @@ class PbxClient(PbxConnection):
                          operation=operation.describe(), reason=lost.failure.reason)
                 raise lost.failure from lost
 
-        transport = self.transport
         try:
-            outcome = await with_retries(attempt, transport.retry, transport.clock, transport.rng)
+            outcome = await self.transport.retrying(attempt)
         except RetryableFailure as failure:
             raise self._unavailable(operation.action, failure) from failure
         except (PbxConflict, PbxRequestFailed) as err:

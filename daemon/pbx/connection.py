@@ -19,7 +19,7 @@ from daemon.logging import get_logger
 from daemon.pbx.filters import eq_filter
 from daemon.pbx.schema import ENDPOINTS, SCIM_JSON, Kind
 from daemon.pbx.types import Answer, PbxObject, PbxOperation, ProviderConfig, pbx_object, scim_int
-from daemon.retry import RetryableFailure, Transport, retry_after_seconds, with_retries
+from daemon.retry import RetryableFailure, Transport, retry_after_seconds
 
 log = get_logger(__name__)
 
@@ -84,9 +84,8 @@ class PbxConnection:
         def on_retry(failure: RetryableFailure, wait: float) -> None:
             log.info("retrying PBX request", op=op, reason=failure.reason, wait_seconds=round(wait, 2))
 
-        transport = self.transport
         try:
-            return await with_retries(attempt, transport.retry, transport.clock, transport.rng, on_retry)
+            return await self.transport.retrying(attempt, on_retry)
         except RetryableFailure as failure:
             raise self._unavailable(op, failure) from failure
 

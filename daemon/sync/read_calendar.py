@@ -43,6 +43,7 @@ async def read_calendars(tenant: str, store: Store, sync_store: SyncStore, graph
     upns = {user_id: upn for user_id, _, upn in users}
     rounds = BatchedRounds(graph)
     start, end = window_start.strftime("%Y-%m-%dT%H:%M:%SZ"), window_end.strftime("%Y-%m-%dT%H:%M:%SZ")
+    rebased: set[str] = set()
     for user_id in upns:
         if user_id in skip:
             continue
@@ -51,9 +52,9 @@ async def read_calendars(tenant: str, store: Store, sync_store: SyncStore, graph
             rounds.add(user_id, link, user_id)
         else:  # first poll, or a new day: a new round over the re-based window
             await sync_store.purge_owner(tenant, "event", user_id)
+            rebased.add(user_id)
             rounds.add(user_id, f"/users/{user_id}/calendarView/delta?startDateTime={start}&endDateTime={end}", user_id)
     new_links: dict[str, str] = {}
-    rebased = {u for u in upns if u not in skip and not (links.get(u) and states.get(u, (None, None))[0] == day)}
     async for event in rounds:
         user_id = event.key
         if event.kind == "page":

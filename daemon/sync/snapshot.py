@@ -6,7 +6,7 @@ before any write, so planning is pure."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from daemon.config import TenantConfig
 from daemon.pbx.client import PbxClient
@@ -82,9 +82,9 @@ async def take_snapshot(tenant: TenantConfig, sync_store: SyncStore, inventory: 
     """Without an inventory (no number is needed this run) the numbers handed out are not loaded either."""
     name = tenant.name
     members = {g: frozenset(await sync_store.members_of(name, [g])) for g in tenant.groups}
-    return Snapshot(
-        tenant=tenant, now=now, inventory=inventory or Inventory(),
-        allocations=tuple(await sync_store.allocations(name)) if inventory is not None else (),
+    snapshot = Snapshot(
+        tenant=tenant, now=now, inventory=Inventory(),
+        allocations=(),
         group_members=members,
         held=await sync_store.held(name),
         synced_counts={kind: await sync_store.count_synced(name, kind) for kind in ("user", "group", "contact")},
@@ -92,3 +92,10 @@ async def take_snapshot(tenant: TenantConfig, sync_store: SyncStore, inventory: 
         pending_creates={kind: frozenset(await sync_store.pending_creates(name, kind))
                          for kind in ("user", "group", "contact")},
     )
+    return await with_inventory(snapshot, sync_store, inventory) if inventory is not None else snapshot
+
+
+async def with_inventory(snapshot: Snapshot, sync_store: SyncStore, inventory: Inventory) -> Snapshot:
+    """The snapshot once numbers are needed after all: the PBX's, and those handed out."""
+    return replace(snapshot, inventory=inventory,
+                   allocations=tuple(await sync_store.allocations(snapshot.tenant.name)))

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from daemon.config import TenantConfig
 from daemon.graph.client import GraphClient
@@ -40,7 +40,7 @@ from daemon.sync.read_mailboxes import shared_mailboxes
 from daemon.sync.read_users import read_users
 from daemon.sync.report import RunReport
 from daemon.sync.scope import decide
-from daemon.sync.snapshot import Inventory, Snapshot, read_inventory, take_snapshot
+from daemon.sync.snapshot import Inventory, Snapshot, read_inventory, take_snapshot, with_inventory
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -85,8 +85,7 @@ class TenantSync:
 
         plan, users = await self._plan_users(snapshot, report)
         if inventory is None and await self._needs_numbers(plan):  # plan again, knowing the numbers
-            snapshot = replace(snapshot, inventory=await self._read_inventory(),
-                               allocations=tuple(await self.sync_store.allocations(name)))
+            snapshot = await with_inventory(snapshot, self.sync_store, await self._read_inventory())
             plan, users = await self._plan_users(snapshot, report)
         if tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled:
             contacts_read = await self._read_contacts(users, snapshot, report)
