@@ -15,7 +15,7 @@ from state.store import Clock
 FAILURES_BEFORE_QUARANTINE = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SyncedRow:
     graph_id: str
     pbx_id: str | None
@@ -48,7 +48,7 @@ def synced_row(row: Any) -> SyncedRow:
 # --- the bookkeeping of applied writes ---
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pushed:
     """The object is now as pushed: clears failures and quarantine, ends its journal entry."""
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+
 from daemon.pbx.schema import PBX_GROUP
+from daemon.pbx.types import PbxOperation, PbxOutcome
 from sync_fixtures import SyncEnv
 
 SALES = "11111111-0000-4000-8000-00000000000a"
@@ -54,7 +57,16 @@ async def test_membership_change_is_a_member_only_patch(sync_env: SyncEnv) -> No
     sync_env.graph.tenant.remove_member(SALES, ids[0])
     from daemon.pbx.client import PbxClient
 
-    recorder = PbxClient(sync_env.pbx.client.transport, sync_env.pbx.client.base_url, sync_env.pbx.client._token)
+    class Recorder(PbxClient):
+        applied: list[PbxOperation] = []
+
+        async def execute_many(self, operations: Sequence[PbxOperation]) -> AsyncIterator[PbxOutcome]:
+            async for outcome in super().execute_many(operations):
+                if outcome.ok:
+                    self.applied.append(outcome.operation)
+                yield outcome
+
+    recorder = Recorder(sync_env.pbx.client.transport, sync_env.pbx.client.base_url, sync_env.pbx.client._token)
     report = await sync_env.run(writer=recorder)
     assert report.groups.counts == {"update": 1} and report.counts == {}
     (operation,) = recorder.applied

@@ -308,22 +308,30 @@ async def test_persistent_5xx_is_pbx_unavailable(proxied: tuple[FaultProxy, PbxC
 
 async def test_dry_run_sends_nothing_and_plans_what_a_real_run_does(pbx: PbxEnv) -> None:
     async def run(writer: Any) -> list[str]:
+        done: list[str] = []
+
+        async def execute(operation: PbxOperation) -> Any:
+            outcome = await writer.execute(operation)
+            if outcome.ok:
+                done.append(operation.describe())
+            return outcome
+
         """A 100-object change: 60 users, 30 contacts owned by them, 10 updates."""
         user_ids: dict[str, str] = {}
         for index in range(1, 61):
-            outcome = await writer.execute(user_op(graph_user(index), number=str(6000 + index)))
+            outcome = await execute(user_op(graph_user(index), number=str(6000 + index)))
             assert outcome.ok, outcome.error
             user_ids[graph_user(index)["id"]] = outcome.pbx_id
         for index in range(1, 31):
             owner_graph_id = graph_user(index)["id"]
             contact = contact_payload({"id": f"c-{index}", "displayName": f"Contact {index}", "mobilePhone": "+1 555"}, directory="personal", source=f"user{index}@contoso.example", owner=user_ids[owner_graph_id])
-            outcome = await writer.execute(PbxOperation("create", "Contact", f"c-{index}", payload=contact))
+            outcome = await execute(PbxOperation("create", "Contact", f"c-{index}", payload=contact))
             assert outcome.ok and contact["owner"] == user_ids[owner_graph_id]
         for index in range(1, 11):
             graph_id = graph_user(index)["id"]
-            outcome = await writer.execute(PbxOperation("update", "User", graph_id, pbx_id=user_ids[graph_id], operations=[{"op": "replace", "path": "title", "value": "Lead"}]))
+            outcome = await execute(PbxOperation("update", "User", graph_id, pbx_id=user_ids[graph_id], operations=[{"op": "replace", "path": "title", "value": "Lead"}]))
             assert outcome.ok
-        return [op.describe() for op in writer.applied]
+        return done
 
     dry = DryRunPbxClient()
     planned = await run(dry)

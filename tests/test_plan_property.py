@@ -164,9 +164,12 @@ class World:
                             pbx_by_external_id={u: InventoryEntry(f"pbx-{u}", None) for (k, u) in self.pbx if k == "user"},
                             allocations=tuple(self.allocations))
         users = UserPlanner(inputs)
-        for user, data in sorted(self.graph.items()):
-            users.add(GraphCopy(user, copy.deepcopy(data), self.removed[user]), self.synced.get(("user", user)))
+        copies = {user: GraphCopy(user, copy.deepcopy(data), self.removed[user]) for user, data in self.graph.items()}
+        for user in sorted(copies):
+            users.add(copies[user], self.synced.get(("user", user)))
         plan = users.finish()
+        assert all(c.operation.payload is None for c in plan.changes if c.action == "create" and c.kind == "user")
+        plan.changes = users.complete_creates(plan.changes, copies)  # as the applier does per chunk
         mailboxes = {u: Mailbox(u, upn, "personal", pbx) for u, (upn, pbx) in users.active.items()}
         contacts = ContactPlanner(tenant, mailboxes, frozenset(), {})
         for contact in sorted(set(self.contacts) | {g for (k, g) in self.synced if k == "contact"}):

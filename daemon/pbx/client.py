@@ -67,9 +67,7 @@ class PbxClient(PbxConnection):
         except (PbxConflict, PbxRequestFailed) as err:
             outcome = PbxOutcome(operation, operation.pbx_id, None, err)
         outcome = replace(outcome, operation=operation)
-        if outcome.ok:
-            self.applied.append(operation)
-        else:
+        if not outcome.ok:
             log.warning("PBX refused an object", operation=operation.describe(), error=str(outcome.error))
         return outcome
 
@@ -250,7 +248,6 @@ class PbxClient(PbxConnection):
             return
         for operation, result in zip(chunk, results, strict=True):
             if 200 <= result.status < 300 or (operation.action == "delete" and result.status == 404):
-                self.applied.append(operation)
                 yield PbxOutcome(operation, result.pbx_id, result.version)
             elif result.status == 0 or result.status >= 500:  # unknown whether it was applied
                 yield await self._execute_maybe_applied(operation)

@@ -18,7 +18,7 @@ from daemon.errors import PbxAuthFailed, PbxProtocolError, PbxRequestFailed, Pbx
 from daemon.logging import get_logger
 from daemon.pbx.filters import eq_filter
 from daemon.pbx.schema import ENDPOINTS, SCIM_JSON, Kind
-from daemon.pbx.types import Answer, PbxObject, PbxOperation, ProviderConfig, pbx_object, scim_int
+from daemon.pbx.types import Answer, PbxObject, ProviderConfig, pbx_object, scim_int
 from daemon.retry import RetryableFailure, Transport, retry_after_seconds
 
 log = get_logger(__name__)
@@ -53,7 +53,6 @@ class PbxConnection:
         self._token = token
         self.timeout = timeout
         self.config: ProviderConfig | None = None
-        self.applied: list[PbxOperation] = []
 
     # --- transport ---
 

@@ -18,11 +18,11 @@ VIRTUAL_PREFIX = "dry-run:"
 
 class DryRunPbxClient:
     def __init__(self) -> None:
-        self.applied: list[PbxOperation] = []
+        self.described: list[str] = []  # lines, not operations: a dry run of 100k creates holds no payloads
         self._numbers = itertools.count(1)
 
     async def execute(self, operation: PbxOperation) -> PbxOutcome:
-        self.applied.append(operation)
+        self.described.append(operation.describe())
         pbx_id = operation.pbx_id
         if operation.action == "create":
             pbx_id = f"{VIRTUAL_PREFIX}{operation.kind}:{next(self._numbers)}"
@@ -34,4 +34,4 @@ class DryRunPbxClient:
 
     def plan(self) -> list[str]:
         """What would have been sent, one line per operation."""
-        return [operation.describe() for operation in self.applied]
+        return list(self.described)

@@ -66,7 +66,7 @@ class PbxObject:
     data: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PbxOperation:
     """One write. ``payload`` is the full desired object (for create, and to
     recreate or re-read an object); ``operations`` the PATCH of an update.
@@ -113,8 +113,6 @@ class PbxOutcome:
 
 class PbxWriter(Protocol):
     """What the sync engine writes through: the real client or a dry run."""
-
-    applied: list[PbxOperation]
 
     async def execute(self, operation: PbxOperation) -> PbxOutcome: ...
 

@@ -31,7 +31,7 @@ class Phase(IntEnum):
     USER_DELETE = 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Change:
     """One planned write. ``on_success`` is the bookkeeping once the PBX said
     yes (the applier fills in the PBX id and ETag it answered); a failure is

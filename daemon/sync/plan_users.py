@@ -6,6 +6,11 @@ Users are fed one at a time (``add``) so the caller can stream them from the
 state database; new users are numbered at ``finish`` in userPrincipalName
 order, so first numbering is deterministic. The planner also says which users
 will be active on the PBX after the run (their mailboxes feed the contacts).
+
+A create is planned without its payload: the planner keeps only the new
+user's id, name and number, and :meth:`UserPlanner.complete_creates` builds
+each applied chunk's payloads from the stored copies. A first run of 100k
+users so holds ids, not 100k Graph copies and SCIM payloads.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from daemon.config import TenantConfig
@@ -48,6 +53,21 @@ class PlanInputs:
     pending_creates: frozenset[str] = frozenset()  # journaled creates that may exist on the PBX
 
 
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    """A user to create, as kept until ``finish`` numbers it: no Graph data."""
+
+    sort_key: tuple[str, str]  # (lower-case UPN, id): first numbering is in UPN order
+    upn: str
+    rule: str
+    fingerprint: str
+
+
+def is_deferred_create(change: Change) -> bool:
+    """A user create whose payload is built when its chunk is applied."""
+    return change.kind == "user" and change.operation.action == "create" and change.operation.payload is None
+
+
 def settings_fingerprint(tenant: TenantConfig) -> str:
     relevant = {
         "users": tenant.users.model_dump(mode="json"),
@@ -68,7 +88,7 @@ class UserPlanner:
                                        inputs.tenant.users.extension_reuse_days)
         self.active: dict[str, tuple[str, str | None]] = {}  # user id -> (UPN, PBX id or None if created now)
         self.track_active = track_active  # only personal contacts need the list (it grows with the tenant)
-        self._new: list[tuple[str, GraphCopy, str]] = []  # upn (lower-case), copy, fingerprint
+        self._new: list[NewUser] = []
         self._matched: set[str] = set()
         self.unmatched_selected: list[str] = []
         self._sso_matched: set[tuple[str, str]] = set()
@@ -94,7 +114,7 @@ class UserPlanner:
         pbx_id = synced.pbx_id if synced is not None and synced.pbx_id else (entry.pbx_id if entry else None)
         if pbx_id is None:
             if decision.active:
-                self._new.append((upn.lower(), copy, self._fingerprint(copy)))
+                self._new.append(NewUser((upn.lower(), copy.id), upn, decision.rule, self._fingerprint(copy)))
             return
         number = self._number_of(copy.id, synced, entry)
         if copy.removed == "deleted":
@@ -190,26 +210,42 @@ class UserPlanner:
         users = self.tenant.users
         if users.enabled and users.starting_extension_number:
             allocator = self.pool.allocator(users.starting_extension_number, users.last_extension_number)
-            for _, copy, fingerprint in sorted(self._new, key=lambda item: (item[0], item[1].id)):
-                upn = str(copy.data.get("userPrincipalName") or copy.id)
+            for new in sorted(self._new, key=lambda item: item.sort_key):
+                user_id = new.sort_key[1]
                 try:
-                    number = self.pool.own_number("user", copy.id) or allocator.take()
+                    number = self.pool.own_number("user", user_id) or allocator.take()
                 except RangeExhausted as err:
-                    self.plan.failures.append(("user", f"{upn}: {err}"))
+                    self.plan.failures.append(("user", f"{new.upn}: {err}"))
                     continue
-                decision = decide(copy.data, copy.removed, self.tenant, self.inputs.group_members,
-                                  self.inputs.shared_mailboxes)
-                payload = self._payload(copy, number, True, None)
-                photo_etag = self._photo_etag(copy.id, None)
-                operation = PbxOperation("create", "User", copy.id, payload=payload,
-                                         maybe_applied=copy.id in self.inputs.pending_creates)
-                pushed = Pushed("user", copy.id, None, payload, payload_hash(payload), None, True, None, photo_etag, number)
-                self.plan.changes.append(Change("user", "create", Phase.WRITE, operation, pushed, upn, decision.rule,
-                                                fingerprint, extension=number))
+                operation = PbxOperation("create", "User", user_id, maybe_applied=user_id in self.inputs.pending_creates)
+                pushed = Pushed("user", user_id, None, None, None, None, True, None, self._photo_etag(user_id, None), number)
+                self.plan.changes.append(Change("user", "create", Phase.WRITE, operation, pushed, new.upn, new.rule,
+                                                new.fingerprint, extension=number))
                 if self.track_active:
-                    self.active[copy.id] = (upn, None)
+                    self.active[user_id] = (new.upn, None)
+        self._new = []
         self._report_unmatched()
         return self.plan
+
+    def complete_creates(self, chunk: list[Change], copies: Mapping[str, GraphCopy]) -> list[Change]:
+        """The chunk with each deferred create's payload built from its stored copy.
+
+        A copy gone since planning (purged by a concurrent disconnect) drops its
+        create; the next run plans it again if it is still wanted."""
+        out = []
+        for change in chunk:
+            if not is_deferred_create(change):
+                out.append(change)
+                continue
+            copy = copies.get(change.graph_id)
+            if copy is None or change.extension is None:
+                continue
+            payload = self._payload(copy, change.extension, True, None)
+            operation = replace(change.operation, payload=payload)
+            assert isinstance(change.on_success, Pushed)
+            pushed = replace(change.on_success, payload=payload, payload_hash=payload_hash(payload))
+            out.append(replace(change, operation=operation, on_success=pushed))
+        return out
 
     def _report_unmatched(self) -> None:
         tenant = self.tenant
@@ -229,8 +265,13 @@ class UserPlanner:
 
 
 def plan_users(inputs: PlanInputs, users: Iterable[tuple[GraphCopy | None, SyncedRow | None]]) -> Plan:
-    """Plan from an iterable of (Graph copy, pushed state) pairs (tests, property checks)."""
+    """Plan from an iterable of (Graph copy, pushed state) pairs, creates completed (tests, property checks)."""
     planner = UserPlanner(inputs)
+    copies: dict[str, GraphCopy] = {}
     for copy, synced in users:
         planner.add(copy, synced)
-    return planner.finish()
+        if copy is not None:
+            copies[copy.id] = copy
+    plan = planner.finish()
+    plan.changes = planner.complete_creates(plan.changes, copies)
+    return plan

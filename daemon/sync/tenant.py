@@ -33,7 +33,7 @@ from daemon.sync.guard import guard, held_rows
 from daemon.sync.photos import PhotoMaterializer, photo_check_due, photo_versions
 from daemon.sync.plan_contacts import ContactPlanner, Mailbox
 from daemon.sync.plan_groups import plan_groups
-from daemon.sync.plan_users import PlanInputs, UserPlanner
+from daemon.sync.plan_users import PlanInputs, UserPlanner, is_deferred_create
 from daemon.sync.read_contacts import ContactsRead, ContactsReader
 from daemon.sync.read_groups import GroupsRead, read_groups
 from daemon.sync.read_mailboxes import shared_mailboxes
@@ -95,7 +95,9 @@ class TenantSync:
         await self.sync_store.hold(name, held_rows(plan.held))
         self._summarize(plan, report)
 
-        materializers: tuple[Materialize, ...] = (PhotoMaterializer(tenant, self.graph),) if tenant.users.sync_photo else ()
+        materializers: tuple[Materialize, ...] = (self._creates_of(users),)
+        if tenant.users.sync_photo:
+            materializers += (PhotoMaterializer(tenant, self.graph),)
         await Applier(name, self.sync_store, self.writer, report, self.progress, materializers).apply(plan)
         await self._commit()
         if plan.held:
@@ -128,6 +130,15 @@ class TenantSync:
         return any(group not in on_pbx for group in self.tenant.groups)
 
     # --- planning ---
+
+    def _creates_of(self, planner: UserPlanner) -> Materialize:
+        """Each applied chunk's user creates get their payloads from the stored copies (see plan_users)."""
+        async def complete(chunk: list[Change]) -> list[Change]:
+            ids = [c.graph_id for c in chunk if is_deferred_create(c)]
+            if not ids:
+                return chunk
+            return planner.complete_creates(chunk, await self.sync_store.graph_copies(self.tenant.name, "user", ids))
+        return complete
 
     async def _plan_users(self, snapshot: Snapshot, report: RunReport) -> tuple[Plan, UserPlanner]:
         inputs = PlanInputs(
