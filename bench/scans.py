@@ -3,6 +3,12 @@ round and a no-change calendar poll, at several sizes, against the Graph
 simulator (in this process) and scim2-server (its own process).
 
     .venv/bin/python -m bench.scans --users 1000 2000 4000
+    .venv/bin/python -m bench.scans --users 10000 --latency-ms 50
+
+``--latency-ms`` delays every Graph request of the calendar polls (a
+``$batch`` once, as Graph answers it), not the first run's. After the
+no-change poll an event is put 5 minutes ahead in one mailbox, the clock
+moves a minute, and one more poll must put it on the PBX (``fresh``).
 
 Reports wall time and this process's CPU time (the daemon's code and the
 simulator's, which answers in-process). Linear growth is the target: the
@@ -19,6 +25,7 @@ import json
 import random
 import tempfile
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,7 @@ from daemon.config import TenantConfig
 from daemon.graph.client import GraphClient
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
+from daemon.pbx.schema import PBX_USER
 from daemon.retry import RetryPolicy, Transport
 from daemon.sync.calendar import CalendarReport, CalendarSync
 from daemon.sync.tenant import build_tenant_sync
@@ -61,7 +69,19 @@ def _tenant(tmp: Path, scim_url: str) -> TenantConfig:
     }, context={"base_dir": tmp})
 
 
-async def measure(users: int, scim: ScimServer, pbx_tenant: str) -> dict[str, Any]:
+def _event_soon(sim_tenant: SimTenant, user_id: str, start: datetime) -> None:
+    end = start + timedelta(minutes=30)
+    sim_tenant.put_event(user_id, "bench-soon", subject="Bench", showAs="busy", isCancelled=False, isAllDay=False,
+                         sensitivity="normal", start={"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"},
+                         end={"dateTime": end.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"})
+
+
+async def _busy_starts(pbx: PbxClient, pbx_id: str) -> list[str]:
+    found = await pbx.get("User", pbx_id)
+    return [str(b.get("start")) for b in (found.data.get(PBX_USER, {}).get("busy", []) if found else [])]
+
+
+async def measure(users: int, scim: ScimServer, pbx_tenant: str, latency_ms: float = 0.0) -> dict[str, Any]:
     clock = FakeClock()
     sim_tenant = SimTenant(clock)
     generate_tenant(sim_tenant, users=users, contacts_per_user=2, events_per_user=2, photo_fraction=0)
@@ -89,26 +109,38 @@ async def measure(users: int, scim: ScimServer, pbx_tenant: str) -> dict[str, An
 
                 client = pbx()
                 first = await timed(build_tenant_sync(tenant, store, sync_store, graph, client, client, clock.time).run())
+                simulator.faults.latency = latency_ms / 1000
                 poll = CalendarSync(tenant, store, sync_store, graph, pbx(), clock.time)
                 first_poll = CalendarReport()
                 await poll.poll(first_poll)
                 batches = len(simulator.requests(r"^/\$batch$"))
                 no_change = await timed(poll.poll(CalendarReport()))
                 batches = len(simulator.requests(r"^/\$batch$")) - batches
+                user_id, pbx_id = sorted((await sync_store.pbx_ids("t", "user")).items())[users // 2]
+                soon = clock.now().replace(microsecond=0) + timedelta(minutes=5)
+                _event_soon(sim_tenant, user_id, soon)
+                clock.advance(60)
+                with_event = await timed(poll.poll(CalendarReport()))
+                fresh = any(start.startswith(soon.strftime("%Y-%m-%dT%H:%M")) for start in await _busy_starts(client, pbx_id))
         finally:
             await db.close()
             await server.close()
-    return {"users": users, "first_run_with_contacts": {"wall_s": first[0], "cpu_s": first[1]},
-            "no_change_calendar_poll": {"wall_s": no_change[0], "cpu_s": no_change[1], "batches": batches, "busy_lists_pushed_by_first_poll": first_poll.patched}}
+    return {"users": users, "graph_latency_ms": latency_ms,
+            "first_run_with_contacts": {"wall_s": first[0], "cpu_s": first[1]},
+            "no_change_calendar_poll": {"wall_s": no_change[0], "cpu_s": no_change[1], "batches": batches,
+                                        "busy_lists_pushed_by_first_poll": first_poll.patched},
+            "poll_after_event_5_min_ahead": {"wall_s": with_event[0], "cpu_s": with_event[1], "fresh": fresh}}
 
 
-async def main(sizes: list[int]) -> None:
+async def main(sizes: list[int], latency_ms: float) -> None:
     with ScimServer() as scim:
         for index, users in enumerate(sizes):
-            print(json.dumps(await measure(users, scim, f"bench{index}")))
+            print(json.dumps(await measure(users, scim, f"bench{index}", latency_ms)), flush=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, nargs="+", default=[1000, 2000, 4000])
-    asyncio.run(main(parser.parse_args().users))
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="Graph latency per request, for the polls")
+    args = parser.parse_args()
+    asyncio.run(main(args.users, args.latency_ms))
