@@ -242,7 +242,7 @@ def _authorize(args: argparse.Namespace) -> int:
     tenant = config.tenant(args.tenant)
 
     async def issue() -> str:
-        db = await open_database(config.state.path)
+        db = await open_database(config.state.target, password_file=config.state.password_file)
         try:
             store = Store(db)
             await store.register_tenant(tenant.name, tenant.directory_id, tenant.application_id)

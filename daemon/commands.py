@@ -27,6 +27,7 @@ from daemon.pbx.schema import PBX_USER
 from daemon.sync.plan_users import settings_fingerprint
 from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
 from daemon.sync.scope import decide, matches, sso_flags
+from state.copy import copy_database
 from state.db import Database, open_database
 from state.sealing import Sealer, key_material
 from state.store import Store
@@ -48,21 +49,33 @@ def sealer_for(config: Config, environ: Mapping[str, str] | None = None, *, crea
     configured = config.state.encryption_key_file
     if configured is not None:  # read once, with the checks (mode, readable) of every secret file
         return Sealer(read_secret(configured).encode())
-    return Sealer(key_material(None, config.state.path, os.environ if environ is None else environ, create=create))
+    environ = os.environ if environ is None else environ
+    if config.state.shared:  # every daemon must unseal what any other sealed: no key of one host's own
+        key = key_material(None, config.state.path, environ, create=False, local_file=False)
+        if key is None:
+            raise StateError("a shared PostgreSQL state needs one key for every daemon",
+                             hint="set [state] encryption_key_file, or give the unit the state-key credential")
+        return Sealer(key)
+    return Sealer(key_material(None, config.state.path, environ, create=create))
 
 
 @asynccontextmanager
 async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = False) -> AsyncIterator[Stores]:
-    """The state database, or (dry run) a throw-away copy of it so nothing changes."""
-    path = config.state.path
+    """The state database, or (dry run) a throw-away copy of it so nothing changes.
+
+    A shared PostgreSQL state is copied into a scratch SQLite file for a dry run
+    (``state.copy``), so a dry run never writes to what other daemons use."""
     scratch: tempfile.TemporaryDirectory[str] | None = None
+    target: Path | str = config.state.target
     if scratch_copy:
         scratch = tempfile.TemporaryDirectory(prefix="m365sync-dry-run-")
         copy = Path(scratch.name) / "state.db"
-        if path.exists():
-            _backup(path, copy)
-        path = copy
-    db = await open_database(path)
+        if config.state.shared:
+            await copy_database(config.state.target, copy, password_file=config.state.password_file)
+        elif config.state.path.exists():
+            _backup(config.state.path, copy)
+        target = copy
+    db = await open_database(target, password_file=None if scratch_copy else config.state.password_file)
     try:
         store = Store(db)
         for tenant in config.tenants:

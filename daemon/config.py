@@ -187,6 +187,22 @@ def _base_url(value: object) -> object:
     return checked
 
 
+def _postgres_url(value: object) -> object:
+    """A libpq URL, without a password (that comes from password_file or ~/.pgpass)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parts = urlsplit(value.strip())
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError as err:
+        raise ValueError(f"is not a URL: {err}") from err
+    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+        raise ValueError("must be a PostgreSQL URL such as postgresql://m365sync@db.example.com/m365sync")
+    if parts.password is not None:
+        raise ValueError("must not carry a password: put it in [state] password_file or ~/.pgpass")
+    return value.strip()
+
+
 def _https_url(value: object) -> object:
     return _url(value, https_only=True)
 
@@ -205,6 +221,7 @@ ListenAddress = Annotated[str, BeforeValidator(_listen)]
 PublicUrl = Annotated[str, BeforeValidator(_https_url)]
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 BaseUrl = Annotated[str, BeforeValidator(_base_url)]
+PostgresUrl = Annotated[str, BeforeValidator(_postgres_url)]
 
 
 class _Section(BaseModel):
@@ -230,8 +247,25 @@ class ServerConfig(_Section):
 
 
 class StateConfig(_Section):
+    """Where the state lives: a SQLite file (``path``, the default), or a
+    PostgreSQL database shared by several daemons (``url``, see the README's
+    high-availability section)."""
+
     path: ConfigPath = Path("/var/lib/m365sync/state.db")
+    url: PostgresUrl | None = None
+    password_file: ConfigPath | None = None
     encryption_key_file: ConfigPath | None = None
+    lease_seconds: int = Field(default=30, ge=5, le=3600)  # PostgreSQL: a dead daemon's tenants move within this
+    instance_name: str | None = Field(default=None, min_length=1, max_length=100)  # PostgreSQL: default the host name
+
+    @property
+    def shared(self) -> bool:
+        return self.url is not None
+
+    @property
+    def target(self) -> Path | str:
+        """What :func:`state.db.open_database` opens."""
+        return self.url if self.url is not None else self.path
 
 
 class LogConfig(_Section):
@@ -616,6 +650,8 @@ def _secret_file_problems(
         files.append(("server.admin_token_file", server.admin_token_file))
     if state.encryption_key_file is not None:
         files.append(("state.encryption_key_file", state.encryption_key_file))
+    if state.password_file is not None:
+        files.append(("state.password_file", state.password_file))
     for index, tenant in enumerate(tenants):
         for key, path in tenant.secret_files().items():
             files.append((f"tenants[{index}].{key}", path))

@@ -96,7 +96,7 @@ class Service:
 
     async def start(self) -> None:
         """Open the state, register tenants, listen, then tell systemd READY=1."""
-        self._db = await open_database(self.config.state.path)
+        self._db = await open_database(self.config.state.target, password_file=self.config.state.password_file)
         self._store = Store(self._db)
         self._sync_store = SyncStore(self._db)
         self.auth = AuthManager(
@@ -143,7 +143,7 @@ class Service:
         log.info(
             "m365sync started",
             listen=f"{server.host}:{self.bound_port}",
-            state=str(self.config.state.path),
+            state=self._db.location if self._db is not None else "",
             tenants={s.tenant: s.reason for s in statuses},
         )
 

@@ -29,8 +29,14 @@ class CopyQueries:
     db: Database
     clock: Clock
 
-    async def merge_changes(self, tenant: str, kind: str, changes: Iterable[Mapping[str, Any]],
-                            owner: str | None = None, folder: str | None = None) -> None:
+    async def merge_changes(
+        self,
+        tenant: str,
+        kind: str,
+        changes: Iterable[Mapping[str, Any]],
+        owner: str | None = None,
+        folder: str | None = None,
+    ) -> None:
         """Merge one page of delta changes into the stored copies (partial objects welcome)."""
         changes = list(changes)
         if not changes:
@@ -44,8 +50,18 @@ class CopyQueries:
                 removed = change.get("@removed")
                 data = existing.get(id_, {"id": id_})
                 if isinstance(removed, Mapping):
-                    rows.append((tenant, kind, id_, json.dumps(data), str(removed.get("reason") or "deleted"), now,
-                                 owner, folder))
+                    rows.append(
+                        (
+                            tenant,
+                            kind,
+                            id_,
+                            json.dumps(data),
+                            str(removed.get("reason") or "deleted"),
+                            now,
+                            owner,
+                            folder,
+                        )
+                    )
                     continue
                 data.update({k: v for k, v in change.items() if not k.startswith("@")})
                 rows.append((tenant, kind, id_, json.dumps(data), None, now, owner, folder))
@@ -65,11 +81,15 @@ class CopyQueries:
         for start in range(0, len(ids), ID_CHUNK):
             chunk = ids[start : start + ID_CHUNK]
             marks = ",".join("?" * len(chunk))
-            async with conn.execute(
-                f"SELECT id, data FROM graph_objects WHERE tenant = ? AND kind = ? AND id IN ({marks})",
-                (tenant, kind, *chunk),
-            ) as cursor:
-                existing.update({row[0]: json.loads(row[1]) for row in await cursor.fetchall()})
+            existing.update(
+                {
+                    row[0]: json.loads(row[1])
+                    for row in await conn.fetchall(
+                        f"SELECT id, data FROM graph_objects WHERE tenant = ? AND kind = ? AND id IN ({marks})",
+                        (tenant, kind, *chunk),
+                    )
+                }
+            )
         return existing
 
     async def known_ids(self, tenant: str, kind: str, ids: Iterable[str]) -> set[str]:
@@ -79,31 +99,36 @@ class CopyQueries:
         for start in range(0, len(wanted), ID_CHUNK):
             chunk = wanted[start : start + ID_CHUNK]
             marks = ",".join("?" * len(chunk))
-            async with self.db.conn.execute(
-                f"SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND id IN ({marks})", (tenant, kind, *chunk)
-            ) as cursor:
-                known.update(row[0] for row in await cursor.fetchall())
+            known.update(
+                row[0]
+                for row in await self.db.fetchall(
+                    f"SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND id IN ({marks})",
+                    (tenant, kind, *chunk),
+                )
+            )
         return known
 
     async def mark_missing_removed(self, tenant: str, kind: str, seen: set[str]) -> list[str]:
         """After a full round: what it no longer returned is gone (reconciliation)."""
         missing = []
-        async with self.db.conn.execute(
+        async for (id_,) in self.db.stream(
             "SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND removed IS NULL", (tenant, kind)
-        ) as cursor:
-            async for (id_,) in cursor:
-                if id_ not in seen:
-                    missing.append(id_)
+        ):
+            if id_ not in seen:
+                missing.append(id_)
         await self._mark_removed(tenant, kind, missing, "changed")
         return missing
 
     async def remove_unseen(self, tenant: str, kind: str, owner: str, folder: str, seen: set[str]) -> int:
         """After a full round of one folder: its stored copies the round no longer returned are gone."""
-        async with self.db.conn.execute(
-            "SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND owner = ? AND folder = ? AND removed IS NULL",
-            (tenant, kind, owner, folder),
-        ) as cursor:
-            missing = [row[0] for row in await cursor.fetchall() if row[0] not in seen]
+        missing = [
+            row[0]
+            for row in await self.db.fetchall(
+                "SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND owner = ? AND folder = ? AND removed IS NULL",
+                (tenant, kind, owner, folder),
+            )
+            if row[0] not in seen
+        ]
         await self._mark_removed(tenant, kind, missing, "deleted")
         return len(missing)
 
@@ -126,8 +151,9 @@ class CopyQueries:
     async def purge_owner(self, tenant: str, kind: str, owner: str) -> None:
         """Forget an owner's copies (no tombstones), e.g. a calendar window being re-based."""
         async with self.db.transaction() as conn:
-            await conn.execute("DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND owner = ?",
-                               (tenant, kind, owner))
+            await conn.execute(
+                "DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND owner = ?", (tenant, kind, owner)
+            )
 
     async def copies_of_owners(self, tenant: str, kind: str, owners: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
         """The live copies of each owner, for many owners in one indexed query per 500."""
@@ -136,24 +162,24 @@ class CopyQueries:
         for start in range(0, len(wanted), ID_CHUNK):
             chunk = wanted[start : start + ID_CHUNK]
             marks = ",".join("?" * len(chunk))
-            async with self.db.conn.execute(
+            for owner, data in await self.db.fetchall(
                 f"SELECT owner, data FROM graph_objects WHERE tenant = ? AND kind = ? AND owner IN ({marks})"
                 " AND removed IS NULL",
                 (tenant, kind, *chunk),
-            ) as cursor:
-                for owner, data in await cursor.fetchall():
-                    out[owner].append(json.loads(data))
+            ):
+                out[owner].append(json.loads(data))
         return out
 
     async def purge_graph_object(self, tenant: str, kind: str, id_: str) -> None:
         async with self.db.transaction() as conn:
-            await conn.execute("DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND id = ?", (tenant, kind, id_))
+            await conn.execute(
+                "DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND id = ?", (tenant, kind, id_)
+            )
 
     async def graph_copy(self, tenant: str, kind: str, id_: str) -> GraphCopy | None:
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             "SELECT id, data, removed FROM graph_objects WHERE tenant = ? AND kind = ? AND id = ?", (tenant, kind, id_)
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return None if row is None else GraphCopy(row[0], json.loads(row[1]), row[2])
 
     async def graph_copies(self, tenant: str, kind: str, ids: Iterable[str]) -> dict[str, GraphCopy]:
@@ -163,12 +189,11 @@ class CopyQueries:
         for start in range(0, len(wanted), ID_CHUNK):
             chunk = wanted[start : start + ID_CHUNK]
             marks = ",".join("?" * len(chunk))
-            async with self.db.conn.execute(
+            for row in await self.db.fetchall(
                 f"SELECT id, data, removed FROM graph_objects WHERE tenant = ? AND kind = ? AND id IN ({marks})",
                 (tenant, kind, *chunk),
-            ) as cursor:
-                for row in await cursor.fetchall():
-                    out[row[0]] = GraphCopy(row[0], json.loads(row[1]), row[2])
+            ):
+                out[row[0]] = GraphCopy(row[0], json.loads(row[1]), row[2])
         return out
 
     async def find_user(self, tenant: str, reference: str) -> GraphCopy | None:
@@ -176,18 +201,16 @@ class CopyQueries:
         copy = await self.graph_copy(tenant, "user", reference)
         if copy is not None:
             return copy
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             "SELECT id, data, removed FROM graph_objects WHERE tenant = ? AND kind = 'user'"
-            " AND lower(json_extract(data, '$.userPrincipalName')) = lower(?)",
+            f" AND lower({self.db.json_text('data', 'userPrincipalName')}) = lower(?)",
             (tenant, reference),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return None if row is None else GraphCopy(row[0], json.loads(row[1]), row[2])
 
     async def iter_copies(self, tenant: str, kind: str) -> AsyncIterator[GraphCopy]:
         """Every stored copy of a kind, streamed in id order."""
-        async with self.db.conn.execute(
+        async for row in self.db.stream(
             "SELECT id, data, removed FROM graph_objects WHERE tenant = ? AND kind = ? ORDER BY id", (tenant, kind)
-        ) as cursor:
-            async for row in cursor:
-                yield GraphCopy(row[0], json.loads(row[1]), row[2])
+        ):
+            yield GraphCopy(row[0], json.loads(row[1]), row[2])

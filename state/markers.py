@@ -40,36 +40,40 @@ class MarkerQueries:
         """Mailboxes not to ask this time: they answered 403 since the last
         authorization and less than a day ago (then they are asked again)."""
         since = max(authorized_at or 0.0, self.clock() - DAY)
-        async with self.db.conn.execute(
-            "SELECT user_id FROM unreadable_mailboxes WHERE tenant = ? AND resource = ? AND since > ?",
-            (tenant, resource, since),
-        ) as cursor:
-            return {row[0] for row in await cursor.fetchall()}
+        return {
+            row[0]
+            for row in await self.db.fetchall(
+                "SELECT user_id FROM unreadable_mailboxes WHERE tenant = ? AND resource = ? AND since > ?",
+                (tenant, resource, since),
+            )
+        }
 
     async def unreadable(self, tenant: str, resource: str) -> list[str]:
-        async with self.db.conn.execute(
-            "SELECT user_id FROM unreadable_mailboxes WHERE tenant = ? AND resource = ? ORDER BY user_id",
-            (tenant, resource),
-        ) as cursor:
-            return [row[0] for row in await cursor.fetchall()]
+        return [
+            row[0]
+            for row in await self.db.fetchall(
+                "SELECT user_id FROM unreadable_mailboxes WHERE tenant = ? AND resource = ? ORDER BY user_id",
+                (tenant, resource),
+            )
+        ]
 
     # --- contact folders ---
 
     async def folders(self, tenant: str) -> dict[str, list[str]]:
         """Every mailbox's known contact folders."""
         out: dict[str, list[str]] = {}
-        async with self.db.conn.execute(
+        async for user_id, folder_id in self.db.stream(
             "SELECT user_id, folder_id FROM contact_folders WHERE tenant = ? ORDER BY user_id, folder_id", (tenant,)
-        ) as cursor:
-            async for user_id, folder_id in cursor:
-                out.setdefault(user_id, []).append(folder_id)
+        ):
+            out.setdefault(user_id, []).append(folder_id)
         return out
 
     async def set_folders(self, tenant: str, folders: dict[str, list[str]]) -> None:
         """Replace the folder lists of these mailboxes (one transaction)."""
         async with self.db.transaction() as conn:
-            await conn.executemany("DELETE FROM contact_folders WHERE tenant = ? AND user_id = ?",
-                                   [(tenant, u) for u in folders])
+            await conn.executemany(
+                "DELETE FROM contact_folders WHERE tenant = ? AND user_id = ?", [(tenant, u) for u in folders]
+            )
             await conn.executemany(
                 "INSERT INTO contact_folders (tenant, user_id, folder_id) VALUES (?, ?, ?)",
                 [(tenant, u, f) for u, ids in folders.items() for f in dict.fromkeys(ids)],
@@ -79,10 +83,12 @@ class MarkerQueries:
 
     async def calendar_states(self, tenant: str) -> dict[str, tuple[str | None, str | None]]:
         """user id -> (window day, busy fingerprint)."""
-        async with self.db.conn.execute(
-            "SELECT user_id, window_day, busy_fingerprint FROM calendar_state WHERE tenant = ?", (tenant,)
-        ) as cursor:
-            return {row[0]: (row[1], row[2]) for row in await cursor.fetchall()}
+        return {
+            row[0]: (row[1], row[2])
+            for row in await self.db.fetchall(
+                "SELECT user_id, window_day, busy_fingerprint FROM calendar_state WHERE tenant = ?", (tenant,)
+            )
+        }
 
     async def set_window_days(self, tenant: str, user_ids: Iterable[str], day: str) -> None:
         async with self.db.transaction() as conn:
@@ -96,10 +102,12 @@ class MarkerQueries:
 
     async def photo_checks(self, tenant: str) -> dict[str, float]:
         """user id -> when its photo metadata was last checked."""
-        async with self.db.conn.execute(
-            "SELECT user_id, checked_at FROM photo_checks WHERE tenant = ?", (tenant,)
-        ) as cursor:
-            return {row[0]: float(row[1]) for row in await cursor.fetchall()}
+        return {
+            row[0]: float(row[1])
+            for row in await self.db.fetchall(
+                "SELECT user_id, checked_at FROM photo_checks WHERE tenant = ?", (tenant,)
+            )
+        }
 
     async def set_photo_checks(self, tenant: str, user_ids: Iterable[str]) -> None:
         async with self.db.transaction() as conn:
@@ -115,8 +123,7 @@ class MarkerQueries:
         """Take the tenant's run lease; returns the current holder when someone else has it."""
         now = self.clock()
         async with self.db.transaction() as conn:
-            async with conn.execute("SELECT holder, expires_at FROM run_leases WHERE tenant = ?", (tenant,)) as cursor:
-                row = await cursor.fetchone()
+            row = await conn.fetchone("SELECT holder, expires_at FROM run_leases WHERE tenant = ?", (tenant,))
             if row is not None and row[0] != owner and float(row[1]) > now and alive(str(row[0])):
                 return str(row[0])
             await conn.execute(
@@ -133,10 +140,9 @@ class MarkerQueries:
     # --- other per-tenant values (the next scheduled run, the groups mode) ---
 
     async def value(self, tenant: str, name: str) -> str | None:
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             "SELECT value FROM tenant_sync_state WHERE tenant = ? AND name = ?", (tenant, name)
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return None if row is None else str(row[0])
 
     async def set_value(self, tenant: str, name: str, value: str) -> None:

@@ -39,9 +39,18 @@ SYNCED_COLUMNS = (
 
 def synced_row(row: Any) -> SyncedRow:
     return SyncedRow(
-        graph_id=row[0], pbx_id=row[1], payload=json.loads(row[2]) if row[2] else None, payload_hash=row[3],
-        etag=row[4], active=None if row[5] is None else bool(row[5]), out_of_scope_since=row[6], photo_etag=row[7],
-        last_push_at=row[8], failures=int(row[9] or 0), last_error=row[10], quarantine_fingerprint=row[11],
+        graph_id=row[0],
+        pbx_id=row[1],
+        payload=json.loads(row[2]) if row[2] else None,
+        payload_hash=row[3],
+        etag=row[4],
+        active=None if row[5] is None else bool(row[5]),
+        out_of_scope_since=row[6],
+        photo_etag=row[7],
+        last_push_at=row[8],
+        failures=int(row[9] or 0),
+        last_error=row[10],
+        quarantine_fingerprint=row[11],
     )
 
 
@@ -103,65 +112,69 @@ class PushedQueries:
     db: Database
     clock: Clock
 
-    async def iter_with_synced(self, tenant: str, kind: str) -> AsyncIterator[tuple[GraphCopy | None, SyncedRow | None]]:
+    async def iter_with_synced(
+        self, tenant: str, kind: str
+    ) -> AsyncIterator[tuple[GraphCopy | None, SyncedRow | None]]:
         """Every Graph copy joined with its pushed state, then pushed objects without a copy."""
-        async with self.db.conn.execute(
+        async for row in self.db.stream(
             f"SELECT g.id, g.data, g.removed, {', '.join('s.' + c.strip() for c in SYNCED_COLUMNS.split(','))}"
             " FROM graph_objects g LEFT JOIN synced_objects s"
             " ON s.tenant = g.tenant AND s.kind = g.kind AND s.graph_id = g.id"
             " WHERE g.tenant = ? AND g.kind = ? ORDER BY g.id",
             (tenant, kind),
-        ) as cursor:
-            async for row in cursor:
-                copy = GraphCopy(row[0], json.loads(row[1]), row[2])
-                yield copy, (synced_row(row[3:]) if row[3] is not None else None)
-        async with self.db.conn.execute(
+        ):
+            copy = GraphCopy(row[0], json.loads(row[1]), row[2])
+            yield copy, (synced_row(row[3:]) if row[3] is not None else None)
+        async for row in self.db.stream(
             f"SELECT {SYNCED_COLUMNS} FROM synced_objects s WHERE s.tenant = ? AND s.kind = ? AND NOT EXISTS"
             " (SELECT 1 FROM graph_objects g WHERE g.tenant = s.tenant AND g.kind = s.kind AND g.id = s.graph_id)",
             (tenant, kind),
-        ) as cursor:
-            async for row in cursor:
-                yield None, synced_row(row)
+        ):
+            yield None, synced_row(row)
 
     async def synced(self, tenant: str, kind: str, graph_id: str) -> SyncedRow | None:
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             f"SELECT {SYNCED_COLUMNS} FROM synced_objects WHERE tenant = ? AND kind = ? AND graph_id = ?",
             (tenant, kind, graph_id),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return None if row is None else synced_row(row)
 
     async def synced_rows(self, tenant: str, kind: str) -> dict[str, SyncedRow]:
         """Every pushed object of a kind (a kind that stays small: groups)."""
-        async with self.db.conn.execute(
-            f"SELECT {SYNCED_COLUMNS} FROM synced_objects WHERE tenant = ? AND kind = ?", (tenant, kind)
-        ) as cursor:
-            return {row[0]: synced_row(row) for row in await cursor.fetchall()}
+        return {
+            row[0]: synced_row(row)
+            for row in await self.db.fetchall(
+                f"SELECT {SYNCED_COLUMNS} FROM synced_objects WHERE tenant = ? AND kind = ?", (tenant, kind)
+            )
+        }
 
     async def pbx_ids(self, tenant: str, kind: str) -> dict[str, str]:
         """Graph id -> PBX id of every object of a kind on the PBX."""
-        async with self.db.conn.execute(
-            "SELECT graph_id, pbx_id FROM synced_objects WHERE tenant = ? AND kind = ? AND pbx_id IS NOT NULL",
-            (tenant, kind),
-        ) as cursor:
-            return {row[0]: row[1] for row in await cursor.fetchall()}
+        return {
+            row[0]: row[1]
+            for row in await self.db.fetchall(
+                "SELECT graph_id, pbx_id FROM synced_objects WHERE tenant = ? AND kind = ? AND pbx_id IS NOT NULL",
+                (tenant, kind),
+            )
+        }
 
     async def count_synced(self, tenant: str, kind: str) -> int:
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             "SELECT count(*) FROM synced_objects WHERE tenant = ? AND kind = ? AND pbx_id IS NOT NULL", (tenant, kind)
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return int(row[0]) if row else 0
 
     async def active_users(self, tenant: str) -> list[tuple[str, str, str]]:
         """(graph id, PBX id, userPrincipalName) of every active synced user."""
-        async with self.db.conn.execute(
-            "SELECT s.graph_id, s.pbx_id, json_extract(g.data, '$.userPrincipalName') FROM synced_objects s"
-            " JOIN graph_objects g ON g.tenant = s.tenant AND g.kind = 'user' AND g.id = s.graph_id"
-            " WHERE s.tenant = ? AND s.kind = 'user' AND s.pbx_id IS NOT NULL AND s.active = 1 ORDER BY s.graph_id",
-            (tenant,),
-        ) as cursor:
-            return [(r[0], r[1], str(r[2])) for r in await cursor.fetchall()]
+        return [
+            (r[0], r[1], str(r[2]))
+            for r in await self.db.fetchall(
+                f"SELECT s.graph_id, s.pbx_id, {self.db.json_text('g.data', 'userPrincipalName')} FROM synced_objects s"
+                " JOIN graph_objects g ON g.tenant = s.tenant AND g.kind = 'user' AND g.id = s.graph_id"
+                " WHERE s.tenant = ? AND s.kind = 'user' AND s.pbx_id IS NOT NULL AND s.active = 1 ORDER BY s.graph_id",
+                (tenant,),
+            )
+        ]
 
     async def forget_synced(self, tenant: str, kind: str, graph_id: str) -> None:
         async with self.db.transaction() as conn:
@@ -170,12 +183,14 @@ class PushedQueries:
             )
 
     async def quarantined(self, tenant: str) -> list[tuple[str, str, str | None]]:
-        async with self.db.conn.execute(
-            "SELECT kind, graph_id, last_error FROM synced_objects WHERE tenant = ? AND quarantine_fingerprint IS NOT NULL"
-            " ORDER BY kind, graph_id",
-            (tenant,),
-        ) as cursor:
-            return [(r[0], r[1], r[2]) for r in await cursor.fetchall()]
+        return [
+            (r[0], r[1], r[2])
+            for r in await self.db.fetchall(
+                "SELECT kind, graph_id, last_error FROM synced_objects WHERE tenant = ? AND quarantine_fingerprint IS NOT NULL"
+                " ORDER BY kind, graph_id",
+                (tenant,),
+            )
+        ]
 
     # --- the create journal ---
 
@@ -194,10 +209,12 @@ class PushedQueries:
 
     async def pending_creates(self, tenant: str, kind: str) -> set[str]:
         """Creates journaled but never confirmed: they may exist on the PBX already."""
-        async with self.db.conn.execute(
-            "SELECT graph_id FROM pending_creates WHERE tenant = ? AND kind = ?", (tenant, kind)
-        ) as cursor:
-            return {row[0] for row in await cursor.fetchall()}
+        return {
+            row[0]
+            for row in await self.db.fetchall(
+                "SELECT graph_id FROM pending_creates WHERE tenant = ? AND kind = ?", (tenant, kind)
+            )
+        }
 
     # --- one transaction per applied chunk ---
 
@@ -222,9 +239,23 @@ class PushedQueries:
                 " active = excluded.active, out_of_scope_since = excluded.out_of_scope_since,"
                 " photo_etag = excluded.photo_etag, last_push_at = excluded.last_push_at,"
                 " updated_at = excluded.updated_at, failures = 0, last_error = NULL, quarantine_fingerprint = NULL",
-                [(tenant, e.kind, e.graph_id, e.pbx_id, json.dumps(e.payload) if e.payload is not None else None,
-                  e.payload_hash, e.etag, None if e.active is None else int(e.active), e.out_of_scope_since,
-                  e.photo_etag, now, now) for e in pushed],
+                [
+                    (
+                        tenant,
+                        e.kind,
+                        e.graph_id,
+                        e.pbx_id,
+                        json.dumps(e.payload) if e.payload is not None else None,
+                        e.payload_hash,
+                        e.etag,
+                        None if e.active is None else int(e.active),
+                        e.out_of_scope_since,
+                        e.photo_etag,
+                        now,
+                        now,
+                    )
+                    for e in pushed
+                ],
             )
             await conn.executemany(
                 "DELETE FROM pending_creates WHERE tenant = ? AND kind = ? AND graph_id = ?",
@@ -255,14 +286,13 @@ class PushedQueries:
             )
             quarantined: set[str] = set()
             for entry in failed:
-                async with conn.execute(
+                row = await conn.fetchone(
                     "INSERT INTO synced_objects (tenant, kind, graph_id, updated_at, failures, last_error)"
                     " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET"
-                    " failures = failures + 1, last_error = excluded.last_error, updated_at = excluded.updated_at"
+                    " failures = synced_objects.failures + 1, last_error = excluded.last_error, updated_at = excluded.updated_at"
                     " RETURNING failures",
                     (tenant, entry.kind, entry.graph_id, now, entry.error),
-                ) as cursor:
-                    row = await cursor.fetchone()
+                )
                 if row is not None and int(row[0]) >= FAILURES_BEFORE_QUARANTINE:
                     quarantined.add(entry.graph_id)
                     await conn.execute(

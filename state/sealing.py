@@ -66,13 +66,16 @@ CREDENTIAL_NAME = "state-key"
 KEY_BYTES = 32
 
 
-def key_material(configured: Path | None, state_path: Path, environ: Mapping[str, str], *, create: bool) -> bytes | None:
-    """The key, from the configured file, the systemd credential, or the key file beside the database."""
+def key_material(configured: Path | None, state_path: Path, environ: Mapping[str, str], *, create: bool,
+                 local_file: bool = True) -> bytes | None:
+    """The key, from the configured file, the systemd credential, or (``local_file``) the key file beside the database."""
     if configured is not None:
         return configured.read_bytes().strip()
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
         return (Path(credentials) / CREDENTIAL_NAME).read_bytes().strip()
+    if not local_file:
+        return None
     key_file = state_path.with_name(state_path.name + ".key")
     if not key_file.exists():
         if not create:

@@ -62,14 +62,10 @@ class Store:
         and extension numbers are kept.
         """
         async with self.db.transaction() as conn:
-            async with conn.execute(
-                "SELECT directory_id, application_id FROM tenants WHERE name = ?", (name,)
-            ) as cursor:
-                row = await cursor.fetchone()
+            row = await conn.fetchone("SELECT directory_id, application_id FROM tenants WHERE name = ?", (name,))
             if row is None:
                 await conn.execute(
-                    "INSERT INTO tenants (name, directory_id, application_id, created_at)"
-                    " VALUES (?, ?, ?, ?)",
+                    "INSERT INTO tenants (name, directory_id, application_id, created_at) VALUES (?, ?, ?, ?)",
                     (name, directory_id, application_id, self.clock()),
                 )
                 return False
@@ -85,12 +81,11 @@ class Store:
             return True
 
     async def tenants(self) -> list[TenantRow]:
-        async with self.db.conn.execute(
+        rows = await self.db.fetchall(
             "SELECT t.name, t.directory_id, t.application_id, t.auth_state, t.auth_owner,"
             " c.tenant IS NOT NULL, t.auth_reason, t.auth_changed_at FROM tenants t"
             " LEFT JOIN token_cache c ON c.tenant = t.name ORDER BY t.name"
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [TenantRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
 
     async def tenant(self, name: str) -> TenantRow | None:
@@ -124,8 +119,7 @@ class Store:
                 "INSERT INTO daemon_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
                 (name, make()),
             )
-            async with conn.execute("SELECT value FROM daemon_secrets WHERE name = ?", (name,)) as cursor:
-                row = await cursor.fetchone()
+            row = await conn.fetchone("SELECT value FROM daemon_secrets WHERE name = ?", (name,))
         assert row is not None
         return bytes(row[0])
 
@@ -145,27 +139,21 @@ class Store:
         """Mark an unexpired, unused attempt used and return it; None otherwise (single use)."""
         now = self.clock()
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
+            consumed = await conn.execute(
                 "UPDATE auth_attempts SET used_at = ? WHERE id = ? AND purpose = ?"
                 " AND used_at IS NULL AND expires_at > ?",
                 (now, attempt_id, purpose, now),
             )
-            if cursor.rowcount != 1:
+            if consumed != 1:
                 return None
-            async with conn.execute(
-                "SELECT id, tenant, purpose, data FROM auth_attempts WHERE id = ?", (attempt_id,)
-            ) as rows:
-                row = await rows.fetchone()
+            row = await conn.fetchone("SELECT id, tenant, purpose, data FROM auth_attempts WHERE id = ?", (attempt_id,))
         assert row is not None
         return Attempt(row[0], row[1], row[2], None if row[3] is None else bytes(row[3]))
 
     # --- token cache ---
 
     async def load_token_cache(self, tenant: str) -> bytes | None:
-        async with self.db.conn.execute(
-            "SELECT cache FROM token_cache WHERE tenant = ?", (tenant,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self.db.fetchone("SELECT cache FROM token_cache WHERE tenant = ?", (tenant,))
         return None if row is None else bytes(row[0])
 
     async def save_token_cache(self, tenant: str, cache: bytes) -> None:
@@ -180,11 +168,9 @@ class Store:
     # --- delta links ---
 
     async def delta_link(self, tenant: str, resource: str, key: str = "") -> str | None:
-        async with self.db.conn.execute(
-            "SELECT link FROM delta_links WHERE tenant = ? AND resource = ? AND key = ?",
-            (tenant, resource, key),
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self.db.fetchone(
+            "SELECT link FROM delta_links WHERE tenant = ? AND resource = ? AND key = ?", (tenant, resource, key)
+        )
         return None if row is None else str(row[0])
 
     async def save_delta_link(self, tenant: str, resource: str, link: str, key: str = "") -> None:
@@ -198,10 +184,12 @@ class Store:
 
     async def delta_links(self, tenant: str, resource: str) -> dict[str, str]:
         """Every key's link of a resource (per-mailbox resources), in one query."""
-        async with self.db.conn.execute(
-            "SELECT key, link FROM delta_links WHERE tenant = ? AND resource = ?", (tenant, resource)
-        ) as cursor:
-            return {row[0]: row[1] for row in await cursor.fetchall()}
+        return {
+            row[0]: row[1]
+            for row in await self.db.fetchall(
+                "SELECT key, link FROM delta_links WHERE tenant = ? AND resource = ?", (tenant, resource)
+            )
+        }
 
     async def save_delta_links(self, tenant: str, resource: str, links: dict[str, str]) -> None:
         """Commit many keys' links in one transaction."""
@@ -212,13 +200,16 @@ class Store:
                 [(tenant, resource, key, link, self.clock()) for key, link in links.items()],
             )
 
-    async def drop_delta_links(self, tenant: str, resource: str, keep: list[str] | None = None,
-                               keys: list[str] | None = None) -> None:
+    async def drop_delta_links(
+        self, tenant: str, resource: str, keep: list[str] | None = None, keys: list[str] | None = None
+    ) -> None:
         """Drop a resource's links: all, all but ``keep``, or only ``keys``."""
         async with self.db.transaction() as conn:
             if keys is not None:
-                await conn.executemany("DELETE FROM delta_links WHERE tenant = ? AND resource = ? AND key = ?",
-                                       [(tenant, resource, k) for k in keys])
+                await conn.executemany(
+                    "DELETE FROM delta_links WHERE tenant = ? AND resource = ? AND key = ?",
+                    [(tenant, resource, k) for k in keys],
+                )
                 return
             kept = keep or []
             marks = ",".join("?" * len(kept))
@@ -252,26 +243,23 @@ class Store:
     ) -> None:
         async with self.db.transaction() as conn:
             await conn.execute(
-                "UPDATE runs SET finished_at = ?, result = ?, summary = ?, error = ?"
-                " WHERE id = ?",
+                "UPDATE runs SET finished_at = ?, result = ?, summary = ?, error = ? WHERE id = ?",
                 (self.clock(), result, json.dumps(summary, sort_keys=True), error, run_id),
             )
 
     async def run(self, run_id: str) -> RunRow | None:
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             "SELECT id, tenant, trigger, started_at, finished_at, result, summary, error FROM runs WHERE id = ?",
             (run_id,),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return None if row is None else _run_row(row)
 
     async def last_run(self, tenant: str) -> RunRow | None:
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             "SELECT id, tenant, trigger, started_at, finished_at, result, summary, error"
-            " FROM runs WHERE tenant = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
+            f" FROM runs WHERE tenant = ? ORDER BY started_at DESC, {self.db.insertion_order} DESC LIMIT 1",
             (tenant,),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return None if row is None else _run_row(row)
 
 

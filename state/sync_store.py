@@ -26,40 +26,48 @@ class SyncStore(CopyQueries, PushedQueries, MarkerQueries):
 
     async def allocations(self, tenant: str) -> list[tuple[str, str, str, float | None]]:
         """(number, owner kind, owner graph id, released_at) for every number ever handed out."""
-        async with self.db.conn.execute(
-            "SELECT number, owner_kind, owner_graph_id, released_at FROM extension_allocations WHERE tenant = ?",
-            (tenant,),
-        ) as cursor:
-            return [(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall()]
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in await self.db.fetchall(
+                "SELECT number, owner_kind, owner_graph_id, released_at FROM extension_allocations WHERE tenant = ?",
+                (tenant,),
+            )
+        ]
 
     # --- the mass-deletion guard ---
 
     async def hold(self, tenant: str, held: Mapping[str, tuple[str, str]]) -> None:
         """Replace the held set (graph id -> (kind, action)), keeping approvals of ids still held."""
         async with self.db.transaction() as conn:
-            async with conn.execute(
-                "SELECT graph_id FROM held_deprovisions WHERE tenant = ? AND approved = 1", (tenant,)
-            ) as cursor:
-                approved = {row[0] for row in await cursor.fetchall()}
+            approved = {
+                row[0]
+                for row in await conn.fetchall(
+                    "SELECT graph_id FROM held_deprovisions WHERE tenant = ? AND approved = 1", (tenant,)
+                )
+            }
             await conn.execute("DELETE FROM held_deprovisions WHERE tenant = ?", (tenant,))
             await conn.executemany(
                 "INSERT INTO held_deprovisions (tenant, graph_id, kind, action, held_at, approved)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                [(tenant, id_, kind, action, self.clock(), int(id_ in approved)) for id_, (kind, action) in held.items()],
+                [
+                    (tenant, id_, kind, action, self.clock(), int(id_ in approved))
+                    for id_, (kind, action) in held.items()
+                ],
             )
 
     async def held(self, tenant: str) -> dict[str, tuple[str, str, bool]]:
         """graph id -> (kind, action, approved)."""
-        async with self.db.conn.execute(
-            "SELECT graph_id, kind, action, approved FROM held_deprovisions WHERE tenant = ?", (tenant,)
-        ) as cursor:
-            return {r[0]: (r[1], r[2], bool(r[3])) for r in await cursor.fetchall()}
+        return {
+            r[0]: (r[1], r[2], bool(r[3]))
+            for r in await self.db.fetchall(
+                "SELECT graph_id, kind, action, approved FROM held_deprovisions WHERE tenant = ?", (tenant,)
+            )
+        }
 
     async def approve_held(self, tenant: str) -> int:
         """Release exactly the currently held set on the next run."""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute("UPDATE held_deprovisions SET approved = 1 WHERE tenant = ?", (tenant,))
-            return int(cursor.rowcount)
+            return await conn.execute("UPDATE held_deprovisions SET approved = 1 WHERE tenant = ?", (tenant,))
 
     # --- group membership and bookkeeping ---
 
@@ -77,8 +85,9 @@ class SyncStore(CopyQueries, PushedQueries, MarkerQueries):
     async def replace_group_members(self, tenant: str, members: Mapping[str, Iterable[str]]) -> None:
         """Each group's membership becomes exactly ``members[group]`` (a full read)."""
         async with self.db.transaction() as conn:
-            await conn.executemany("DELETE FROM group_members WHERE tenant = ? AND group_id = ?",
-                                   [(tenant, g) for g in members])
+            await conn.executemany(
+                "DELETE FROM group_members WHERE tenant = ? AND group_id = ?", [(tenant, g) for g in members]
+            )
             await conn.executemany(
                 "INSERT INTO group_members (tenant, group_id, member_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(tenant, g, m) for g, ids in members.items() for m in ids],
@@ -89,7 +98,10 @@ class SyncStore(CopyQueries, PushedQueries, MarkerQueries):
         if not ids:
             return set()
         marks = ",".join("?" * len(ids))
-        async with self.db.conn.execute(
-            f"SELECT DISTINCT member_id FROM group_members WHERE tenant = ? AND group_id IN ({marks})", (tenant, *ids)
-        ) as cursor:
-            return {row[0] for row in await cursor.fetchall()}
+        return {
+            row[0]
+            for row in await self.db.fetchall(
+                f"SELECT DISTINCT member_id FROM group_members WHERE tenant = ? AND group_id IN ({marks})",
+                (tenant, *ids),
+            )
+        }

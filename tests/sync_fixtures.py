@@ -105,8 +105,22 @@ def number(user: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-async def sync_env(graph_env: GraphEnv, pbx: PbxEnv, tmp_path: Path) -> AsyncIterator[SyncEnv]:
-    db = await open_database(tmp_path / "state.db")
+def sync_backend() -> str:
+    """The state backend of ``sync_env``; a module imports :func:`on_both_backends` to run on both."""
+    return "sqlite"
+
+
+@pytest.fixture(name="sync_backend", params=["sqlite", "postgresql"])
+def on_both_backends(request: pytest.FixtureRequest) -> str:
+    """``from sync_fixtures import on_both_backends``: every test of that module runs on SQLite and PostgreSQL."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def sync_env(graph_env: GraphEnv, pbx: PbxEnv, tmp_path: Path, sync_backend: str,
+                   request: pytest.FixtureRequest) -> AsyncIterator[SyncEnv]:
+    target = request.getfixturevalue("pg_url") if sync_backend == "postgresql" else tmp_path / "state.db"
+    db = await open_database(target)
     store = Store(db, clock=graph_env.clock.time)
     await store.register_tenant("t", "d", "a")
     env = SyncEnv(graph_env, pbx, db, store, SyncStore(db, clock=graph_env.clock.time), tmp_path, tenant_config(tmp_path))

@@ -16,7 +16,7 @@ from daemon.logging import configure_logging
 from daemon.pbx.schema import PBX_USER
 from daemon.sync.calendar import CalendarReport, CalendarSync
 from sim.generator import generate_tenant
-from sync_fixtures import SyncEnv
+from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
 SECRET_SUBJECT = "Board meeting: acquisition of Fabrikam"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from sim.generator import generate_tenant
-from sync_fixtures import SyncEnv
+from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
 DAY = 86400.0
 

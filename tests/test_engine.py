@@ -12,7 +12,7 @@ from daemon.pbx.dryrun import DryRunPbxClient
 from daemon.pbx.schema import PBX_GROUP, PBX_USER
 from daemon.sync.calendar import CalendarReport, CalendarSync
 from daemon.sync.read_users import _merge
-from sync_fixtures import SyncEnv
+from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
 DAY = 86400.0
 

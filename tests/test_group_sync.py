@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from daemon.pbx.schema import PBX_GROUP
 from daemon.pbx.types import PbxOperation, PbxOutcome
-from sync_fixtures import SyncEnv
+from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
 SALES = "11111111-0000-4000-8000-00000000000a"
 SUPPORT = "11111111-0000-4000-8000-00000000000b"

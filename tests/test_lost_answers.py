@@ -19,7 +19,7 @@ from sim.pbx import ScimServer
 from state.db import open_database
 from state.store import Store
 from state.sync_store import SyncStore
-from sync_fixtures import SyncEnv, tenant_config
+from sync_fixtures import SyncEnv, on_both_backends, tenant_config  # noqa: F401  (the fixture: every test here runs on both backends)
 
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5, sock_read=0.5)
 

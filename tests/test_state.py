@@ -1,4 +1,5 @@
-"""The state database: private file, pragmas, migrations, refusal of the future."""
+"""The state database: private file, pragmas, migrations, refusal of the future
+(the tests taking ``state_target`` run on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from daemon.errors import SchemaTooNew, StateError
@@ -75,12 +77,11 @@ async def test_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     assert "install the newer m365sync" in message
 
 
-async def test_reopening_keeps_data_and_applies_nothing_twice(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    db = await open_database(path)
+async def test_reopening_keeps_data_and_applies_nothing_twice(state_target: Path | str) -> None:
+    db = await open_database(state_target)
     await Store(db).register_tenant("t", "d", "a")
     await db.close()
-    db = await open_database(path)
+    db = await open_database(state_target)
     try:
         assert [row.name for row in await Store(db).tenants()] == ["t"]
     finally:
@@ -128,8 +129,8 @@ async def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
         await open_database(blocker / "state.db")
 
 
-async def test_changing_app_identity_drops_tokens_but_keeps_mappings(tmp_path: Path) -> None:
-    db = await open_database(tmp_path / "state.db")
+async def test_changing_app_identity_drops_tokens_but_keeps_mappings(state_target: Path | str) -> None:
+    db = await open_database(state_target)
     try:
         store = Store(db, clock=lambda: 1000.0)
         assert await store.register_tenant("t", "dir-1", "app-1") is False
@@ -147,8 +148,8 @@ async def test_changing_app_identity_drops_tokens_but_keeps_mappings(tmp_path: P
         await db.close()
 
 
-async def test_delta_links_per_resource_and_key(tmp_path: Path) -> None:
-    db = await open_database(tmp_path / "state.db")
+async def test_delta_links_per_resource_and_key(state_target: Path | str) -> None:
+    db = await open_database(state_target)
     try:
         store = Store(db)
         await store.register_tenant("t", "d", "a")
@@ -160,14 +161,14 @@ async def test_delta_links_per_resource_and_key(tmp_path: Path) -> None:
         assert await store.delta_link("t", "users") is None
         await store.drop_delta_link("t", "contacts", "user-a")
         assert await store.delta_link("t", "contacts", "user-a") is None
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises((sqlite3.IntegrityError, asyncpg.ForeignKeyViolationError)):  # a bug, not the disk
             await store.save_delta_link("unknown-tenant", "users", "x")
     finally:
         await db.close()
 
 
-async def test_runs_are_recorded(tmp_path: Path) -> None:
-    db = await open_database(tmp_path / "state.db")
+async def test_runs_are_recorded(state_target: Path | str) -> None:
+    db = await open_database(state_target)
     times = iter([1.0, 2.0, 3.0, 4.0])
     try:
         store = Store(db, clock=lambda: next(times))

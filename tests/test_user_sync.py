@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sim.generator import generate_tenant
-from sync_fixtures import SyncEnv, number
+from sync_fixtures import SyncEnv, number, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
 
 async def test_initial_sync_creates_enabled_members_numbered_in_upn_order(sync_env: SyncEnv) -> None:

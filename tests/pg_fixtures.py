@@ -1,0 +1,44 @@
+"""PostgreSQL for the tests: one real server (Debian's ``postgresql``) per
+test process, started by :class:`sim.postgres.PostgresServer`, and a new
+empty database per test. ``state_target`` runs a test on both backends."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sim.postgres import PostgresServer, PostgresUnavailable
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"{err}; .ci/run must install it")
+        pytest.skip(str(err))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database's URL."""
+    return postgres_server.create_database(f"t{os.getpid()}_{next(_names)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """What ``open_database`` opens, once for each backend."""
+    if request.param == "sqlite":
+        return tmp_path / "state.db"
+    return str(request.getfixturevalue("pg_url"))
