@@ -134,6 +134,20 @@ def _parser() -> argparse.ArgumentParser:
     disconnect.add_argument("--delete", action="store_true", help="with --deprovision: delete its users instead")
     disconnect.set_defaults(handler=_disconnect)
 
+    state = add("state", "manage the state database")
+    state_commands = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    copy = state_commands.add_parser(
+        "copy", help="copy an installation's whole state into a new, empty database (e.g. SQLite to PostgreSQL)",
+        description="Copy every tenant's state (mappings, numbers, deltaLinks, tokens, runs) row for row into a new, "
+                    "empty database, so nobody is renumbered and nothing syncs again. Stop the daemon first.")
+    copy.add_argument("--from", dest="source", required=True, metavar="SOURCE",
+                      help="sqlite:PATH (or a path), or postgresql://USER@HOST/DB")
+    copy.add_argument("--to", dest="target", required=True, metavar="TARGET",
+                      help="postgresql://USER@HOST/DB, or sqlite:PATH")
+    copy.add_argument("--password-file", type=Path,
+                      help="the PostgreSQL side's password (otherwise PGPASSFILE or ~/.pgpass)")
+    copy.set_defaults(handler=_state_copy)
+
     init = add("init", "create the configuration folder: a config from the example and a random admin token")
     init.add_argument("--dir", type=Path, default=Path("/etc/m365sync"), help="the folder (default /etc/m365sync)")
     init.add_argument("--group", default="m365sync", help="the daemon's group, which may read the files (default m365sync)")
@@ -255,6 +269,21 @@ def _authorize(args: argparse.Namespace) -> int:
     print(link)
     print("The m365sync daemon must be running and reachable at that address.")
     return 0
+
+
+def _state_copy(args: argparse.Namespace) -> int:
+    from state.copy import copy_database
+
+    counts = asyncio.run(copy_database(_state_target(args.source), _state_target(args.target),
+                                       password_file=args.password_file))
+    print(f"copied {counts['tenants']} tenant(s): " + ", ".join(f"{n} {t}" for t, n in counts.items() if n))
+    return 0
+
+
+def _state_target(text: str) -> Path | str:
+    if text.startswith(("postgresql://", "postgres://")):
+        return text
+    return Path(text.removeprefix("sqlite:")).absolute()
 
 
 def _redirect_uris(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from daemon.errors import SchemaTooNew, StateError
+from sim.generator import generate_tenant
 from state.copy import NOT_COPIED, OWN_COLUMNS, TABLES, copy_database
 from state.db import Database, Migration, bundled_migrations, open_database
 from state.errors import StateWriteFailed
@@ -18,6 +19,7 @@ from state.postgres import numbered
 from state.pushed import Failed, Pushed
 from state.store import Store
 from state.sync_store import SyncStore
+from sync_fixtures import SyncEnv
 
 
 async def columns_of(db: Database) -> dict[str, set[str]]:
@@ -214,3 +216,30 @@ async def test_state_copy_moves_every_row_both_ways_and_never_merges(tmp_path: P
     back = tmp_path / "back.db"
     await copy_database(pg_url, back)
     assert await dump(back) == await dump(sqlite)
+
+
+async def test_after_state_copy_to_postgres_the_next_run_writes_nothing(sync_env: SyncEnv, pg_url: str,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.cli import main
+
+    generate_tenant(sync_env.graph.tenant, users=30, contacts_per_user=1, photo_fraction=0)
+    sync_env.configure(personal_contacts={"enabled": True, "require_phone": False})
+    first = await sync_env.run()
+    assert first.result == "success" and first.counts.get("create", 0) > 0
+    await sync_env.db.close()
+    assert await asyncio.to_thread(main, ["state", "copy", "--from", f"sqlite:{sync_env.tmp_path / 'state.db'}",
+                                          "--to", pg_url]) == 0
+    assert "copied 1 tenant(s)" in capsys.readouterr().out
+    db = await open_database(pg_url)
+    try:
+        clock = sync_env.graph.clock.time
+        on_postgres = SyncEnv(sync_env.graph, sync_env.pbx, db, Store(db, clock=clock), SyncStore(db, clock=clock),
+                              sync_env.tmp_path, sync_env.tenant)
+        writes, deltas = on_postgres.pbx_writes(), on_postgres.graph_requests("/users/delta")
+        again = await on_postgres.run()
+        assert again.result == "success" and again.counts == {} and again.contacts.counts == {}
+        assert on_postgres.pbx_writes() == writes
+        assert on_postgres.graph_requests("/users/delta") == deltas + 1  # the copied deltaLink, not a new round
+    finally:
+        await db.close()
+        sync_env.db = await open_database(sync_env.tmp_path / "state.db")  # the fixture closes its own
