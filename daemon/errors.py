@@ -51,6 +51,10 @@ class StateError(M365SyncError):
     """The state database cannot be opened or used."""
 
 
+class LeaseLost(M365SyncError):
+    """This daemon no longer holds the tenant (shared state): it stops writing, another daemon goes on."""
+
+
 class SchemaTooNew(StateError):
     """The state database was written by a newer m365sync than this one."""
 

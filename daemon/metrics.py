@@ -7,6 +7,7 @@ independent and lets ``/metrics`` show exactly what this process owns.
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from daemon import __version__
 
@@ -147,6 +149,28 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.tenant_owner = Gauge(
+            "m365sync_tenant_owner",
+            "1 for each tenant this daemon holds the lease of (shared PostgreSQL state).",
+            ["tenant", "instance"],
+            registry=self.registry,
+        )
+        self.owns: Callable[[str], bool] = lambda tenant: True  # a shared state: the tenants this daemon owns
+
     def render(self) -> bytes:
-        """The text exposition format served at ``/metrics``."""
-        return generate_latest(self.registry)
+        """The text exposition format served at ``/metrics``: per-tenant series only
+        of the tenants this daemon owns (every tenant, on SQLite)."""
+        return generate_latest(_OwnedTenants(self))
+
+
+class _OwnedTenants:
+    """The registry, without the series of tenants another daemon owns (they export those)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.metrics.registry.collect():
+            family.samples = [s for s in family.samples
+                              if "tenant" not in s.labels or self.metrics.owns(s.labels["tenant"])]
+            yield family

@@ -58,6 +58,7 @@ async def _reload(service: Service) -> bool:
     service.config = config
     if service.auth is not None:
         service.auth.config = config
+    service.ownership.leases.set_tenants(after)  # a shared state: leases of removed tenants go at the next round
     for tenant in config.tenants:
         if await service.store.register_tenant(tenant.name, tenant.directory_id, tenant.application_id):
             log.warning("application or directory ID changed; stored tokens dropped", tenant=tenant.name)

@@ -121,10 +121,11 @@ class TenantSchedule:
             await self.current.finished.wait()
         await self.stop()
 
-    def request(self, trigger: str) -> str:
-        """Ask for a run now; returns its id. During a run, exactly one more is queued."""
+    def request(self, trigger: str, run_id: str | None = None) -> str:
+        """Ask for a run now; returns its id (``run_id``: one handed out by another
+        daemon, which forwarded the request here). During a run, exactly one more is queued."""
         if self.queued is None:
-            self.queued = RunProgress(_new_id(), trigger)
+            self.queued = RunProgress(run_id or _new_id(), trigger)
         self._wake.set()
         return self.queued.run_id
 
@@ -201,6 +202,10 @@ class TenantSchedule:
             if len(self.recent) > 50:
                 self.recent.pop(next(iter(self.recent)))
             self.current = None
+
+
+def new_run_id() -> str:
+    return _new_id()
 
 
 def _new_id() -> str:

@@ -22,8 +22,10 @@ from daemon.commands import sealer_for
 from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import ConfigError, M365SyncError
 from daemon.health import TenantStatus, tenant_status
+from daemon.leases import LocalLeases
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
+from daemon.ownership import Ownership, leases_for
 from daemon.progress import ProgressLog
 from daemon.reload import reload_config
 from daemon.retry import GraphBudget
@@ -81,6 +83,7 @@ class Service:
         self.bound_port: int | None = None
         self.auth: AuthManager | None = None
         self.pending_syncs: set[str] = set()
+        self.ownership = Ownership(LocalLeases(), self.metrics, self.schedules, lambda tenant: None)
 
     @property
     def store(self) -> Store:
@@ -114,6 +117,14 @@ class Service:
                 )
         for row in await self._store.tenants():
             self.auth.publish_state(row.name, row.auth_state)
+        leases = leases_for(self.config, self.clock)
+        self.ownership = Ownership(leases, self.metrics, self.schedules, self.auth.forget_tokens)
+        leases.set_tenants(t.name for t in self.config.tenants if t.enabled)
+        try:
+            await leases.start()  # before the start-up runs, so they know which tenants are this daemon's
+        except BaseException:
+            await self.stop()
+            raise
         self._runner = web.AppRunner(
             build_app(self, self.metrics, self.auth, _admin_token(self.config), self),
             access_log=None,
@@ -150,6 +161,7 @@ class Service:
     async def stop(self) -> None:
         """Close the server and the database; safe to call more than once."""
         self.notifier.notify("STOPPING=1")
+        await self.ownership.leases.stop()
         for poll in self.polls.values():
             await poll.stop()
         self.polls.clear()
@@ -174,8 +186,7 @@ class Service:
     def request_sync(self, tenant: str, trigger: str = "authorized") -> str | None:
         """Ask for a sync of ``tenant`` as soon as possible; returns the run id (None: not scheduled)."""
         self.pending_syncs.add(tenant)
-        schedule = self.schedules.get(tenant)
-        run_id = schedule.request(trigger) if schedule is not None else None
+        run_id = self.ownership.request(tenant, trigger)  # here, or forwarded to the daemon that owns it
         log.info("sync requested", tenant=tenant, trigger=trigger, run_id=run_id)
         return run_id
 
@@ -187,14 +198,15 @@ class Service:
             return progress.as_json()
         row = await self.store.run(run_id)
         if row is None or row.tenant != tenant:
-            return progress.as_json() if progress is not None else None
+            return self.ownership.forwarded_status(tenant, run_id)
         return {"run_id": row.id, "trigger": row.trigger, "state": "finished" if row.finished_at else "running",
                 "result": row.result, "started_at": row.started_at, "finished_at": row.finished_at,
                 "error": row.error, **row.summary}
 
     async def status_reports(self) -> list[TenantReport]:
         next_runs = {name: s.next_run for name, s in self.schedules.items() if s.next_run is not None}
-        return await status.collect(self.config, self.store, self.sync_store, next_runs)
+        return await status.collect(self.config, self.store, self.sync_store, next_runs,
+                                    await self.ownership.owners())
 
     async def _next_run(self, tenant: str, when: float) -> None:
         self.metrics.next_run.labels(tenant).set(when)
@@ -228,13 +240,14 @@ class Service:
 
     def _poller_for(self, tenant: TenantConfig) -> Callable[[], Awaitable[None]]:
         async def poll() -> None:
+            if not self.ownership.holds(tenant.name):
+                return  # another daemon polls it
             tenant_now = self.current(tenant)
             row = await self.store.tenant(tenant.name)
             if tenant_now.auth_mode == "delegated" and (row is None or row.auth_state != AUTHORIZED):
                 return
             assert self.auth is not None and self._session is not None
-            runner = TenantRunner(tenant_now, self.store, self.sync_store, self.auth, self._session, self.metrics,
-                                  budget=self.budgets.setdefault(tenant.name, GraphBudget()))
+            runner = self._tenant_runner(tenant_now)
             try:
                 report = await runner.poll_calendar()
             except M365SyncError as err:
@@ -254,14 +267,15 @@ class Service:
         return run
 
     async def run_tenant(self, tenant: TenantConfig, trigger: str, run_id: str, progress: RunProgress) -> str:
-        """One scheduled run: skipped while a delegated tenant is not authorized."""
+        """One scheduled run: skipped while a delegated tenant is not authorized, or another daemon owns it."""
+        if not self.ownership.holds(tenant.name):
+            progress.details["skipped"] = "another daemon of the shared state owns the tenant"
+            return "not_owner"
         row = await self.store.tenant(tenant.name)
         if tenant.auth_mode == "delegated" and (row is None or row.auth_state != AUTHORIZED):
             progress.details["skipped"] = "the tenant is not authorized"
             return "not_authorized"
-        assert self.auth is not None and self._session is not None
-        runner = TenantRunner(tenant, self.store, self.sync_store, self.auth, self._session, self.metrics,
-                              budget=self.budgets.setdefault(tenant.name, GraphBudget()))
+        runner = self._tenant_runner(tenant)
         started = time.monotonic()
         try:
             result = await runner.run(trigger, progress=ProgressLog(progress, self.clock), run_id=run_id)
@@ -277,6 +291,13 @@ class Service:
         for kind in ("user", "group", "contact"):
             self.metrics.synced_objects.labels(tenant.name, kind).set(await self.sync_store.count_synced(tenant.name, kind))
         return result.result
+
+    def _tenant_runner(self, tenant: TenantConfig) -> TenantRunner:
+        assert self.auth is not None and self._session is not None
+        guard = self.ownership.write_guard(tenant.name)
+        return TenantRunner(tenant, self.store, self.sync_store, self.auth, self._session, self.metrics,
+                            budget=self.budgets.setdefault(tenant.name, GraphBudget()), write_guard=guard,
+                            run_lock_alive=_lease_decides if guard is not None else None)
 
     def _record_metrics(
         self, tenant: str, result: str, seconds: float, held: int, counts: dict[str, dict[str, int]]
@@ -337,6 +358,12 @@ class Service:
                                   f"no longer in the configuration; its state stays until: m365sync disconnect --tenant {name}")
                      for name in sorted(rows) if name not in configured]
         return statuses
+
+
+def _lease_decides(holder: str) -> bool:
+    """A shared state: holding the tenant's lease means no other daemon runs it; a
+    run lock left by a daemon that died is so never waited for."""
+    return False
 
 
 def _admin_token(config: Config) -> str | None:

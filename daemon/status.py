@@ -5,6 +5,7 @@ held deprovisions and quarantined objects. One collector, three renderings:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from html import escape
 from typing import Any
@@ -31,9 +32,12 @@ class TenantReport:
     unreadable_mailboxes: list[str] = field(default_factory=list)
     selects_nobody: list[str] = field(default_factory=list)  # from the last run: settings that match no one
     leftover: bool = False  # no longer in the configuration; its state stays until disconnected
+    owner: str | None = None  # the daemon syncing it (a shared state: the lease holder; None: nobody now)
 
 
-async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs: dict[str, float] | None = None) -> list[TenantReport]:
+async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs: dict[str, float] | None = None,
+                  owners: Mapping[str, str] | None = None) -> list[TenantReport]:
+    """Every tenant's report; ``owners`` (tenant -> daemon) from the daemon, none from the CLI."""
     rows = {row.name: row for row in await store.tenants()}
     reports = []
     for tenant in config.tenants:
@@ -74,6 +78,7 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             unreadable_calendars=unreadable["calendars"],
             unreadable_mailboxes=unreadable["mailboxes"],
             selects_nobody=list(run.summary.get("selects_nobody", [])) if run is not None else [],
+            owner=(owners or {}).get(tenant.name),
         ))
     configured = {t.name for t in config.tenants}
     for name, row in sorted(rows.items()):
@@ -98,7 +103,7 @@ def as_text(reports: list[TenantReport]) -> str:
             lines.append(f"{r.tenant} (not in the configuration; its state stays until: "
                          f"m365sync disconnect --tenant {r.tenant})")
             continue
-        lines.append(f"{r.tenant}{'' if r.enabled else ' (disabled)'}")
+        lines.append(f"{r.tenant}{'' if r.enabled else ' (disabled)'}" + (f" [synced by {r.owner}]" if r.owner else ""))
         owner = f" as {r.auth_owner}" if r.auth_owner else ""
         reason = f" ({r.auth_reason})" if r.auth_reason else ""
         lines.append(f"  authorization: {r.auth_state}{owner}{reason}")
@@ -142,7 +147,8 @@ def as_html(reports: list[TenantReport], refresh_seconds: int = 30) -> str:
         quarantined = "".join(f"<li>{escape(q['name'] or '')}: {escape(q['error'] or '')}</li>" for q in r.quarantined[:50])
         sections.append(
             f"<section class='tenant' id='tenant-{escape(r.tenant)}'><h2>{escape(r.tenant)}</h2><dl>"
-            f"<dt>Authorization</dt><dd>{escape(r.auth_state)}{(' as ' + escape(r.auth_owner)) if r.auth_owner else ''}</dd>"
+            + (f"<dt>Synced by</dt><dd class='owner'>{escape(r.owner)}</dd>" if r.owner else "")
+            + f"<dt>Authorization</dt><dd>{escape(r.auth_state)}{(' as ' + escape(r.auth_owner)) if r.auth_owner else ''}</dd>"
             f"<dt>Last run</dt><dd>{run_text}</dd>"
             f"<dt>Next run</dt><dd>{escape(_when(r.next_run))}</dd>"
             f"<dt>Held deprovisions</dt><dd class='held'>{len(r.held)}"

@@ -45,7 +45,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "pending_creates": ("tenant", "kind", "graph_id", "since"),
     "photo_checks": ("tenant", "user_id", "checked_at"),
 }
-NOT_COPIED = frozenset({"run_leases"})  # a process's own run locks
+NOT_COPIED = frozenset({"run_leases", "instances"})  # a process's own run locks; the daemons of a shared state
 # Columns a backend has for itself: PostgreSQL's insertion order of runs (SQLite's rowid).
 OWN_COLUMNS = {"runs": frozenset({"seq"})}
 

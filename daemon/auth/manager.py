@@ -234,6 +234,11 @@ class AuthManager:
             self.on_authorized(tenant.name)
         return PageResult(200, pages.success_page(tenant.name, owner, tenant.directory_id), tenant.name)
 
+    def forget_tokens(self, tenant_name: str) -> None:
+        """Read the token cache from the state again next time (another daemon of a shared state wrote it)."""
+        self._caches.pop(tenant_name, None)
+        self._apps.pop(tenant_name, None)
+
     def forget_app(self, tenant_name: str) -> None:
         """Build the tenant's MSAL app again next time (its settings changed)."""
         self._apps.pop(tenant_name, None)

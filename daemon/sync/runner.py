@@ -19,13 +19,15 @@ import aiohttp
 from daemon.auth.manager import DISCONNECTED, AuthManager
 from daemon.clock import SystemClock
 from daemon.config import TenantConfig, read_secret
-from daemon.errors import AuthorizationRequired, M365SyncError
+from daemon.errors import AuthorizationRequired, LeaseLost, M365SyncError
 from daemon.graph.client import GraphClient
 from daemon.graph.clouds import graph_base_url
 from daemon.logging import bind, get_logger, unbind
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.dryrun import DryRunPbxClient
+from daemon.pbx.guarded import GuardedWriter
+from daemon.pbx.types import PbxWriter
 from daemon.retry import Clock, GraphBudget, Transport
 from daemon.sync.apply import Progress
 from daemon.sync.calendar import CalendarReport, CalendarSync
@@ -78,6 +80,8 @@ class TenantRunner:
         now: Callable[[], float] = time.time,
         dry_run: bool = False,
         budget: GraphBudget | None = None,
+        write_guard: Callable[[], Awaitable[None]] | None = None,
+        run_lock_alive: Callable[[str], bool] | None = None,
     ) -> None:
         self.tenant = tenant
         self.store = store
@@ -89,6 +93,8 @@ class TenantRunner:
         self.now = now
         self.dry_run = dry_run
         self.budget = budget or GraphBudget()
+        self.write_guard = write_guard  # a shared state: raises LeaseLost once the tenant's lease is gone
+        self.run_lock_alive = run_lock_alive or _process_alive  # a shared state: the lease decides, not the run lock
 
     def _transport(self) -> Transport:
         return Transport(self.session, self.tenant.name, self.metrics,
@@ -102,7 +108,7 @@ class TenantRunner:
         graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(self.tenant.name))
         pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
         report = CalendarReport()
-        await CalendarSync(self.tenant, self.store, self.sync_store, graph, pbx, self.now).poll(report)
+        await CalendarSync(self.tenant, self.store, self.sync_store, graph, self._guarded(pbx), self.now).poll(report)
         return report
 
     async def run(self, trigger: str, progress: Progress | None = None, run_id: str | None = None) -> RunResult:
@@ -124,7 +130,7 @@ class TenantRunner:
         name = self.tenant.name
         try:
             holder = None if self.dry_run else await self.sync_store.try_lock(name, LOCK_OWNER, RUN_LOCK_SECONDS,
-                                                                               _process_alive)
+                                                                               self.run_lock_alive)
         except M365SyncError as err:
             return RunResult(run_id, name, "failed", RunReport(result="failed", error=str(err)))
         if holder is not None:
@@ -157,6 +163,8 @@ class TenantRunner:
             await self._sync(report, progress, all_photos=trigger.endswith(PHOTOS_SUFFIX))
         except AuthorizationRequired as err:
             report.result, report.error = "reauthorization_required", str(err)
+        except LeaseLost as err:  # another daemon has the tenant now: it goes on from what was applied
+            report.result, report.error = "lease_lost", str(err)
         except M365SyncError as err:
             report.result, report.error = "failed", str(err)
         except Exception as err:  # a run never ends without a record
@@ -178,9 +186,13 @@ class TenantRunner:
         name = self.tenant.name
         graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(name))
         pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
-        writer = DryRunPbxClient() if self.dry_run else pbx
+        writer = DryRunPbxClient() if self.dry_run else self._guarded(pbx)
         await build_tenant_sync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now,
                                 progress, all_photos=all_photos).run(report)
+
+
+    def _guarded(self, writer: PbxWriter) -> PbxWriter:
+        return writer if self.write_guard is None else GuardedWriter(writer, self.write_guard)
 
 
 def unexpected_reason(err: BaseException) -> str:

@@ -1,0 +1,139 @@
+"""The daemon's side of tenant leases (``daemon.leases``): what it runs, what
+it forwards, and what it shows.
+
+Every daemon of a shared state schedules every configured tenant, but a run
+or a calendar poll goes ahead only where the tenant's lease is held; a
+request that lands elsewhere (Sync now, an OAuth callback) is forwarded to
+the owner with its run id, so the caller can follow that run from any daemon
+(its record is in the shared state). A daemon that takes a tenant over runs
+it at once ("takeover"), so work that a dead daemon left half done is
+finished without waiting for the next scheduled time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.config import Config
+from daemon.leases import Leases, LocalLeases, SharedLeases, default_instance_name
+from daemon.logging import get_logger
+from daemon.metrics import Metrics
+from daemon.scheduler import SchedulerClock, TenantSchedule, new_run_id
+
+log = get_logger(__name__)
+
+FORWARDED_KEPT = 200  # run ids handed out for another daemon, kept for their status until recorded
+
+
+def leases_for(config: Config, clock: SchedulerClock) -> Leases:
+    state = config.state
+    if state.url is None:
+        return LocalLeases()
+    instance = state.instance_name or default_instance_name(config.server.port)
+    return SharedLeases(state.url, instance, float(state.lease_seconds), clock, state.password_file,
+                        config.server.public_url)
+
+
+@dataclass
+class Ownership:
+    leases: Leases
+    metrics: Metrics
+    schedules: dict[str, TenantSchedule]
+    forget_tokens: Callable[[str], None]  # the owner reloads a token cache another daemon wrote
+    forwarded: dict[str, str] = field(default_factory=dict)  # run id -> tenant, asked here, run by the owner
+    _sends: set[asyncio.Task[bool]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        leases = self.leases
+        self.metrics.owns = self.holds
+        if isinstance(leases, SharedLeases):
+            leases.on_acquired, leases.on_message, leases.busy = self._acquired, self._message, self._busy
+            leases.on_released = self._released
+
+    @property
+    def shared(self) -> bool:
+        return self.leases.shared
+
+    def holds(self, tenant: str) -> bool:
+        return self.leases.holds(tenant)
+
+    def write_guard(self, tenant: str) -> Callable[[], Awaitable[None]] | None:
+        """What a run checks before each applied chunk (None: one daemon, nothing to check)."""
+        if not self.shared:
+            return None
+
+        async def check() -> None:
+            await self.leases.check(tenant)
+
+        return check
+
+    def request(self, tenant: str, trigger: str) -> str | None:
+        """A run of ``tenant`` as soon as possible, here or at its owner; returns its run id."""
+        schedule = self.schedules.get(tenant)
+        if schedule is None:
+            return None
+        if not self.shared or self.holds(tenant):
+            return schedule.request(trigger)
+        run_id = new_run_id()
+        self.forwarded[run_id] = tenant
+        while len(self.forwarded) > FORWARDED_KEPT:
+            self.forwarded.pop(next(iter(self.forwarded)))
+        task = asyncio.ensure_future(self._forward(tenant, trigger, run_id))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+        return run_id
+
+    async def _forward(self, tenant: str, trigger: str, run_id: str) -> bool:
+        try:
+            sent = await self.leases.forward(tenant, {"kind": "sync", "trigger": trigger, "run_id": run_id})
+        except Exception as err:  # the request stays queued nowhere: say so, the caller sees no run
+            log.error("could not forward a sync request to the tenant's owner", tenant=tenant, error=str(err))
+            return False
+        if not sent:
+            log.warning("no daemon owns the tenant right now; the request waits for its next scheduled run",
+                        tenant=tenant, run_id=run_id)
+        return sent
+
+    def forwarded_status(self, tenant: str, run_id: str) -> dict[str, Any] | None:
+        if self.forwarded.get(run_id) != tenant:
+            return None
+        return {"run_id": run_id, "state": "queued", "phase": "forwarded to the daemon that owns the tenant"}
+
+    async def owners(self) -> dict[str, str]:
+        """tenant -> owning daemon, for the status (a shared state only: on SQLite it is always this one)."""
+        return await self.leases.owners() if self.shared else {}
+
+    # --- from the lease session ---
+
+    def _acquired(self, tenant: str) -> None:
+        self.metrics.tenant_owner.labels(tenant, self.leases.instance).set(1)
+        self.forget_tokens(tenant)  # another daemon may have refreshed (rotated) them meanwhile
+        schedule = self.schedules.get(tenant)
+        if schedule is not None:  # at start-up there is none yet: the start-up run covers it
+            schedule.request("takeover")
+
+    def _released(self, tenant: str) -> None:
+        try:
+            self.metrics.tenant_owner.remove(tenant, self.leases.instance)
+        except KeyError:
+            pass
+
+    def _busy(self, tenant: str) -> bool:
+        schedule = self.schedules.get(tenant)
+        return schedule is not None and schedule.current is not None
+
+    def _message(self, message: Mapping[str, Any]) -> None:
+        tenant, trigger, run_id = message.get("tenant"), message.get("trigger"), message.get("run_id")
+        if message.get("kind") != "sync" or not isinstance(tenant, str) or not isinstance(trigger, str):
+            return
+        schedule = self.schedules.get(tenant)
+        if schedule is None or not self.holds(tenant):
+            log.warning("a forwarded sync request reached a daemon that does not own the tenant", tenant=tenant)
+            return
+        if trigger == "authorized":
+            self.forget_tokens(tenant)  # the callback landed on another daemon, which stored the new tokens
+        log.info("sync requested by another daemon", tenant=tenant, trigger=trigger, by=message.get("from"))
+        schedule.request(trigger, run_id if isinstance(run_id, str) else None)
