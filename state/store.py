@@ -62,13 +62,15 @@ class Store:
         and extension numbers are kept.
         """
         async with self.db.transaction() as conn:
-            row = await conn.fetchone("SELECT directory_id, application_id FROM tenants WHERE name = ?", (name,))
-            if row is None:
-                await conn.execute(
-                    "INSERT INTO tenants (name, directory_id, application_id, created_at) VALUES (?, ?, ?, ?)",
-                    (name, directory_id, application_id, self.clock()),
-                )
+            # Insert first: daemons of a shared state starting together must not both insert.
+            if await conn.execute(
+                "INSERT INTO tenants (name, directory_id, application_id, created_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, directory_id, application_id, self.clock()),
+            ):
                 return False
+            row = await conn.fetchone("SELECT directory_id, application_id FROM tenants WHERE name = ?", (name,))
+            assert row is not None
             if (row[0], row[1]) == (directory_id, application_id):
                 return False
             await conn.execute(

@@ -243,3 +243,14 @@ async def test_after_state_copy_to_postgres_the_next_run_writes_nothing(sync_env
     finally:
         await db.close()
         sync_env.db = await open_database(sync_env.tmp_path / "state.db")  # the fixture closes its own
+
+
+async def test_daemons_registering_a_tenant_together_register_it_once(state_target: Path | str) -> None:
+    databases = [await open_database(state_target) for _ in range(3)]
+    try:
+        changed = await asyncio.gather(*(Store(db).register_tenant("t", "d", "a") for db in databases for _ in range(3)))
+        assert changed == [False] * 9
+        assert [row.name for row in await Store(databases[0]).tenants()] == ["t"]
+    finally:
+        for db in databases:
+            await db.close()

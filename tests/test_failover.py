@@ -1,0 +1,265 @@
+"""Two real daemon processes on one PostgreSQL, 20 tenants, the Graph
+simulator and scim2-server behind a recording proxy per daemon: one daemon
+is SIGKILLed in the middle of its runs; the other takes its tenants over
+within one lease interval, no tenant is ever written by both daemons at
+once, and every PBX ends with exactly the users it must have."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from conftest import write_secret
+from daemon.clock import SystemClock
+from daemon.leases import rendezvous_owner
+from daemon.metrics import Metrics
+from daemon.pbx.client import PbxClient
+from daemon.pbx.schema import PBX_USER
+from daemon.retry import Transport
+from sim.pbx import ScimServer
+from sim.world import FakeWorld, free_port
+
+TENANTS = [f"t{i:02d}" for i in range(20)]
+USERS = 24
+LEASE_SECONDS = 5
+ADMIN = "failover-admin-token-0123456789"
+WRITES = ("POST", "PATCH", "PUT", "DELETE")
+
+
+@dataclass
+class Write:
+    tenant: str
+    daemon: str
+    started: float
+    ended: float
+
+
+@dataclass
+class Recorder:
+    """The PBX side: every write, by tenant and by the daemon that sent it (one proxy port per daemon)."""
+
+    scim: ScimServer
+    prefix: str
+    writes: list[Write] = field(default_factory=list)
+    kill: dict[str, tuple[int, int]] = field(default_factory=dict)  # daemon -> (pid, after this many writes)
+    killed_at: dict[str, float] = field(default_factory=dict)
+
+    def handler(self, daemon: str) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            tenant, rest = request.match_info["tenant"], request.match_info["rest"]
+            body = await request.read()
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+            started = time.monotonic()
+            async with aiohttp.ClientSession() as session, session.request(
+                    request.method, f"{self.scim.url(self.prefix + tenant)}/{rest}", params=request.query, data=body,
+                    headers=headers) as answer:
+                payload = await answer.read()
+                response = web.Response(status=answer.status, body=payload, headers={
+                    k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "etag", "location")})
+            if request.method in WRITES:
+                self.writes.append(Write(tenant, daemon, started, time.monotonic()))
+                pid, after = self.kill.get(daemon, (0, 0))
+                if pid and sum(1 for w in self.writes if w.daemon == daemon) == after:
+                    os.kill(pid, signal.SIGKILL)  # this answer is never read
+                    self.killed_at[daemon] = time.monotonic()
+            return response
+
+        return handle
+
+
+def config_text(world_config: str, *, port: int, proxy_port: int, pg_url: str, instance: str) -> str:
+    def value(key: str) -> str:
+        match = re.search(rf'^{key} = "([^"]*)"', world_config, re.M)
+        assert match, key
+        return match.group(1)
+
+    tenants = "".join(f"""
+[[tenants]]
+name = "{name}"
+directory_id = "{value('directory_id')}"
+application_id = "{value('application_id')}"
+auth_mode = "application"
+client_secret_file = "client-secret"
+authority_url = "{value('authority_url')}"
+graph_url = "{value('graph_url')}"
+ca_file = "{value('ca_file')}"
+sync_time = "0 0 1 1 *"
+[tenants.pbx]
+scim_url = "http://127.0.0.1:{proxy_port}/{name}/v2"
+token_file = "pbx-token"
+[tenants.users]
+enabled = true
+sync_photo = false
+starting_extension_number = "1001"
+""" for name in TENANTS)
+    return f"""
+[server]
+listen = "127.0.0.1:{port}"
+admin_token_file = "admin-token"
+[state]
+url = "{pg_url}"
+instance_name = "{instance}"
+lease_seconds = {LEASE_SECONDS}
+encryption_key_file = "state-key"
+[log]
+level = "info"
+format = "json"
+{tenants}"""
+
+
+@dataclass
+class Daemon:
+    name: str
+    port: int
+    process: asyncio.subprocess.Process
+    log: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+async def api(session: aiohttp.ClientSession, daemon: Daemon, method: str, path: str) -> Any:
+    async with session.request(method, daemon.url(path), headers={"Authorization": f"Bearer {ADMIN}"}) as answer:
+        return await answer.json()
+
+
+async def owners(session: aiohttp.ClientSession, daemon: Daemon) -> dict[str, str | None]:
+    body = await api(session, daemon, "GET", "/api/status")
+    return {t["tenant"]: t["owner"] for t in body["tenants"]}
+
+
+async def until(condition: Any, seconds: float, what: str) -> float:
+    """Wait for a condition of the running system (an event we cannot be called back for); returns when it held."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if await condition():
+            return time.monotonic()
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def two_daemons(tmp_path: Path, scim: ScimServer, pg_url: str) -> AsyncIterator[tuple[FakeWorld, Recorder,
+                                                                                             list[Daemon]]]:
+    world = await FakeWorld(tmp_path / "world", users=0, scim=scim, sync_photo=False).start()
+    assert world.config_path is not None
+    recorder = Recorder(scim, prefix=f"fo{os.getpid()}{tmp_path.name[-6:]}")
+    runners, daemons = [], []
+    try:
+        for name in ("a", "b"):
+            app = web.Application()
+            app.router.add_route("*", "/{tenant}/v2/{rest:.*}", recorder.handler(name))
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            proxy_port = free_port()
+            await web.TCPSite(runner, "127.0.0.1", proxy_port).start()
+            runners.append(runner)
+            folder = tmp_path / name
+            folder.mkdir()
+            for secret in ("client-secret", "pbx-token"):
+                write_secret(folder / secret, (world.workdir / secret).read_text().strip())
+            write_secret(folder / "admin-token", ADMIN)
+            write_secret(folder / "state-key", "a-key-every-daemon-of-this-state-shares-0123456")
+            port = free_port()
+            (folder / "config.toml").write_text(config_text(world.config_path.read_text(), port=port,
+                                                            proxy_port=proxy_port, pg_url=pg_url, instance=name))
+            log = folder / "daemon.log"
+            with log.open("wb") as out:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "daemon.cli", "run", "--config", str(folder / "config.toml"),
+                    stdout=out, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            daemons.append(Daemon(name, port, process, log))
+        yield world, recorder, daemons
+    finally:
+        for daemon in daemons:
+            if daemon.process.returncode is None:
+                daemon.process.terminate()
+                await daemon.process.wait()
+        for runner in runners:
+            await runner.cleanup()
+        await world.stop()
+
+
+async def pbx_users(recorder: Recorder, tenant: str) -> dict[str, str]:
+    """externalId -> extension of a PBX tenant, read around the proxies; duplicates fail."""
+    async with aiohttp.ClientSession() as session:
+        client = PbxClient(Transport(session, "check", Metrics(), clock=SystemClock()),
+                           recorder.scim.url(recorder.prefix + tenant), recorder.scim.token)
+        users: dict[str, str] = {}
+        async for obj in client.iter_objects("User"):
+            assert obj.external_id and obj.external_id not in users, f"{tenant}: duplicate {obj.external_id}"
+            users[obj.external_id] = str(obj.data[PBX_USER]["extensionNumber"])
+    assert len(set(users.values())) == len(users), f"{tenant}: duplicate extension numbers"
+    return users
+
+
+async def test_a_killed_daemons_tenants_are_taken_over_without_a_duplicate_or_a_lost_change(
+        tmp_path: Path, scim_server_one_by_one: ScimServer, pg_url: str) -> None:
+    async with two_daemons(tmp_path, scim_server_one_by_one, pg_url) as (world, recorder, (a, b)):
+        async with aiohttp.ClientSession() as session:
+            async def settled() -> bool:
+                try:
+                    seen = await owners(session, a), await owners(session, b)
+                except aiohttp.ClientError:
+                    return False  # not listening yet
+                return seen[0] == seen[1] == {t: rendezvous_owner(t, ["a", "b"]) for t in TENANTS}
+
+            await until(settled, 60, "both daemons to own a share of the tenants")
+            of_a = {t for t, owner in (await owners(session, a)).items() if owner == "a"}
+            users = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, USERS + 1)]
+            for index, user in enumerate(users, start=1):
+                world.tenant.add_user(user, displayName=f"User {index}", userPrincipalName=f"user{index:03d}@contoso.example",
+                                      accountEnabled=True, userType="Member")
+            recorder.kill["a"] = (a.process.pid or 0, 2 * USERS + 5)  # in the middle of a's third tenant
+            for tenant in TENANTS:  # every request goes to b: a's tenants are forwarded to a
+                answer = await api(session, b, "POST", f"/api/tenants/{tenant}/sync")
+                assert answer["run_id"]
+            await a.process.wait()
+            assert "a" in recorder.killed_at and a.process.returncode == -signal.SIGKILL
+
+            async def b_owns_all() -> bool:
+                return set((await owners(session, b)).values()) == {"b"}
+
+            took_over = await until(b_owns_all, 3 * LEASE_SECONDS, "b to take a's tenants")
+            assert took_over - recorder.killed_at["a"] <= LEASE_SECONDS  # within one lease interval
+
+            async def converged() -> bool:
+                return [len(await pbx_users(recorder, t)) for t in TENANTS] == [USERS] * len(TENANTS)
+
+            await until(converged, 120, "every PBX to have every user")
+            written = len(recorder.writes)
+            runs = [(t, (await api(session, b, "POST", f"/api/tenants/{t}/sync"))["run_id"]) for t in TENANTS]
+
+            async def finished() -> bool:
+                states = [await api(session, b, "GET", f"/api/tenants/{t}/runs/{r}") for t, r in runs]
+                return all(s.get("state") == "finished" for s in states)
+
+            await until(finished, 60, "the runs after convergence")
+            for tenant, run_id in runs:
+                result = await api(session, b, "GET", f"/api/tenants/{tenant}/runs/{run_id}")
+                assert result["result"] == "success" and not result.get("counts"), (tenant, result)
+        assert len(recorder.writes) == written == len(TENANTS) * USERS  # one create per user: none doubled, none lost
+
+    for tenant in TENANTS:
+        assert set(await pbx_users(recorder, tenant)) == set(users)
+        writes = sorted((w for w in recorder.writes if w.tenant == tenant), key=lambda w: w.started)
+        by = [w.daemon for w in writes]
+        assert by == sorted(by, key=lambda d: d != by[0]), f"{tenant}: written by a and b in turns: {by}"
+        for earlier, later in zip(writes, writes[1:], strict=False):
+            if earlier.daemon != later.daemon:
+                assert earlier.ended <= later.started, f"{tenant}: a and b wrote at once"
+    a_wrote = {w.tenant for w in recorder.writes if w.daemon == "a"}
+    assert a_wrote and a_wrote <= of_a  # a wrote only its own tenants, and was killed in the middle of them
+    assert any(len({w.daemon for w in recorder.writes if w.tenant == t}) == 2 for t in TENANTS)  # a run taken over
