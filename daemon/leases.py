@@ -11,7 +11,10 @@ daemon leaves the set as soon as PostgreSQL sees its connection end), and
 every ``lease_seconds / 3`` each daemon heartbeats, then takes the free locks
 of the tenants it should own and gives back (between runs) those another
 daemon should own now. A dead daemon's tenants are so taken over within one
-lease interval.
+lease interval. A daemon whose session was cut stands back for one lease
+interval before it connects again, so its tenants move to the others rather
+than flap back and forth with a flaky network; it then gets its share back
+between their runs.
 
 Before each applied chunk, :meth:`SharedLeases.check` asks the lease session
 whether it is still alive; if it is not, the run stops writing
@@ -135,6 +138,7 @@ class SharedLeases:
     _conn: asyncpg.Connection | None = None
     _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     _task: asyncio.Task[None] | None = None
+    _lost_at: float | None = None
 
     # --- what the rest of the daemon asks ---
 
@@ -231,9 +235,12 @@ class SharedLeases:
         conn.add_termination_listener(lambda _: self._lost("the lease session ended"))
         await conn.add_listener(CHANNEL, self._notified)
         self._conn = conn
+        self._lost_at = None
         log.info("lease session opened", instance=self.instance)
 
     def _lost(self, reason: str) -> None:
+        if self._lost_at is None:
+            self._lost_at = self.clock.time()
         if self.held:
             log.error("tenant leases lost; writing stops for them", instance=self.instance, reason=reason,
                       tenants=sorted(self.held))
@@ -255,6 +262,8 @@ class SharedLeases:
         """One round: heartbeat, then take and give back locks by rendezvous over the live daemons."""
         if self._conn is None or self._conn.is_closed():
             self._lost("the lease session is closed")
+            if self._lost_at is not None and self.clock.time() - self._lost_at < self.lease_seconds:
+                return  # stand back one lease interval: the other daemons take the tenants over meanwhile
             try:
                 await self._connect()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:

@@ -13,11 +13,12 @@ finished without waiting for the next scheduled time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import Config
+from daemon.errors import LeaseLost
 from daemon.leases import Leases, LocalLeases, SharedLeases, default_instance_name
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
@@ -35,6 +36,22 @@ def leases_for(config: Config, clock: SchedulerClock) -> Leases:
     instance = state.instance_name or default_instance_name(config.server.port)
     return SharedLeases(state.url, instance, float(state.lease_seconds), clock, state.password_file,
                         config.server.public_url)
+
+
+@dataclass(frozen=True)
+class TenantLease:
+    """One tenant's lease, as a run's writer checks it (:class:`daemon.pbx.guarded.WriteGuard`)."""
+
+    leases: Leases
+    tenant: str
+
+    async def check(self) -> None:
+        await self.leases.check(self.tenant)
+
+    def assert_held(self) -> None:
+        if not self.leases.holds(self.tenant):
+            raise LeaseLost(f"this daemon ({self.leases.instance}) no longer holds tenant {self.tenant}; "
+                            "another daemon syncs it")
 
 
 @dataclass
@@ -60,15 +77,9 @@ class Ownership:
     def holds(self, tenant: str) -> bool:
         return self.leases.holds(tenant)
 
-    def write_guard(self, tenant: str) -> Callable[[], Awaitable[None]] | None:
-        """What a run checks before each applied chunk (None: one daemon, nothing to check)."""
-        if not self.shared:
-            return None
-
-        async def check() -> None:
-            await self.leases.check(tenant)
-
-        return check
+    def write_guard(self, tenant: str) -> TenantLease | None:
+        """What a run checks before each chunk and each write (None: one daemon, nothing to check)."""
+        return TenantLease(self.leases, tenant) if self.shared else None
 
     def request(self, tenant: str, trigger: str) -> str | None:
         """A run of ``tenant`` as soon as possible, here or at its owner; returns its run id."""

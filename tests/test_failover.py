@@ -1,6 +1,6 @@
 """Two real daemon processes on one PostgreSQL, 20 tenants, the Graph
 simulator and scim2-server behind a recording proxy per daemon: one daemon
-is SIGKILLed in the middle of its runs; the other takes its tenants over
+is SIGKILLed in the middle of its runs (or its lease session is cut); the other takes its tenants over
 within one lease interval, no tenant is ever written by both daemons at
 once, and every PBX ends with exactly the users it must have."""
 
@@ -12,13 +12,15 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
+import pytest
 from aiohttp import web
 
 from conftest import write_secret
@@ -30,6 +32,7 @@ from daemon.pbx.schema import PBX_USER
 from daemon.retry import Transport
 from sim.pbx import ScimServer
 from sim.world import FakeWorld, free_port
+from state.db import open_database
 
 TENANTS = [f"t{i:02d}" for i in range(20)]
 USERS = 24
@@ -44,6 +47,7 @@ class Write:
     daemon: str
     started: float
     ended: float
+    what: str = ""  # method, path and status, for a failure's message
 
 
 @dataclass
@@ -53,8 +57,8 @@ class Recorder:
     scim: ScimServer
     prefix: str
     writes: list[Write] = field(default_factory=list)
-    kill: dict[str, tuple[int, int]] = field(default_factory=dict)  # daemon -> (pid, after this many writes)
-    killed_at: dict[str, float] = field(default_factory=dict)
+    after: dict[str, tuple[int, Callable[[], Awaitable[None]]]] = field(default_factory=dict)  # daemon -> (k, action)
+    acted_at: dict[str, float] = field(default_factory=dict)
 
     def handler(self, daemon: str) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -69,11 +73,12 @@ class Recorder:
                 response = web.Response(status=answer.status, body=payload, headers={
                     k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "etag", "location")})
             if request.method in WRITES:
-                self.writes.append(Write(tenant, daemon, started, time.monotonic()))
-                pid, after = self.kill.get(daemon, (0, 0))
-                if pid and sum(1 for w in self.writes if w.daemon == daemon) == after:
-                    os.kill(pid, signal.SIGKILL)  # this answer is never read
-                    self.killed_at[daemon] = time.monotonic()
+                self.writes.append(Write(tenant, daemon, started, time.monotonic(),
+                                         f"{request.method} /{rest} {answer.status}"))
+                count, action = self.after.get(daemon, (0, None))
+                if action is not None and sum(1 for w in self.writes if w.daemon == daemon) == count:
+                    await action()  # before the daemon reads this answer
+                    self.acted_at[daemon] = time.monotonic()
             return response
 
         return handle
@@ -205,8 +210,19 @@ async def pbx_users(recorder: Recorder, tenant: str) -> dict[str, str]:
     return users
 
 
-async def test_a_killed_daemons_tenants_are_taken_over_without_a_duplicate_or_a_lost_change(
-        tmp_path: Path, scim_server_one_by_one: ScimServer, pg_url: str) -> None:
+async def terminate_lease_session(pg_url: str, instance: str) -> None:
+    admin = await asyncpg.connect(pg_url)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend(backend_pid) FROM instances WHERE name = $1", instance)
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("how", ["sigkill", "cut connection"])
+async def test_a_lost_daemons_tenants_are_taken_over_without_a_duplicate_or_a_lost_change(
+        tmp_path: Path, scim_server_one_by_one: ScimServer, pg_url: str, how: str) -> None:
+    """``sigkill``: daemon a dies mid-run. ``cut connection``: PostgreSQL ends a's lease session
+    (pg_terminate_backend) mid-run; a stops writing, b takes over, then a reconnects and gets its share back."""
     async with two_daemons(tmp_path, scim_server_one_by_one, pg_url) as (world, recorder, (a, b)):
         async with aiohttp.ClientSession() as session:
             async def settled() -> bool:
@@ -222,23 +238,47 @@ async def test_a_killed_daemons_tenants_are_taken_over_without_a_duplicate_or_a_
             for index, user in enumerate(users, start=1):
                 world.tenant.add_user(user, displayName=f"User {index}", userPrincipalName=f"user{index:03d}@contoso.example",
                                       accountEnabled=True, userType="Member")
-            recorder.kill["a"] = (a.process.pid or 0, 2 * USERS + 5)  # in the middle of a's third tenant
+
+            async def kill() -> None:
+                os.kill(a.process.pid, signal.SIGKILL)
+
+            async def cut() -> None:
+                await terminate_lease_session(pg_url, "a")
+
+            recorder.after["a"] = (2 * USERS + 5, kill if how == "sigkill" else cut)  # in the middle of a's third tenant
             for tenant in TENANTS:  # every request goes to b: a's tenants are forwarded to a
                 answer = await api(session, b, "POST", f"/api/tenants/{tenant}/sync")
                 assert answer["run_id"]
-            await a.process.wait()
-            assert "a" in recorder.killed_at and a.process.returncode == -signal.SIGKILL
 
-            async def b_owns_all() -> bool:
-                return set((await owners(session, b)).values()) == {"b"}
+            async def b_took_one_over() -> bool:
+                return any(w.daemon == "b" and w.tenant in of_a for w in recorder.writes)
 
-            took_over = await until(b_owns_all, 3 * LEASE_SECONDS, "b to take a's tenants")
-            assert took_over - recorder.killed_at["a"] <= LEASE_SECONDS  # within one lease interval
+            if how == "sigkill":
+                await a.process.wait()
+                assert a.process.returncode == -signal.SIGKILL
+
+                async def b_owns_all() -> bool:
+                    return set((await owners(session, b)).values()) == {"b"}
+
+                took_over = await until(b_owns_all, 3 * LEASE_SECONDS, "b to take a's tenants")
+                assert took_over - recorder.acted_at["a"] <= LEASE_SECONDS  # within one lease interval
+            else:
+                took_over = await until(b_took_one_over, 3 * LEASE_SECONDS, "b to write one of a's tenants")
+                assert took_over - recorder.acted_at["a"] <= LEASE_SECONDS + 2  # its lease round, then its run
 
             async def converged() -> bool:
                 return [len(await pbx_users(recorder, t)) for t in TENANTS] == [USERS] * len(TENANTS)
 
             await until(converged, 120, "every PBX to have every user")
+            assert await b_took_one_over()
+            if how == "cut connection":
+                await until(settled, 6 * LEASE_SECONDS, "a to reconnect and get its share back")
+                db = await open_database(pg_url)
+                try:
+                    stopped = await db.fetchall("SELECT tenant FROM runs WHERE result = 'lease_lost'")
+                finally:
+                    await db.close()
+                assert stopped and {r[0] for r in stopped} <= of_a  # a's runs stopped writing, as lease_lost
             written = len(recorder.writes)
             runs = [(t, (await api(session, b, "POST", f"/api/tenants/{t}/sync"))["run_id"]) for t in TENANTS]
 
@@ -250,7 +290,8 @@ async def test_a_killed_daemons_tenants_are_taken_over_without_a_duplicate_or_a_
             for tenant, run_id in runs:
                 result = await api(session, b, "GET", f"/api/tenants/{tenant}/runs/{run_id}")
                 assert result["result"] == "success" and not result.get("counts"), (tenant, result)
-        assert len(recorder.writes) == written == len(TENANTS) * USERS  # one create per user: none doubled, none lost
+        extra = [w for w in recorder.writes if not w.what.startswith("POST Users 201")]
+        assert len(recorder.writes) == written == len(TENANTS) * USERS, extra  # one create per user: none doubled
 
     for tenant in TENANTS:
         assert set(await pbx_users(recorder, tenant)) == set(users)
@@ -261,5 +302,4 @@ async def test_a_killed_daemons_tenants_are_taken_over_without_a_duplicate_or_a_
             if earlier.daemon != later.daemon:
                 assert earlier.ended <= later.started, f"{tenant}: a and b wrote at once"
     a_wrote = {w.tenant for w in recorder.writes if w.daemon == "a"}
-    assert a_wrote and a_wrote <= of_a  # a wrote only its own tenants, and was killed in the middle of them
-    assert any(len({w.daemon for w in recorder.writes if w.tenant == t}) == 2 for t in TENANTS)  # a run taken over
+    assert a_wrote and a_wrote <= of_a  # a wrote only its own tenants, and was stopped in the middle of them

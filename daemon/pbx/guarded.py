@@ -8,21 +8,30 @@ daemon that took the tenant over."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 from daemon.pbx.types import PbxOperation, PbxOutcome, PbxWriter
 
 
+class WriteGuard(Protocol):
+    async def check(self) -> None:
+        """Ask the server whether the lease is still held (before each chunk)."""
+
+    def assert_held(self) -> None:
+        """From memory, without a round trip (before each write request)."""
+
+
 class GuardedWriter:
-    def __init__(self, writer: PbxWriter, check: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, writer: PbxWriter, guard: WriteGuard) -> None:
         self.writer = writer
-        self.check = check
+        self.guard = guard
 
     async def execute(self, operation: PbxOperation) -> PbxOutcome:
-        await self.check()
+        await self.guard.check()
         return await self.writer.execute(operation)
 
     async def execute_many(self, operations: Sequence[PbxOperation]) -> AsyncIterator[PbxOutcome]:
-        await self.check()  # once per applied chunk: the applier sends a chunk in one call
+        await self.guard.check()  # once per applied chunk: the applier sends a chunk in one call
         async for outcome in self.writer.execute_many(operations):
             yield outcome

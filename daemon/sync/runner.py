@@ -26,7 +26,7 @@ from daemon.logging import bind, get_logger, unbind
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.dryrun import DryRunPbxClient
-from daemon.pbx.guarded import GuardedWriter
+from daemon.pbx.guarded import GuardedWriter, WriteGuard
 from daemon.pbx.types import PbxWriter
 from daemon.retry import Clock, GraphBudget, Transport
 from daemon.sync.apply import Progress
@@ -80,7 +80,7 @@ class TenantRunner:
         now: Callable[[], float] = time.time,
         dry_run: bool = False,
         budget: GraphBudget | None = None,
-        write_guard: Callable[[], Awaitable[None]] | None = None,
+        write_guard: WriteGuard | None = None,
         run_lock_alive: Callable[[str], bool] | None = None,
     ) -> None:
         self.tenant = tenant
@@ -191,8 +191,11 @@ class TenantRunner:
                                 progress, all_photos=all_photos).run(report)
 
 
-    def _guarded(self, writer: PbxWriter) -> PbxWriter:
-        return writer if self.write_guard is None else GuardedWriter(writer, self.write_guard)
+    def _guarded(self, pbx: PbxClient) -> PbxWriter:
+        if self.write_guard is None:
+            return pbx
+        pbx.may_write = self.write_guard.assert_held
+        return GuardedWriter(pbx, self.write_guard)
 
 
 def unexpected_reason(err: BaseException) -> str:
