@@ -268,6 +268,17 @@ class StateConfig(_Section):
         return self.url if self.url is not None else self.path
 
 
+class RunsConfig(_Section):
+    """How many tenants sync at once, and how long one run may take. Runs beyond
+    ``max_concurrent`` wait their turn in the order they became due (so a
+    daemon of 500 tenants never starts 500 runs at once), and a run over
+    ``timeout_minutes`` is stopped and recorded as ``timeout`` (so one hung
+    tenant holds one place only so long). Calendar polls are not counted."""
+
+    max_concurrent: int = Field(default=8, ge=1, le=256)
+    timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)
+
+
 class LogConfig(_Section):
     level: LogLevel = "info"
     format: LogFormat = "json"
@@ -373,6 +384,7 @@ class _TopLevel(_Section):
     server: ServerConfig = ServerConfig()
     state: StateConfig = StateConfig()
     log: LogConfig = LogConfig()
+    runs: RunsConfig = RunsConfig()
     tenants: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -389,6 +401,7 @@ class Config:
     log: LogConfig
     tenants: tuple[TenantConfig, ...]
     warnings: tuple[ConfigProblem, ...] = ()
+    runs: RunsConfig = RunsConfig()
 
     def tenant(self, name: str) -> TenantConfig:
         """The tenant called ``name``; a ConfigError naming the known ones if absent."""
@@ -407,6 +420,7 @@ class Config:
             log=self.log,
             tenants=self.tenants,
             warnings=self.warnings,
+            runs=self.runs,
         )
 
 
@@ -450,6 +464,7 @@ def load_config(path: Path) -> Config:
         log=top.log,
         tenants=tuple(tenants),
         warnings=tuple(p for p in problems if p.is_warning),
+        runs=top.runs,
     )
 
 

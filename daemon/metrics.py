@@ -149,6 +149,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.run_lateness = Histogram(
+            "m365sync_run_start_lateness_seconds",
+            "How late scheduled runs start after their crontab fired (waiting for a place included).",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+            registry=self.registry,
+        )
         self.tenant_owner = Gauge(
             "m365sync_tenant_owner",
             "1 for each tenant this daemon holds the lease of (shared PostgreSQL state).",

@@ -64,6 +64,8 @@ class RunProgress:
     done: int = 0
     total: int = 0
     result: str | None = None
+    due_at: float | None = None  # a scheduled run: when its crontab fired
+    lateness: float | None = None  # a scheduled run: seconds from due to started (a wait for a place included)
     details: dict[str, Any] = field(default_factory=dict)
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -83,8 +85,12 @@ class TenantSchedule:
         clock: SchedulerClock,
         run_timeout: float = DEFAULT_RUN_TIMEOUT_SECONDS,
         on_next_run: Callable[[str, float], Awaitable[None]] | None = None,
+        slots: asyncio.Semaphore | None = None,
+        on_started: Callable[[RunProgress], None] | None = None,
     ) -> None:
         self.tenant = tenant
+        self.slots = slots  # shared by every tenant's schedule: at most so many runs at once, first due first
+        self.on_started = on_started
         self._run = run
         self.clock = clock
         self.run_timeout = run_timeout
@@ -149,7 +155,7 @@ class TenantSchedule:
                 if not await self._wait_for_due_time():
                     continue  # rescheduled: compute the due time again
                 if self.queued is None:
-                    self.queued = RunProgress(_new_id(), "schedule")
+                    self.queued = RunProgress(_new_id(), "schedule", due_at=self.next_run)
             run, self.queued = self.queued, None
             self._wake.clear()
             await self._execute(run)
@@ -174,7 +180,25 @@ class TenantSchedule:
 
     async def _execute(self, run: RunProgress) -> None:
         self.current = run
+        if self.slots is None:
+            await self._execute_now(run)
+            return
+        try:
+            async with self.slots:  # FIFO: the tenant that became due first starts first
+                await self._execute_now(run)
+        finally:
+            if self.current is run:  # stopped while waiting for a place
+                run.result = run.result or "interrupted"
+                run.state = "finished"
+                run.finished.set()
+                self.current = None
+
+    async def _execute_now(self, run: RunProgress) -> None:
         run.state = "running"
+        if run.due_at is not None:
+            run.lateness = max(0.0, self.clock.time() - run.due_at)
+        if self.on_started is not None:
+            self.on_started(run)
         task = asyncio.ensure_future(self._run(run.trigger, run.run_id, run))
         timer = asyncio.ensure_future(self.clock.sleep(self.run_timeout))
         try:

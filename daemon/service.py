@@ -30,7 +30,6 @@ from daemon.progress import ProgressLog
 from daemon.reload import reload_config
 from daemon.retry import GraphBudget
 from daemon.scheduler import (
-    DEFAULT_RUN_TIMEOUT_SECONDS,
     PollLoop,
     RunFunction,
     RunProgress,
@@ -61,7 +60,7 @@ class Service:
         *,
         schedule: bool = True,
         clock: SchedulerClock | None = None,
-        run_timeout: float = DEFAULT_RUN_TIMEOUT_SECONDS,
+        run_timeout: float | None = None,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
@@ -69,7 +68,8 @@ class Service:
         self.notifier = Notifier(environ)
         self.schedule = schedule
         self.clock: SchedulerClock = clock or SystemClock()
-        self.run_timeout = run_timeout
+        self.run_timeout = float(config.runs.timeout_minutes * 60) if run_timeout is None else run_timeout
+        self.run_slots = asyncio.Semaphore(config.runs.max_concurrent)  # [runs] max_concurrent, across tenants
         self.schedules: dict[str, TenantSchedule] = {}
         self.polls: dict[str, PollLoop] = {}
         self.budgets: dict[str, GraphBudget] = {}  # one Graph budget per tenant, shared by runs and polls
@@ -217,10 +217,15 @@ class Service:
 
     def start_tenant(self, tenant: TenantConfig) -> None:
         """Schedule a tenant's runs (a start-up run first) and its calendar polls."""
-        schedule = TenantSchedule(tenant, self._runner_for(tenant), self.clock, self.run_timeout, self._next_run)
+        schedule = TenantSchedule(tenant, self._runner_for(tenant), self.clock, self.run_timeout, self._next_run,
+                                  self.run_slots, self._started)
         self.schedules[tenant.name] = schedule
         schedule.start()
         self.start_polls(tenant)
+
+    def _started(self, run: RunProgress) -> None:
+        if run.lateness is not None:
+            self.metrics.run_lateness.observe(run.lateness)
 
     def start_polls(self, tenant: TenantConfig) -> None:
         if tenant.events.enabled:

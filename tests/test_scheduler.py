@@ -141,3 +141,43 @@ async def test_an_overrunning_poll_skips_and_counts_missed_polls_never_stacks(tm
     assert starts == [0.0, 60.0, 240.0, 300.0]  # the 150 s poll (60-210) made the ticks at 120 and 180 skipped
     assert skipped == [2] and loop.skipped == 2
     await loop.stop()
+
+
+class Timed:
+    """A run function that takes ``seconds`` of the manual clock (scheduled runs hang with ``hang``)."""
+
+    def __init__(self, clock: ManualClock, name: str, started: list[tuple[str, str, float]], seconds: float,
+                 hang: bool = False) -> None:
+        self.clock, self.name, self.started, self.seconds, self.hang = clock, name, started, seconds, hang
+
+    async def __call__(self, trigger: str, run_id: str, progress: RunProgress) -> str:
+        self.started.append((self.name, trigger, self.clock.time()))
+        if self.hang and trigger == "schedule":
+            await asyncio.Event().wait()
+        await self.clock.sleep(self.seconds)
+        return "success"
+
+
+async def test_many_tenants_take_turns_first_due_first_and_a_hung_one_holds_one_place(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 12, 1, 9, 30, tzinfo=UTC))
+    slots = asyncio.Semaphore(2)
+    started: list[tuple[str, str, float]] = []
+    recorded: list[RunProgress] = []
+    schedules = []
+    for index, minute in enumerate([0, 0, 0, 0, 1]):  # four due at :00, t4 at :01; t0's scheduled run hangs
+        tenant = tenant_config(tmp_path, name=f"t{index}", sync_time=f"{minute} * * * *")
+        run = Timed(clock, tenant.name, started, seconds=30, hang=index == 0)
+        schedules.append(TenantSchedule(tenant, run, clock, run_timeout=600, slots=slots, on_started=recorded.append))
+    for each in schedules:
+        each.start()
+    await clock.advance_async(HOUR)
+    ten = datetime(2026, 12, 1, 10, 0, tzinfo=UTC).timestamp()
+    startup = [(name, at - ten + 1800) for name, trigger, at in started if trigger == "startup"]
+    assert startup == [("t0", 0), ("t1", 0), ("t2", 30), ("t3", 30), ("t4", 60)]  # two at a time
+    hourly = [(name, at - ten) for name, trigger, at in started if trigger == "schedule"]
+    # t0 hangs in one place; the other place serves the rest in the order they became due.
+    assert hourly == [("t0", 0), ("t1", 0), ("t2", 30), ("t3", 60), ("t4", 90)]
+    lateness = {r.run_id: r.lateness for r in recorded if r.trigger == "schedule"}
+    assert sorted(lateness.values()) == [0, 0, 30, 30, 60]  # t4 was due at 10:01 and started at 10:01:30
+    for each in schedules:
+        await each.stop()
