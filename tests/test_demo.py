@@ -55,3 +55,11 @@ def test_the_built_wheel_runs_the_demo_and_hands_out_the_schemas_from_another_di
     demo = subprocess.run([m365sync, "demo", "--exit"], cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "Second sync (success)" in demo.stdout and "Traceback" not in demo.stderr
+    migrations = subprocess.run([str(venv / "bin" / "python"), "-c", "from state.db import bundled_migrations as m; "
+                                 "print(len(m('sqlite')), len(m('postgresql')))"], cwd=elsewhere, capture_output=True,
+                                text=True, timeout=60)
+    sqlite, postgres = migrations.stdout.split()
+    assert sqlite == postgres == str(len(list((repo / "state" / "migrations").glob("*.sql"))))  # both ship
+    copy = subprocess.run([m365sync, "state", "copy", "--from", "sqlite:.demo/state.db", "--to", "copied.db"],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert copy.returncode == 0 and "copied 1 tenant(s)" in copy.stdout, copy.stdout + copy.stderr

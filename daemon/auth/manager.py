@@ -91,6 +91,7 @@ class AuthManager:
         self.clock = clock
         self._apps: dict[str, msal.ClientApplication] = {}
         self._caches: dict[str, msal.SerializableTokenCache] = {}
+        self._http_clients: dict[str, requests.Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     # --- URIs and links ---
@@ -360,6 +361,16 @@ class AuthManager:
         self._apps.pop(tenant.name, None)
         await self.store.drop_token_cache(tenant.name)
 
+    def _http_client(self, tenant: TenantConfig) -> requests.Session:
+        """One session per trusted CA file, shared by the tenants' MSAL apps: a daemon of 500
+        tenants keeps a few TLS connection pools, not 500 (each with its own CA store in memory).
+        MSAL calls run in threads; the session's connection pool is thread-safe and it keeps no
+        cookies that matter here."""
+        key = str(tenant.ca_file) if tenant.ca_file else ""
+        if key not in self._http_clients:
+            self._http_clients[key] = msal_http_client(tenant.ca_file)
+        return self._http_clients[key]
+
     async def _app(self, tenant: TenantConfig) -> msal.ClientApplication:
         app = self._apps.get(tenant.name)
         if app is not None:
@@ -367,7 +378,7 @@ class AuthManager:
         options: dict[str, Any] = {
             "authority": authority_url(tenant),
             "token_cache": await self._cache(tenant),
-            "http_client": msal_http_client(tenant.ca_file),
+            "http_client": self._http_client(tenant),
         }
         if tenant.authority_url:
             options["instance_discovery"] = False  # a proxy or a test identity provider
