@@ -60,14 +60,17 @@ def sealer_for(config: Config, environ: Mapping[str, str] | None = None, *, crea
 
 
 @asynccontextmanager
-async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = False) -> AsyncIterator[Stores]:
+async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = False,
+                      read_only: bool = False) -> AsyncIterator[Stores]:
     """The state database, or (dry run) a throw-away copy of it so nothing changes.
 
     A shared PostgreSQL state is copied into a scratch SQLite file for a dry run
-    (``state.copy``), so a dry run never writes to what other daemons use."""
+    (``state.copy``), so a dry run never writes to what other daemons use; a
+    ``read_only`` reader (status) reads it where it is and registers nothing."""
     scratch: tempfile.TemporaryDirectory[str] | None = None
     target: Path | str = config.state.target
-    if scratch_copy:
+    direct_read = read_only and config.state.shared
+    if scratch_copy and not direct_read:
         scratch = tempfile.TemporaryDirectory(prefix="m365sync-dry-run-")
         copy = Path(scratch.name) / "state.db"
         if config.state.shared:
@@ -75,10 +78,10 @@ async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = 
         elif config.state.path.exists():
             _backup(config.state.path, copy)
         target = copy
-    db = await open_database(target, password_file=None if scratch_copy else config.state.password_file)
+    db = await open_database(target, password_file=config.state.password_file if target == config.state.url else None)
     try:
         store = Store(db)
-        for tenant in config.tenants:
+        for tenant in config.tenants if not direct_read else ():
             await store.register_tenant(tenant.name, tenant.directory_id, tenant.application_id)
         sealer = sealer_for(config, create=not scratch_copy)  # a dry run or status never creates the key
         yield Stores(db, store, SyncStore(db), AuthManager(config, store, metrics, sealer))
@@ -239,8 +242,9 @@ async def status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int
     """``m365sync status``: read the state database (works while the daemon runs).
 
     It reads a copy: the real file is neither created (before the daemon's
-    first start) nor migrated nor written, whoever runs the command."""
-    async with open_stores(config, Metrics(), scratch_copy=True) as stores:
+    first start) nor migrated nor written, whoever runs the command. A shared
+    PostgreSQL state is read where it is, and nothing is registered."""
+    async with open_stores(config, Metrics(), scratch_copy=True, read_only=True) as stores:
         reports = await status_module.collect(config, stores.store, stores.sync)
     if as_json:
         print(json.dumps(status_module.as_json(reports), indent=2), file=out)

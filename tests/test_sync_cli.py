@@ -157,3 +157,34 @@ async def test_a_reader_that_goes_away_is_no_traceback(live_env: LiveEnv) -> Non
     assert len(result.stdout) == 10
     assert "Traceback" not in err.read_text() and "BrokenPipe" not in err.read_text()
     assert result.returncode in (0, 141)  # quietly, as other Unix tools stop
+
+
+async def test_on_a_shared_postgres_state_dry_run_and_status_write_nothing(tmp_path: Path,
+                                                                           scim_server_one_by_one: ScimServer,
+                                                                           pg_url: str) -> None:
+    from conftest import write_secret
+    from state.db import open_database
+
+    async def rows() -> dict[str, int]:
+        db = await open_database(pg_url)
+        try:
+            return {t: (await db.fetchone(f"SELECT count(*) FROM {t}") or (0,))[0]
+                    for t in ("tenants", "graph_objects", "synced_objects", "runs", "delta_links")}
+        finally:
+            await db.close()
+
+    async with started_live_env(tmp_path, scim_server_one_by_one) as env:
+        write_secret(tmp_path / "state-key", "the-key-every-daemon-of-this-state-shares-01234")
+        env.config.write_text(env.config.read_text().replace(
+            'path = "state.db"', f'url = "{pg_url}"\nencryption_key_file = "state-key"'))
+        made = generate_tenant(env.tenant, users=20, photo_fraction=0)
+        code, out, err = await env.sync()
+        assert code == 0 and f"create {len(made.members)}" in out, out + err
+        assert not (tmp_path / "state.db").exists()  # the state is in PostgreSQL
+        env.tenant.change_user(made.members[0], displayName="Renamed By HR")
+        before, writes = await rows(), env.proxy.writes
+        code, out, err = await env.m365sync("sync", "--once", "--dry-run")
+        assert code == 0 and "would update user" in out, out + err
+        code, out, err = await env.m365sync("status")
+        assert code == 0 and "contoso" in out and "last run:" in out, out + err
+        assert await rows() == before and env.proxy.writes == writes
