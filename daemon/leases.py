@@ -16,8 +16,8 @@ interval before it connects again, so its tenants move to the others rather
 than flap back and forth with a flaky network; it then gets its share back
 between their runs.
 
-Before each applied chunk, :meth:`SharedLeases.check` asks the lease session
-whether it is still alive; if it is not, the run stops writing
+Before each applied chunk and each PBX write request, :meth:`SharedLeases.check`
+asks the lease session whether it is still alive; if it is not, the run stops writing
 (:class:`~daemon.errors.LeaseLost`), and the create journal makes the new
 owner's run look objects up instead of creating them twice.
 

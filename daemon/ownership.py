@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import Config
-from daemon.errors import LeaseLost
 from daemon.leases import Leases, LocalLeases, SharedLeases, default_instance_name
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
@@ -47,11 +46,6 @@ class TenantLease:
 
     async def check(self) -> None:
         await self.leases.check(self.tenant)
-
-    def assert_held(self) -> None:
-        if not self.leases.holds(self.tenant):
-            raise LeaseLost(f"this daemon ({self.leases.instance}) no longer holds tenant {self.tenant}; "
-                            "another daemon syncs it")
 
 
 @dataclass

@@ -23,6 +23,7 @@ class GraphCopy:
     id: str
     data: dict[str, Any]
     removed: str | None
+    text: str | None = None  # the stored JSON, when read from the state (what the planner's input hash covers)
 
 
 class CopyQueries:
@@ -193,7 +194,7 @@ class CopyQueries:
                 f"SELECT id, data, removed FROM graph_objects WHERE tenant = ? AND kind = ? AND id IN ({marks})",
                 (tenant, kind, *chunk),
             ):
-                out[row[0]] = GraphCopy(row[0], json.loads(row[1]), row[2])
+                out[row[0]] = GraphCopy(row[0], json.loads(row[1]), row[2], row[1])
         return out
 
     async def find_user(self, tenant: str, reference: str) -> GraphCopy | None:

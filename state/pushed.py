@@ -29,11 +29,12 @@ class SyncedRow:
     failures: int
     last_error: str | None
     quarantine_fingerprint: str | None
+    input_hash: str | None = None  # what the pushed payload was made from (see plan_users.UserPlanner)
 
 
 SYNCED_COLUMNS = (
     "graph_id, pbx_id, payload, payload_hash, etag, active, out_of_scope_since, photo_etag,"
-    " last_push_at, failures, last_error, quarantine_fingerprint"
+    " last_push_at, failures, last_error, quarantine_fingerprint, input_hash"
 )
 
 
@@ -51,6 +52,7 @@ def synced_row(row: Any) -> SyncedRow:
         failures=int(row[9] or 0),
         last_error=row[10],
         quarantine_fingerprint=row[11],
+        input_hash=row[12],
     )
 
 
@@ -71,6 +73,7 @@ class Pushed:
     out_of_scope_since: float | None = None
     photo_etag: str | None = None
     extension: str | None = None  # the number it holds (allocated to it)
+    input_hash: str | None = None  # what ``payload`` was made from (users)
 
 
 @dataclass(frozen=True)
@@ -100,12 +103,21 @@ class Tracked:
 
 
 @dataclass(frozen=True)
+class Remembered:
+    """No write: the payload the current inputs make is the one on the PBX; remember those inputs."""
+
+    kind: str
+    graph_id: str
+    input_hash: str
+
+
+@dataclass(frozen=True)
 class BusyPushed:
     user_id: str
     fingerprint: str
 
 
-Bookkeeping = Pushed | Removed | Failed | Tracked | BusyPushed
+Bookkeeping = Pushed | Removed | Failed | Tracked | Remembered | BusyPushed
 
 
 class PushedQueries:
@@ -123,7 +135,7 @@ class PushedQueries:
             " WHERE g.tenant = ? AND g.kind = ? ORDER BY g.id",
             (tenant, kind),
         ):
-            copy = GraphCopy(row[0], json.loads(row[1]), row[2])
+            copy = GraphCopy(row[0], json.loads(row[1]), row[2], row[1])
             yield copy, (synced_row(row[3:]) if row[3] is not None else None)
         async for row in self.db.stream(
             f"SELECT {SYNCED_COLUMNS} FROM synced_objects s WHERE s.tenant = ? AND s.kind = ? AND NOT EXISTS"
@@ -228,17 +240,19 @@ class PushedQueries:
         removed = [e for e in entries if isinstance(e, Removed)]
         failed = [e for e in entries if isinstance(e, Failed)]
         tracked = [e for e in entries if isinstance(e, Tracked)]
+        remembered = [e for e in entries if isinstance(e, Remembered)]
         busy = [e for e in entries if isinstance(e, BusyPushed)]
         async with self.db.transaction() as conn:
             await conn.executemany(
                 "INSERT INTO synced_objects (tenant, kind, graph_id, pbx_id, payload, payload_hash, etag, active,"
-                " out_of_scope_since, photo_etag, last_push_at, updated_at, failures, last_error, quarantine_fingerprint)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL)"
+                " out_of_scope_since, photo_etag, last_push_at, updated_at, input_hash, failures, last_error,"
+                " quarantine_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL)"
                 " ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET pbx_id = excluded.pbx_id,"
                 " payload = excluded.payload, payload_hash = excluded.payload_hash, etag = excluded.etag,"
                 " active = excluded.active, out_of_scope_since = excluded.out_of_scope_since,"
                 " photo_etag = excluded.photo_etag, last_push_at = excluded.last_push_at,"
-                " updated_at = excluded.updated_at, failures = 0, last_error = NULL, quarantine_fingerprint = NULL",
+                " updated_at = excluded.updated_at, input_hash = excluded.input_hash, failures = 0, last_error = NULL,"
+                " quarantine_fingerprint = NULL",
                 [
                     (
                         tenant,
@@ -253,6 +267,7 @@ class PushedQueries:
                         e.photo_etag,
                         now,
                         now,
+                        e.input_hash,
                     )
                     for e in pushed
                 ],
@@ -278,6 +293,10 @@ class PushedQueries:
             await conn.executemany(
                 "UPDATE synced_objects SET out_of_scope_since = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
                 [(e.out_of_scope_since, tenant, e.kind, e.graph_id) for e in tracked],
+            )
+            await conn.executemany(
+                "UPDATE synced_objects SET input_hash = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
+                [(e.input_hash, tenant, e.kind, e.graph_id) for e in remembered],
             )
             await conn.executemany(
                 "INSERT INTO calendar_state (tenant, user_id, busy_fingerprint) VALUES (?, ?, ?)"

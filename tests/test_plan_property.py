@@ -6,6 +6,7 @@ writes nothing."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,9 @@ class World:
                             pbx_by_external_id={u: InventoryEntry(f"pbx-{u}", None) for (k, u) in self.pbx if k == "user"},
                             allocations=tuple(self.allocations))
         users = UserPlanner(inputs)
-        copies = {user: GraphCopy(user, copy.deepcopy(data), self.removed[user]) for user, data in self.graph.items()}
+        # With the stored text, as the state gives it: unchanged inputs skip building the payload.
+        copies = {user: GraphCopy(user, copy.deepcopy(data), self.removed[user], json.dumps(data, sort_keys=True))
+                  for user, data in self.graph.items()}
         for user in sorted(copies):
             users.add(copies[user], self.synced.get(("user", user)))
         plan = users.finish()
@@ -218,7 +221,7 @@ class World:
             self.allocations.append((entry.extension, change.kind, change.graph_id, None))
             self.first_number.setdefault(change.graph_id, entry.extension)
         self.synced[key] = SyncedRow(change.graph_id, f"pbx-{change.graph_id}", payload, payload_hash(payload), None, entry.active,
-                                     entry.out_of_scope_since, None, None, 0, None, None)
+                                     entry.out_of_scope_since, None, None, 0, None, None, entry.input_hash)
 
     def check(self) -> None:
         tenant = self.tenant

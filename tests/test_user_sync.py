@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sim.generator import generate_tenant
 from sync_fixtures import SyncEnv, number, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
@@ -339,3 +341,27 @@ async def test_failing_user_is_retried_then_quarantined_until_it_changes(sync_en
 
 def report_error(row: object) -> str | None:
     return getattr(row, "last_error", None)
+
+
+async def test_unchanged_inputs_skip_building_payloads_but_a_scope_change_is_not_skipped(
+        sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The input hash covers what the copy's text does not: here group membership, which makes
+    a user inactive without a change to the user."""
+    from daemon.sync import plan_users
+
+    ids = [add_user(sync_env, i) for i in range(1, 5)]
+    group = "11111111-0000-4000-8000-00000000000b"
+    sync_env.graph.tenant.add_group(group, members=ids, displayName="Phones")
+    sync_env.configure(groups=[group], users={"sync_type": "INCLUDE", "delete_after_days": 0})
+    await sync_env.run()
+    built: list[str] = []
+    real = plan_users.user_payload
+    monkeypatch.setattr(plan_users, "user_payload", lambda data, **kw: built.append(str(data["id"])) or real(data, **kw))
+    report = await sync_env.run()
+    assert report.counts == {} and built == []  # nothing changed: no payload built, none compared
+    sync_env.graph.tenant.remove_member(group, ids[0])
+    report = await sync_env.run()
+    assert report.counts == {"disable": 1} and built == [ids[0]]
+    assert (await sync_env.pbx_users())[ids[0]]["active"] is False
+    built.clear()
+    assert (await sync_env.run()).counts == {} and built == []

@@ -9,7 +9,7 @@ failure raises :class:`AnswerLost` for the writer to resolve by reading.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -53,9 +53,9 @@ class PbxConnection:
         self._token = token
         self.timeout = timeout
         self.config: ProviderConfig | None = None
-        # A shared state: raises LeaseLost (from memory, no round trip) once this daemon lost the
-        # tenant, before any write request, so not even the rest of a chunk is sent.
-        self.may_write: Callable[[], None] | None = None
+        # A shared state: raises LeaseLost once this daemon lost the tenant, asked of the lease
+        # session right before each write request, so not even the rest of a chunk is sent.
+        self.may_write: Callable[[], Awaitable[None]] | None = None
 
     # --- transport ---
 
@@ -75,7 +75,7 @@ class PbxConnection:
         A request that is not idempotent is retried only on 429 (refused before
         it was applied); any other retryable failure raises :class:`AnswerLost`."""
         if method != "GET" and self.may_write is not None:
-            self.may_write()
+            await self.may_write()
 
         async def attempt() -> Answer:
             try:

@@ -16,10 +16,8 @@ from daemon.pbx.types import PbxOperation, PbxOutcome, PbxWriter
 
 class WriteGuard(Protocol):
     async def check(self) -> None:
-        """Ask the server whether the lease is still held (before each chunk)."""
-
-    def assert_held(self) -> None:
-        """From memory, without a round trip (before each write request)."""
+        """Raise LeaseLost unless the lease is held: from memory, then asking the server.
+        Called before each chunk, and (``PbxConnection.may_write``) before each write request."""
 
 
 class GuardedWriter:

@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from daemon.config import TenantConfig
@@ -29,10 +30,29 @@ from daemon.sync.changes import Change, Phase, Plan
 from daemon.sync.numbering import Allocation, NumberPool, RangeExhausted
 from daemon.sync.scope import decide, matches, sso_flags
 from daemon.sync.snapshot import InventoryEntry
-from state.pushed import Pushed, Removed, Tracked
+from state.pushed import Pushed, Remembered, Removed, Tracked
 from state.sync_store import GraphCopy, SyncedRow
 
 DAY = 86400.0
+
+
+def _mapping_code() -> str:
+    """A fingerprint of the code that turns a Graph user into a payload (this module and the
+    mapping): a new version that maps differently makes every input hash new, so nothing is skipped."""
+    from daemon.pbx import mapping
+
+    digest = hashlib.sha256()
+    for module_file in (__file__, mapping.__file__):
+        try:
+            digest.update(Path(module_file).read_bytes())
+        except OSError:  # no source beside the bytecode: the version stands in for it
+            from daemon import __version__
+
+            digest.update(__version__.encode())
+    return digest.hexdigest()[:16]
+
+
+MAPPING_CODE = _mapping_code()
 PHOTO_PLACEHOLDER = "graph-photo:"  # replaced by the photo's data: URI when sent
 PHASES = {"update": Phase.WRITE, "create": Phase.WRITE, "enable": Phase.WRITE, "disable": Phase.DISABLE,
           "delete": Phase.USER_DELETE}
@@ -130,20 +150,28 @@ class UserPlanner:
                 return
         if decision.active and self.track_active:
             self.active[copy.id] = (upn, pbx_id)
-        desired = self._payload(copy, number or "", decision.active, synced)
         photo_etag = self._photo_etag(copy.id, synced)
+        inputs = self._inputs_hash(copy, number or "", decision.active, photo_etag)
+        if not recovered and synced is not None and inputs is not None and synced.input_hash == inputs:
+            # Made from the same inputs as what was pushed: the payload is the same, nothing to build.
+            if synced.out_of_scope_since != since:
+                self.plan.bookkeeping.append(Tracked("user", copy.id, since))
+            return
+        desired = self._payload(copy, number or "", decision.active, synced)
         desired_hash = payload_hash(desired)
         previous = synced.payload if synced is not None and not recovered else None
         unchanged = previous is not None and synced is not None and synced.payload_hash == desired_hash
         operations = tuple(patch_operations(previous, desired)) if previous is not None and not unchanged else ()
         was_active = synced.active if synced is not None else None
         pushed = Pushed("user", copy.id, pbx_id, desired, desired_hash, synced.etag if synced else None,
-                        decision.active, since, photo_etag, number)
+                        decision.active, since, photo_etag, number, inputs)
         if recovered:
             action, reason = "update", "on the PBX but not recorded (recovering after an interruption)"
         elif not operations:
             if synced is not None and synced.out_of_scope_since != since:
                 self.plan.bookkeeping.append(Tracked("user", copy.id, since))
+            if inputs is not None and synced is not None and synced.input_hash != inputs:
+                self.plan.bookkeeping.append(Remembered("user", copy.id, inputs))
             return
         elif was_active and not decision.active:
             action, reason = "disable", decision.rule
@@ -155,6 +183,16 @@ class UserPlanner:
                                  etag=synced.etag if synced is not None else None, maybe_applied=recovered)
         self.plan.changes.append(Change("user", action, PHASES[action], operation, pushed, upn, reason,
                                         self._fingerprint(copy)))
+
+    def _inputs_hash(self, copy: GraphCopy, number: str, active: bool, photo_etag: str | None) -> str | None:
+        """Everything a user's payload is made from, hashed: the copy's stored text, the settings,
+        the number, the state, the photo, and this version's mapping code. None for a copy not
+        read from the state (nothing to compare with)."""
+        if copy.text is None:
+            return None
+        inputs = "\0".join((MAPPING_CODE, self.settings_fp, copy.text, str(copy.removed), number, str(active),
+                             str(photo_etag)))
+        return hashlib.sha256(inputs.encode()).hexdigest()[:32]
 
     def _fingerprint(self, copy: GraphCopy) -> str:
         """What a quarantine is bound to: the user's Graph data and the settings (computed only when needed)."""
@@ -243,7 +281,8 @@ class UserPlanner:
             payload = self._payload(copy, change.extension, True, None)
             operation = replace(change.operation, payload=payload)
             assert isinstance(change.on_success, Pushed)
-            pushed = replace(change.on_success, payload=payload, payload_hash=payload_hash(payload))
+            inputs = self._inputs_hash(copy, change.extension, True, self._photo_etag(copy.id, None))
+            pushed = replace(change.on_success, payload=payload, payload_hash=payload_hash(payload), input_hash=inputs)
             out.append(replace(change, operation=operation, on_success=pushed))
         return out
 

@@ -194,7 +194,7 @@ class TenantRunner:
     def _guarded(self, pbx: PbxClient) -> PbxWriter:
         if self.write_guard is None:
             return pbx
-        pbx.may_write = self.write_guard.assert_held
+        pbx.may_write = self.write_guard.check
         return GuardedWriter(pbx, self.write_guard)
 
 
