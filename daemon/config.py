@@ -533,9 +533,21 @@ def _message(model: type[BaseModel], error: Any) -> str:
     else:
         message = _TYPE_MESSAGES.get(kind, str(error["msg"]))
     value = error.get("input")
+    if loc[-1:] == ("url",) and isinstance(value, str):
+        value = _without_password(value)  # a database URL may carry one: it is never echoed
     if isinstance(value, (str, int, float, bool)):
         message += f" (got {json.dumps(value, ensure_ascii=False)})"
     return message
+
+
+def _without_password(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    except ValueError:
+        return "(not shown)"
 
 
 _TYPE_MESSAGES = {

@@ -311,3 +311,15 @@ def test_secrets_may_be_systemd_credentials(write_config: WriteConfig, tmp_path:
     bad = text.replace("credential:admin", "credential:../etc/shadow")
     with pytest.raises(ConfigError, match="credential:NAME needs the plain name"):
         load_config(write_config(bad))
+
+
+def test_a_postgres_url_with_a_password_is_refused_without_echoing_it(write_config: WriteConfig) -> None:
+    path = write_config(basic_config().replace('path = "state.db"',
+                                               'url = "postgresql://m365sync:hunter2@db.example.com/m365sync"'))
+    text = str(problems_of(path))
+    assert "must not carry a password" in problems_of(path)["state.url"] and "hunter2" not in text
+    path = write_config(basic_config().replace('path = "state.db"', 'url = "mysql://db/x"\nlease_seconds = 1'))
+    found = problems_of(path)
+    assert "must be a PostgreSQL URL" in found["state.url"] and "state.lease_seconds" in found
+    path = write_config(basic_config().replace('path = "state.db"', 'url = "postgresql://m365sync@db/m365sync"'))
+    assert load_config(path).state.shared
