@@ -130,6 +130,7 @@ class SharedLeases:
     public_url: str | None = None
     on_acquired: Callable[[str], None] = lambda tenant: None
     on_released: Callable[[str], None] = lambda tenant: None
+    on_lost: Callable[[int], None] = lambda count: None  # leases lost with the session, not handed over
     on_message: Callable[[Mapping[str, Any]], None] = lambda message: None
     busy: Callable[[str], bool] = lambda tenant: False  # a run in progress: the lease is kept until it ends
     shared: bool = True
@@ -244,6 +245,7 @@ class SharedLeases:
         if self.held:
             log.error("tenant leases lost; writing stops for them", instance=self.instance, reason=reason,
                       tenants=sorted(self.held))
+            self.on_lost(len(self.held))
         for tenant in self.held:
             self.on_released(tenant)
         self.held.clear()

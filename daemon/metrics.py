@@ -161,6 +161,11 @@ class Metrics:
             ["tenant", "instance"],
             registry=self.registry,
         )
+        self.leases_lost = Counter(
+            "m365sync_leases_lost",
+            "Tenant leases this daemon lost (its PostgreSQL session ended): their runs stopped writing.",
+            registry=self.registry,
+        )
         self.owns: Callable[[str], bool] = lambda tenant: True  # a shared state: the tenants this daemon owns
 
     def render(self) -> bytes:

@@ -62,7 +62,7 @@ class Ownership:
         self.metrics.owns = self.holds
         if isinstance(leases, SharedLeases):
             leases.on_acquired, leases.on_message, leases.busy = self._acquired, self._message, self._busy
-            leases.on_released = self._released
+            leases.on_released, leases.on_lost = self._released, self.metrics.leases_lost.inc
 
     @property
     def shared(self) -> bool:

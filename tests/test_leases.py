@@ -88,7 +88,8 @@ async def backend_pid(lease: SharedLeases) -> int:
 
 
 async def test_a_cut_lease_session_stops_writing_and_another_daemon_takes_over(schema: str) -> None:
-    a, b = leases(schema, "a"), leases(schema, "b")
+    lost: list[int] = []
+    a, b = leases(schema, "a", on_lost=lost.append), leases(schema, "b")
     try:
         await opened(a, b)
         await a.refresh()
@@ -103,6 +104,7 @@ async def test_a_cut_lease_session_stops_writing_and_another_daemon_takes_over(s
         with pytest.raises(LeaseLost, match="lost its PostgreSQL lease session|no longer holds tenant"):
             await a.check(mine)
         assert not a.holds(mine) and not a.held
+        assert lost and lost[0] >= 1  # counted once (m365sync_leases_lost_total), whichever noticed first
         await b.refresh()
         assert mine in b.held and b.held == set(TENANTS)
         await a.refresh()  # a stands back one lease interval: b keeps everything
