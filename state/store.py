@@ -83,15 +83,13 @@ class Store:
             return True
 
     async def tenants(self) -> list[TenantRow]:
-        rows = await self.db.fetchall(
-            "SELECT t.name, t.directory_id, t.application_id, t.auth_state, t.auth_owner,"
-            " c.tenant IS NOT NULL, t.auth_reason, t.auth_changed_at FROM tenants t"
-            " LEFT JOIN token_cache c ON c.tenant = t.name ORDER BY t.name"
-        )
-        return [TenantRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
+        rows = await self.db.fetchall(f"{TENANT_ROWS} ORDER BY t.name")
+        return [_tenant_row(r) for r in rows]
 
     async def tenant(self, name: str) -> TenantRow | None:
-        return next((row for row in await self.tenants() if row.name == name), None)
+        """One tenant by its primary key (runs ask this; a daemon of 500 tenants must not list them all)."""
+        row = await self.db.fetchone(f"{TENANT_ROWS} WHERE t.name = ?", (name,))
+        return None if row is None else _tenant_row(row)
 
     async def set_auth_state(
         self, tenant: str, state: str, owner: str | None = None, reason: str | None = None
@@ -263,6 +261,17 @@ class Store:
             (tenant,),
         )
         return None if row is None else _run_row(row)
+
+
+TENANT_ROWS = (
+    "SELECT t.name, t.directory_id, t.application_id, t.auth_state, t.auth_owner,"
+    " c.tenant IS NOT NULL, t.auth_reason, t.auth_changed_at FROM tenants t"
+    " LEFT JOIN token_cache c ON c.tenant = t.name"
+)
+
+
+def _tenant_row(r: Any) -> TenantRow:
+    return TenantRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7])
 
 
 def _run_row(row: Any) -> RunRow:
