@@ -78,7 +78,7 @@ async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = 
         elif config.state.path.exists():
             _backup(config.state.path, copy)
         target = copy
-    db = await open_database(target, password_file=config.state.password_file if target == config.state.url else None)
+    db = await open_database(target, password_file=config.state.password_file)  # used by PostgreSQL only
     try:
         store = Store(db)
         for tenant in config.tenants if not direct_read else ():

@@ -23,7 +23,6 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -33,7 +32,6 @@ from pydantic import (
 )
 
 from daemon.config_values import (
-    _M,
     DEFAULT_LISTEN,
     DEFAULT_SYNC_TIME,
     TENANT_NAME_PATTERN,
@@ -53,9 +51,12 @@ from daemon.config_values import (
     TimeZoneName,
     UserReference,
     Uuid,
-    _split_host_port,
+    split_host_port,
 )
 from daemon.errors import ConfigError, ConfigProblem
+from state.db import redacted_url
+
+_M = typing.TypeVar("_M", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -72,11 +73,11 @@ class ServerConfig(_Section):
 
     @property
     def host(self) -> str:
-        return _split_host_port(self.listen)[0] or "127.0.0.1"
+        return split_host_port(self.listen)[0] or "127.0.0.1"
 
     @property
     def port(self) -> int:
-        port = _split_host_port(self.listen)[1]
+        port = split_host_port(self.listen)[1]
         return 8790 if port is None else port
 
 
@@ -368,20 +369,10 @@ def _message(model: type[BaseModel], error: Any) -> str:
         message = _TYPE_MESSAGES.get(kind, str(error["msg"]))
     value = error.get("input")
     if loc[-1:] == ("url",) and isinstance(value, str):
-        value = _without_password(value)  # a database URL may carry one: it is never echoed
+        value = redacted_url(value)  # a database URL may carry one: it is never echoed
     if isinstance(value, (str, int, float, bool)):
         message += f" (got {json.dumps(value, ensure_ascii=False)})"
     return message
-
-
-def _without_password(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    except ValueError:
-        return "(not shown)"
 
 
 _TYPE_MESSAGES = {

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import typing
 import uuid
 import zoneinfo
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from croniter import croniter
-from pydantic import BaseModel, BeforeValidator, ValidationInfo
+from pydantic import BeforeValidator, ValidationInfo
 
 NationalCloud = Literal["GLOBAL", "CHINA", "USGOV", "USGOV_DOD"]
 SyncType = Literal["ALL", "INCLUDE", "EXCLUDE"]
@@ -28,7 +27,6 @@ DEFAULT_SYNC_TIME = "0 */6 * * *"
 EXTENSION_NUMBER_PATTERN = re.compile(r"[1-9][0-9]{2,12}")
 TENANT_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
-_M = typing.TypeVar("_M", bound=BaseModel)
 
 
 # --- value validators: each raises ValueError with the operator's message ---
@@ -119,13 +117,13 @@ def _user_reference(value: object) -> object:
 def _listen(value: object) -> object:
     if not isinstance(value, str):
         return value
-    host, port = _split_host_port(value)
+    host, port = split_host_port(value)
     if host is None or port is None:
         raise ValueError('must be "host:port", e.g. "127.0.0.1:8790" or "[::1]:8790"')
     return value
 
 
-def _split_host_port(value: str) -> tuple[str | None, int | None]:
+def split_host_port(value: str) -> tuple[str | None, int | None]:
     match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value)
     if not match:
         return None, None

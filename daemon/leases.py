@@ -16,7 +16,7 @@ interval before it connects again, so its tenants move to the others rather
 than flap back and forth with a flaky network; it then gets its share back
 between their runs.
 
-Before each applied chunk and each PBX write request, :meth:`SharedLeases.check`
+Before each PBX write request (``PbxConnection.may_write``), :meth:`SharedLeases.check`
 asks the lease session whether it is still alive; if it is not, the run stops writing
 (:class:`~daemon.errors.LeaseLost`), and the create journal makes the new
 owner's run look objects up instead of creating them twice.
@@ -40,9 +40,10 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from daemon.errors import LeaseLost, M365SyncError, StateError
+from daemon.errors import LeaseLost, M365SyncError
 from daemon.logging import get_logger
 from daemon.scheduler import SchedulerClock
+from state.postgres import read_password
 
 log = get_logger(__name__)
 
@@ -214,13 +215,7 @@ class SharedLeases:
                 self._lost(f"lease round failed: {err or type(err).__name__}")
 
     async def _connect(self) -> None:
-        password = None
-        if self.password_file is not None:
-            try:
-                password = self.password_file.read_text("utf-8").strip()
-            except OSError as err:
-                raise StateError(f"cannot read the PostgreSQL password file {self.password_file}: {err.strerror}") from err
-        conn = await asyncpg.connect(self.url, password=password)
+        conn = await asyncpg.connect(self.url, password=read_password(self.password_file))
         key = lock_key(self.instance, "instance")
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
             await conn.close()

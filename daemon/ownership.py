@@ -13,7 +13,8 @@ finished without waiting for the next scheduled time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,17 +36,6 @@ def leases_for(config: Config, clock: SchedulerClock) -> Leases:
     instance = state.instance_name or default_instance_name(config.server.port)
     return SharedLeases(state.url, instance, float(state.lease_seconds), clock, state.password_file,
                         config.server.public_url)
-
-
-@dataclass(frozen=True)
-class TenantLease:
-    """One tenant's lease, as a run's writer checks it (:class:`daemon.pbx.guarded.WriteGuard`)."""
-
-    leases: Leases
-    tenant: str
-
-    async def check(self) -> None:
-        await self.leases.check(self.tenant)
 
 
 @dataclass
@@ -71,9 +61,9 @@ class Ownership:
     def holds(self, tenant: str) -> bool:
         return self.leases.holds(tenant)
 
-    def write_guard(self, tenant: str) -> TenantLease | None:
-        """What a run checks before each chunk and each write (None: one daemon, nothing to check)."""
-        return TenantLease(self.leases, tenant) if self.shared else None
+    def write_guard(self, tenant: str) -> Callable[[], Awaitable[None]] | None:
+        """What a run asks before each PBX write request (None: one daemon, nothing to ask)."""
+        return functools.partial(self.leases.check, tenant) if self.shared else None
 
     def request(self, tenant: str, trigger: str) -> str | None:
         """A run of ``tenant`` as soon as possible, here or at its owner; returns its run id."""

@@ -105,7 +105,7 @@ class TenantSchedule:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.queued = RunProgress(_new_id(), "startup")
+        self.queued = RunProgress(new_run_id(), "startup")
         self._task = asyncio.create_task(self._loop(), name=f"schedule-{self.tenant.name}")
 
     async def stop(self) -> None:
@@ -131,7 +131,7 @@ class TenantSchedule:
         """Ask for a run now; returns its id (``run_id``: one handed out by another
         daemon, which forwarded the request here). During a run, exactly one more is queued."""
         if self.queued is None:
-            self.queued = RunProgress(run_id or _new_id(), trigger)
+            self.queued = RunProgress(run_id or new_run_id(), trigger)
         self._wake.set()
         return self.queued.run_id
 
@@ -155,7 +155,7 @@ class TenantSchedule:
                 if not await self._wait_for_due_time():
                     continue  # rescheduled: compute the due time again
                 if self.queued is None:
-                    self.queued = RunProgress(_new_id(), "schedule", due_at=self.next_run)
+                    self.queued = RunProgress(new_run_id(), "schedule", due_at=self.next_run)
             run, self.queued = self.queued, None
             self._wake.clear()
             await self._execute(run)
@@ -229,10 +229,6 @@ class TenantSchedule:
 
 
 def new_run_id() -> str:
-    return _new_id()
-
-
-def _new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 

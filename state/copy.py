@@ -63,7 +63,7 @@ async def copy_state(source: Database, target: Database) -> dict[str, int]:
             batch: list[tuple[object, ...]] = []
             counts[table] = 0
             async for row in source.stream(f"SELECT {', '.join(columns)} FROM {table}{order}"):
-                batch.append(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row))
+                batch.append(tuple(row))
                 if len(batch) == BATCH:
                     await tx.executemany(insert, batch)
                     counts[table] += len(batch)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from daemon.errors import SchemaTooNew, StateError
 
@@ -113,6 +114,18 @@ class Database(ABC):
                 hint="install the newer m365sync that wrote it, or restore a backup "
                 "taken before the upgrade",
             )
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its password, for messages, logs and config errors."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = (parts.username or "") + "@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    except ValueError:  # a port that is not a number: show nothing of it
+        return "(a URL, not shown)"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_postgres_url(target: str | Path) -> bool:

@@ -20,12 +20,12 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from daemon.errors import StateError
-from state.db import Database, Migration, Params, Row, bundled_migrations
+from state.db import Database, Migration, Params, Row, bundled_migrations, redacted_url
 from state.errors import StateReadFailed, StateWriteFailed
 
 STREAM_BATCH = 500
@@ -51,15 +51,6 @@ def numbered(sql: str) -> str:
             continue
         out.append(char)
     return "".join(out)
-
-
-def redacted(url: str) -> str:
-    """The URL without a password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = (parts.username or "") + "@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _count(status: str) -> int:
@@ -98,7 +89,7 @@ class PostgresDatabase(Database):
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self.pool = pool
         self.url = url
-        self.location = redacted(url)
+        self.location = redacted_url(url)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
@@ -115,7 +106,7 @@ class PostgresDatabase(Database):
     async def _read(self, method: str, sql: str, params: Params) -> Any:
         try:
             async with self.pool.acquire() as conn:
-                return await getattr(conn, method)(numbered(sql), *params)
+                return await getattr(PostgresTransaction(conn), method)(sql, params)
         except OWN_ERRORS:
             raise
         except DRIVER_ERRORS as err:
@@ -123,11 +114,12 @@ class PostgresDatabase(Database):
                                   hint="check the PostgreSQL server; the next run repeats this one") from err
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        row = await self._read("fetchrow", sql, params)
-        return None if row is None else tuple(row)
+        row: Row | None = await self._read("fetchone", sql, params)
+        return row
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        return [tuple(row) for row in await self._read("fetch", sql, params)]
+        rows: list[Row] = await self._read("fetchall", sql, params)
+        return rows
 
     async def stream(self, sql: str, params: Params = ()) -> AsyncIterator[Row]:
         try:
@@ -161,7 +153,8 @@ async def _version(conn: Conn) -> int:
     return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM m365sync_schema"))
 
 
-def _password(password_file: Path | None) -> str | None:
+def read_password(password_file: Path | None) -> str | None:
+    """The password from ``[state] password_file``; None leaves it to libpq's PGPASSFILE / ~/.pgpass."""
     if password_file is None:
         return None
     try:
@@ -178,10 +171,10 @@ async def open_postgres(url: str, migrations: list[Migration] | None = None, *,
         raise StateError("the [state] url carries a password",
                          hint="put the password in [state] password_file or ~/.pgpass, not in the URL")
     try:
-        pool = await asyncpg.create_pool(url, password=_password(password_file), min_size=1, max_size=pool_max,
+        pool = await asyncpg.create_pool(url, password=read_password(password_file), min_size=1, max_size=pool_max,
                                          command_timeout=60)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as err:
-        raise StateError(f"cannot connect to the state database {redacted(url)}: {_reason(err)}",
+        raise StateError(f"cannot connect to the state database {redacted_url(url)}: {_reason(err)}",
                          hint="check [state] url, the server, and the password (password_file or ~/.pgpass)") from err
     db = PostgresDatabase(pool, url)
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import Callable
+import time
+import typing
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -105,8 +108,22 @@ def require_tool(name: str, package: str) -> str:
     a failure under CI (which installs it), so CI can never pass by skipping."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")  # nginx lives in sbin
     if path is None:
-        message = f"{name} is not installed (Debian package {package})"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; .ci/run must install it")
-        pytest.skip(message)
+        missing(f"{name} is not installed (Debian package {package})")
     return path
+
+
+def missing(message: str) -> typing.NoReturn:
+    """A system tool is missing: a skip on a developer machine, a failure under CI (which installs it)."""
+    if os.environ.get("CI"):
+        pytest.fail(message + "; .ci/run must install it")
+    pytest.skip(message)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float, what: str) -> float:
+    """Wait for a state of running daemons that nothing calls back for (lease rounds, other
+    processes, on the real clock), looking every 0.1 s; returns when it held."""
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+    return time.monotonic()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import missing
 from sim.postgres import PostgresServer, PostgresUnavailable
 
 _names = itertools.count(1)
@@ -21,9 +22,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         server = PostgresServer().start()
     except PostgresUnavailable as err:
-        if os.environ.get("CI"):
-            pytest.fail(f"{err}; .ci/run must install it")
-        pytest.skip(str(err))
+        missing(str(err))
     try:
         yield server
     finally:

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from conftest import write_secret
+from conftest import until, write_secret
 from daemon.clock import SystemClock
 from daemon.leases import rendezvous_owner
 from daemon.metrics import Metrics
@@ -143,16 +143,6 @@ async def api(session: aiohttp.ClientSession, daemon: Daemon, method: str, path:
 async def owners(session: aiohttp.ClientSession, daemon: Daemon) -> dict[str, str | None]:
     body = await api(session, daemon, "GET", "/api/status")
     return {t["tenant"]: t["owner"] for t in body["tenants"]}
-
-
-async def until(condition: Any, seconds: float, what: str) -> float:
-    """Wait for a condition of the running system (an event we cannot be called back for); returns when it held."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if await condition():
-            return time.monotonic()
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 @asynccontextmanager

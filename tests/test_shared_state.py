@@ -6,16 +6,14 @@ run can be followed from the non-owner. Status and metrics name the owner."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from conftest import write_secret
+from conftest import until, write_secret
 from daemon.config import load_config
 from daemon.service import Service
 from daemon.tls import client_ssl_context
@@ -26,14 +24,6 @@ from sim.world import APP_ID, DIRECTORY, FakeWorld, free_port
 ADMIN = "shared-admin-token-0123456789"
 OWNER = "pbx-service@contoso.example"
 DELEGATED_APP = "5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d"
-
-
-async def until(condition: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
-    """Wait for a state of the running daemons (the lease rounds run on the real clock)."""
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 def config(folder: Path, world: FakeWorld, *, port: int, lb: str, pg_url: str, instance: str, delegated: bool) -> Path:

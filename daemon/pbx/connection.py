@@ -54,7 +54,7 @@ class PbxConnection:
         self.timeout = timeout
         self.config: ProviderConfig | None = None
         # A shared state: raises LeaseLost once this daemon lost the tenant, asked of the lease
-        # session right before each write request, so not even the rest of a chunk is sent.
+        # session right before each write request (the one place writes are checked).
         self.may_write: Callable[[], Awaitable[None]] | None = None
 
     # --- transport ---

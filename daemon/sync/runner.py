@@ -26,8 +26,6 @@ from daemon.logging import bind, get_logger, unbind
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.dryrun import DryRunPbxClient
-from daemon.pbx.guarded import GuardedWriter, WriteGuard
-from daemon.pbx.types import PbxWriter
 from daemon.retry import Clock, GraphBudget, Transport
 from daemon.sync.apply import Progress
 from daemon.sync.calendar import CalendarReport, CalendarSync
@@ -80,7 +78,7 @@ class TenantRunner:
         now: Callable[[], float] = time.time,
         dry_run: bool = False,
         budget: GraphBudget | None = None,
-        write_guard: WriteGuard | None = None,
+        write_guard: Callable[[], Awaitable[None]] | None = None,
         run_lock_alive: Callable[[str], bool] | None = None,
     ) -> None:
         self.tenant = tenant
@@ -93,7 +91,7 @@ class TenantRunner:
         self.now = now
         self.dry_run = dry_run
         self.budget = budget or GraphBudget()
-        self.write_guard = write_guard  # a shared state: raises LeaseLost once the tenant's lease is gone
+        self.write_guard = write_guard  # a shared state: raises LeaseLost once the tenant's lease is gone (see _guarded)
         self.run_lock_alive = run_lock_alive or _process_alive  # a shared state: the lease decides, not the run lock
 
     def _transport(self) -> Transport:
@@ -190,12 +188,11 @@ class TenantRunner:
         await build_tenant_sync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now,
                                 progress, all_photos=all_photos).run(report)
 
-
-    def _guarded(self, pbx: PbxClient) -> PbxWriter:
-        if self.write_guard is None:
-            return pbx
-        pbx.may_write = self.write_guard.check
-        return GuardedWriter(pbx, self.write_guard)
+    def _guarded(self, pbx: PbxClient) -> PbxClient:
+        """The client, asking the lease before each write request (a shared state): a run that
+        lost its tenant stops before its next write, even in the middle of a chunk."""
+        pbx.may_write = self.write_guard
+        return pbx
 
 
 def unexpected_reason(err: BaseException) -> str:
