@@ -231,95 +231,118 @@ class PushedQueries:
     # --- one transaction per applied chunk ---
 
     async def apply_bookkeeping(self, tenant: str, entries: Iterable[Bookkeeping]) -> set[str]:
-        """Record a chunk's outcomes in one transaction; returns the ids now quarantined."""
-        entries = list(entries)
-        if not entries:
+        """Record a chunk's outcomes in one transaction; returns the ids now quarantined.
+
+        Each record type has its own method, called with that type's entries."""
+        by_type: dict[type, list[Any]] = {}
+        for entry in entries:
+            by_type.setdefault(type(entry), []).append(entry)
+        if not by_type:
             return set()
         now = self.clock()
-        pushed = [e for e in entries if isinstance(e, Pushed)]
-        removed = [e for e in entries if isinstance(e, Removed)]
-        failed = [e for e in entries if isinstance(e, Failed)]
-        tracked = [e for e in entries if isinstance(e, Tracked)]
-        remembered = [e for e in entries if isinstance(e, Remembered)]
-        busy = [e for e in entries if isinstance(e, BusyPushed)]
         async with self.db.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO synced_objects (tenant, kind, graph_id, pbx_id, payload, payload_hash, etag, active,"
-                " out_of_scope_since, photo_etag, last_push_at, updated_at, input_hash, failures, last_error,"
-                " quarantine_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL)"
-                " ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET pbx_id = excluded.pbx_id,"
-                " payload = excluded.payload, payload_hash = excluded.payload_hash, etag = excluded.etag,"
-                " active = excluded.active, out_of_scope_since = excluded.out_of_scope_since,"
-                " photo_etag = excluded.photo_etag, last_push_at = excluded.last_push_at,"
-                " updated_at = excluded.updated_at, input_hash = excluded.input_hash, failures = 0, last_error = NULL,"
-                " quarantine_fingerprint = NULL",
-                [
-                    (
-                        tenant,
-                        e.kind,
-                        e.graph_id,
-                        e.pbx_id,
-                        json.dumps(e.payload) if e.payload is not None else None,
-                        e.payload_hash,
-                        e.etag,
-                        None if e.active is None else int(e.active),
-                        e.out_of_scope_since,
-                        e.photo_etag,
-                        now,
-                        now,
-                        e.input_hash,
-                    )
-                    for e in pushed
-                ],
+            await _record_pushed(conn, tenant, by_type.get(Pushed, []), now)
+            await _record_removed(conn, tenant, by_type.get(Removed, []), now)
+            await _record_tracked(conn, tenant, by_type.get(Tracked, []))
+            await _record_remembered(conn, tenant, by_type.get(Remembered, []))
+            await _record_busy(conn, tenant, by_type.get(BusyPushed, []))
+            return await _record_failed(conn, tenant, by_type.get(Failed, []), now)
+
+
+async def _record_pushed(conn: Any, tenant: str, entries: list[Pushed], now: float) -> None:
+    """The object is as pushed: its row, the end of its journal entry, the number it holds."""
+    await conn.executemany(
+        "INSERT INTO synced_objects (tenant, kind, graph_id, pbx_id, payload, payload_hash, etag, active,"
+        " out_of_scope_since, photo_etag, last_push_at, updated_at, input_hash, failures, last_error,"
+        " quarantine_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL)"
+        " ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET pbx_id = excluded.pbx_id,"
+        " payload = excluded.payload, payload_hash = excluded.payload_hash, etag = excluded.etag,"
+        " active = excluded.active, out_of_scope_since = excluded.out_of_scope_since,"
+        " photo_etag = excluded.photo_etag, last_push_at = excluded.last_push_at,"
+        " updated_at = excluded.updated_at, input_hash = excluded.input_hash, failures = 0, last_error = NULL,"
+        " quarantine_fingerprint = NULL",
+        [
+            (
+                tenant,
+                e.kind,
+                e.graph_id,
+                e.pbx_id,
+                json.dumps(e.payload) if e.payload is not None else None,
+                e.payload_hash,
+                e.etag,
+                None if e.active is None else int(e.active),
+                e.out_of_scope_since,
+                e.photo_etag,
+                now,
+                now,
+                e.input_hash,
             )
-            await conn.executemany(
-                "DELETE FROM pending_creates WHERE tenant = ? AND kind = ? AND graph_id = ?",
-                [(tenant, e.kind, e.graph_id) for e in pushed] + [(tenant, e.kind, e.graph_id) for e in removed],
+            for e in entries
+        ],
+    )
+    await conn.executemany(
+        "DELETE FROM pending_creates WHERE tenant = ? AND kind = ? AND graph_id = ?",
+        [(tenant, e.kind, e.graph_id) for e in entries],
+    )
+    await _allocate(conn, tenant, [(e.kind, e.graph_id, e.extension) for e in entries if e.extension], now)
+
+
+async def _record_removed(conn: Any, tenant: str, entries: list[Removed], now: float) -> None:
+    """Gone from the PBX: forget it, end its journal entry, let its number cool down, purge a deleted copy."""
+    keys = [(tenant, e.kind, e.graph_id) for e in entries]
+    await conn.executemany("DELETE FROM pending_creates WHERE tenant = ? AND kind = ? AND graph_id = ?", keys)
+    await conn.executemany("DELETE FROM synced_objects WHERE tenant = ? AND kind = ? AND graph_id = ?", keys)
+    await conn.executemany(
+        "UPDATE extension_allocations SET released_at = ? WHERE tenant = ? AND owner_kind = ?"
+        " AND owner_graph_id = ? AND released_at IS NULL",
+        [(now, *key) for key in keys],
+    )
+    await conn.executemany(
+        "DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND id = ?",
+        [(tenant, e.kind, e.graph_id) for e in entries if e.purge_copy],
+    )
+
+
+async def _record_tracked(conn: Any, tenant: str, entries: list[Tracked]) -> None:
+    await conn.executemany(
+        "UPDATE synced_objects SET out_of_scope_since = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
+        [(e.out_of_scope_since, tenant, e.kind, e.graph_id) for e in entries],
+    )
+
+
+async def _record_remembered(conn: Any, tenant: str, entries: list[Remembered]) -> None:
+    await conn.executemany(
+        "UPDATE synced_objects SET input_hash = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
+        [(e.input_hash, tenant, e.kind, e.graph_id) for e in entries],
+    )
+
+
+async def _record_busy(conn: Any, tenant: str, entries: list[BusyPushed]) -> None:
+    await conn.executemany(
+        "INSERT INTO calendar_state (tenant, user_id, busy_fingerprint) VALUES (?, ?, ?)"
+        " ON CONFLICT (tenant, user_id) DO UPDATE SET busy_fingerprint = excluded.busy_fingerprint",
+        [(tenant, e.user_id, e.fingerprint) for e in entries],
+    )
+
+
+async def _record_failed(conn: Any, tenant: str, entries: list[Failed], now: float) -> set[str]:
+    """One more failure each; returns the ids that reached quarantine (bound to their fingerprint)."""
+    quarantined: set[str] = set()
+    for entry in entries:
+        row = await conn.fetchone(
+            "INSERT INTO synced_objects (tenant, kind, graph_id, updated_at, failures, last_error)"
+            " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET"
+            " failures = synced_objects.failures + 1, last_error = excluded.last_error, updated_at = excluded.updated_at"
+            " RETURNING failures",
+            (tenant, entry.kind, entry.graph_id, now, entry.error),
+        )
+        if row is not None and int(row[0]) >= FAILURES_BEFORE_QUARANTINE:
+            quarantined.add(entry.graph_id)
+            await conn.execute(
+                "UPDATE synced_objects SET quarantine_fingerprint = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
+                (entry.fingerprint, tenant, entry.kind, entry.graph_id),
             )
-            await _allocate(conn, tenant, [(e.kind, e.graph_id, e.extension) for e in pushed if e.extension], now)
-            await conn.executemany(
-                "DELETE FROM synced_objects WHERE tenant = ? AND kind = ? AND graph_id = ?",
-                [(tenant, e.kind, e.graph_id) for e in removed],
-            )
-            await conn.executemany(
-                "UPDATE extension_allocations SET released_at = ? WHERE tenant = ? AND owner_kind = ?"
-                " AND owner_graph_id = ? AND released_at IS NULL",
-                [(now, tenant, e.kind, e.graph_id) for e in removed],
-            )
-            await conn.executemany(
-                "DELETE FROM graph_objects WHERE tenant = ? AND kind = ? AND id = ?",
-                [(tenant, e.kind, e.graph_id) for e in removed if e.purge_copy],
-            )
-            await conn.executemany(
-                "UPDATE synced_objects SET out_of_scope_since = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
-                [(e.out_of_scope_since, tenant, e.kind, e.graph_id) for e in tracked],
-            )
-            await conn.executemany(
-                "UPDATE synced_objects SET input_hash = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
-                [(e.input_hash, tenant, e.kind, e.graph_id) for e in remembered],
-            )
-            await conn.executemany(
-                "INSERT INTO calendar_state (tenant, user_id, busy_fingerprint) VALUES (?, ?, ?)"
-                " ON CONFLICT (tenant, user_id) DO UPDATE SET busy_fingerprint = excluded.busy_fingerprint",
-                [(tenant, e.user_id, e.fingerprint) for e in busy],
-            )
-            quarantined: set[str] = set()
-            for entry in failed:
-                row = await conn.fetchone(
-                    "INSERT INTO synced_objects (tenant, kind, graph_id, updated_at, failures, last_error)"
-                    " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET"
-                    " failures = synced_objects.failures + 1, last_error = excluded.last_error, updated_at = excluded.updated_at"
-                    " RETURNING failures",
-                    (tenant, entry.kind, entry.graph_id, now, entry.error),
-                )
-                if row is not None and int(row[0]) >= FAILURES_BEFORE_QUARANTINE:
-                    quarantined.add(entry.graph_id)
-                    await conn.execute(
-                        "UPDATE synced_objects SET quarantine_fingerprint = ? WHERE tenant = ? AND kind = ?"
-                        " AND graph_id = ?",
-                        (entry.fingerprint, tenant, entry.kind, entry.graph_id),
-                    )
-        return quarantined
+    return quarantined
 
 
 async def _allocate(conn: Any, tenant: str, owners: Sequence[tuple[str, str, str | None]], now: float) -> None:

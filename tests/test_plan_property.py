@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from daemon.pbx.mapping import contact_payload, flatten, has_phone_number, payload_hash, user_payload
 from daemon.pbx.schema import PBX_GROUP, PBX_USER
-from daemon.sync.apply import _resolve
 from daemon.sync.changes import Change, Plan
+from daemon.sync.materialize import build_deferred, resolve_users
 from daemon.sync.plan_contacts import ContactPlanner, Mailbox
 from daemon.sync.plan_groups import plan_groups
 from daemon.sync.plan_users import PlanInputs, UserPlanner
@@ -171,8 +171,9 @@ class World:
         for user in sorted(copies):
             users.add(copies[user], self.synced.get(("user", user)))
         plan = users.finish()
-        assert all(c.operation.payload is None for c in plan.changes if c.action == "create" and c.kind == "user")
-        plan.changes = users.complete_creates(plan.changes, copies)  # as the applier does per chunk
+        assert all(c.operation.payload is None and c.refs.payload_source is not None
+                   for c in plan.changes if c.action == "create" and c.kind == "user")
+        plan.changes = build_deferred(plan.changes, copies)  # as the applier does per chunk
         mailboxes = {u: Mailbox(u, upn, "personal", pbx) for u, (upn, pbx) in users.active.items()}
         contacts = ContactPlanner(tenant, mailboxes, frozenset(), {})
         for contact in sorted(set(self.contacts) | {g for (k, g) in self.synced if k == "contact"}):
@@ -199,15 +200,18 @@ class World:
 
     def apply(self, change: Change) -> None:
         ids = {u: row.pbx_id for (k, u), row in self.synced.items() if k == "user" and row.pbx_id}
+        resolved = resolve_users(change, ids)  # as the applier does per chunk
+        assert resolved is not None and not resolved.refs.pending_users
+        change = resolved
         operation, key = change.operation, (change.kind, change.graph_id)
-        payload = _resolve(operation.payload, ids, []) if operation.payload is not None else None
+        payload = operation.payload
         if operation.action == "delete":
             del self.pbx[key]
         elif operation.action == "create" or operation.maybe_applied:
             assert payload is not None
             self.pbx[key] = stored(payload)
         else:
-            self.pbx[key] = patch(self.pbx[key], _resolve(list(operation.operations), ids, []))
+            self.pbx[key] = patch(self.pbx[key], list(operation.operations))
             assert payload is not None and self.pbx[key] == stored(payload)  # the PATCH made the desired object
         entry = change.on_success
         if isinstance(entry, Removed):

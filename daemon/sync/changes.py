@@ -14,13 +14,55 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Literal
+from typing import Literal, Protocol
 
+from daemon.pbx.mapping import Payload
 from daemon.pbx.types import PbxOperation
+from state.copies import GraphCopy
 from state.pushed import Bookkeeping
 
 ObjectKind = Literal["user", "group", "contact", "busy"]
-PENDING_MEMBER = "pending-member:"  # + Graph id of a user created in this run
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    """A user created in this run: its PBX id is known once its create was answered."""
+
+    graph_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoRef:
+    """The photo a user write sends: its bytes are fetched for its chunk only."""
+
+    user_id: str
+    etag: str
+
+
+class PayloadSource(Protocol):
+    """Builds a create's payload from its stored Graph copy when its chunk is applied,
+    so a first run of 100k users holds ids, not 100k payloads (see ``plan_users``)."""
+
+    def build_create(self, copy: GraphCopy, number: str) -> tuple[Payload, str | None]:
+        """(the payload, the input hash it was made from)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refs:
+    """What a change's operation still needs before it is sent (nothing, for most)."""
+
+    payload_source: PayloadSource | None = None  # a create whose payload is built per chunk
+    members: tuple[UserRef, ...] = ()  # group members created in this run
+    owner: UserRef | None = None  # a personal contact's owner, created in this run
+    photo: PhotoRef | None = None  # the photo the write sends
+
+    @property
+    def pending_users(self) -> bool:
+        return bool(self.members) or self.owner is not None
+
+
+NO_REFS = Refs()
 
 
 class Phase(IntEnum):
@@ -46,6 +88,7 @@ class Change:
     reason: str = ""
     fingerprint: str = ""
     extension: str | None = None  # a number this create allocates (recorded before it is sent)
+    refs: Refs = NO_REFS  # resolved by the applier per chunk
 
     @property
     def graph_id(self) -> str:
@@ -94,3 +137,4 @@ class Plan:
         for change in self.held:
             counts.setdefault(change.kind, Counter())["held"] += 1
         return {kind: dict(sorted(c.items())) for kind, c in sorted(counts.items())}
+

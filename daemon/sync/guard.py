@@ -30,11 +30,14 @@ def threshold(tenant: TenantConfig, kind: ObjectKind, synced_count: int) -> int:
     return max(FLOORS.get(kind, 0), math.ceil(synced_count * SHARE))
 
 
-def guard(plan: Plan, tenant: TenantConfig, synced_counts: Mapping[str, int], approved: Iterable[str]) -> dict[str, int]:
-    """Move held deprovisions from ``plan.changes`` to ``plan.held``; returns each held kind's threshold."""
+def guard(plan: Plan, tenant: TenantConfig, synced_counts: Mapping[str, int], approved: Iterable[str],
+          kinds: Iterable[ObjectKind] = tuple(FLOORS)) -> dict[str, int]:
+    """Move held deprovisions of ``kinds`` from ``plan.changes`` to ``plan.held``; returns each held
+    kind's threshold. A run guards its users as soon as they are planned (a held disable keeps its
+    user, and so its mailbox, active), then its groups and contacts: each kind once."""
     approved_ids = set(approved)
     thresholds: dict[str, int] = {}
-    for kind in FLOORS:
+    for kind in kinds:
         pending = [c for c in plan.changes if c.kind == kind and c.is_deprovision and c.graph_id not in approved_ids]
         limit = threshold(tenant, kind, synced_counts.get(kind, 0))
         if len(pending) <= limit:

@@ -1,6 +1,7 @@
 """User photos: which changed (``mediaEtag`` read in ``$batch``es), and their
-bytes, fetched per applied chunk as ``data:`` URIs and dropped after it, so
-memory does not grow with the tenant.
+bytes, fetched per applied chunk as ``data:`` URIs (for the writes whose
+``PhotoRef`` asks for them) and dropped after it, so memory does not grow
+with the tenant.
 
 Photo changes are not in the users delta, so metadata has its own cadence:
 a user's photo is checked when it was never checked, or when its last check
@@ -13,16 +14,13 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 from daemon.config import TenantConfig
 from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
 from daemon.pbx.mapping import photo_data_uri
 from daemon.retry import header
-from daemon.sync.changes import Change
-from daemon.sync.plan_users import PHOTO_PLACEHOLDER
 
 MAX_PHOTO_BYTES = 256 * 1024
 
@@ -50,52 +48,19 @@ async def photo_versions(graph: GraphClient, user_ids: Iterable[str]) -> dict[st
 
 
 @dataclass
-class PhotoMaterializer:
-    """Puts each sent photo's bytes into its chunk's user writes."""
+class PhotoBytes:
+    """The photos a chunk sends, fetched in ``$batch``es at the configured size (the applier's ``PhotoSource``)."""
 
     tenant: TenantConfig
     graph: GraphClient
 
-    async def __call__(self, chunk: list[Change]) -> list[Change]:
-        wanted = [c.graph_id for c in chunk if c.kind == "user" and _sends_photo(c)]
-        if not wanted:
-            return chunk
+    async def data_uris(self, user_ids: list[str]) -> dict[str, str]:
         size = self.tenant.users.photo_size
-        requests = (BatchRequest(i, f"/users/{i}/photos/{size}/$value", mailbox=i) for i in wanted)
-        uris: dict[str, str | None] = {}
+        requests = (BatchRequest(i, f"/users/{i}/photos/{size}/$value", mailbox=i) for i in user_ids)
+        uris: dict[str, str] = {}
         async for result in BatchExecutor(self.graph).run(requests):
             body = result.body
             if result.ok and isinstance(body, bytes) and 0 < len(body) <= MAX_PHOTO_BYTES:
                 content_type = header(result.headers, "content-type") or "image/jpeg"
                 uris[result.request.key] = photo_data_uri(body, content_type.split(";")[0] or "image/jpeg")
-        return [_with_uri(c, uris.get(c.graph_id)) if c.graph_id in wanted and c.kind == "user" else c for c in chunk]
-
-
-def _sends_photo(change: Change) -> bool:
-    operation = change.operation
-    if operation.action == "create" or operation.maybe_applied:
-        return _has_placeholder(operation.payload)
-    return any(str(op.get("path")) == "photos" and op.get("op") != "remove" for op in operation.operations)
-
-
-def _has_placeholder(payload: Any) -> bool:
-    photos = payload.get("photos") if isinstance(payload, dict) else None
-    return isinstance(photos, list) and bool(photos) and str(photos[0].get("value", "")).startswith(PHOTO_PLACEHOLDER)
-
-
-def _with_uri(change: Change, uri: str | None) -> Change:
-    """The write as sent: the placeholder becomes the data: URI (or the photo goes)."""
-    operation = change.operation
-    payload = operation.payload
-    if payload is not None and _has_placeholder(payload):
-        payload = dict(payload)
-        if uri:
-            payload["photos"] = [{"value": uri, "type": "photo"}]
-        else:
-            payload.pop("photos")
-    operations = []
-    for op in operation.operations:
-        if op.get("path") == "photos" and "value" in op:
-            op = {"op": "remove", "path": "photos"} if uri is None else {**op, "value": [{"value": uri, "type": "photo"}]}
-        operations.append(op)
-    return replace(change, operation=replace(operation, payload=payload, operations=operations))
+        return uris

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from daemon.config import TenantConfig
 from daemon.pbx.mapping import contact_payload, has_phone_number, patch_operations, payload_hash
 from daemon.pbx.types import PbxOperation
-from daemon.sync.changes import PENDING_MEMBER, Change, Phase, Plan
+from daemon.sync.changes import NO_REFS, Change, Phase, Plan, Refs, UserRef
 from state.pushed import Pushed, Removed
 from state.sync_store import GraphCopy, SyncedRow
 
@@ -30,10 +30,15 @@ class Mailbox:
 
     @property
     def owner(self) -> str | None:
-        """The ``owner`` attribute: the user's PBX id (personal contacts only)."""
-        if self.directory != "personal":
-            return None
-        return self.owner_pbx_id or f"{PENDING_MEMBER}{self.user_id}"
+        """The ``owner`` attribute: the user's PBX id (personal contacts only; None while unknown)."""
+        return self.owner_pbx_id if self.directory == "personal" else None
+
+    @property
+    def refs(self) -> Refs:
+        """A personal contact of a user created in this run names its owner once the applier knows its id."""
+        if self.directory == "personal" and self.owner_pbx_id is None:
+            return Refs(owner=UserRef(self.user_id))
+        return NO_REFS
 
 
 class ContactPlanner:
@@ -75,17 +80,18 @@ class ContactPlanner:
             operation = PbxOperation("create", "Contact", graph_id, payload=desired,
                                      maybe_applied=graph_id in self.pending_creates)
             self.plan.changes.append(Change("contact", "create", Phase.MEMBERSHIP, operation, pushed, label,
-                                            f"in the {mailbox.directory} contacts of {mailbox.upn}"))
+                                            f"in the {mailbox.directory} contacts of {mailbox.upn}",
+                                            refs=mailbox.refs))
         elif recorded is None:  # on the PBX but not recorded (the state was lost): re-read and converge
             operation = PbxOperation("update", "Contact", graph_id, payload=desired, pbx_id=pbx_id, maybe_applied=True)
             self.plan.changes.append(Change("contact", "update", Phase.MEMBERSHIP, operation, pushed, label,
-                                            "on the PBX but not recorded (recovering)"))
+                                            "on the PBX but not recorded (recovering)", refs=mailbox.refs))
         elif synced is not None and synced.payload_hash != payload_hash(desired):
             operation = PbxOperation("update", "Contact", graph_id, payload=desired,
                                      operations=patch_operations(synced.payload or {}, desired), pbx_id=pbx_id,
                                      etag=synced.etag)
             self.plan.changes.append(Change("contact", "update", Phase.MEMBERSHIP, operation, pushed, label,
-                                            "changed in Outlook"))
+                                            "changed in Outlook", refs=mailbox.refs))
 
     def finish(self) -> Plan:
         return self.plan

@@ -1,8 +1,8 @@
 """The group planner: configured Entra groups -> dialable PBX groups. Pure.
 
 With ``groups_starting_extension_number`` every configured group becomes a
-SCIM Group whose members are the group's members that are PBX users (created
-earlier in the same run included: see ``PENDING_MEMBER``); a membership
+SCIM Group whose members are the group's members that are PBX users (those
+created earlier in the same run as typed ``UserRef``s the applier resolves); a membership
 change is a PATCH that adds and removes members only. Without it the groups
 only define the INCLUDE scope, and PBX groups created earlier are deleted.
 Numbers come from the pool the users use, under the same reuse rule.
@@ -17,7 +17,7 @@ from daemon.pbx.filters import scim_string
 from daemon.pbx.mapping import group_payload, patch_operations, payload_hash
 from daemon.pbx.schema import PBX_GROUP
 from daemon.pbx.types import PbxOperation
-from daemon.sync.changes import PENDING_MEMBER, Change, Phase, Plan
+from daemon.sync.changes import Change, Phase, Plan, Refs, UserRef
 from daemon.sync.numbering import NumberPool, RangeExhausted
 from daemon.sync.snapshot import Snapshot
 from state.pushed import Pushed, Removed
@@ -60,15 +60,17 @@ def plan_groups(snapshot: Snapshot, copies: Mapping[str, GraphCopy], synced: Map
                                            Removed("group", group_id, copy is not None and copy.removed == "deleted"),
                                            label, reason))
             continue
-        members = []
+        members: list[str] = []
+        created: list[UserRef] = []
         for member in sorted(snapshot.group_members.get(group_id, frozenset())):
             if member in leaving_users:
                 continue
             if member in user_pbx_ids:
                 members.append(user_pbx_ids[member])
             elif member in created_users:
-                members.append(f"{PENDING_MEMBER}{member}")
-        if not members:
+                created.append(UserRef(member))
+        refs = Refs(members=tuple(created))
+        if not members and not created:
             plan.notes.append(f"group {label!r} ({group_id}) has no member that is a PBX user")
         number = (row.payload or {}).get(PBX_GROUP, {}).get("extensionNumber") if row is not None else None
         number = number or pool.live_number("group", group_id)
@@ -85,22 +87,22 @@ def plan_groups(snapshot: Snapshot, copies: Mapping[str, GraphCopy], synced: Map
             operation = PbxOperation("create", "Group", group_id, payload=desired,
                                      maybe_applied=group_id in snapshot.pending_creates.get("group", frozenset()))
             plan.changes.append(Change("group", "create", Phase.MEMBERSHIP, operation, pushed, label,
-                                       "listed in the groups setting", extension=number))
+                                       "listed in the groups setting", extension=number, refs=refs))
             continue
         previous = row.payload if row is not None and row.payload else None
         if previous is None:  # on the PBX but not recorded: re-read and converge
             operation = PbxOperation("update", "Group", group_id, payload=desired, pbx_id=pbx_id, maybe_applied=True)
             plan.changes.append(Change("group", "update", Phase.MEMBERSHIP, operation, pushed, label,
-                                       "on the PBX but not recorded (recovering after an interruption)"))
+                                       "on the PBX but not recorded (recovering after an interruption)", refs=refs))
             continue
         before = [m["value"] for m in previous.get("members", [])]
         after = [m["value"] for m in desired.get("members", [])]
         operations = patch_operations({k: v for k, v in previous.items() if k != "members"},
                                       {k: v for k, v in desired.items() if k != "members"})
         operations += member_operations(before, after)
-        if operations:
+        if operations or created:
             operation = PbxOperation("update", "Group", group_id, payload=desired, operations=operations,
                                      pbx_id=pbx_id, etag=row.etag if row is not None else None)
             plan.changes.append(Change("group", "update", Phase.MEMBERSHIP, operation, pushed, label,
-                                       "changed in Entra ID"))
+                                       "changed in Entra ID", refs=refs))
     return plan

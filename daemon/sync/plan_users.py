@@ -8,8 +8,10 @@ order, so first numbering is deterministic. The planner also says which users
 will be active on the PBX after the run (their mailboxes feed the contacts).
 
 A create is planned without its payload: the planner keeps only the new
-user's id, name and number, and :meth:`UserPlanner.complete_creates` builds
-each applied chunk's payloads from the stored copies. A first run of 100k
+user's id, name and number, and its change names the planner as its
+:class:`~daemon.sync.changes.PayloadSource`; the applier has
+:meth:`UserPlanner.build_create` build each applied chunk's payloads from the
+stored copies. A first run of 100k
 users so holds ids, not 100k Graph copies and SCIM payloads.
 """
 
@@ -18,17 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from daemon.config import TenantConfig
-from daemon.pbx.mapping import patch_operations, payload_hash, user_payload
+from daemon.pbx.mapping import Payload, patch_operations, payload_hash, user_payload
 from daemon.pbx.schema import PBX_USER
 from daemon.pbx.types import PbxOperation
-from daemon.sync.changes import Change, Phase, Plan
+from daemon.sync.changes import Change, Phase, PhotoRef, Plan, Refs
+from daemon.sync.materialize import build_deferred
 from daemon.sync.numbering import Allocation, NumberPool, RangeExhausted
-from daemon.sync.scope import decide, matches, sso_flags
+from daemon.sync.scope import ScopeDecision, decide, matches, sso_flags
 from daemon.sync.snapshot import InventoryEntry
 from state.pushed import Pushed, Remembered, Removed, Tracked
 from state.sync_store import GraphCopy, SyncedRow
@@ -53,7 +56,9 @@ def _mapping_code() -> str:
 
 
 MAPPING_CODE = _mapping_code()
-PHOTO_PLACEHOLDER = "graph-photo:"  # replaced by the photo's data: URI when sent
+# How a stored payload records the photo it was sent with (its mediaEtag), so a new photo is a
+# payload change; never sent as such: the write carries a PhotoRef and the applier puts the bytes in.
+PHOTO_VERSION = "graph-photo:"
 PHASES = {"update": Phase.WRITE, "create": Phase.WRITE, "enable": Phase.WRITE, "disable": Phase.DISABLE,
           "delete": Phase.USER_DELETE}
 
@@ -83,9 +88,25 @@ class NewUser:
     fingerprint: str
 
 
-def is_deferred_create(change: Change) -> bool:
-    """A user create whose payload is built when its chunk is applied."""
-    return change.kind == "user" and change.operation.action == "create" and change.operation.payload is None
+@dataclass(frozen=True, slots=True)
+class OnPbx:
+    """A user the PBX has: who, where, its number, and since when it is out of scope (None: in scope)."""
+
+    upn: str
+    pbx_id: str
+    number: str
+    since: float | None
+
+
+def _action(recovered: bool, was_active: bool | None, decision: ScopeDecision) -> tuple[str, str]:
+    """The report's action and reason for a write to a user the PBX has."""
+    if recovered:
+        return "update", "on the PBX but not recorded (recovering after an interruption)"
+    if was_active and not decision.active:
+        return "disable", decision.rule
+    if was_active is False and decision.active:
+        return "enable", decision.rule
+    return "update", "changed in Entra ID or in the settings"
 
 
 def settings_fingerprint(tenant: TenantConfig) -> str:
@@ -120,69 +141,71 @@ class UserPlanner:
             return  # users.enabled = false: nothing is created, changed or removed
         if copy is None:
             return  # pushed but no Graph copy: nothing known to act on
-        data = copy.data
-        upn = str(data.get("userPrincipalName") or copy.id)
-        self._note_matches(data)
+        upn = str(copy.data.get("userPrincipalName") or copy.id)
+        self._note_matches(copy.data)
         if synced is not None and synced.quarantine_fingerprint and synced.quarantine_fingerprint == self._fingerprint(copy):
             self.plan.quarantined.append(("user", upn))
             if synced.active and synced.pbx_id and self.track_active:
                 self.active[copy.id] = (upn, synced.pbx_id)  # still on the PBX as it was
             return
-        decision = decide(data, copy.removed, self.tenant, self.inputs.group_members, self.inputs.shared_mailboxes)
-        recovered = synced is None or synced.pbx_id is None
+        decision = decide(copy.data, copy.removed, self.tenant, self.inputs.group_members, self.inputs.shared_mailboxes)
         entry = self.inputs.pbx_by_external_id.get(copy.id)
         pbx_id = synced.pbx_id if synced is not None and synced.pbx_id else (entry.pbx_id if entry else None)
         if pbx_id is None:
             if decision.active:
                 self._new.append(NewUser((upn.lower(), copy.id), upn, decision.rule, self._fingerprint(copy)))
             return
-        number = self._number_of(copy.id, synced, entry)
         if copy.removed == "deleted":
             self._delete(copy.id, upn, decision.rule, pbx_id, self._fingerprint(copy), purge_copy=True)
             return
-        since = None
-        if not decision.in_scope:
-            since = synced.out_of_scope_since if synced is not None and synced.out_of_scope_since else self.inputs.now
-            days = self.tenant.users.delete_after_days
-            if days and self.inputs.now - since >= days * DAY:
-                self._delete(copy.id, upn, f"{decision.rule}; out of scope for more than {days} days", pbx_id,
-                             self._fingerprint(copy), purge_copy=False)
-                return
+        since = self._out_of_scope_since(decision, synced)
+        days = self.tenant.users.delete_after_days
+        if since is not None and days and self.inputs.now - since >= days * DAY:
+            self._delete(copy.id, upn, f"{decision.rule}; out of scope for more than {days} days", pbx_id,
+                         self._fingerprint(copy), purge_copy=False)
+            return
         if decision.active and self.track_active:
             self.active[copy.id] = (upn, pbx_id)
+        self._update(copy, synced, OnPbx(upn, pbx_id, self._number_of(copy.id, synced, entry) or "", since), decision)
+
+    def _out_of_scope_since(self, decision: ScopeDecision, synced: SyncedRow | None) -> float | None:
+        """When the user left the scope (now, if this run is the first to see it); None while in scope."""
+        if decision.in_scope:
+            return None
+        return synced.out_of_scope_since if synced is not None and synced.out_of_scope_since else self.inputs.now
+
+    def _update(self, copy: GraphCopy, synced: SyncedRow | None, user: OnPbx, decision: ScopeDecision) -> None:
+        """The write (if any) that makes a user on the PBX what its inputs say."""
+        recovered = synced is None or synced.pbx_id is None
         photo_etag = self._photo_etag(copy.id, synced)
-        inputs = self._inputs_hash(copy, number or "", decision.active, photo_etag)
+        inputs = self._inputs_hash(copy, user.number, decision.active, photo_etag)
+        tracked = synced is not None and synced.out_of_scope_since != user.since
         if not recovered and synced is not None and inputs is not None and synced.input_hash == inputs:
-            # Made from the same inputs as what was pushed: the payload is the same, nothing to build.
-            if synced.out_of_scope_since != since:
-                self.plan.bookkeeping.append(Tracked("user", copy.id, since))
+            if tracked:  # made from the same inputs as what was pushed: nothing to build
+                self.plan.bookkeeping.append(Tracked("user", copy.id, user.since))
             return
-        desired = self._payload(copy, number or "", decision.active, synced)
+        desired = self._payload(copy, user.number, decision.active, synced)
         desired_hash = payload_hash(desired)
         previous = synced.payload if synced is not None and not recovered else None
         unchanged = previous is not None and synced is not None and synced.payload_hash == desired_hash
         operations = tuple(patch_operations(previous, desired)) if previous is not None and not unchanged else ()
-        was_active = synced.active if synced is not None else None
-        pushed = Pushed("user", copy.id, pbx_id, desired, desired_hash, synced.etag if synced else None,
-                        decision.active, since, photo_etag, number, inputs)
-        if recovered:
-            action, reason = "update", "on the PBX but not recorded (recovering after an interruption)"
-        elif not operations:
-            if synced is not None and synced.out_of_scope_since != since:
-                self.plan.bookkeeping.append(Tracked("user", copy.id, since))
+        if not recovered and not operations:
+            if tracked:
+                self.plan.bookkeeping.append(Tracked("user", copy.id, user.since))
             if inputs is not None and synced is not None and synced.input_hash != inputs:
                 self.plan.bookkeeping.append(Remembered("user", copy.id, inputs))
             return
-        elif was_active and not decision.active:
-            action, reason = "disable", decision.rule
-        elif was_active is False and decision.active:
-            action, reason = "enable", decision.rule
-        else:
-            action, reason = "update", "changed in Entra ID or in the settings"
-        operation = PbxOperation("update", "User", copy.id, payload=desired, operations=operations, pbx_id=pbx_id,
-                                 etag=synced.etag if synced is not None else None, maybe_applied=recovered)
-        self.plan.changes.append(Change("user", action, PHASES[action], operation, pushed, upn, reason,
-                                        self._fingerprint(copy)))
+        action, reason = _action(recovered, synced.active if synced is not None else None, decision)
+        etag = synced.etag if synced is not None else None
+        pushed = Pushed("user", copy.id, user.pbx_id, desired, desired_hash, etag, decision.active, user.since,
+                        photo_etag, user.number or None, inputs)
+        operation = PbxOperation("update", "User", copy.id, payload=desired, operations=operations,
+                                 pbx_id=user.pbx_id, etag=etag, maybe_applied=recovered)
+        sends_photo = recovered or any(str(op.get("path")) == "photos" and op.get("op") != "remove"
+                                       for op in operations)
+        photo = PhotoRef(copy.id, photo_etag) if photo_etag and sends_photo else None
+        self.plan.changes.append(Change("user", action, PHASES[action], operation, pushed, user.upn, reason,
+                                        self._fingerprint(copy), refs=Refs(photo=photo)))
 
     def _inputs_hash(self, copy: GraphCopy, number: str, active: bool, photo_etag: str | None) -> str | None:
         """Everything a user's payload is made from, hashed: the copy's stored text, the settings,
@@ -238,7 +261,7 @@ class UserPlanner:
             active=active,
             sign_in_as_administrator=admin,
             sign_in_as_standard_user=standard,
-            photo=f"{PHOTO_PLACEHOLDER}{etag}" if etag else None,
+            photo=f"{PHOTO_VERSION}{etag}" if etag else None,
         )
 
     # --- the whole run ---
@@ -256,35 +279,21 @@ class UserPlanner:
                     self.plan.failures.append(("user", f"{new.upn}: {err}"))
                     continue
                 operation = PbxOperation("create", "User", user_id, maybe_applied=user_id in self.inputs.pending_creates)
-                pushed = Pushed("user", user_id, None, None, None, None, True, None, self._photo_etag(user_id, None), number)
+                etag = self._photo_etag(user_id, None)
+                pushed = Pushed("user", user_id, None, None, None, None, True, None, etag, number)
+                refs = Refs(payload_source=self, photo=PhotoRef(user_id, etag) if etag else None)
                 self.plan.changes.append(Change("user", "create", Phase.WRITE, operation, pushed, new.upn, new.rule,
-                                                new.fingerprint, extension=number))
+                                                new.fingerprint, extension=number, refs=refs))
                 if self.track_active:
                     self.active[user_id] = (new.upn, None)
         self._new = []
         self._report_unmatched()
         return self.plan
 
-    def complete_creates(self, chunk: list[Change], copies: Mapping[str, GraphCopy]) -> list[Change]:
-        """The chunk with each deferred create's payload built from its stored copy.
-
-        A copy gone since planning (purged by a concurrent disconnect) drops its
-        create; the next run plans it again if it is still wanted."""
-        out = []
-        for change in chunk:
-            if not is_deferred_create(change):
-                out.append(change)
-                continue
-            copy = copies.get(change.graph_id)
-            if copy is None or change.extension is None:
-                continue
-            payload = self._payload(copy, change.extension, True, None)
-            operation = replace(change.operation, payload=payload)
-            assert isinstance(change.on_success, Pushed)
-            inputs = self._inputs_hash(copy, change.extension, True, self._photo_etag(copy.id, None))
-            pushed = replace(change.on_success, payload=payload, payload_hash=payload_hash(payload), input_hash=inputs)
-            out.append(replace(change, operation=operation, on_success=pushed))
-        return out
+    def build_create(self, copy: GraphCopy, number: str) -> tuple[Payload, str | None]:
+        """A new user's payload and input hash, from its stored copy (the applier calls it per chunk)."""
+        etag = self._photo_etag(copy.id, None)
+        return self._payload(copy, number, True, None), self._inputs_hash(copy, number, True, etag)
 
     def _report_unmatched(self) -> None:
         tenant = self.tenant
@@ -312,5 +321,5 @@ def plan_users(inputs: PlanInputs, users: Iterable[tuple[GraphCopy | None, Synce
         if copy is not None:
             copies[copy.id] = copy
     plan = planner.finish()
-    plan.changes = planner.complete_creates(plan.changes, copies)
+    plan.changes = build_deferred(plan.changes, copies)
     return plan

@@ -27,13 +27,13 @@ from daemon.graph.client import GraphClient
 from daemon.logging import get_logger
 from daemon.pbx.client import PbxClient
 from daemon.pbx.types import PbxWriter
-from daemon.sync.apply import Applier, Materialize, Progress
+from daemon.sync.apply import Applier, Progress
 from daemon.sync.changes import Change, Plan
 from daemon.sync.guard import guard, held_rows
-from daemon.sync.photos import PhotoMaterializer, photo_check_due, photo_versions
+from daemon.sync.photos import PhotoBytes, photo_check_due, photo_versions
 from daemon.sync.plan_contacts import ContactPlanner, Mailbox
 from daemon.sync.plan_groups import plan_groups
-from daemon.sync.plan_users import PlanInputs, UserPlanner, is_deferred_create
+from daemon.sync.plan_users import PlanInputs, UserPlanner
 from daemon.sync.read_contacts import ContactsRead, ContactsReader
 from daemon.sync.read_groups import GroupsRead, read_groups
 from daemon.sync.read_mailboxes import shared_mailboxes
@@ -91,14 +91,12 @@ class TenantSync:
             contacts_read = await self._read_contacts(users, snapshot, report)
             plan.extend(await self._plan_contacts(users, snapshot, contacts_read, report))
         plan.extend(await self._plan_groups(users, snapshot, plan))
-        guard(plan, tenant, snapshot.synced_counts, snapshot.approved)
+        guard(plan, tenant, snapshot.synced_counts, snapshot.approved, kinds=("group", "contact"))
         await self.sync_store.hold(name, held_rows(plan.held))
         self._summarize(plan, report)
 
-        materializers: tuple[Materialize, ...] = (self._creates_of(users),)
-        if tenant.users.sync_photo:
-            materializers += (PhotoMaterializer(tenant, self.graph),)
-        await Applier(name, self.sync_store, self.writer, report, self.progress, materializers).apply(plan)
+        photos = PhotoBytes(tenant, self.graph) if tenant.users.sync_photo else None
+        await Applier(name, self.sync_store, self.writer, report, self.progress, photos).apply(plan)
         await self._commit()
         if plan.held:
             report.result = "deprovisions_held"
@@ -131,15 +129,6 @@ class TenantSync:
 
     # --- planning ---
 
-    def _creates_of(self, planner: UserPlanner) -> Materialize:
-        """Each applied chunk's user creates get their payloads from the stored copies (see plan_users)."""
-        async def complete(chunk: list[Change]) -> list[Change]:
-            ids = [c.graph_id for c in chunk if is_deferred_create(c)]
-            if not ids:
-                return chunk
-            return planner.complete_creates(chunk, await self.sync_store.graph_copies(self.tenant.name, "user", ids))
-        return complete
-
     async def _plan_users(self, snapshot: Snapshot, report: RunReport) -> tuple[Plan, UserPlanner]:
         inputs = PlanInputs(
             tenant=self.tenant, now=snapshot.now, group_members=snapshot.members_in_scope,
@@ -154,7 +143,7 @@ class TenantSync:
         plan = planner.finish()
         report.unmatched_selected = planner.unmatched_selected
         # Users first: a held disable keeps its user (and so its mailbox) active.
-        guard(plan, self.tenant, {"user": snapshot.synced_counts.get("user", 0)}, snapshot.approved)
+        guard(plan, self.tenant, snapshot.synced_counts, snapshot.approved, kinds=("user",))
         for change in plan.held:
             if change.action == "disable" and change.operation.pbx_id:
                 planner.active[change.graph_id] = (change.label, change.operation.pbx_id)
