@@ -163,3 +163,19 @@ async def test_expired_contacts_delta_reconciles_deletions_made_meanwhile(sync_e
     report = await sync_env.run()  # the folder is read afresh in the same run, and reconciled
     assert report.contacts.counts == {"delete": 1} and report.result == "success"
     assert set(await sync_env.pbx_contacts()) == {"c1"}
+
+
+async def test_data_that_looks_like_an_internal_reference_is_written_as_data(sync_env: SyncEnv) -> None:
+    """References to objects created in the run are typed values beside the write, not strings in it:
+    a contact, a name or a photo-like text that spells one reaches the PBX as it is."""
+    owner = add_user(sync_env, 1, jobTitle="graph-photo:abc")
+    contact(sync_env, owner, "c-marker", displayName=f"pending-member:{owner}", companyName="pending-member:x")
+    sync_env.configure(personal_contacts={"enabled": True})
+    report = await sync_env.run()  # the owner is created in this run: its contact names it through a UserRef
+    assert report.contacts.counts == {"create": 1} and report.result == "success"
+    users, contacts = await sync_env.pbx_users(), await sync_env.pbx_contacts()
+    assert users[owner]["title"] == "graph-photo:abc"
+    assert contacts["c-marker"]["displayName"] == f"pending-member:{owner}"
+    assert contacts["c-marker"]["companyName"] == "pending-member:x"
+    assert contacts["c-marker"]["owner"] == users[owner]["id"]
+    assert (await sync_env.run()).contacts.counts == {}
