@@ -21,8 +21,9 @@ import tempfile
 from pathlib import Path
 
 from sim.postgres import PostgresServer
-from state.db import Database, Dialect, bundled_migrations
+from state.db import Database
 from state.postgres import open_postgres
+from state.schema import Dialect, bundled_migrations
 from state.sqlite import open_sqlite
 
 FIXTURES = Path(__file__).resolve().parent / "schema"
