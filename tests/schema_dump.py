@@ -22,9 +22,8 @@ from pathlib import Path
 
 from sim.postgres import PostgresServer
 from state.db import Database
-from state.postgres import open_postgres
+from state.open import is_postgres_url, open_database
 from state.schema import Dialect, bundled_migrations
-from state.sqlite import open_sqlite
 
 FIXTURES = Path(__file__).resolve().parent / "schema"
 
@@ -89,7 +88,7 @@ async def postgres_dump(db: Database) -> str:
                          f"{f' DEFAULT {default}' if default is not None else ''}")
         for name, definition in await db.fetchall(
                 "SELECT k.conname, pg_get_constraintdef(k.oid) FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
-                f" WHERE c.relname = ? AND c.{here} ORDER BY 1", (table,)):
+                f" WHERE c.relname = ? AND c.{here} AND k.contype <> 'n' ORDER BY 1", (table,)):  # nullability: above
             lines.append(f"  constraint {name} {definition}")
         for name, definition in await db.fetchall(
                 "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ?"
@@ -113,18 +112,11 @@ async def dump(db: Database) -> str:
     return await (sqlite_dump(db) if db.dialect == "sqlite" else postgres_dump(db))
 
 
-async def built_sqlite(path: Path, version: int | None = None) -> str:
-    """The dump of a new SQLite database at ``path`` migrated to ``version`` (None: the latest)."""
-    db = await open_sqlite(path, bundled_migrations("sqlite")[:version])
-    try:
-        return await dump(db)
-    finally:
-        await db.close()
-
-
-async def built_postgres(url: str, version: int | None = None) -> str:
-    """The dump of the empty PostgreSQL database at ``url`` migrated to ``version`` (None: the latest)."""
-    db = await open_postgres(url, bundled_migrations("postgresql")[:version])
+async def built(target: Path | str, version: int | None = None) -> str:
+    """The dump of a new database (a SQLite path, or an empty PostgreSQL database's URL) migrated to
+    ``version`` (None: the latest)."""
+    dialect: Dialect = "postgresql" if is_postgres_url(target) else "sqlite"
+    db = await open_database(target, bundled_migrations(dialect)[:version])
     try:
         return await dump(db)
     finally:
@@ -136,10 +128,8 @@ async def write_fixtures(versions: list[int]) -> None:
     try:
         with tempfile.TemporaryDirectory() as scratch:
             for version in versions:
-                fixture_path(version, "sqlite").write_text(
-                    await built_sqlite(Path(scratch) / f"v{version}.db", version))
-                fixture_path(version, "postgresql").write_text(
-                    await built_postgres(server.create_database(f"v{version}"), version))
+                fixture_path(version, "sqlite").write_text(await built(Path(scratch) / f"v{version}.db", version))
+                fixture_path(version, "postgresql").write_text(await built(server.create_database(f"v{version}"), version))
     finally:
         server.stop()
 

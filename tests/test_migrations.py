@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import StateError
-from schema_dump import FIXTURES, built_postgres, built_sqlite, dump, fixture_path
+from schema_dump import FIXTURES, built, dump, fixture_path
 from sim.postgres import PostgresServer
 from state.open import open_database
 from state.schema import Dialect, Migration, bundled_migrations, migrations_for, spelled_for
@@ -51,12 +51,12 @@ def test_the_current_version_and_the_last_rewritten_one_have_dumps() -> None:
 
 @pytest.mark.parametrize("fixture", [f for f in DUMPS if f.name.endswith(".sqlite.txt")], ids=lambda f: f.name)
 async def test_sqlite_builds_exactly_the_dumped_schema(tmp_path: Path, fixture: Path) -> None:
-    assert await built_sqlite(tmp_path / "state.db", dumped_version(fixture)) == fixture.read_text()
+    assert await built(tmp_path / "state.db", dumped_version(fixture)) == fixture.read_text()
 
 
 @pytest.mark.parametrize("fixture", [f for f in DUMPS if f.name.endswith(".postgresql.txt")], ids=lambda f: f.name)
 async def test_postgres_builds_exactly_the_dumped_schema(pg_url: str, fixture: Path) -> None:
-    assert await built_postgres(pg_url, dumped_version(fixture)) == fixture.read_text()
+    assert await built(pg_url, dumped_version(fixture)) == fixture.read_text()
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
