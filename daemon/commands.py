@@ -28,7 +28,8 @@ from daemon.sync.plan_users import settings_fingerprint
 from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
 from daemon.sync.scope import decide, matches, sso_flags
 from state.copy import copy_database
-from state.db import Database, open_database
+from state.db import Database
+from state.open import open_database
 from state.sealing import Sealer, key_material
 from state.store import Store
 from state.sync_store import SyncStore

@@ -99,7 +99,7 @@ class StateConfig(_Section):
 
     @property
     def target(self) -> Path | str:
-        """What :func:`state.db.open_database` opens."""
+        """What :func:`state.open.open_database` opens."""
         return self.url if self.url is not None else self.path
 
 

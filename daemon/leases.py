@@ -223,10 +223,10 @@ class SharedLeases:
                                 hint="give each daemon its own [state] instance_name")
         now = self.clock.time()
         await conn.execute(
-            "INSERT INTO instances (name, lock_key, backend_pid, url, started_at, heartbeat_at)"
-            " VALUES ($1, $2, pg_backend_pid(), $3, $4, $4) ON CONFLICT (name) DO UPDATE SET"
+            "INSERT INTO instances (name, lock_key, backend_pid, url, started_at)"
+            " VALUES ($1, $2, pg_backend_pid(), $3, $4) ON CONFLICT (name) DO UPDATE SET"
             " lock_key = excluded.lock_key, backend_pid = excluded.backend_pid, url = excluded.url,"
-            " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+            " started_at = excluded.started_at",
             self.instance, key, self.public_url, now)
         conn.add_termination_listener(lambda _: self._lost("the lease session ended"))
         await conn.add_listener(CHANNEL, self._notified)
@@ -271,8 +271,7 @@ class SharedLeases:
         async with self._turn:
             conn = self._conn
             assert conn is not None
-            await conn.execute("UPDATE instances SET heartbeat_at = $1, backend_pid = pg_backend_pid() WHERE name = $2",
-                               self.clock.time(), self.instance)
+            await conn.execute("UPDATE instances SET backend_pid = pg_backend_pid() WHERE name = $1", self.instance)
             live = [str(row[0]) for row in await conn.fetch(
                 f"SELECT i.name FROM instances i JOIN pg_locks l ON l.pid = i.backend_pid AND {ADVISORY_HERE}"
                 f" AND {LOCK_OF_ROW} = i.lock_key")]

@@ -41,7 +41,8 @@ from daemon.sdnotify import Notifier
 from daemon.server import build_app
 from daemon.status import NEXT_RUN_KEY, TenantReport
 from daemon.sync.runner import TenantRunner
-from state.db import Database, open_database
+from state.db import Database
+from state.open import open_database
 from state.store import Store
 from state.sync_store import SyncStore
 

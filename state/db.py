@@ -9,10 +9,10 @@ placeholders, against :class:`Database` and :class:`Transaction`; the few
 spellings that differ are methods here (:meth:`Database.json_text`,
 :attr:`Database.insertion_order`).
 
-Both backends migrate with numbered SQL files (``state/migrations`` for
-SQLite, ``state/migrations/postgresql`` for PostgreSQL, the same numbers),
-each applied together with its version bump in one transaction, and both
-refuse a database newer than the code.
+Both backends migrate with the numbered SQL files of ``state/migrations``
+(:mod:`state.schema` picks each backend's), each applied together with its
+version bump in one transaction, and both refuse a database newer than the
+code. :func:`state.open.open_database` chooses the backend.
 """
 
 from __future__ import annotations
@@ -20,43 +20,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from daemon.errors import SchemaTooNew, StateError
+from daemon.errors import SchemaTooNew
+from state.schema import Dialect, Migration
 
-Dialect = Literal["sqlite", "postgresql"]
 Row = Sequence[Any]
 Params = Sequence[Any]
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-def bundled_migrations(dialect: Dialect = "sqlite") -> list[Migration]:
-    """The numbered migrations shipped for one backend, in order."""
-    folder = resources.files("state").joinpath("migrations")
-    if dialect == "postgresql":
-        folder = folder.joinpath("postgresql")
-    migrations = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            number, _, rest = entry.name.partition("_")
-            migrations.append(
-                Migration(int(number), rest.removesuffix(".sql"), entry.read_text("utf-8"))
-            )
-    migrations.sort(key=lambda m: m.version)
-    for expected, migration in enumerate(migrations, start=1):
-        if migration.version != expected:
-            raise StateError(f"migration numbering has a gap at {expected}")
-    return migrations
 
 
 class Transaction(Protocol):
@@ -126,22 +97,3 @@ def redacted_url(url: str) -> str:
     except ValueError:  # a port that is not a number: show nothing of it
         return "(a URL, not shown)"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def is_postgres_url(target: str | Path) -> bool:
-    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
-
-
-async def open_database(target: Path | str, migrations: list[Migration] | None = None, *,
-                        password_file: Path | None = None) -> Database:
-    """Open and migrate the state database: a SQLite file (created 0600), or a
-    ``postgresql://`` URL (its password from ``password_file`` or libpq's own
-    ``PGPASSFILE``/``~/.pgpass``, never in the URL)."""
-    if is_postgres_url(target):
-        from state.postgres import open_postgres
-
-        return await open_postgres(str(target), migrations, password_file=password_file)
-    from state.sqlite import open_sqlite
-
-    path = Path(str(target).removeprefix("sqlite:"))
-    return await open_sqlite(path, migrations)

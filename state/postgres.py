@@ -25,8 +25,9 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from daemon.errors import StateError
-from state.db import Database, Migration, Params, Row, bundled_migrations, redacted_url
+from state.db import Database, Params, Row, redacted_url
 from state.errors import StateReadFailed, StateWriteFailed
+from state.schema import Migration, bundled_migrations
 
 STREAM_BATCH = 500
 POOL_MAX = 8

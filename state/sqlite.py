@@ -14,8 +14,9 @@ from pathlib import Path
 import aiosqlite
 
 from daemon.errors import StateError
-from state.db import Database, Migration, Params, Row, bundled_migrations
+from state.db import Database, Params, Row
 from state.errors import StateWriteFailed
+from state.schema import Migration, bundled_migrations
 
 BUSY_TIMEOUT_MS = 5000
 STREAM_BATCH = 500

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from state.schema import bundled_migrations
+
 
 def test_demo_syncs_and_the_second_sync_touches_exactly_the_scripted_changes(tmp_path: Path) -> None:
     result = subprocess.run(
@@ -55,11 +57,11 @@ def test_the_built_wheel_runs_the_demo_and_hands_out_the_schemas_from_another_di
     demo = subprocess.run([m365sync, "demo", "--exit"], cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "Second sync (success)" in demo.stdout and "Traceback" not in demo.stderr
-    migrations = subprocess.run([str(venv / "bin" / "python"), "-c", "from state.db import bundled_migrations as m; "
-                                 "print(len(m('sqlite')), len(m('postgresql')))"], cwd=elsewhere, capture_output=True,
-                                text=True, timeout=60)
-    sqlite, postgres = migrations.stdout.split()
-    assert sqlite == postgres == str(len(list((repo / "state" / "migrations").glob("*.sql"))))  # both ship
+    migrations = subprocess.run([str(venv / "bin" / "python"), "-c", "from state.schema import bundled_migrations as m; "
+                                 "print([[(x.version, x.sql) for x in m(d)] for d in ('sqlite', 'postgresql')])"],
+                                cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    checkout = [[(x.version, x.sql) for x in bundled_migrations(d)] for d in ("sqlite", "postgresql")]
+    assert migrations.stdout.strip() == str(checkout)  # every file ships, portable and dialect parts alike
     copy = subprocess.run([m365sync, "state", "copy", "--from", "sqlite:.demo/state.db", "--to", "copied.db"],
                           cwd=elsewhere, capture_output=True, text=True, timeout=60)
     assert copy.returncode == 0 and "copied 1 tenant(s)" in copy.stdout, copy.stdout + copy.stderr

@@ -13,10 +13,12 @@ import pytest
 from daemon.errors import SchemaTooNew, StateError
 from sim.generator import generate_tenant
 from state.copy import NOT_COPIED, OWN_COLUMNS, TABLES, copy_database
-from state.db import Database, Migration, bundled_migrations, open_database
+from state.db import Database
 from state.errors import StateWriteFailed
+from state.open import open_database
 from state.postgres import numbered
 from state.pushed import Failed, Pushed
+from state.schema import Migration, bundled_migrations
 from state.store import Store
 from state.sync_store import SyncStore
 from sync_fixtures import SyncEnv

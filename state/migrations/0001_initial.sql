@@ -1,14 +1,14 @@
 -- The first schema: what the foundation and the next issues need.
--- Times are Unix seconds (REAL, UTC).
+-- Times are Unix seconds (UTC) in DOUBLE PRECISION columns.
 
 CREATE TABLE tenants (
     name            TEXT PRIMARY KEY,
     directory_id    TEXT NOT NULL,
     application_id  TEXT NOT NULL,
-    created_at      REAL NOT NULL,
+    created_at      DOUBLE PRECISION NOT NULL,
     auth_state      TEXT NOT NULL DEFAULT 'authorization_required',
     auth_owner      TEXT,
-    auth_changed_at REAL
+    auth_changed_at DOUBLE PRECISION
 );
 
 -- One deltaLink per (tenant, resource, key): key is '' for tenant-wide
@@ -18,7 +18,7 @@ CREATE TABLE delta_links (
     resource   TEXT NOT NULL,
     key        TEXT NOT NULL DEFAULT '',
     link       TEXT NOT NULL,
-    updated_at REAL NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (tenant, resource, key)
 );
 
@@ -31,7 +31,7 @@ CREATE TABLE synced_objects (
     pbx_id       TEXT,
     payload_hash TEXT,
     etag         TEXT,
-    updated_at   REAL NOT NULL,
+    updated_at   DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (tenant, kind, graph_id)
 );
 CREATE INDEX synced_objects_by_pbx_id ON synced_objects (tenant, kind, pbx_id);
@@ -43,8 +43,8 @@ CREATE TABLE extension_allocations (
     number         TEXT NOT NULL,
     owner_kind     TEXT NOT NULL,
     owner_graph_id TEXT NOT NULL,
-    allocated_at   REAL NOT NULL,
-    released_at    REAL,
+    allocated_at   DOUBLE PRECISION NOT NULL,
+    released_at    DOUBLE PRECISION,
     PRIMARY KEY (tenant, number)
 );
 CREATE UNIQUE INDEX extension_allocations_live_owner
@@ -55,8 +55,8 @@ CREATE TABLE runs (
     id          TEXT PRIMARY KEY,
     tenant      TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
     trigger     TEXT NOT NULL,
-    started_at  REAL NOT NULL,
-    finished_at REAL,
+    started_at  DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION,
     result      TEXT,
     summary     TEXT,
     error       TEXT
@@ -66,6 +66,6 @@ CREATE INDEX runs_by_tenant_start ON runs (tenant, started_at);
 -- The MSAL token cache, one row per tenant (possibly encrypted at rest).
 CREATE TABLE token_cache (
     tenant     TEXT PRIMARY KEY REFERENCES tenants(name) ON DELETE CASCADE,
-    cache      BLOB NOT NULL,
-    updated_at REAL NOT NULL
+    cache      BYTEA NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
 );

@@ -10,14 +10,14 @@ CREATE TABLE auth_attempts (
     id         TEXT PRIMARY KEY,
     tenant     TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
     purpose    TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    used_at    REAL,
-    data       BLOB
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    used_at    DOUBLE PRECISION,
+    data       BYTEA
 );
 CREATE INDEX auth_attempts_by_expiry ON auth_attempts (expires_at);
 
 CREATE TABLE daemon_secrets (
     name  TEXT PRIMARY KEY,
-    value BLOB NOT NULL
+    value BYTEA NOT NULL
 );

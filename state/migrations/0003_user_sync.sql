@@ -9,7 +9,7 @@ CREATE TABLE graph_objects (
     id         TEXT NOT NULL,
     data       TEXT NOT NULL,
     removed    TEXT,
-    updated_at REAL NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (tenant, kind, id)
 );
 
@@ -23,9 +23,9 @@ CREATE TABLE group_members (
 
 ALTER TABLE synced_objects ADD COLUMN payload TEXT;
 ALTER TABLE synced_objects ADD COLUMN active INTEGER;
-ALTER TABLE synced_objects ADD COLUMN out_of_scope_since REAL;
+ALTER TABLE synced_objects ADD COLUMN out_of_scope_since DOUBLE PRECISION;
 ALTER TABLE synced_objects ADD COLUMN photo_etag TEXT;
-ALTER TABLE synced_objects ADD COLUMN last_push_at REAL;
+ALTER TABLE synced_objects ADD COLUMN last_push_at DOUBLE PRECISION;
 ALTER TABLE synced_objects ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE synced_objects ADD COLUMN last_error TEXT;
 ALTER TABLE synced_objects ADD COLUMN quarantine_fingerprint TEXT;
@@ -34,7 +34,7 @@ CREATE TABLE held_deprovisions (
     tenant   TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
     graph_id TEXT NOT NULL,
     action   TEXT NOT NULL,
-    held_at  REAL NOT NULL,
+    held_at  DOUBLE PRECISION NOT NULL,
     approved INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, graph_id)
 );

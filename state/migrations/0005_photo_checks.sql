@@ -3,6 +3,6 @@
 CREATE TABLE photo_checks (
     tenant     TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
     user_id    TEXT NOT NULL,
-    checked_at REAL NOT NULL,
+    checked_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (tenant, user_id)
 );

@@ -3,9 +3,9 @@
 -- backend_pid finds which daemon holds a tenant's lock (pg_locks.pid).
 CREATE TABLE instances (
     name         TEXT PRIMARY KEY,
-    lock_key     INTEGER NOT NULL,
+    lock_key     BIGINT NOT NULL,
     backend_pid  INTEGER,
     url          TEXT,
-    started_at   REAL NOT NULL,
-    heartbeat_at REAL NOT NULL
+    started_at   DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL
 );
