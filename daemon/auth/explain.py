@@ -168,6 +168,6 @@ def explain(error: str | None, description: str | None, context: AuthContext) ->
     return AuthProblem(
         f"AADSTS{code}" if code else (error or "unknown_error"),
         "Authorization failed",
-        description or error or "Microsoft returned an error without a description.",
+        re.sub(r"^AADSTS\d+:\s*", "", description or "") or error or "Microsoft returned an error without a description.",
         ("Start the authorization again; if it keeps failing, check the app registration.",),
     )

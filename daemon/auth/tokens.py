@@ -157,7 +157,7 @@ class Tokens:
         code = aadsts_code(description)
         if result is None or source.refusal_is_final(error, code):
             await self.states.record(tenant.name, REAUTHORIZATION_REQUIRED, reason=f"{problem.code}: {problem.explanation}")
-            return AuthorizationRequired(f"{problem.title}: {problem.explanation}", hint=problem.actions[0])
+            return AuthorizationRequired(f"{problem.title}: {problem.code}: {problem.explanation}", hint=problem.actions[0])
         return IdentityPlatformError(f"token refresh failed: {problem.code}: {problem.explanation}",
                                     code=problem.code, hint="the next attempt retries")
 
