@@ -141,6 +141,15 @@ def test_every_request_msal_makes_carries_the_configured_timeout() -> None:
     assert [kwargs["timeout"] for kwargs in sent] == [7.5, 7.5]
 
 
+async def test_tenants_trusting_one_ca_file_share_one_http_client(env: AuthEnv) -> None:
+    """A daemon of 500 tenants keeps a few connection pools, not 500."""
+    assert env.service.auth is not None
+    tokens, config = env.service.auth.tokens, env.service.config
+    fabrikam, northwind = [await tokens.app(config.tenant(name)) for name in ("fabrikam", "northwind")]
+    shared = fabrikam.http_client.http_client  # msal wraps the client it is given in its throttling one
+    assert isinstance(shared, IdentityHttpClient) and northwind.http_client.http_client is shared
+
+
 # --- answers of the wrong shape ---
 
 

@@ -170,8 +170,8 @@ class AuthManager:
     async def _complete_delegated(
         self, tenant: TenantConfig, flow: dict[str, Any], query: dict[str, str], context: AuthContext
     ) -> PageResult:
+        app = await self.tokens.app(tenant)
         try:
-            app = await self.tokens.app(tenant)
             result = await self.tokens.call(app.acquire_token_by_auth_code_flow, flow, query)
         except ValueError:
             return PageResult(400, pages.refused_page("Authorization not accepted", "The sign-in response did not match its attempt."))
