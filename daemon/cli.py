@@ -287,7 +287,7 @@ def _state_target(text: str) -> Path | str:
 
 
 def _redirect_uris(args: argparse.Namespace) -> int:
-    from daemon.auth.manager import redirect_uris
+    from daemon.auth.explain import redirect_uris
 
     config = load_config(args.config)
     for label, uri in redirect_uris(config.server):

@@ -108,10 +108,13 @@ class RunsConfig(_Section):
     ``max_concurrent`` wait their turn in the order they became due (so a
     daemon of 500 tenants never starts 500 runs at once), and a run over
     ``timeout_minutes`` is stopped and recorded as ``timeout`` (so one hung
-    tenant holds one place only so long). Calendar polls are not counted."""
+    tenant holds one place only so long). Calendar polls are not counted.
+    ``identity_timeout_seconds`` bounds each call to the identity platform, so
+    a hung token endpoint ends a run in seconds rather than at its time limit."""
 
     max_concurrent: int = Field(default=8, ge=1, le=256)
     timeout_minutes: int = Field(default=180, ge=1, le=24 * 60)
+    identity_timeout_seconds: float = Field(default=30, gt=0, le=600)
 
 
 class LogConfig(_Section):

@@ -20,7 +20,7 @@ from typing import TextIO
 
 import aiohttp
 
-from daemon.auth.manager import DISCONNECTED
+from daemon.auth.states import DISCONNECTED
 from daemon.commands import RESULT_EXIT_CODES, open_stores
 from daemon.config import Config, TenantConfig, read_secret
 from daemon.metrics import Metrics

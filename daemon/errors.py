@@ -68,6 +68,27 @@ class AuthorityNotFound(M365SyncError):
     ``directory_id`` or ``national_cloud``): a configuration fix, not a sign-in."""
 
 
+# --- the identity platform (Entra's token endpoint) ---
+
+
+class IdentityPlatformError(M365SyncError):
+    """A token request failed without an answer we can use. ``code`` is the
+    platform's error code (``invalid_client``, ``AADSTS7000215``), never its
+    description: a description may quote the request, secrets included."""
+
+    def __init__(self, message: str, *, code: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+class IdentityPlatformUnavailable(IdentityPlatformError):
+    """No answer within the configured time, no connection, a 5xx or a 429: the next attempt retries."""
+
+
+class IdentityPlatformPayloadError(IdentityPlatformError):
+    """The token endpoint answered with something that is not the documented shape."""
+
+
 # --- Microsoft Graph ---
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from daemon.auth.manager import AUTHORIZED
+from daemon.auth.states import AUTHORIZED
 from daemon.config import TenantConfig, secret_file_problem
 from state.store import TenantRow
 

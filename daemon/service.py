@@ -16,7 +16,8 @@ import aiohttp
 from aiohttp import web
 
 from daemon import status
-from daemon.auth.manager import AUTHORIZED, AuthManager
+from daemon.auth.manager import AuthManager
+from daemon.auth.states import AUTHORIZED
 from daemon.clock import SystemClock
 from daemon.commands import sealer_for
 from daemon.config import Config, TenantConfig, read_secret

@@ -7,12 +7,13 @@ refresh-token and client-credentials (certificate assertion or secret)
 grants. Errors use Entra's JSON shape (``error``, ``error_description``
 starting with the AADSTS code, ``error_codes``), and the behaviours an admin
 meets are switchable: unregistered or "Web" redirect URIs, missing consent,
-a user who cancels, a disabled owner, a revoked grant, an unknown tenant.
+a user who cancels, a disabled owner, a revoked grant, an unknown tenant;
+so are the token endpoint's faults (``faults``: no answer, answers of the
+wrong shape, an error quoting the request).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 import json
@@ -24,34 +25,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from sim.entra import assertion_claims, b64url, entra_error
+from sim.idp_faults import TokenFaults
+
 ACCESS_TOKEN_LIFETIME = 3600
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def entra_error(status: int, error: str, code: int, message: str) -> web.Response:
-    """Entra's error body, e.g. ``AADSTS50057: The user account is disabled.``"""
-    now = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
-    trace = str(uuid.uuid4())
-    body = {
-        "error": error,
-        "error_description": f"AADSTS{code}: {message} Trace ID: {trace} Correlation ID: {uuid.uuid4()} Timestamp: {now}",
-        "error_codes": [code],
-        "timestamp": now,
-        "trace_id": trace,
-        "correlation_id": str(uuid.uuid4()),
-    }
-    return web.json_response(body, status=status)
 
 
 @dataclass
@@ -102,8 +82,10 @@ class FakeIdentityProvider:
         self.tenants: dict[str, dict[str, FakeApp]] = {}
         self.users: dict[str, FakeUser] = {}
         self.issued_access_tokens: set[str] = set()
+        self.access_token_lifetime = ACCESS_TOKEN_LIFETIME  # below msal's 5 minutes: every silent call refreshes
         self.token_requests: list[dict[str, str]] = []
         self.cancel_next_sign_in = False
+        self.faults = TokenFaults()  # the token endpoint's faults (sim/idp_faults.py)
         self._codes: dict[str, _Code] = {}
         self.redeemed_refresh_tokens: set[str] = set()
         self._grants: dict[str, _Grant] = {}
@@ -131,7 +113,8 @@ class FakeIdentityProvider:
                 grant.revoked_with = code
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self.faults.middleware])
+        app.on_shutdown.append(self.faults.on_shutdown)
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self.discovery)
         app.router.add_get("/{tenant}/oauth2/v2.0/authorize", self.authorize_page)
         app.router.add_post("/{tenant}/oauth2/v2.0/authorize", self.authorize_submit)
@@ -174,8 +157,8 @@ class FakeIdentityProvider:
 
     async def keys(self, _request: web.Request) -> web.Response:
         numbers = self._key.public_key().public_numbers()
-        n = _b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"))
-        e = _b64url(numbers.e.to_bytes(3, "big"))
+        n = b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"))
+        e = b64url(numbers.e.to_bytes(3, "big"))
         return web.json_response({"keys": [{"kty": "RSA", "use": "sig", "kid": "fake", "n": n, "e": e}]})
 
     # --- browser pages ---
@@ -236,7 +219,7 @@ class FakeIdentityProvider:
             return self._redirect(redirect_uri, error="consent_required", error_description=f"AADSTS65001: The user or administrator has not consented to use the application with ID '{app.client_id}'. Send an interactive authorization request for this user and resource.", state=state)
         code = secrets.token_urlsafe(32)
         self._codes[code] = _Code(app.client_id, redirect_uri, params.get("code_challenge", ""), user.username, params.get("nonce"), params.get("scope", ""))
-        client_info = _b64url(json.dumps({"uid": user.oid, "utid": tenant}).encode())
+        client_info = b64url(json.dumps({"uid": user.oid, "utid": tenant}).encode())
         return self._redirect(redirect_uri, code=code, state=state, session_state=str(uuid.uuid4()), client_info=client_info)
 
     async def admin_consent_page(self, request: web.Request) -> web.Response:
@@ -306,24 +289,9 @@ class FakeIdentityProvider:
         return None
 
     def _check_assertion(self, app: FakeApp, assertion: str, tenant: str) -> web.Response | None:
-        problem = entra_error(401, "invalid_client", 700027, "Client assertion failed signature validation.")
-        if app.certificate_pem is None:
-            return problem
-        try:
-            header_b64, claims_b64, signature_b64 = assertion.split(".")
-            header = json.loads(_b64url_decode(header_b64))
-            claims = json.loads(_b64url_decode(claims_b64))
-            certificate = x509.load_pem_x509_certificate(app.certificate_pem)
-            public_key = certificate.public_key()
-            assert isinstance(public_key, rsa.RSAPublicKey)
-            signed = f"{header_b64}.{claims_b64}".encode()
-            signature = _b64url_decode(signature_b64)
-            if header.get("alg") == "PS256":
-                public_key.verify(signature, signed, padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH), hashes.SHA256())
-            else:
-                public_key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
-        except Exception:
-            return problem
+        claims = assertion_claims(app.certificate_pem, assertion) if app.certificate_pem is not None else None
+        if claims is None:
+            return entra_error(401, "invalid_client", 700027, "Client assertion failed signature validation.")
         if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id or claims.get("exp", 0) < time.time():
             return entra_error(401, "invalid_client", 700024, "Client assertion is not within its valid time range or has wrong claims.")
         return None
@@ -341,7 +309,7 @@ class FakeIdentityProvider:
         if code.redirect_uri != form.get("redirect_uri"):
             return entra_error(400, "invalid_grant", 50011, f"The redirect URI '{form.get('redirect_uri')}' specified in the request does not match the redirect URI the code was issued for.")
         verifier = form.get("code_verifier", "")
-        if _b64url(hashlib.sha256(verifier.encode()).digest()) != code.challenge:
+        if b64url(hashlib.sha256(verifier.encode()).digest()) != code.challenge:
             return entra_error(400, "invalid_grant", 501481, "The Code_Verifier does not match the code_challenge supplied in the authorization request.")
         user = self.users[code.username.lower()]
         return self._tokens(tenant, app, user, code.scope, code.nonce)
@@ -399,38 +367,16 @@ class FakeIdentityProvider:
         return web.json_response({
             "token_type": "Bearer",
             "scope": granted,
-            "expires_in": ACCESS_TOKEN_LIFETIME,
-            "ext_expires_in": ACCESS_TOKEN_LIFETIME,
+            "expires_in": self.access_token_lifetime,
+            "ext_expires_in": self.access_token_lifetime,
             "access_token": access,
             "refresh_token": refresh,
             "id_token": self._jwt(claims),
-            "client_info": _b64url(json.dumps({"uid": user.oid, "utid": tenant}).encode()),
+            "client_info": b64url(json.dumps({"uid": user.oid, "utid": tenant}).encode()),
         })
 
     def _jwt(self, claims: dict[str, Any]) -> str:
-        header = _b64url(json.dumps({"typ": "JWT", "alg": "RS256", "kid": "fake"}).encode())
-        body = _b64url(json.dumps(claims).encode())
+        header = b64url(json.dumps({"typ": "JWT", "alg": "RS256", "kid": "fake"}).encode())
+        body = b64url(json.dumps(claims).encode())
         signature = self._key.sign(f"{header}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{header}.{body}.{_b64url(signature)}"
-
-
-def certificate_pair(common_name: str = "m365sync test app") -> tuple[bytes, bytes]:
-    """A self-signed certificate and its private key (PEM), for application mode."""
-    import datetime
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return cert_pem, key_pem
+        return f"{header}.{body}.{b64url(signature)}"

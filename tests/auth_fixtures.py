@@ -8,6 +8,7 @@ import logging
 import re
 import ssl
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from daemon.config import load_config
 from daemon.logging import configure_logging
 from daemon.service import Service
 from daemon.tls import client_ssl_context
-from sim.idp import FakeApp, FakeIdentityProvider, certificate_pair
+from sim.entra import certificate_pair
+from sim.idp import FakeApp, FakeIdentityProvider
 from sim.world import free_port
 
 DIRECTORY = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -164,8 +166,10 @@ async def serve_idp(tmp_path: Path) -> tuple[FakeIdentityProvider, web.AppRunner
     return idp, runner, ca, ca_file
 
 
-@pytest.fixture
-async def auth_env(tmp_path: Path) -> AsyncIterator[AuthEnv]:
+@asynccontextmanager
+async def started_auth_env(tmp_path: Path, more_tenants: str = "") -> AsyncIterator[AuthEnv]:
+    """The daemon with tenants contoso (delegated), fabrikam (application, certificate) and
+    ``more_tenants`` (TOML, where ``{idp_url}`` and ``{ca_file}`` name the fake Entra)."""
     idp, runner, _, ca_file = await serve_idp(tmp_path)
 
     port = free_port()
@@ -186,7 +190,7 @@ ca_file = "{ca_file}"
 scim_url = "http://127.0.0.1:9/scim/v2"
 token_file = "pbx-token"
 """
-    config_path = daemon_config(tmp_path, idp.base_url, ca_file, port, application_tenant)
+    config_path = daemon_config(tmp_path, idp.base_url, ca_file, port, application_tenant + more_tenants.replace("{idp_url}", idp.base_url).replace("{ca_file}", str(ca_file)))
     callback = f"http://127.0.0.1:{port}/api/auth/callback/ms365"
     delegated = idp.register_app(DIRECTORY, FakeApp(DELEGATED_APP, public_redirect_uris={callback}))
     idp.register_app(OTHER_DIRECTORY, FakeApp(APPLICATION_APP, web_redirect_uris={callback}, certificate_pem=cert_pem))
@@ -204,3 +208,9 @@ token_file = "pbx-token"
         await runner.cleanup()
         structlog.reset_defaults()
         logging.getLogger().handlers.clear()
+
+
+@pytest.fixture
+async def auth_env(tmp_path: Path) -> AsyncIterator[AuthEnv]:
+    async with started_auth_env(tmp_path) as env:
+        yield env

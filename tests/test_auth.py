@@ -29,9 +29,9 @@ async def test_delegated_flow_end_to_end(auth_env: AuthEnv) -> None:
     assert row is not None and row.auth_state == "authorized" and row.auth_owner == OWNER and row.has_token_cache
     assert auth_env.service.pending_syncs == {"contoso"}
     assert auth_env.service.auth is not None
-    token = await auth_env.service.auth.access_token("contoso")
+    token = await auth_env.service.auth.tokens.access_token("contoso")
     assert token in auth_env.idp.issued_access_tokens
-    refreshed = await auth_env.service.auth.access_token("contoso", force_refresh=True)
+    refreshed = await auth_env.service.auth.tokens.access_token("contoso", force_refresh=True)
     assert refreshed != token and refreshed in auth_env.idp.issued_access_tokens
     grants = [r["grant_type"] for r in auth_env.idp.token_requests]
     assert grants == ["authorization_code", "refresh_token"]
@@ -44,7 +44,7 @@ async def test_delegated_flow_end_to_end(auth_env: AuthEnv) -> None:
 
 async def test_application_mode_uses_a_certificate(auth_env: AuthEnv) -> None:
     assert auth_env.service.auth is not None
-    token = await auth_env.service.auth.access_token("fabrikam")
+    token = await auth_env.service.auth.tokens.access_token("fabrikam")
     assert token in auth_env.idp.issued_access_tokens
     assert auth_env.idp.token_requests[-1]["grant_type"] == "client_credentials"
     assert auth_env.idp.token_requests[-1]["scope"].endswith("/.default")
@@ -202,7 +202,7 @@ async def test_owner_departure_requires_reauthorization_and_other_tenants_go_on(
         auth_env.idp.revoke_grants(OWNER, 50057)
         for _ in range(3):
             with pytest.raises(AuthorizationRequired):
-                await auth.access_token("contoso", force_refresh=True)
+                await auth.tokens.access_token("contoso", force_refresh=True)
         async with session.get(auth_env.base_url + "/readyz") as response:
             body = await response.json()
     assert response.status == 503
@@ -212,12 +212,12 @@ async def test_owner_departure_requires_reauthorization_and_other_tenants_go_on(
     assert 'm365sync_auth_state{state="reauthorization_required",tenant="contoso"} 1.0' in metrics
     assert 'm365sync_auth_state{state="authorized",tenant="contoso"} 0.0' in metrics
     assert auth_env.log.getvalue().count("tenant needs re-authorization") == 1  # once per change
-    assert await auth.access_token("fabrikam") in auth_env.idp.issued_access_tokens
+    assert await auth.tokens.access_token("fabrikam") in auth_env.idp.issued_access_tokens
     async with aiohttp.ClientSession() as session:  # re-running authorize restores it
         auth_env.idp.add_user("new-owner@contoso.example")
         status, _, _ = await auth_env.sign_in(session, await auth.issue_start_link("contoso"), username="new-owner@contoso.example")
     assert status == 200
-    assert await auth.access_token("contoso", force_refresh=True) in auth_env.idp.issued_access_tokens
+    assert await auth.tokens.access_token("contoso", force_refresh=True) in auth_env.idp.issued_access_tokens
     row = await auth_env.service.store.tenant("contoso")
     assert row is not None and row.auth_state == "authorized" and row.auth_owner == "new-owner@contoso.example"
 

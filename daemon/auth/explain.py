@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from daemon.config import TenantConfig
+from daemon.config import CALLBACK_PATH, ServerConfig, TenantConfig
 from daemon.graph.clouds import CLOUDS, authority_url
 
 # The refresh token is dead: only a new sign-in helps.
@@ -30,6 +30,15 @@ class AuthContext:
     tenant: TenantConfig
     redirect_uris: tuple[str, ...]
     used_redirect_uri: str | None = None
+
+
+def redirect_uris(server: ServerConfig) -> list[tuple[str, str]]:
+    """The exact redirect URIs to register: the PBX path, and the SBC one if configured."""
+    base = server.public_url or f"http://localhost:{server.port}"
+    uris = [("PBX", base + CALLBACK_PATH)]
+    if server.sbc_public_url:
+        uris.append(("SBC", server.sbc_public_url + CALLBACK_PATH))
+    return uris
 
 
 def aadsts_code(description: str | None) -> str | None:
@@ -159,6 +168,6 @@ def explain(error: str | None, description: str | None, context: AuthContext) ->
     return AuthProblem(
         f"AADSTS{code}" if code else (error or "unknown_error"),
         "Authorization failed",
-        description or error or "Microsoft returned an error without a description.",
+        re.sub(r"^AADSTS\d+:\s*", "", description or "") or error or "Microsoft returned an error without a description.",
         ("Start the authorization again; if it keeps failing, check the app registration.",),
     )

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from daemon.auth.manager import DISCONNECTED, AuthManager
+from daemon.auth.manager import AuthManager
+from daemon.auth.states import DISCONNECTED
 from daemon.clock import SystemClock
 from daemon.config import TenantConfig, read_secret
 from daemon.errors import AuthorizationRequired, LeaseLost, M365SyncError
@@ -103,7 +104,7 @@ class TenantRunner:
         row = await self.store.tenant(self.tenant.name)
         if row is not None and row.auth_state == DISCONNECTED:
             return CalendarReport()
-        graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(self.tenant.name))
+        graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.tokens.token_provider(self.tenant.name))
         pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
         report = CalendarReport()
         await CalendarSync(self.tenant, self.store, self.sync_store, graph, self._guarded(pbx), self.now).poll(report)
@@ -182,7 +183,7 @@ class TenantRunner:
 
     async def _sync(self, report: RunReport, progress: Progress | None, *, all_photos: bool) -> None:
         name = self.tenant.name
-        graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.token_provider(name))
+        graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.tokens.token_provider(name))
         pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
         writer = DryRunPbxClient() if self.dry_run else self._guarded(pbx)
         await build_tenant_sync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now,
