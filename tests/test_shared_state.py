@@ -86,7 +86,7 @@ async def pair(tmp_path: Path, scim_server_one_by_one: ScimServer, pg_url: str, 
             await services[name].start()
 
         async def one_owner() -> bool:
-            return sum(s.ownership.holds("contoso") for s in services.values()) == 1
+            return sum(s.supervisor.ownership.holds("contoso") for s in services.values()) == 1
 
         await until(one_owner, 20, "one daemon to own the tenant")
         yield world, services, lb
@@ -97,7 +97,7 @@ async def pair(tmp_path: Path, scim_server_one_by_one: ScimServer, pg_url: str, 
 
 
 def roles(services: dict[str, Service]) -> tuple[Service, Service]:
-    owner = next(s for s in services.values() if s.ownership.holds("contoso"))
+    owner = next(s for s in services.values() if s.supervisor.ownership.holds("contoso"))
     other = next(s for s in services.values() if s is not owner)
     return owner, other
 
@@ -128,11 +128,11 @@ async def test_a_callback_on_the_other_daemon_completes_and_the_owner_syncs(
             assert done.status == 200, await done.text()
 
     async def synced_by_owner() -> bool:
-        schedule = owner.schedules["contoso"]
+        schedule = owner.supervisor.schedules["contoso"]
         return any(r.trigger == "authorized" and r.result == "success" for r in schedule.recent.values())
 
     await until(synced_by_owner, 30, "the owner's run after the authorization")
-    assert not any(r.trigger == "authorized" for r in other.schedules["contoso"].recent.values())
+    assert not any(r.trigger == "authorized" for r in other.supervisor.schedules["contoso"].recent.values())
     assert world.made is not None
     row = await owner.store.tenant("contoso")
     assert row is not None and row.auth_state == "authorized" and row.auth_owner == OWNER
@@ -150,21 +150,21 @@ async def test_sync_now_on_the_other_daemon_runs_on_the_owner_and_is_followed_fr
             run_id = (await answer.json())["run_id"]
 
         async def ran_on_owner() -> bool:
-            progress = owner.schedules["contoso"].progress(run_id)
+            progress = owner.supervisor.schedules["contoso"].progress(run_id)
             return progress is not None and progress.state == "finished"
 
         await until(ran_on_owner, 30, "the forwarded run on the owner")
-        assert other.schedules["contoso"].progress(run_id) is None  # it never ran where it was asked
+        assert other.supervisor.schedules["contoso"].progress(run_id) is None  # it never ran where it was asked
         for service in (other, owner):
             async with session.get(f"{base(service)}/api/tenants/contoso/runs/{run_id}") as status:
                 body = await status.json()
                 assert body["state"] == "finished" and body["run_id"] == run_id and body["result"] == "success", body
         async with session.get(f"{base(other)}/api/status") as status:
             (tenant,) = (await status.json())["tenants"]
-            assert tenant["owner"] == owner.ownership.leases.instance
+            assert tenant["owner"] == owner.supervisor.ownership.leases.instance
         async with session.get(f"{base(owner)}/metrics") as metrics:
             text = await metrics.text()
-            assert f'm365sync_tenant_owner{{instance="{owner.ownership.leases.instance}",tenant="contoso"}} 1.0' in text
+            assert f'm365sync_tenant_owner{{instance="{owner.supervisor.ownership.leases.instance}",tenant="contoso"}} 1.0' in text
             assert 'tenant="contoso"' in text
         async with session.get(f"{base(other)}/metrics") as metrics:
             assert 'tenant="contoso"' not in await metrics.text()  # the owner exports the tenant's series
