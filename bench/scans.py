@@ -47,7 +47,7 @@ from sim.generator import generate_tenant
 from sim.graph import SimSettings
 from sim.pbx import ScimServer
 from sim.store import SimTenant
-from state.db import open_database
+from state.backends import open_database
 from state.store import Store
 from state.sync_store import SyncStore
 

@@ -249,7 +249,7 @@ def tenant_summary(tenant: TenantConfig) -> str:
 def _authorize(args: argparse.Namespace) -> int:
     from daemon.auth.manager import AuthManager
     from daemon.metrics import Metrics
-    from state.db import open_database
+    from state.backends import open_database
     from state.store import Store
 
     config = load_config(args.config)

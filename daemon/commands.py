@@ -27,8 +27,9 @@ from daemon.sealer import sealer_for
 from daemon.sync.plan_users import settings_fingerprint
 from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
 from daemon.sync.scope import decide, matches, sso_flags
+from state.backends import open_database
 from state.copy import copy_database
-from state.db import Database, open_database
+from state.db import Database
 from state.store import Store
 from state.sync_store import SyncStore
 

@@ -28,7 +28,8 @@ from daemon.sdnotify import Notifier
 from daemon.sealer import sealer_for
 from daemon.server import build_app
 from daemon.supervisor import Supervisor
-from state.db import Database, open_database
+from state.backends import open_database
+from state.db import Database
 from state.store import Store
 from state.sync_store import SyncStore
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.errors import StateError
-from state.db import Database, open_database
+from state.backends import open_database
+from state.db import Database
 
 BATCH = 500
 

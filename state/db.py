@@ -130,18 +130,3 @@ def redacted_url(url: str) -> str:
 
 def is_postgres_url(target: str | Path) -> bool:
     return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
-
-
-async def open_database(target: Path | str, migrations: list[Migration] | None = None, *,
-                        password_file: Path | None = None) -> Database:
-    """Open and migrate the state database: a SQLite file (created 0600), or a
-    ``postgresql://`` URL (its password from ``password_file`` or libpq's own
-    ``PGPASSFILE``/``~/.pgpass``, never in the URL)."""
-    if is_postgres_url(target):
-        from state.postgres import open_postgres
-
-        return await open_postgres(str(target), migrations, password_file=password_file)
-    from state.sqlite import open_sqlite
-
-    path = Path(str(target).removeprefix("sqlite:"))
-    return await open_sqlite(path, migrations)

@@ -17,7 +17,8 @@ from daemon.sync.report import RunReport
 from daemon.sync.tenant import build_tenant_sync
 from graph_fixtures import GraphEnv
 from pbx_fixtures import PbxEnv
-from state.db import Database, open_database
+from state.backends import open_database
+from state.db import Database
 from state.store import Store
 from state.sync_store import SyncStore
 

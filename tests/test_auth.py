@@ -226,7 +226,7 @@ async def test_token_cache_is_sealed_at_rest_with_a_key(tmp_path: object) -> Non
     """With a key the database holds no refresh token; without one it would."""
     from pathlib import Path
 
-    from state.db import open_database
+    from state.backends import open_database
     from state.sealing import Sealer
     from state.store import Store
 

@@ -32,7 +32,7 @@ from daemon.pbx.schema import PBX_USER
 from daemon.retry import Transport
 from sim.pbx import ScimServer
 from sim.world import FakeWorld, free_port
-from state.db import open_database
+from state.backends import open_database
 
 TENANTS = [f"t{i:02d}" for i in range(20)]
 USERS = 24

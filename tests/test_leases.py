@@ -15,7 +15,7 @@ import pytest
 from daemon.clock import FakeClock
 from daemon.errors import LeaseLost, M365SyncError
 from daemon.leases import SharedLeases, lock_key, rendezvous_owner
-from state.db import open_database
+from state.backends import open_database
 
 TENANTS = [f"t{i:02d}" for i in range(20)]
 

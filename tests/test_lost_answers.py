@@ -16,7 +16,7 @@ from daemon.pbx.client import PbxClient
 from graph_fixtures import GraphEnv
 from pbx_fixtures import LostAnswerProxy, PbxEnv
 from sim.pbx import ScimServer
-from state.db import open_database
+from state.backends import open_database
 from state.store import Store
 from state.sync_store import SyncStore
 from sync_fixtures import SyncEnv, on_both_backends, tenant_config  # noqa: F401  (the fixture: every test here runs on both backends)

@@ -12,7 +12,8 @@ import asyncpg
 import pytest
 
 from daemon.errors import SchemaTooNew, StateError
-from state.db import Migration, bundled_migrations, open_database
+from state.backends import open_database
+from state.db import Migration, bundled_migrations
 from state.store import Store
 
 EXPECTED_TABLES = {

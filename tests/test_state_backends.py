@@ -12,8 +12,9 @@ import pytest
 
 from daemon.errors import SchemaTooNew, StateError
 from sim.generator import generate_tenant
+from state.backends import open_database
 from state.copy import NOT_COPIED, OWN_COLUMNS, TABLES, copy_database
-from state.db import Database, Migration, bundled_migrations, open_database
+from state.db import Database, Migration, bundled_migrations
 from state.errors import StateWriteFailed
 from state.postgres import numbered
 from state.pushed import Failed, Pushed

@@ -73,7 +73,7 @@ async def test_a_second_process_cannot_sync_a_tenant_that_is_being_synced(live_e
 
     from daemon.config import load_config
     from daemon.sync.runner import _process_alive
-    from state.db import open_database
+    from state.backends import open_database
     from state.sync_store import SyncStore
 
     generate_tenant(live_env.tenant, users=10, photo_fraction=0)
@@ -163,7 +163,7 @@ async def test_on_a_shared_postgres_state_dry_run_and_status_write_nothing(tmp_p
                                                                            scim_server_one_by_one: ScimServer,
                                                                            pg_url: str) -> None:
     from conftest import write_secret
-    from state.db import open_database
+    from state.backends import open_database
 
     async def rows() -> dict[str, int]:
         db = await open_database(pg_url)
