@@ -8,6 +8,7 @@ errors become a JSON 500 without a traceback in the response.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from daemon import status
-from daemon.auth.manager import START_PATH, AuthManager, PageResult, admin_token_matches
+from daemon.auth.manager import START_PATH, AuthManager, PageResult
 from daemon.config import CALLBACK_PATH
 from daemon.errors import NoLeaseHolder
 from daemon.health import TenantStatus
@@ -217,3 +218,15 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("request failed", method=request.method, path=request.path)
         return web.json_response({"error": "internal error; see the daemon's log"}, status=500)
+
+
+def admin_token_matches(expected: str | None, header: str | None) -> bool:
+    """Constant-time check of ``Authorization: Bearer <admin token>``."""
+    if not expected or not header:
+        return False
+    scheme, _, presented = header.partition(" ")
+    try:
+        offered = presented.strip().encode()
+    except UnicodeError:  # bytes that are not UTF-8 (kept as surrogates by the HTTP parser): not our token
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(offered, expected.encode())

@@ -15,12 +15,9 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import secrets
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,14 +25,13 @@ from urllib.parse import urlencode
 
 import msal
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from daemon.auth import pages, signing
+from daemon.auth.credential import client_credential, initiate_flow
 from daemon.auth.explain import DEAD_GRANT_CODES, AuthContext, AuthProblem, aadsts_code, admin_consent_url, explain
 from daemon.auth.scopes import application_scopes, delegated_scopes
-from daemon.config import CALLBACK_PATH, Config, ServerConfig, TenantConfig, read_secret
-from daemon.errors import AuthorityNotFound, AuthorizationRequired, ConfigError, GraphUnavailable
+from daemon.config import CALLBACK_PATH, Config, ServerConfig, TenantConfig
+from daemon.errors import AuthorityNotFound, AuthorizationRequired, GraphUnavailable
 from daemon.graph.clouds import authority_url
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
@@ -141,7 +137,7 @@ class AuthManager:
         try:
             if tenant.auth_mode == "delegated":
                 app = await self._app(tenant)
-                flow = await asyncio.to_thread(_initiate_flow, app, delegated_scopes(tenant), redirect_uri, state)
+                flow = await asyncio.to_thread(initiate_flow, app, delegated_scopes(tenant), redirect_uri, state)
                 continue_url = str(flow["auth_uri"])
             else:
                 flow = {"mode": "application", "redirect_uri": redirect_uri}
@@ -384,7 +380,7 @@ class AuthManager:
             options["instance_discovery"] = False  # a proxy or a test identity provider
         # MSAL reads the authority's metadata while constructing: off the loop too.
         if tenant.auth_mode == "application":
-            credential = _credential(tenant)
+            credential = client_credential(tenant)
             app = await asyncio.to_thread(
                 msal.ConfidentialClientApplication, tenant.application_id, client_credential=credential, **options
             )
@@ -392,42 +388,3 @@ class AuthManager:
             app = await asyncio.to_thread(msal.PublicClientApplication, tenant.application_id, **options)
         self._apps[tenant.name] = app
         return app
-
-
-def _initiate_flow(app: msal.ClientApplication, scopes: list[str], redirect_uri: str, state: str) -> dict[str, Any]:
-    """MSAL's auth-code flow with PKCE. The callback takes the query response
-    mode (the PBX's documented GET callback); MSAL's advice to prefer
-    form_post is silenced because the code is single-use, PKCE-bound and
-    redeemed at once, and the callback never logs its query."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="response_mode='form_post' is recommended")
-        flow: dict[str, Any] = app.initiate_auth_code_flow(scopes, redirect_uri=redirect_uri, state=state)
-    return flow
-
-
-def _credential(tenant: TenantConfig) -> str | dict[str, str]:
-    """A certificate (preferred) or a secret, read from their files."""
-    if tenant.client_certificate_file is not None and tenant.client_private_key_file is not None:
-        try:
-            cert_pem = tenant.client_certificate_file.read_bytes()  # a certificate is public
-        except OSError as err:
-            raise AuthorizationRequired(f"cannot read {tenant.client_certificate_file}: {err.strerror}") from err
-        key_pem = read_secret(tenant.client_private_key_file)
-        certificate = x509.load_pem_x509_certificate(cert_pem)
-        thumbprint = hashlib.sha1(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
-        return {"private_key": key_pem, "thumbprint": thumbprint}
-    if tenant.client_secret_file is not None:
-        return read_secret(tenant.client_secret_file)
-    raise ConfigError([])
-
-
-def admin_token_matches(expected: str | None, header: str | None) -> bool:
-    """Constant-time check of ``Authorization: Bearer <admin token>``."""
-    if not expected or not header:
-        return False
-    scheme, _, presented = header.partition(" ")
-    try:
-        offered = presented.strip().encode()
-    except UnicodeError:  # bytes that are not UTF-8 (kept as surrogates by the HTTP parser): not our token
-        return False
-    return scheme.lower() == "bearer" and hmac.compare_digest(offered, expected.encode())
