@@ -8,9 +8,9 @@ the owner with its run id, so the caller can follow that run from any daemon
 (its record is in the shared state); while no daemon holds the tenant (one
 stands back after its lease session was cut), the request is refused with
 when to try again, never answered with a run id that would not run. A
-daemon that takes a tenant over runs
-it at once ("takeover"), so work that a dead daemon left half done is
-finished without waiting for the next scheduled time.
+daemon that takes a tenant over runs it at once ("takeover"), so work that
+a dead daemon left half done is finished without waiting for the next
+scheduled time.
 """
 
 from __future__ import annotations
