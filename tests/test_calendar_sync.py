@@ -4,6 +4,7 @@ recurring events across time zones and DST, re-basing, privacy, 403s, cost."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,9 @@ import structlog
 from daemon.logging import configure_logging
 from daemon.pbx.schema import PBX_USER
 from daemon.sync.calendar import CalendarSync
+from daemon.sync.kinds import ALL_KINDS, POLL_KINDS, RUN_KINDS, Clients, build_pipelines
 from daemon.sync.report import RunReport
+from daemon.sync.tenant import TenantSync
 from sim.generator import generate_tenant
 from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
@@ -182,3 +185,31 @@ async def test_unreadable_calendar_shows_in_status(sync_env: SyncEnv) -> None:
     (report,) = await status.collect(FakeConfig(), sync_env.store, sync_env.sync_store)  # type: ignore[arg-type]
     assert report.unreadable_calendars == ["user002@contoso.example"]
     assert "calendars not readable (403): user002@contoso.example" in status.as_text([report])
+
+
+async def test_busy_windows_are_built_by_the_one_factory_and_log_their_plan(sync_env: SyncEnv) -> None:
+    (user,) = await setup(sync_env)
+    event(sync_env, user, "e-soon", sync_env.graph.clock.now() + timedelta(minutes=5))
+    env = sync_env
+    clients = Clients(env.graph.client, env.pbx.client, env.pbx.client)
+
+    def built(kinds: frozenset[str]) -> list[type]:
+        return [type(p) for p in build_pipelines(kinds, env.tenant, env.store, env.sync_store, clients,
+                                                 env.graph.clock.time)]
+
+    assert built(POLL_KINDS) == [CalendarSync] and built(RUN_KINDS) == [TenantSync]
+    assert built(ALL_KINDS) == [TenantSync, CalendarSync]
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        (pipeline,) = build_pipelines(POLL_KINDS, env.tenant, env.store, env.sync_store, clients, env.graph.clock.time)
+        report = await pipeline.run()  # the one report type: RunReport
+        await pipeline.run(report)  # nothing changed: its plan is logged at debug only
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert report.busy.written == 1 and report.busy.counts == {"update": 1} and report.failures == []
+    plans = [line for line in map(json.loads, out.getvalue().splitlines()) if line["event"] == "sync plan"]
+    assert [(p["kinds"], p["changes"], p["writes"]) for p in plans] == [(["busy"], {"busy": {"update": 1}}, 1)]
+    env.configure(events={"enabled": False})
+    assert built(POLL_KINDS) == [] and built(ALL_KINDS) == [TenantSync]  # no calendar without [tenants.events]
