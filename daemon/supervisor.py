@@ -152,6 +152,7 @@ class Supervisor:
 
     def authorized(self, tenant: str) -> None:
         """An authorization completed (the OAuth callback): its tenant syncs as soon as possible."""
+        self.pending_syncs.add(tenant)
         task = asyncio.ensure_future(self._request_quietly(tenant, "authorized"))
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
