@@ -39,7 +39,8 @@ from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.schema import PBX_USER
 from daemon.retry import RetryPolicy, Transport
-from daemon.sync.calendar import CalendarReport, CalendarSync
+from daemon.sync.calendar import CalendarSync
+from daemon.sync.report import RunReport
 from daemon.sync.tenant import build_tenant_sync
 from sim.app import Simulator
 from sim.generator import generate_tenant
@@ -111,16 +112,16 @@ async def measure(users: int, scim: ScimServer, pbx_tenant: str, latency_ms: flo
                 first = await timed(build_tenant_sync(tenant, store, sync_store, graph, client, client, clock.time).run())
                 simulator.faults.latency = latency_ms / 1000
                 poll = CalendarSync(tenant, store, sync_store, graph, pbx(), clock.time)
-                first_poll = CalendarReport()
-                await poll.poll(first_poll)
+                first_poll = RunReport()
+                await poll.run(first_poll)
                 batches = len(simulator.requests(r"^/\$batch$"))
-                no_change = await timed(poll.poll(CalendarReport()))
+                no_change = await timed(poll.run(RunReport()))
                 batches = len(simulator.requests(r"^/\$batch$")) - batches
                 user_id, pbx_id = sorted((await sync_store.pbx_ids("t", "user")).items())[users // 2]
                 soon = clock.now().replace(microsecond=0) + timedelta(minutes=5)
                 _event_soon(sim_tenant, user_id, soon)
                 clock.advance(60)
-                with_event = await timed(poll.poll(CalendarReport()))
+                with_event = await timed(poll.run(RunReport()))
                 fresh = any(start.startswith(soon.strftime("%Y-%m-%dT%H:%M")) for start in await _busy_starts(client, pbx_id))
         finally:
             await db.close()
@@ -128,7 +129,7 @@ async def measure(users: int, scim: ScimServer, pbx_tenant: str, latency_ms: flo
     return {"users": users, "graph_latency_ms": latency_ms,
             "first_run_with_contacts": {"wall_s": first[0], "cpu_s": first[1]},
             "no_change_calendar_poll": {"wall_s": no_change[0], "cpu_s": no_change[1], "batches": batches,
-                                        "busy_lists_pushed_by_first_poll": first_poll.patched},
+                                        "busy_lists_pushed_by_first_poll": first_poll.busy.written},
             "poll_after_event_5_min_ahead": {"wall_s": with_event[0], "cpu_s": with_event[1], "fresh": fresh}}
 
 

@@ -116,7 +116,7 @@ async def scheduled_round(service: Service, clock: JumpClock, hour: float, skip:
     cpu = time.process_time()
     while True:
         runs = {name: next((r for r in s.recent.values() if r.due_at == hour), None)
-                for name, s in service.schedules.items() if name not in skip}
+                for name, s in service.supervisor.schedules.items() if name not in skip}
         if all(r is not None and r.state == "finished" for r in runs.values()):
             break
         await asyncio.sleep(0.2)
@@ -144,7 +144,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             service = Service(load_config(config), environ={}, clock=clock)
             wall, cpu = time.perf_counter(), time.process_time()
             await service.start()
-            while not all(s.recent and s.current is None and s.queued is None for s in service.schedules.values()):
+            while not all(s.recent and s.current is None and s.queued is None for s in service.supervisor.schedules.values()):
                 await asyncio.sleep(0.5)
             startup = {"wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2),
                        "results": _results(service), "peak_rss_mb": peak_rss_mb()}
@@ -170,7 +170,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def _results(service: Service) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for schedule in service.schedules.values():
+    for schedule in service.supervisor.schedules.values():
         for run in schedule.recent.values():
             counts[str(run.result)] = counts.get(str(run.result), 0) + 1
     return counts

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,13 @@ from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import ConfigError, ConfigProblem, StateError
 from daemon.metrics import Metrics
 from daemon.pbx.schema import PBX_USER
+from daemon.sealer import sealer_for
 from daemon.sync.plan_users import settings_fingerprint
 from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
 from daemon.sync.scope import decide, matches, sso_flags
 from state.copy import copy_database
 from state.db import Database
 from state.open import open_database
-from state.sealing import Sealer, key_material
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -43,21 +42,6 @@ class Stores:
     store: Store
     sync: SyncStore
     auth: AuthManager
-
-
-def sealer_for(config: Config, environ: Mapping[str, str] | None = None, *, create: bool = True) -> Sealer:
-    """The sealer of the state's secrets (see ``state.sealing`` for where its key comes from)."""
-    configured = config.state.encryption_key_file
-    if configured is not None:  # read once, with the checks (mode, readable) of every secret file
-        return Sealer(read_secret(configured).encode())
-    environ = os.environ if environ is None else environ
-    if config.state.shared:  # every daemon must unseal what any other sealed: no key of one host's own
-        key = key_material(None, config.state.path, environ, create=False, local_file=False)
-        if key is None:
-            raise StateError("a shared PostgreSQL state needs one key for every daemon",
-                             hint="set [state] encryption_key_file, or give the unit the state-key credential")
-        return Sealer(key)
-    return Sealer(key_material(None, config.state.path, environ, create=create))
 
 
 @asynccontextmanager

@@ -44,7 +44,7 @@ async def run_demo(workdir: Path, exit_after: bool, users: int, out: TextIO) -> 
         print(f"PBX (scim2-server): {world.pbx.url('contoso') if world.pbx else '?'}", file=out)
         await service.start()
         base = f"http://127.0.0.1:{service.bound_port}"
-        schedule = service.schedules["contoso"]
+        schedule = service.supervisor.schedules["contoso"]
         first = schedule.current or schedule.queued
         assert first is not None
         progress = await schedule.wait(first.run_id)

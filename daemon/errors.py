@@ -7,6 +7,7 @@ CLI can print a one-line message and a hint instead of a traceback.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -53,6 +54,15 @@ class StateError(M365SyncError):
 
 class LeaseLost(M365SyncError):
     """This daemon no longer holds the tenant (shared state): it stops writing, another daemon goes on."""
+
+
+class NoLeaseHolder(M365SyncError):
+    """A request for a tenant that no daemon of a shared state holds right now (this
+    one may stand back after its lease session was cut); ``retry_after`` in seconds."""
+
+    def __init__(self, tenant: str, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(f"no daemon holds tenant {tenant}'s lease right now; try again in {self.retry_after} s")
 
 
 class SchemaTooNew(StateError):

@@ -71,9 +71,26 @@ def default_instance_name(port: int) -> str:
     return f"{socket.gethostname()}:{port}"
 
 
+class LeaseEvents(Protocol):
+    """What a lease session tells the rest of the daemon (``daemon.ownership`` answers);
+    given to :class:`SharedLeases` at construction, as its ``on_*`` and ``busy`` callbacks."""
+
+    def lease_acquired(self, tenant: str) -> None: ...
+
+    def lease_released(self, tenant: str) -> None: ...
+
+    def leases_lost(self, count: int) -> None: ...
+
+    def message(self, message: Mapping[str, Any]) -> None: ...
+
+    def busy(self, tenant: str) -> bool: ...
+
+
 class Leases(Protocol):
     instance: str
     shared: bool
+
+    def retry_after(self) -> float: ...
 
     def holds(self, tenant: str) -> bool: ...
 
@@ -99,6 +116,9 @@ class LocalLeases:
 
     def holds(self, tenant: str) -> bool:
         return True
+
+    def retry_after(self) -> float:
+        return 0.0
 
     async def check(self, tenant: str) -> None:
         return None
@@ -146,6 +166,12 @@ class SharedLeases:
 
     def holds(self, tenant: str) -> bool:
         return tenant in self.held and self._conn is not None and not self._conn.is_closed()
+
+    def retry_after(self) -> float:
+        """Seconds until some daemon should hold a tenant no daemon holds now: this one's
+        stand-back after a cut session (if any), then one lease round, when the others take over."""
+        standing_back = 0.0 if self._lost_at is None else self.lease_seconds - (self.clock.time() - self._lost_at)
+        return max(0.0, standing_back) + self.lease_seconds / 3
 
     async def check(self, tenant: str) -> None:
         """Raise LeaseLost unless this daemon still holds the tenant's lock (asks the server)."""

@@ -5,21 +5,23 @@ Every daemon of a shared state schedules every configured tenant, but a run
 or a calendar poll goes ahead only where the tenant's lease is held; a
 request that lands elsewhere (Sync now, an OAuth callback) is forwarded to
 the owner with its run id, so the caller can follow that run from any daemon
-(its record is in the shared state). A daemon that takes a tenant over runs
-it at once ("takeover"), so work that a dead daemon left half done is
-finished without waiting for the next scheduled time.
+(its record is in the shared state); while no daemon holds the tenant (one
+stands back after its lease session was cut), the request is refused with
+when to try again, never answered with a run id that would not run. A
+daemon that takes a tenant over runs it at once ("takeover"), so work that
+a dead daemon left half done is finished without waiting for the next
+scheduled time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import Config
-from daemon.leases import Leases, LocalLeases, SharedLeases, default_instance_name
+from daemon.errors import NoLeaseHolder
+from daemon.leases import LeaseEvents, Leases, LocalLeases, SharedLeases, default_instance_name
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.scheduler import SchedulerClock, TenantSchedule, new_run_id
@@ -29,30 +31,35 @@ log = get_logger(__name__)
 FORWARDED_KEPT = 200  # run ids handed out for another daemon, kept for their status until recorded
 
 
-def leases_for(config: Config, clock: SchedulerClock) -> Leases:
+def leases_for(config: Config, clock: SchedulerClock) -> Callable[[LeaseEvents], Leases]:
+    """How this configuration's leases are made, given whom their session tells what happens."""
     state = config.state
-    if state.url is None:
-        return LocalLeases()
+    url = state.url
+    if url is None:
+        return lambda events: LocalLeases()
     instance = state.instance_name or default_instance_name(config.server.port)
-    return SharedLeases(state.url, instance, float(state.lease_seconds), clock, state.password_file,
-                        config.server.public_url)
+
+    def shared(events: LeaseEvents) -> Leases:
+        return SharedLeases(url, instance, float(state.lease_seconds), clock, state.password_file,
+                            config.server.public_url, on_acquired=events.lease_acquired,
+                            on_released=events.lease_released, on_lost=events.leases_lost,
+                            on_message=events.message, busy=events.busy)
+
+    return shared
 
 
-@dataclass
 class Ownership:
-    leases: Leases
-    metrics: Metrics
-    schedules: dict[str, TenantSchedule]
-    forget_tokens: Callable[[str], None]  # the owner reloads a token cache another daemon wrote
-    forwarded: dict[str, str] = field(default_factory=dict)  # run id -> tenant, asked here, run by the owner
-    _sends: set[asyncio.Task[bool]] = field(default_factory=set)
+    """This daemon's answers to its lease session (a :class:`~daemon.leases.LeaseEvents`)."""
 
-    def __post_init__(self) -> None:
-        leases = self.leases
+    def __init__(self, metrics: Metrics, schedules: dict[str, TenantSchedule],
+                 forget_tokens: Callable[[str], None],
+                 leases: Callable[[LeaseEvents], Leases] = lambda events: LocalLeases()) -> None:
+        self.metrics = metrics
+        self.schedules = schedules
+        self.forget_tokens = forget_tokens  # the owner reloads a token cache another daemon wrote
+        self.forwarded: dict[str, str] = {}  # run id -> tenant, asked here, run by the owner
+        self.leases = leases(self)
         self.metrics.owns = self.holds
-        if isinstance(leases, SharedLeases):
-            leases.on_acquired, leases.on_message, leases.busy = self._acquired, self._message, self._busy
-            leases.on_released, leases.on_lost = self._released, self.metrics.leases_lost.inc
 
     @property
     def shared(self) -> bool:
@@ -65,32 +72,27 @@ class Ownership:
         """What a run asks before each PBX write request (None: one daemon, nothing to ask)."""
         return functools.partial(self.leases.check, tenant) if self.shared else None
 
-    def request(self, tenant: str, trigger: str) -> str | None:
-        """A run of ``tenant`` as soon as possible, here or at its owner; returns its run id."""
+    async def request(self, tenant: str, trigger: str) -> str | None:
+        """A run of ``tenant`` as soon as possible, here or at its owner; returns its run id
+        (None: the tenant is not scheduled). Raises :class:`NoLeaseHolder` when no daemon
+        holds the tenant, rather than hand out a run id that would never run."""
         schedule = self.schedules.get(tenant)
         if schedule is None:
             return None
         if not self.shared or self.holds(tenant):
             return schedule.request(trigger)
         run_id = new_run_id()
+        try:
+            sent = await self.leases.forward(tenant, {"kind": "sync", "trigger": trigger, "run_id": run_id})
+        except Exception as err:  # e.g. the lease session was cut meanwhile
+            log.error("could not forward a sync request to the tenant's owner", tenant=tenant, error=str(err))
+            sent = False
+        if not sent:
+            raise NoLeaseHolder(tenant, self.leases.retry_after())
         self.forwarded[run_id] = tenant
         while len(self.forwarded) > FORWARDED_KEPT:
             self.forwarded.pop(next(iter(self.forwarded)))
-        task = asyncio.ensure_future(self._forward(tenant, trigger, run_id))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
         return run_id
-
-    async def _forward(self, tenant: str, trigger: str, run_id: str) -> bool:
-        try:
-            sent = await self.leases.forward(tenant, {"kind": "sync", "trigger": trigger, "run_id": run_id})
-        except Exception as err:  # the request stays queued nowhere: say so, the caller sees no run
-            log.error("could not forward a sync request to the tenant's owner", tenant=tenant, error=str(err))
-            return False
-        if not sent:
-            log.warning("no daemon owns the tenant right now; the request waits for its next scheduled run",
-                        tenant=tenant, run_id=run_id)
-        return sent
 
     def forwarded_status(self, tenant: str, run_id: str) -> dict[str, Any] | None:
         if self.forwarded.get(run_id) != tenant:
@@ -103,24 +105,27 @@ class Ownership:
 
     # --- from the lease session ---
 
-    def _acquired(self, tenant: str) -> None:
+    def lease_acquired(self, tenant: str) -> None:
         self.metrics.tenant_owner.labels(tenant, self.leases.instance).set(1)
         self.forget_tokens(tenant)  # another daemon may have refreshed (rotated) them meanwhile
         schedule = self.schedules.get(tenant)
         if schedule is not None:  # at start-up there is none yet: the start-up run covers it
             schedule.request("takeover")
 
-    def _released(self, tenant: str) -> None:
+    def lease_released(self, tenant: str) -> None:
         try:
             self.metrics.tenant_owner.remove(tenant, self.leases.instance)
         except KeyError:
             pass
 
-    def _busy(self, tenant: str) -> bool:
+    def leases_lost(self, count: int) -> None:
+        self.metrics.leases_lost.inc(count)
+
+    def busy(self, tenant: str) -> bool:
         schedule = self.schedules.get(tenant)
         return schedule is not None and schedule.current is not None
 
-    def _message(self, message: Mapping[str, Any]) -> None:
+    def message(self, message: Mapping[str, Any]) -> None:
         tenant, trigger, run_id = message.get("tenant"), message.get("trigger"), message.get("run_id")
         if message.get("kind") != "sync" or not isinstance(tenant, str) or not isinstance(trigger, str):
             return

@@ -8,6 +8,7 @@ errors become a JSON 500 without a traceback in the response.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -15,8 +16,9 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from daemon import status
-from daemon.auth.manager import START_PATH, AuthManager, PageResult, admin_token_matches
+from daemon.auth.manager import START_PATH, AuthManager, PageResult
 from daemon.config import CALLBACK_PATH
+from daemon.errors import NoLeaseHolder
 from daemon.health import TenantStatus
 from daemon.logging import get_logger
 from daemon.metrics import CONTENT_TYPE, Metrics
@@ -34,7 +36,7 @@ class StatusSource(Protocol):
 class Control(Protocol):
     """The admin API's view of the running daemon."""
 
-    def request_sync(self, tenant: str, trigger: str = ...) -> str | None: ...
+    async def request(self, tenant: str, trigger: str = ...) -> str | None: ...
 
     async def run_status(self, tenant: str, run_id: str) -> dict[str, Any] | None: ...
 
@@ -112,14 +114,18 @@ def _cross_site(request: web.Request) -> bool:
 
 
 async def sync_now(request: web.Request) -> web.Response:
-    """Sync now: 202 with the run id; 401 without the admin token, starting nothing."""
+    """Sync now: 202 with the id of a run that will run; 503 (with Retry-After) while no
+    daemon of a shared state holds the tenant; 401 without the admin token, starting nothing."""
     _require_admin(request, changes_state=True)
     name = request.match_info["name"]
     control = request.app[CONTROL_KEY]
     if not any(s.tenant == name for s in await request.app[STATUS_KEY].tenant_statuses()):
         return web.json_response({"error": f"no tenant named {name!r}"}, status=404)
     photos = request.query.get("photos", "") in ("1", "true")  # check every photo, not only those due
-    run_id = control.request_sync(name, "sync-now:photos" if photos else "sync-now")
+    try:
+        run_id = await control.request(name, "sync-now:photos" if photos else "sync-now")
+    except NoLeaseHolder as err:
+        return web.json_response({"error": str(err)}, status=503, headers={"Retry-After": str(err.retry_after)})
     if run_id is None:
         return web.json_response({"error": f"tenant {name!r} is disabled or not scheduled"}, status=409)
     location = f"/api/tenants/{name}/runs/{run_id}"
@@ -212,3 +218,15 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("request failed", method=request.method, path=request.path)
         return web.json_response({"error": "internal error; see the daemon's log"}, status=500)
+
+
+def admin_token_matches(expected: str | None, header: str | None) -> bool:
+    """Constant-time check of ``Authorization: Bearer <admin token>``."""
+    if not expected or not header:
+        return False
+    scheme, _, presented = header.partition(" ")
+    try:
+        offered = presented.strip().encode()
+    except UnicodeError:  # bytes that are not UTF-8 (kept as surrogates by the HTTP parser): not our token
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(offered, expected.encode())

@@ -180,7 +180,7 @@ async def scheduled_service(env: LiveEnv) -> AsyncIterator[Service]:
     """The daemon on the live world, scheduling, once its start-up run is done."""
     service = Service(load_config(env.config), environ={})
     await service.start()
-    schedule = service.schedules["contoso"]
+    schedule = service.supervisor.schedules["contoso"]
     startup = schedule.current or schedule.queued
     assert startup is not None
     await schedule.wait(startup.run_id)

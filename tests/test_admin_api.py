@@ -33,18 +33,18 @@ async def sync_now(service: Service, base: str, session: aiohttp.ClientSession) 
     async with session.post(f"{base}/api/tenants/contoso/sync", headers=ADMIN) as response:
         assert response.status == 202
         run_id = str((await response.json())["run_id"])
-    await service.schedules["contoso"].wait(run_id)
+    await service.supervisor.schedules["contoso"].wait(run_id)
     return run_id
 
 
 async def test_sync_now_needs_the_admin_token_and_shows_up_in_status(daemon: tuple[Service, str], live_env: LiveEnv) -> None:
     service, base = daemon
-    runs_before = len(service.schedules["contoso"].recent)
+    runs_before = len(service.supervisor.schedules["contoso"].recent)
     async with aiohttp.ClientSession() as session:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic Og=="}):
             async with session.post(f"{base}/api/tenants/contoso/sync", headers=headers) as response:
                 assert response.status == 401
-        assert len(service.schedules["contoso"].recent) == runs_before and service.schedules["contoso"].queued is None
+        assert len(service.supervisor.schedules["contoso"].recent) == runs_before and service.supervisor.schedules["contoso"].queued is None
         async with session.post(f"{base}/api/tenants/nope/sync", headers=ADMIN) as response:
             assert response.status == 404
         run_id = await sync_now(service, base, session)
@@ -93,7 +93,7 @@ async def test_status_page_names_held_deprovisions_and_quarantined_objects(
             await sync_now(service, base, session)
         async with session.get(base + "/") as response:
             assert response.status == 401 and "Basic" in response.headers["WWW-Authenticate"]
-    reports = await service.status_reports()
+    reports = await service.supervisor.status_reports()
     assert len(reports[0].held) == 25 and len(reports[0].quarantined) == 1
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -136,7 +136,7 @@ async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(daemon: tuple[
 async def test_sync_now_takes_the_bearer_token_only_and_refuses_other_sites(daemon: tuple[Service, str]) -> None:
     service, base = daemon
     basic = {"Authorization": "Basic " + base64.b64encode(f"admin:{ADMIN_TOKEN}".encode()).decode()}
-    runs_before = len(service.schedules["contoso"].recent)
+    runs_before = len(service.supervisor.schedules["contoso"].recent)
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/api/status", headers=basic) as response:
             assert response.status == 200  # reading with the browser's login is fine
@@ -145,6 +145,6 @@ async def test_sync_now_takes_the_bearer_token_only_and_refuses_other_sites(daem
         for header, value in (("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")):
             async with session.post(f"{base}/api/tenants/contoso/sync", headers={**ADMIN, header: value}) as response:
                 assert response.status == 403
-        assert len(service.schedules["contoso"].recent) == runs_before and service.schedules["contoso"].queued is None
+        assert len(service.supervisor.schedules["contoso"].recent) == runs_before and service.supervisor.schedules["contoso"].queued is None
         async with session.post(f"{base}/api/tenants/contoso/sync", headers={**ADMIN, "Origin": base}) as response:
             assert response.status == 202  # the daemon's own origin, with the bearer token

@@ -27,7 +27,7 @@ async def test_delegated_flow_end_to_end(auth_env: AuthEnv) -> None:
     assert body["tenants"]["contoso"]["reason"] == "ready"
     row = await auth_env.service.store.tenant("contoso")
     assert row is not None and row.auth_state == "authorized" and row.auth_owner == OWNER and row.has_token_cache
-    assert auth_env.service.pending_syncs == {"contoso"}
+    assert auth_env.service.supervisor.pending_syncs == {"contoso"}
     assert auth_env.service.auth is not None
     token = await auth_env.service.auth.tokens.access_token("contoso")
     assert token in auth_env.idp.issued_access_tokens

@@ -4,6 +4,7 @@ recurring events across time zones and DST, re-basing, privacy, 403s, cost."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,10 @@ import structlog
 
 from daemon.logging import configure_logging
 from daemon.pbx.schema import PBX_USER
-from daemon.sync.calendar import CalendarReport, CalendarSync
+from daemon.sync.calendar import CalendarSync
+from daemon.sync.kinds import ALL_KINDS, POLL_KINDS, RUN_KINDS, Clients, build_pipelines
+from daemon.sync.report import RunReport
+from daemon.sync.tenant import TenantSync
 from sim.generator import generate_tenant
 from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
@@ -38,9 +42,9 @@ def event(env: SyncEnv, user: str, event_id: str, start: datetime, minutes: int 
     env.graph.tenant.put_event(user, event_id, **properties)
 
 
-async def poll(env: SyncEnv) -> CalendarReport:
-    report = CalendarReport()
-    await CalendarSync(env.tenant, env.store, env.sync_store, env.graph.client, env.pbx.client, env.graph.clock.time).poll(report)
+async def poll(env: SyncEnv) -> RunReport:
+    report = RunReport()
+    await CalendarSync(env.tenant, env.store, env.sync_store, env.graph.client, env.pbx.client, env.graph.clock.time).run(report)
     return report
 
 
@@ -68,14 +72,14 @@ async def setup(env: SyncEnv, users: int = 1) -> list[str]:
 
 async def test_an_event_five_minutes_ahead_is_on_the_pbx_within_one_poll(sync_env: SyncEnv) -> None:
     (user,) = await setup(sync_env)
-    assert (await poll(sync_env)).patched == 0  # nothing busy yet: nothing to write
+    assert (await poll(sync_env)).busy.written == 0  # nothing busy yet: nothing to write
     soon = sync_env.graph.clock.now() + timedelta(minutes=5)
     event(sync_env, user, "e-soon", soon)
     sync_env.graph.clock.advance(60)
-    assert (await poll(sync_env)).patched == 1
+    assert (await poll(sync_env)).busy.written == 1
     assert await busy(sync_env, user) == [{"start": iso(soon), "end": iso(soon + timedelta(minutes=30)), "showAs": "busy"}]
     writes = sync_env.pbx_writes()
-    assert (await poll(sync_env)).patched == 0 and sync_env.pbx_writes() == writes  # unchanged: no PATCH
+    assert (await poll(sync_env)).busy.written == 0 and sync_env.pbx_writes() == writes  # unchanged: no PATCH
 
 
 async def test_cancelled_free_and_private_events(sync_env: SyncEnv) -> None:
@@ -125,7 +129,7 @@ async def test_rebase_drops_past_events(sync_env: SyncEnv) -> None:
     assert len(await busy(sync_env, user)) == 2
     sync_env.graph.clock.advance(86400)  # the next day: a new window, the first event is past
     report = await poll(sync_env)
-    assert report.patched == 1
+    assert report.busy.written == 1
     assert [w["start"] for w in await busy(sync_env, user)] == [iso(now + timedelta(days=3))]
 
 
@@ -151,9 +155,9 @@ async def test_unreadable_calendars_are_reported_once(sync_env: SyncEnv) -> None
     sync_env.graph.sim.api.settings.forbidden_mailboxes.add(locked)
     event(sync_env, readable, "e-ok", sync_env.graph.clock.now() + timedelta(hours=1))
     report = await poll(sync_env)
-    assert report.unreadable == ["user002@contoso.example"] and report.patched == 1
+    assert report.busy.unreadable == ["user002@contoso.example"] and report.busy.written == 1
     requests = sync_env.graph_requests(locked)
-    assert (await poll(sync_env)).unreadable == []
+    assert (await poll(sync_env)).busy.unreadable == []
     assert sync_env.graph_requests(locked) == requests
 
 
@@ -181,3 +185,31 @@ async def test_unreadable_calendar_shows_in_status(sync_env: SyncEnv) -> None:
     (report,) = await status.collect(FakeConfig(), sync_env.store, sync_env.sync_store)  # type: ignore[arg-type]
     assert report.unreadable_calendars == ["user002@contoso.example"]
     assert "calendars not readable (403): user002@contoso.example" in status.as_text([report])
+
+
+async def test_busy_windows_are_built_by_the_one_factory_and_log_their_plan(sync_env: SyncEnv) -> None:
+    (user,) = await setup(sync_env)
+    event(sync_env, user, "e-soon", sync_env.graph.clock.now() + timedelta(minutes=5))
+    env = sync_env
+    clients = Clients(env.graph.client, env.pbx.client, env.pbx.client)
+
+    def built(kinds: frozenset[str]) -> list[type]:
+        return [type(p) for p in build_pipelines(kinds, env.tenant, env.store, env.sync_store, clients,
+                                                 env.graph.clock.time)]
+
+    assert built(POLL_KINDS) == [CalendarSync] and built(RUN_KINDS) == [TenantSync]
+    assert built(ALL_KINDS) == [TenantSync, CalendarSync]
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        (pipeline,) = build_pipelines(POLL_KINDS, env.tenant, env.store, env.sync_store, clients, env.graph.clock.time)
+        report = await pipeline.run()  # the one report type: RunReport
+        await pipeline.run(report)  # nothing changed: its plan is logged at debug only
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert report.busy.written == 1 and report.busy.counts == {"update": 1} and report.failures == []
+    plans = [line for line in map(json.loads, out.getvalue().splitlines()) if line["event"] == "sync plan"]
+    assert [(p["kinds"], p["changes"], p["writes"]) for p in plans] == [(["busy"], {"busy": {"update": 1}}, 1)]
+    env.configure(events={"enabled": False})
+    assert built(POLL_KINDS) == [] and built(ALL_KINDS) == [TenantSync]  # no calendar without [tenants.events]

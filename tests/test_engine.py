@@ -10,8 +10,9 @@ from datetime import timedelta
 import scenario
 from daemon.pbx.dryrun import DryRunPbxClient
 from daemon.pbx.schema import PBX_GROUP, PBX_USER
-from daemon.sync.calendar import CalendarReport, CalendarSync
+from daemon.sync.calendar import CalendarSync
 from daemon.sync.read_users import _merge
+from daemon.sync.report import RunReport
 from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
 DAY = 86400.0
@@ -153,9 +154,9 @@ async def test_busy_windows_go_through_bulk(sync_env: SyncEnv) -> None:
                    if sample.name == "m365sync_pbx_requests_total" and sample.labels.get("op") == op)
 
     bulks, patches = requests("bulk"), requests("update")
-    report = CalendarReport()
+    report = RunReport()
     await CalendarSync(sync_env.tenant, sync_env.store, sync_env.sync_store, sync_env.graph.client,
-                       sync_env.pbx.client, sync_env.graph.clock.time).poll(report)
-    assert report.patched == 10 and report.failures == []
+                       sync_env.pbx.client, sync_env.graph.clock.time).run(report)
+    assert report.busy.written == 10 and report.failures == []
     assert requests("bulk") == bulks + 1 and requests("update") == patches  # one /Bulk of 10 PATCHes, none alone
     assert all(u[PBX_USER]["busy"] for u in (await sync_env.pbx_users()).values())

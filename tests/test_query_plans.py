@@ -12,7 +12,8 @@ from collections import Counter
 from datetime import timedelta
 
 import scenario
-from daemon.sync.calendar import CalendarReport, CalendarSync
+from daemon.sync.calendar import CalendarSync
+from daemon.sync.report import RunReport
 from sync_fixtures import SyncEnv
 
 GROWING = ("graph_objects", "synced_objects", "group_members", "extension_allocations", "pending_creates",
@@ -44,7 +45,7 @@ async def traced_run(env: SyncEnv) -> tuple[Counter[str], dict[str, str]]:
         report = await env.run()
         assert report.result == "success", report.failures
         await CalendarSync(env.tenant, env.store, env.sync_store, env.graph.client, env.pbx.client,
-                           env.graph.clock.time).poll(CalendarReport())
+                           env.graph.clock.time).run(RunReport())
     finally:
         await env.db.conn.set_trace_callback(None)
     return seen, example

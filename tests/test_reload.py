@@ -37,18 +37,18 @@ async def running(live_env: LiveEnv) -> AsyncIterator[Service]:
 async def test_a_configuration_with_errors_is_refused_and_the_old_one_stays(running: Service, live_env: LiveEnv) -> None:
     good = live_env.config.read_text()
     live_env.config.write_text(good.replace('sync_time = "0 */6 * * *"', 'sync_time = "every now and then"'))
-    assert await reload_config(running) is False
-    assert running.config.tenants[0].sync_time == "0 */6 * * *" and "contoso" in running.schedules
+    assert await reload_config(running.supervisor, running.notifier) is False
+    assert running.config.tenants[0].sync_time == "0 */6 * * *" and "contoso" in running.supervisor.schedules
 
 
 async def test_a_changed_schedule_applies_without_a_restart_or_a_run(running: Service, live_env: LiveEnv) -> None:
-    schedule = running.schedules["contoso"]
+    schedule = running.supervisor.schedules["contoso"]
     await until(lambda: schedule.next_run is not None)
     runs = len(schedule.recent)
     live_env.config.write_text(live_env.config.read_text().replace('sync_time = "0 */6 * * *"',
                                                                    'sync_time = "*/5 * * * *"'))
-    assert await reload_config(running) is True
-    assert running.schedules["contoso"] is schedule  # the same schedule, now on the new crontab
+    assert await reload_config(running.supervisor, running.notifier) is True
+    assert running.supervisor.schedules["contoso"] is schedule  # the same schedule, now on the new crontab
     interval = running.metrics.registry.get_sample_value
     await until(lambda: interval("m365sync_schedule_interval_seconds", {"tenant": "contoso"}) == 300.0)
     assert schedule.next_run is not None and schedule.next_run - running.clock.time() <= 300
@@ -60,26 +60,26 @@ async def test_an_added_tenant_is_scheduled_at_once(running: Service, live_env: 
     block = text[text.index("[[tenants]]"):]
     second = block.replace('name = "contoso"', 'name = "fabrikam"').replace(f"/{live_env.pbx_tenant}/", "/reload2/")
     live_env.config.write_text(text + "\n" + second)
-    assert await reload_config(running) is True
-    schedule = running.schedules["fabrikam"]
+    assert await reload_config(running.supervisor, running.notifier) is True
+    schedule = running.supervisor.schedules["fabrikam"]
     startup = schedule.current or schedule.queued
     assert startup is not None
     assert (await schedule.wait(startup.run_id)).result == "success"
 
 
 async def test_a_removed_tenant_finishes_its_running_sync_then_stops(running: Service, live_env: LiveEnv) -> None:
-    schedule = running.schedules["contoso"]
+    schedule = running.supervisor.schedules["contoso"]
     gate = asyncio.Event()
     live_env.sim.faults.hang_pattern = "^/users/delta"  # the run waits on Graph...
     live_env.sim._hang = gate  # ...until the test lets it go
-    run_id = running.request_sync("contoso", "sync-now")
+    run_id = await running.supervisor.request("contoso", "sync-now")
     assert run_id is not None
     await until(lambda: schedule.current is not None and schedule.current.run_id == run_id)
     text = live_env.config.read_text()
     live_env.config.write_text(text.replace("enabled = true\nsync_photo", "enabled = true\nsync_photo")
                                .replace("[[tenants]]\nname = \"contoso\"", "[[tenants]]\nname = \"contoso\"\nenabled = false"))
-    reload = asyncio.ensure_future(reload_config(running))
-    await until(lambda: "contoso" not in running.schedules)
+    reload = asyncio.ensure_future(reload_config(running.supervisor, running.notifier))
+    await until(lambda: "contoso" not in running.supervisor.schedules)
     assert not reload.done()  # waiting for the run in progress
     gate.set()
     assert await reload is True
@@ -92,7 +92,7 @@ async def test_a_removed_tenant_finishes_its_running_sync_then_stops(running: Se
 async def test_sighup_reloads_the_running_daemon(live_env: LiveEnv) -> None:
     service = Service(load_config(live_env.config), environ={})
     serving = asyncio.ensure_future(service.serve_until_stopped())
-    await until(lambda: "contoso" in service.schedules)
+    await until(lambda: service.bound_port is not None and "contoso" in service.supervisor.schedules)
     live_env.config.write_text(live_env.config.read_text().replace('sync_time = "0 */6 * * *"',
                                                                    'sync_time = "*/10 * * * *"'))
     os.kill(os.getpid(), signal.SIGHUP)

@@ -16,6 +16,7 @@ from daemon.config import load_config
 from daemon.metrics import Metrics
 from daemon.scheduler import RunProgress
 from daemon.service import Service
+from daemon.sync.kinds import RUN_KINDS, SyncRequest
 from live_fixtures import LiveEnv
 from sim.generator import generate_tenant
 
@@ -32,8 +33,8 @@ class RunEnv:
         """One run through the daemon's own path; (stored result, stored error, summary)."""
         self.runs += 1
         run_id = f"run{self.runs}"
-        tenant = self.service.config.tenants[0]
-        result = await self.service.run_tenant(tenant, "test", run_id, RunProgress(run_id, "test"))
+        request = SyncRequest(self.service.config.tenants[0].name, RUN_KINDS, "test")
+        result = await self.service.supervisor.sync_now(request, run_id, RunProgress(run_id, "test"))
         row = await self.service.store.run(run_id)
         assert row is not None and row.finished_at is not None, "the run record was left unfinished"
         assert row.result == result

@@ -2,7 +2,8 @@
 PostgreSQL behind one public URL. An OAuth callback that lands on the daemon
 that does not own the tenant completes, and the owner syncs with the tokens
 the other stored; Sync now sent to the non-owner runs on the owner, and its
-run can be followed from the non-owner. Status and metrics name the owner."""
+run can be followed from the non-owner. Status and metrics name the owner.
+While no daemon holds the tenant, Sync now answers 503 instead of a run id."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from conftest import until, write_secret
+from daemon.clock import ManualClock
 from daemon.config import load_config
 from daemon.service import Service
 from daemon.tls import client_ssl_context
@@ -86,7 +89,7 @@ async def pair(tmp_path: Path, scim_server_one_by_one: ScimServer, pg_url: str, 
             await services[name].start()
 
         async def one_owner() -> bool:
-            return sum(s.ownership.holds("contoso") for s in services.values()) == 1
+            return sum(s.supervisor.ownership.holds("contoso") for s in services.values()) == 1
 
         await until(one_owner, 20, "one daemon to own the tenant")
         yield world, services, lb
@@ -97,7 +100,7 @@ async def pair(tmp_path: Path, scim_server_one_by_one: ScimServer, pg_url: str, 
 
 
 def roles(services: dict[str, Service]) -> tuple[Service, Service]:
-    owner = next(s for s in services.values() if s.ownership.holds("contoso"))
+    owner = next(s for s in services.values() if s.supervisor.ownership.holds("contoso"))
     other = next(s for s in services.values() if s is not owner)
     return owner, other
 
@@ -128,11 +131,11 @@ async def test_a_callback_on_the_other_daemon_completes_and_the_owner_syncs(
             assert done.status == 200, await done.text()
 
     async def synced_by_owner() -> bool:
-        schedule = owner.schedules["contoso"]
+        schedule = owner.supervisor.schedules["contoso"]
         return any(r.trigger == "authorized" and r.result == "success" for r in schedule.recent.values())
 
     await until(synced_by_owner, 30, "the owner's run after the authorization")
-    assert not any(r.trigger == "authorized" for r in other.schedules["contoso"].recent.values())
+    assert not any(r.trigger == "authorized" for r in other.supervisor.schedules["contoso"].recent.values())
     assert world.made is not None
     row = await owner.store.tenant("contoso")
     assert row is not None and row.auth_state == "authorized" and row.auth_owner == OWNER
@@ -150,23 +153,73 @@ async def test_sync_now_on_the_other_daemon_runs_on_the_owner_and_is_followed_fr
             run_id = (await answer.json())["run_id"]
 
         async def ran_on_owner() -> bool:
-            progress = owner.schedules["contoso"].progress(run_id)
+            progress = owner.supervisor.schedules["contoso"].progress(run_id)
             return progress is not None and progress.state == "finished"
 
         await until(ran_on_owner, 30, "the forwarded run on the owner")
-        assert other.schedules["contoso"].progress(run_id) is None  # it never ran where it was asked
+        assert other.supervisor.schedules["contoso"].progress(run_id) is None  # it never ran where it was asked
         for service in (other, owner):
             async with session.get(f"{base(service)}/api/tenants/contoso/runs/{run_id}") as status:
                 body = await status.json()
                 assert body["state"] == "finished" and body["run_id"] == run_id and body["result"] == "success", body
         async with session.get(f"{base(other)}/api/status") as status:
             (tenant,) = (await status.json())["tenants"]
-            assert tenant["owner"] == owner.ownership.leases.instance
+            assert tenant["owner"] == owner.supervisor.ownership.leases.instance
         async with session.get(f"{base(owner)}/metrics") as metrics:
             text = await metrics.text()
-            assert f'm365sync_tenant_owner{{instance="{owner.ownership.leases.instance}",tenant="contoso"}} 1.0' in text
+            assert f'm365sync_tenant_owner{{instance="{owner.supervisor.ownership.leases.instance}",tenant="contoso"}} 1.0' in text
             assert 'tenant="contoso"' in text
         async with session.get(f"{base(other)}/metrics") as metrics:
             assert 'tenant="contoso"' not in await metrics.text()  # the owner exports the tenant's series
     assert world.made is not None and world.pbx is not None
     assert world.sim is not None and world.sim.requests("^/users")  # the owner's run read Graph
+
+
+async def test_sync_now_while_no_daemon_holds_the_tenant_answers_503_then_runs_once_one_does(
+        tmp_path: Path, scim_server_one_by_one: ScimServer, pg_url: str) -> None:
+    """One daemon whose lease session is cut stands back one lease interval, holding nothing:
+    Sync now then says so (503, Retry-After) instead of handing out a run id that never runs."""
+    world = await FakeWorld(tmp_path / "world", users=3, scim=scim_server_one_by_one, sync_photo=False).start()
+    clock = ManualClock()  # lease rounds and the stand-back move only when the test says so
+    path = config(tmp_path / "a", world, port=free_port(), lb=f"http://127.0.0.1:{free_port()}", pg_url=pg_url,
+                  instance="a", delegated=False)
+    service = Service(load_config(path), environ={}, clock=clock)
+    try:
+        await service.start()
+        ownership, schedule = service.supervisor.ownership, service.supervisor.schedules["contoso"]
+        startup = schedule.current or schedule.queued
+        assert ownership.holds("contoso") and startup is not None
+        assert (await schedule.wait(startup.run_id)).result == "success"
+        admin = await asyncpg.connect(pg_url)
+        try:
+            await admin.execute("SELECT pg_terminate_backend(backend_pid) FROM instances WHERE name = 'a'")
+        finally:
+            await admin.close()
+
+        async def stands_back() -> bool:
+            return not ownership.holds("contoso")
+
+        await until(stands_back, 10, "the daemon to notice its lease session was cut")
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async with session.post(f"{base(service)}/api/tenants/contoso/sync") as answer:
+                body = await answer.json()
+                assert answer.status == 503, body
+                retry_after = int(answer.headers["Retry-After"])
+            assert "run_id" not in body and 1 <= retry_after <= 7  # stand-back (5 s) and one round (5/3 s), at most
+            assert body["error"] == (f"no daemon holds tenant contoso's lease right now; "
+                                     f"try again in {retry_after} s")
+            assert schedule.queued is None and list(schedule.recent) == [startup.run_id]  # nothing was queued
+
+            async def taken_back() -> bool:
+                await clock.advance_async(5 / 3)  # one lease round
+                return ownership.holds("contoso")
+
+            await until(taken_back, 30, "the daemon to take its tenant back after standing back")
+            async with session.post(f"{base(service)}/api/tenants/contoso/sync") as answer:
+                assert answer.status == 202, await answer.text()
+                run_id = (await answer.json())["run_id"]
+        assert (await schedule.wait(run_id)).result == "success"
+    finally:
+        await service.stop()
+        await world.stop()

@@ -2,39 +2,32 @@
 (``events.poll_seconds``), independent of ``sync_time``, because an event
 created five minutes ahead must reach the PBX before it starts.
 
-A poll is the same pipeline as a run: read (``read_calendar``), plan
-(``plan_busy``), and the one applier (``/Bulk`` where the PBX supports it).
-Nothing of an event but its times and ``showAs`` reaches the PBX.
+A poll is the same pipeline shape as a run (built by the same factory,
+``daemon.sync.kinds``): read (``read_calendar``), plan (``plan_busy``), the
+plan summary logged, and the one applier (``/Bulk`` where the PBX supports
+it), reporting into the run's ``RunReport``. Nothing of an event but its
+times and ``showAs`` reaches the PBX.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from daemon.config import TenantConfig
 from daemon.graph.client import GraphClient
+from daemon.logging import get_logger
 from daemon.pbx.types import PbxWriter
 from daemon.sync.apply import Applier
 from daemon.sync.plan_busy import plan_busy
 from daemon.sync.read_calendar import read_calendars
+from daemon.sync.report import RunReport
 from state.store import Store
 from state.sync_store import SyncStore
 
-
-@dataclass
-class CalendarReport:
-    patched: int = 0
-    unreadable: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    def count(self, kind: str, action: str) -> None:
-        self.patched += 1
-
-    def fail(self, kind: str, text: str) -> None:
-        self.failures.append(f"busy list of {text}")
+log = get_logger(__name__)
 
 
 @dataclass
@@ -46,7 +39,9 @@ class CalendarSync:
     writer: PbxWriter
     now: Callable[[], float] = time.time
 
-    async def poll(self, report: CalendarReport) -> None:
+    async def run(self, report: RunReport | None = None) -> RunReport:
+        """One poll of the busy windows; a calendar that cannot be read is reported, never raised."""
+        report = report if report is not None else RunReport()
         name = self.tenant.name
         moment = datetime.fromtimestamp(self.now(), UTC)
         window_start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -55,11 +50,17 @@ class CalendarSync:
         row = await self.store.tenant(name)
         read = await read_calendars(name, self.store, self.sync_store, self.graph, users, window_start, window_end,
                                     row.auth_changed_at if row is not None else None)
-        report.unreadable += read.unreadable
+        report.busy.unreadable += read.unreadable
+        report.busy.failures += read.failures
         report.failures += read.failures
         polled = [u for u in users if u[0] in read.read]
         events = await self.sync_store.copies_of_owners(name, "event", [u[0] for u in polled])
         states = await self.sync_store.calendar_states(name)
         plan = plan_busy(polled, events, {u: fp for u, (_, fp) in states.items()}, list(self.tenant.events.show_as),
                          moment, window_end)
+        writes = len(plan.ordered())
+        # Logged like a run's plan; at debug when it writes nothing, since a poll comes every minute.
+        (log.info if writes else log.debug)("sync plan", tenant=name, kinds=["busy"], changes=plan.summary(),
+                                            writes=writes, held=len(plan.held))
         await Applier(name, self.sync_store, self.writer, report).apply(plan)
+        return report

@@ -1,8 +1,10 @@
-"""One sync run of one tenant: clients, run record, log context, outcome.
+"""One sync of one tenant (a :class:`~daemon.sync.kinds.SyncRequest`): its
+clients, built once and shared by every kind's pipeline; for a run, the run
+lock, the run record, the log context and the outcome.
 
-Used by ``m365sync sync --once`` and by the daemon's scheduler. Every error
-of the run becomes the run's recorded result and message; nothing escapes as
-a traceback.
+Used by ``m365sync sync --once`` and by the daemon's supervisor (runs and
+calendar polls). Every error of a run becomes the run's recorded result and
+message; nothing escapes as a traceback.
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ from daemon.pbx.client import PbxClient
 from daemon.pbx.dryrun import DryRunPbxClient
 from daemon.retry import Clock, GraphBudget, Transport
 from daemon.sync.apply import Progress
-from daemon.sync.calendar import CalendarReport, CalendarSync
+from daemon.sync.kinds import RUN_KINDS, Clients, SyncRequest, build_pipelines
 from daemon.sync.report import RunReport
-from daemon.sync.tenant import build_tenant_sync
 from daemon.tls import client_ssl_context
 from state.store import Store
 from state.sync_store import SyncStore
@@ -99,19 +100,27 @@ class TenantRunner:
         return Transport(self.session, self.tenant.name, self.metrics,
                          ssl_context=client_ssl_context(self.tenant.ca_file), clock=self.clock, budget=self.budget)
 
-    async def poll_calendar(self) -> CalendarReport:
-        """One calendar poll (the busy windows), outside the sync runs; none for a disconnected tenant."""
-        row = await self.store.tenant(self.tenant.name)
-        if row is not None and row.auth_state == DISCONNECTED:
-            return CalendarReport()
+    def _clients(self) -> Clients:
+        """The tenant's Graph and PBX clients, for every pipeline of one request."""
         graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.tokens.token_provider(self.tenant.name))
         pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
-        report = CalendarReport()
-        await CalendarSync(self.tenant, self.store, self.sync_store, graph, self._guarded(pbx), self.now).poll(report)
-        return report
+        return Clients(graph, pbx, DryRunPbxClient() if self.dry_run else self._guarded(pbx))
 
-    async def run(self, trigger: str, progress: Progress | None = None, run_id: str | None = None) -> RunResult:
-        """One run; its record is always finished, whatever happens inside.
+    async def sync(self, request: SyncRequest, progress: Progress | None = None,
+                   run_id: str | None = None) -> RunResult:
+        """Sync ``request.kinds`` of the tenant: a run (see :meth:`run`), or a calendar poll,
+        which is neither locked nor recorded, and raises its errors to the caller."""
+        if request.is_run:
+            return await self.run(request.trigger, progress, run_id, kinds=request.kinds)
+        report = RunReport()
+        row = await self.store.tenant(self.tenant.name)
+        if row is None or row.auth_state != DISCONNECTED:
+            await self._sync(request.kinds, report, progress)
+        return RunResult(run_id or "", self.tenant.name, "partial" if report.failures else "success", report)
+
+    async def run(self, trigger: str, progress: Progress | None = None, run_id: str | None = None,
+                  kinds: frozenset[str] = RUN_KINDS) -> RunResult:
+        """One run of ``kinds``; its record is always finished, whatever happens inside.
 
         A typed error ends the run with its message; any other exception ends it
         ``failed`` with a one-line reason (the traceback goes to the debug log).
@@ -121,11 +130,11 @@ class TenantRunner:
         name = self.tenant.name
         bind(tenant=name, run_id=run_id)
         try:
-            return await self._locked_run(trigger, progress, run_id)
+            return await self._locked_run(SyncRequest(name, kinds, trigger), progress, run_id)
         finally:
             unbind("tenant", "run_id")
 
-    async def _locked_run(self, trigger: str, progress: Progress | None, run_id: str) -> RunResult:
+    async def _locked_run(self, request: SyncRequest, progress: Progress | None, run_id: str) -> RunResult:
         name = self.tenant.name
         try:
             holder = None if self.dry_run else await self.sync_store.try_lock(name, LOCK_OWNER, RUN_LOCK_SECONDS,
@@ -142,13 +151,13 @@ class TenantRunner:
             message = f"tenant {name} was disconnected; authorize it again to resume: m365sync authorize --tenant {name}"
             return RunResult(run_id, name, "disconnected", RunReport(result="disconnected", error=message))
         try:
-            return await self._recorded_run(trigger, progress, run_id)
+            return await self._recorded_run(request, progress, run_id)
         finally:
             if not self.dry_run:
                 await _quietly(self.sync_store.unlock(name, LOCK_OWNER), "could not release the run lock")
 
-    async def _recorded_run(self, trigger: str, progress: Progress | None, run_id: str) -> RunResult:
-        name = self.tenant.name
+    async def _recorded_run(self, request: SyncRequest, progress: Progress | None, run_id: str) -> RunResult:
+        name, trigger = self.tenant.name, request.trigger
         report = RunReport()
         started = time.monotonic()
         try:
@@ -159,7 +168,7 @@ class TenantRunner:
             return RunResult(run_id, name, report.result, report)
         try:
             log.info("sync run started", trigger=trigger, dry_run=self.dry_run)
-            await self._sync(report, progress, all_photos=trigger.endswith(PHOTOS_SUFFIX))
+            await self._sync(request.kinds, report, progress, all_photos=trigger.endswith(PHOTOS_SUFFIX))
         except AuthorizationRequired as err:
             report.result, report.error = "reauthorization_required", str(err)
         except LeaseLost as err:  # another daemon has the tenant now: it goes on from what was applied
@@ -181,13 +190,12 @@ class TenantRunner:
                    seconds=round(time.monotonic() - started, 2), error=report.error)
         return RunResult(run_id, name, report.result, report)
 
-    async def _sync(self, report: RunReport, progress: Progress | None, *, all_photos: bool) -> None:
-        name = self.tenant.name
-        graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.tokens.token_provider(name))
-        pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
-        writer = DryRunPbxClient() if self.dry_run else self._guarded(pbx)
-        await build_tenant_sync(self.tenant, self.store, self.sync_store, graph, pbx, writer, self.now,
-                                progress, all_photos=all_photos).run(report)
+    async def _sync(self, kinds: frozenset[str], report: RunReport, progress: Progress | None, *,
+                    all_photos: bool = False) -> None:
+        clients = self._clients()
+        for pipeline in build_pipelines(kinds, self.tenant, self.store, self.sync_store, clients, self.now, progress,
+                                        all_photos=all_photos):
+            await pipeline.run(report)
 
     def _guarded(self, pbx: PbxClient) -> PbxClient:
         """The client, asking the lease before each write request (a shared state): a run that

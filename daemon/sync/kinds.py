@@ -1,0 +1,80 @@
+"""What to sync: a :class:`SyncRequest` names a tenant and kinds, and
+:func:`build_pipelines` is the one factory of the pipelines that sync them.
+
+Every pipeline has one shape: ``await pipeline.run(report)`` reads, plans,
+logs its plan summary ("sync plan"), applies through the one applier and
+reports into the one ``RunReport``; the pipelines of one request share the
+tenant's Graph and PBX clients (:class:`Clients`).
+
+Kinds: ``user``, ``group`` and ``contact`` are one pipeline (the users decide
+whose mailboxes are read and which numbers are free), so a request for any of
+them syncs all three; ``busy`` (calendar busy windows) is its own, and only
+for a tenant with ``[tenants.events] enabled``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from daemon.config import TenantConfig
+from daemon.graph.client import GraphClient
+from daemon.pbx.client import PbxClient
+from daemon.pbx.types import PbxWriter
+from daemon.sync.apply import Progress
+from daemon.sync.calendar import CalendarSync
+from daemon.sync.report import RunReport
+from daemon.sync.tenant import build_tenant_sync
+from state.store import Store
+from state.sync_store import SyncStore
+
+BUSY = "busy"
+DIRECTORY_KINDS = frozenset({"user", "group", "contact"})
+ALL_KINDS = DIRECTORY_KINDS | {BUSY}
+# What a run syncs (the crontab, Sync now, an authorization, a takeover): busy windows are
+# kept fresh by their own poll every ``poll_seconds``, never by two syncs of a tenant at once.
+RUN_KINDS = DIRECTORY_KINDS
+POLL_KINDS = frozenset({BUSY})
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """Sync ``kinds`` of ``tenant`` now, because of ``trigger`` (schedule, startup,
+    sync-now, authorized, takeover, poll, and later a change notification)."""
+
+    tenant: str
+    kinds: frozenset[str] = RUN_KINDS
+    trigger: str = "sync-now"
+
+    @property
+    def is_run(self) -> bool:
+        """A run (locked, recorded in the run history) rather than a calendar poll:
+        polls come every minute, also during a run, and write only busy lists."""
+        return bool(self.kinds & DIRECTORY_KINDS)
+
+
+@dataclass(frozen=True)
+class Clients:
+    """A tenant's clients for one request, shared by its pipelines."""
+
+    graph: GraphClient
+    pbx: PbxClient  # reads (inventory, look-ups)
+    writer: PbxWriter  # writes: the guarded client, or the dry run's
+
+
+class Pipeline(Protocol):
+    async def run(self, report: RunReport | None = None) -> RunReport: ...
+
+
+def build_pipelines(kinds: frozenset[str], tenant: TenantConfig, store: Store, sync_store: SyncStore,
+                    clients: Clients, now: Callable[[], float], progress: Progress | None = None, *,
+                    all_photos: bool = False) -> list[Pipeline]:
+    """The pipelines that sync ``kinds`` of ``tenant``, in the order they run."""
+    pipelines: list[Pipeline] = []
+    if kinds & DIRECTORY_KINDS:
+        pipelines.append(build_tenant_sync(tenant, store, sync_store, clients.graph, clients.pbx, clients.writer,
+                                           now, progress, all_photos=all_photos))
+    if BUSY in kinds and tenant.events.enabled:
+        pipelines.append(CalendarSync(tenant, store, sync_store, clients.graph, clients.writer, now))
+    return pipelines
