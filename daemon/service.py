@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from daemon import status
 from daemon.auth.manager import AUTHORIZED, AuthManager
@@ -22,6 +21,7 @@ from daemon.commands import sealer_for
 from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import ConfigError, M365SyncError
 from daemon.health import TenantStatus, tenant_status
+from daemon.http_guard import ConnectionGuard, GuardedServer
 from daemon.leases import LocalLeases
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
@@ -77,7 +77,7 @@ class Service:
         self._sync_store: SyncStore | None = None
         self._db: Database | None = None
         self._store: Store | None = None
-        self._runner: web.AppRunner | None = None
+        self._http: GuardedServer | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
@@ -125,16 +125,12 @@ class Service:
         except BaseException:
             await self.stop()
             raise
-        self._runner = web.AppRunner(
-            build_app(self, self.metrics, self.auth, _admin_token(self.config), self),
-            access_log=None,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
-        )
-        await self._runner.setup()
+        guard = ConnectionGuard()
+        self._http = GuardedServer(build_app(self, self.metrics, self.auth, _admin_token(self.config), self, guard),
+                                   guard, SHUTDOWN_TIMEOUT_SECONDS)
         server = self.config.server
-        site = web.TCPSite(self._runner, server.host, server.port)
         try:
-            await site.start()
+            self.bound_port = await self._http.start(server.host, server.port)
         except OSError as err:
             await self.stop()
             reason = "address already in use" if err.errno == errno.EADDRINUSE else err.strerror
@@ -142,7 +138,6 @@ class Service:
                 f"cannot listen on {server.listen}: {reason}",
                 hint="change [server] listen, or stop the process using that port",
             ) from err
-        self.bound_port = _bound_port(self._runner)
         self._session = aiohttp.ClientSession()
         if self.schedule:
             for tenant in self.config.tenants:
@@ -175,9 +170,9 @@ class Service:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
             self._watchdog = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -381,11 +376,4 @@ def _admin_token(config: Config) -> str | None:
     except ConfigError as err:
         log.warning("admin API disabled: cannot read the admin token", problem=str(err))
         return None
-
-
-def _bound_port(runner: web.AppRunner) -> int | None:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return None
 
