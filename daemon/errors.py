@@ -146,6 +146,16 @@ class GraphPayloadError(GraphError):
     """Graph answered with something that is not the documented shape."""
 
 
+class GraphLinkRefused(GraphPayloadError):
+    """A link from Graph (``@odata.nextLink``, ``@odata.deltaLink``) points away from
+    the configured cloud's Graph host, scheme and port: not followed, no token sent."""
+
+
+class GraphPagingRunaway(GraphPayloadError):
+    """A paged answer repeated a link, or ran to more pages than the tenant's size
+    explains: the round stops unfinished, and nothing it read counts as gone."""
+
+
 # --- the PBX (SCIM) ---
 
 
@@ -181,6 +191,11 @@ class PbxUnavailable(PbxError):
 class PbxProtocolError(PbxError):
     """The PBX answered with something that is not valid SCIM (a number that is
     not a number, JSON nested too deeply): the run stops rather than guess."""
+
+
+class PbxLinkRefused(PbxProtocolError):
+    """The PBX named a resource location (``/Bulk`` ``location``, an absolute URL)
+    outside the configured ``pbx.scim_url``'s origin: not used, no token sent."""
 
 
 class PbxAuthFailed(PbxError):

@@ -20,6 +20,7 @@ from daemon.auth.manager import START_PATH, AuthManager, PageResult
 from daemon.config import CALLBACK_PATH
 from daemon.errors import NoLeaseHolder
 from daemon.health import TenantStatus
+from daemon.http_guard import MAX_BODY_BYTES, ConnectionGuard
 from daemon.logging import get_logger
 from daemon.metrics import CONTENT_TYPE, Metrics
 from daemon.status import TenantReport
@@ -65,9 +66,12 @@ def build_app(
     auth: AuthManager | None = None,
     admin_token: str | None = None,
     control: Control | None = None,
+    guard: ConnectionGuard | None = None,
 ) -> web.Application:
-    """The application with every route of the daemon."""
-    app = web.Application(middlewares=[_errors_middleware], client_max_size=64 * 1024)
+    """The application with every route of the daemon; ``guard``, the listening
+    socket's connection guard, learns which connections are in a request."""
+    middlewares = [guard.middleware, _errors_middleware] if guard is not None else [_errors_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[STATUS_KEY] = status
     app[METRICS_KEY] = metrics
     app[ADMIN_TOKEN_KEY] = admin_token or ""

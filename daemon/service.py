@@ -13,12 +13,12 @@ import signal
 from collections.abc import Mapping
 
 import aiohttp
-from aiohttp import web
 
 from daemon.auth.manager import AuthManager
 from daemon.clock import SystemClock
 from daemon.config import Config, read_secret
 from daemon.errors import ConfigError, M365SyncError
+from daemon.http_guard import ConnectionGuard, GuardedServer
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.ownership import leases_for
@@ -63,7 +63,7 @@ class Service:
         self.auth: AuthManager | None = None
         self._session: aiohttp.ClientSession | None = None
         self._db: Database | None = None
-        self._runner: web.AppRunner | None = None
+        self._http: GuardedServer | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
@@ -109,16 +109,12 @@ class Service:
         except BaseException:
             await self.stop()
             raise
-        self._runner = web.AppRunner(
-            build_app(supervisor, self.metrics, auth, _admin_token(self.config), supervisor),
-            access_log=None,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
-        )
-        await self._runner.setup()
+        guard = ConnectionGuard()
+        self._http = GuardedServer(build_app(supervisor, self.metrics, auth, _admin_token(self.config), supervisor, guard),
+                                   guard, SHUTDOWN_TIMEOUT_SECONDS)
         server = self.config.server
-        site = web.TCPSite(self._runner, server.host, server.port)
         try:
-            await site.start()
+            self.bound_port = await self._http.start(server.host, server.port)
         except OSError as err:
             await self.stop()
             reason = "address already in use" if err.errno == errno.EADDRINUSE else err.strerror
@@ -126,7 +122,6 @@ class Service:
                 f"cannot listen on {server.listen}: {reason}",
                 hint="change [server] listen, or stop the process using that port",
             ) from err
-        self.bound_port = _bound_port(self._runner)
         supervisor.start_tenants()
         self.notifier.notify("READY=1\nSTATUS=serving")
         self._watchdog = asyncio.create_task(self.notifier.watchdog(), name="sd-watchdog")
@@ -150,9 +145,9 @@ class Service:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
             self._watchdog = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -199,11 +194,3 @@ def _admin_token(config: Config) -> str | None:
     except ConfigError as err:
         log.warning("admin API disabled: cannot read the admin token", problem=str(err))
         return None
-
-
-def _bound_port(runner: web.AppRunner) -> int | None:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return None
-

@@ -44,6 +44,21 @@ class ScriptedFault:
 
 
 @dataclass
+class LinkFault:
+    """Rewrite the paging links of matching answers, as a broken or hostile Graph
+    (or whatever sits between it and the daemon) would; issue 20 found the daemon
+    following all three: ``loop`` (the ``@odata.nextLink`` is the request's own
+    URL, so every page names itself), ``endless`` (a fresh nextLink every time,
+    and no items), ``foreign`` (the nextLink and deltaLink moved to
+    ``foreign_base``, another origin, which must never see a request or a token)."""
+
+    mode: str  # loop | endless | foreign
+    path_pattern: str = ".*"
+    foreign_base: str = ""
+    served: int = 0  # answers rewritten so far
+
+
+@dataclass
 class Faults:
     latency: float = 0.0
     throttle_fraction: float = 0.0
@@ -51,6 +66,7 @@ class Faults:
     retry_after: int = 2
     scripted: list[ScriptedFault] = field(default_factory=list)
     hang_pattern: str | None = None  # requests whose path matches never get an answer
+    links: list[LinkFault] = field(default_factory=list)
 
 
 class Simulator:
@@ -100,6 +116,7 @@ class Simulator:
                 response = await self._batch(request)
             else:
                 response = self.api.dispatch(self._sim_request(request.method, path, dict(request.query), dict(request.headers), request))
+                response = self._rewrite_links(path, f"{request.scheme}://{request.host}{request.path_qs}", response)
         self._record(request.method, path, response.status, False)
         return _to_http(response)
 
@@ -133,6 +150,27 @@ class Simulator:
         if fraction and path != "/$batch" and self._random.random() < fraction:
             return graph_error(429, "TooManyRequests", "Too many requests.", {"Retry-After": str(self.faults.retry_after)})
         return None
+
+    def _rewrite_links(self, path: str, own_url: str, response: SimResponse) -> SimResponse:
+        """Apply the first matching :class:`LinkFault` to a page of a paged answer."""
+        body = response.body
+        fault = next((f for f in self.faults.links if re.search(f.path_pattern, path)), None)
+        if fault is None or not isinstance(body, dict) or "value" not in body:
+            return response
+        fault.served += 1
+        page = {k: v for k, v in body.items() if k not in ("@odata.nextLink", "@odata.deltaLink")}
+        if fault.mode == "loop":
+            page["@odata.nextLink"] = own_url
+        elif fault.mode == "endless":
+            page["value"] = []
+            base = re.sub(r"[?&]simpage=\d+$", "", own_url)
+            page["@odata.nextLink"] = f"{base}{'&' if '?' in base else '?'}simpage={fault.served}"
+        else:
+            for key in ("@odata.nextLink", "@odata.deltaLink"):
+                if isinstance(body.get(key), str):
+                    parts = urlsplit(body[key])
+                    page[key] = f"{fault.foreign_base}{parts.path}?{parts.query}"
+        return SimResponse(response.status, page, response.headers)
 
     def _sim_request(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], request: web.Request) -> SimRequest:
         base = f"{request.scheme}://{request.host}"
@@ -192,6 +230,8 @@ class Simulator:
             headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
             headers.setdefault("authorization", request.headers.get("Authorization", ""))
             response = self.api.dispatch(self._sim_request(method, path, dict(parse_qsl(parts.query)), headers, request))
+            own_url = f"{request.scheme}://{request.host}/v1.0{parts.path}" + (f"?{parts.query}" if parts.query else "")
+            response = self._rewrite_links(path, own_url, response)
         self._record(method, path, response.status, True)
         return response
 

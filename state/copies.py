@@ -209,6 +209,11 @@ class CopyQueries:
         )
         return None if row is None else GraphCopy(row[0], json.loads(row[1]), row[2])
 
+    async def count_copies(self, tenant: str, kind: str) -> int:
+        """How many copies of a kind are stored: how many delta pages a round of that kind may explain."""
+        row = await self.db.fetchone("SELECT COUNT(*) FROM graph_objects WHERE tenant = ? AND kind = ?", (tenant, kind))
+        return int(row[0]) if row is not None else 0
+
     async def iter_copies(self, tenant: str, kind: str) -> AsyncIterator[GraphCopy]:
         """Every stored copy of a kind, streamed in id order."""
         async for row in self.db.stream(

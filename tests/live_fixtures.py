@@ -79,7 +79,8 @@ class KillProxy:
         if request.method in WRITE_METHODS and self.refuse_writes_after is not None \
                 and self.writes >= self.refuse_writes_after:
             return web.Response(status=503, headers={"Retry-After": "0"})
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        # Host passes through, as a reverse proxy before a PBX must (its /Bulk locations name the proxy)
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
         async with aiohttp.ClientSession() as session:
             async with session.request(request.method, self.target + request.path_qs.split("/v2", 1)[1], data=body, headers=headers) as answer:
                 payload = await answer.read()

@@ -98,7 +98,9 @@ class LostAnswerProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        # Host passes through, as a reverse proxy before a PBX must: the PBX's /Bulk locations then
+        # name the proxy, the only origin the client accepts them from.
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
         async with aiohttp.ClientSession() as session:
             url = self.target + request.path_qs.split("/v2", 1)[1]
             async with session.request(request.method, url, data=body, headers=headers) as answer:

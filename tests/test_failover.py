@@ -64,7 +64,7 @@ class Recorder:
         async def handle(request: web.Request) -> web.StreamResponse:
             tenant, rest = request.match_info["tenant"], request.match_info["rest"]
             body = await request.read()
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
             started = time.monotonic()
             async with aiohttp.ClientSession() as session, session.request(
                     request.method, f"{self.scim.url(self.prefix + tenant)}/{rest}", params=request.query, data=body,

@@ -266,7 +266,7 @@ class FaultProxy:
             self.seen.append(status)
             return web.json_response({"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": str(status), "detail": "busy"}, status=status, headers=headers)
         async with aiohttp.ClientSession() as session:
-            async with session.request(request.method, self.target + request.path_qs.split("/v2", 1)[1], data=await request.read(), headers={k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}) as response:
+            async with session.request(request.method, self.target + request.path_qs.split("/v2", 1)[1], data=await request.read(), headers={k: v for k, v in request.headers.items() if k.lower() != "content-length"}) as response:
                 self.seen.append(response.status)
                 return web.Response(status=response.status, body=await response.read(), headers={k: v for k, v in response.headers.items() if k.lower() in ("content-type", "etag")})
 

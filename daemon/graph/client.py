@@ -28,6 +28,7 @@ from daemon.errors import (
     GraphUnavailable,
     M365SyncError,
 )
+from daemon.graph.clouds import graph_link
 from daemon.logging import get_logger
 from daemon.retry import RetryableFailure, Transport, header, retry_after_seconds
 
@@ -106,9 +107,9 @@ class GraphClient:
         self.timeout = timeout
 
     def url(self, path_or_url: str) -> str:
-        """An absolute URL: Graph's links are used as given, paths go below ``/v1.0``."""
+        """An absolute URL: Graph's links are used as given (on this Graph origin only), paths go below ``/v1.0``."""
         if path_or_url.startswith(("https://", "http://")):
-            return path_or_url
+            return graph_link(path_or_url, self.base_url, "link")
         return f"{self.base_url}/v1.0{path_or_url}"
 
     async def get(self, path_or_url: str, headers: Mapping[str, str] | None = None) -> GraphResponse:

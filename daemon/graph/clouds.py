@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from daemon.config import TenantConfig
+from daemon.errors import GraphLinkRefused
+from daemon.links import same_origin, shown_origin
 
 
 @dataclass(frozen=True)
@@ -35,3 +37,14 @@ def authority_url(tenant: TenantConfig) -> str:
 def graph_scope(tenant: TenantConfig) -> str:
     """The ``.default`` scope of the tenant's Graph host (application mode)."""
     return f"{graph_base_url(tenant)}/.default"
+
+
+def graph_link(link: str, base_url: str, what: str) -> str:
+    """``link`` when it is on the tenant's Graph host, scheme and port; else
+    :class:`GraphLinkRefused`, raised before any request (no token leaves)."""
+    if not same_origin(link, base_url):
+        raise GraphLinkRefused(
+            f"Graph sent a {what} to {shown_origin(link)}, not to {shown_origin(base_url)}; it was not followed",
+            hint="check national_cloud and graph_url, and what sits between m365sync and Graph; the next run retries",
+        )
+    return link

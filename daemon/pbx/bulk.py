@@ -12,7 +12,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+from daemon.pbx.connection import pbx_link
 from daemon.pbx.schema import BULK_REQUEST, ENDPOINTS, PATCH_OP
 from daemon.pbx.types import PbxOperation, ProviderConfig, required_payload, scim_int
 
@@ -68,8 +70,13 @@ class BulkResult:
     detail: str
 
 
-def bulk_results(body: Any, chunk: Sequence[PbxOperation]) -> list[BulkResult] | None:
-    """The results in ``chunk`` order, or None when the body is not a bulk response."""
+def bulk_results(body: Any, chunk: Sequence[PbxOperation], base_url: str) -> list[BulkResult] | None:
+    """The results in ``chunk`` order, or None when the body is not a bulk response.
+
+    A create's id is read from its ``location``, which must be on ``base_url``'s
+    origin (:func:`~daemon.pbx.connection.pbx_link`): a PBX, or a proxy before
+    it, that places our objects elsewhere ends the run with its reason rather
+    than have later writes aimed by an address we did not configure."""
     results = body.get("Operations") if isinstance(body, Mapping) else None
     if not isinstance(results, list):
         return None
@@ -83,9 +90,21 @@ def bulk_results(body: Any, chunk: Sequence[PbxOperation]) -> list[BulkResult] |
         status = scim_int(result.get("status"), "a /Bulk result's status")
         pbx_id = operation.pbx_id
         if operation.action == "create":
-            pbx_id = str(result.get("location", "")).rstrip("/").rsplit("/", 1)[-1] or None
+            location = str(result.get("location") or "")
+            if not _is_path(location):
+                pbx_link(location, base_url, "/Bulk location")
+            pbx_id = location.rstrip("/").rsplit("/", 1)[-1] or None
         response = result.get("response")
         detail = str(response.get("detail")) if isinstance(response, Mapping) and response.get("detail") else f"HTTP {status}"
         version = result.get("version")
         out.append(BulkResult(status, pbx_id, str(version) if version else None, detail))
     return out
+
+
+def _is_path(location: str) -> bool:
+    """A location without scheme or host names a place on the PBX itself."""
+    try:
+        parts = urlsplit(location)
+    except ValueError:
+        return False
+    return not parts.scheme and not parts.netloc

@@ -241,7 +241,7 @@ class PbxClient(PbxConnection):
                 async for outcome in self._bulk(part):
                     yield outcome
             return
-        results = bulk_results(answer.body, chunk) if answer.status == 200 else None
+        results = bulk_results(answer.body, chunk, self.base_url) if answer.status == 200 else None
         if results is None:
             for operation in chunk:  # refused as a whole, nothing applied: one request per object
                 yield await self.execute(operation)

@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from daemon.errors import PbxAuthFailed, PbxProtocolError, PbxRequestFailed, PbxUnavailable
+from daemon.errors import PbxAuthFailed, PbxLinkRefused, PbxProtocolError, PbxRequestFailed, PbxUnavailable
+from daemon.links import same_origin, shown_origin
 from daemon.logging import get_logger
 from daemon.pbx.filters import eq_filter
 from daemon.pbx.schema import ENDPOINTS, SCIM_JSON, Kind
@@ -36,6 +37,17 @@ class AnswerLost(Exception):
     def __init__(self, failure: RetryableFailure) -> None:
         super().__init__(failure.reason)
         self.failure = failure
+
+
+def pbx_link(url: str, base_url: str, what: str) -> str:
+    """``url`` when it is on ``pbx.scim_url``'s scheme, host and port; else
+    :class:`PbxLinkRefused`, before any request (the SCIM token never leaves)."""
+    if not same_origin(url, base_url):
+        raise PbxLinkRefused(
+            f"the PBX named a {what} at {shown_origin(url)}, not at {shown_origin(base_url)}; it was not used",
+            hint="set pbx.scim_url to the address the PBX calls itself, or have its proxy pass the Host header",
+        )
+    return url
 
 
 class PbxConnection:
@@ -95,7 +107,7 @@ class PbxConnection:
 
     async def _send_once(self, op: str, method: str, path: str, body: Any, params: Mapping[str, str] | None,
                          headers: Mapping[str, str] | None) -> Answer:
-        url = path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+        url = pbx_link(path, self.base_url, "URL") if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
         all_headers = {"Authorization": f"Bearer {self._token}", "Accept": SCIM_JSON, **(headers or {})}
         data = None
         if body is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from daemon.graph.client import GraphClient
-from daemon.graph.delta import BatchedRounds, is_removed
+from daemon.graph.delta import BatchedRounds, is_removed, stored_links
 from daemon.logging import get_logger
 from state.store import Store
 from state.sync_store import SyncStore
@@ -38,7 +38,7 @@ async def read_calendars(tenant: str, store: Store, sync_store: SyncStore, graph
     result = CalendarsRead()
     day = window_start.date().isoformat()
     states = await sync_store.calendar_states(tenant)
-    links = await store.delta_links(tenant, "events")
+    links = stored_links(graph, await store.delta_links(tenant, "events"), "events")
     skip = await sync_store.skipped_unreadable(tenant, "calendar", authorized_at)
     upns = {user_id: upn for user_id, _, upn in users}
     rounds = BatchedRounds(graph)

@@ -18,7 +18,7 @@ from daemon.config import TenantConfig
 from daemon.errors import DeltaExpired
 from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
-from daemon.graph.delta import BatchedRounds, is_removed
+from daemon.graph.delta import BatchedRounds, is_removed, stored_links
 from daemon.logging import get_logger
 from daemon.sync.plan_contacts import Mailbox
 from state.store import Store
@@ -94,7 +94,7 @@ class ContactsReader:
 
     async def _read(self, mailboxes: dict[str, Mailbox], folders: dict[str, list[str]]) -> None:
         name = self.tenant.name
-        links = await self.store.delta_links(name, "contacts")
+        links = stored_links(self.graph, await self.store.delta_links(name, "contacts"), "contacts")
         rounds = BatchedRounds(self.graph, {"Prefer": f"odata.maxpagesize={PAGE_SIZE}"})
         full: dict[str, set[str]] = {}  # folders read from scratch: the ids they returned
         for user_id, ids in folders.items():

@@ -14,13 +14,13 @@ each run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from daemon.config import TenantConfig
 from daemon.errors import DeltaExpired
 from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
-from daemon.graph.delta import DeltaRound, is_removed
+from daemon.graph.delta import DeltaRound, is_removed, stored_link
+from daemon.graph.paging import listing_pages
 from daemon.logging import get_logger
 from state.store import Store
 from state.sync_store import SyncStore
@@ -52,7 +52,7 @@ async def read_groups(tenant: TenantConfig, store: Store, sync_store: SyncStore,
         keys.append(key)
         clause = " or ".join(f"id eq '{g}'" for g in chunk)
         initial = f"/groups/delta?$filter={clause}&$select=displayName,mail,members"
-        link = await store.delta_link(name, "groups", key)
+        link = stored_link(graph, await store.delta_link(name, "groups", key), f"groups {key}")
         try:
             new_link = await _round(tenant, sync_store, graph, link or initial, chunk, fresh=link is None)
         except DeltaExpired:
@@ -106,10 +106,9 @@ async def _read_transitive(tenant: TenantConfig, sync_store: SyncStore, graph: G
         if not result.ok or not isinstance(result.body, dict):
             continue  # a group that does not exist is reported by read_groups
         members: set[str] = set()
-        body: dict[str, Any] | None = result.body
-        while body is not None:
-            members |= {m["id"] for m in body.get("value", []) if isinstance(m, dict) and m.get("@odata.type") == USER_TYPE}
-            next_link = body.get("@odata.nextLink")
-            body = (await graph.get(next_link)).body if isinstance(next_link, str) else None
+        url = f"/groups/{result.request.key}/transitiveMembers"
+        async for body in listing_pages(graph, url, first=result.body):
+            values = body.get("value", []) if isinstance(body, dict) else []
+            members |= {m["id"] for m in values if isinstance(m, dict) and m.get("@odata.type") == USER_TYPE}
         found[result.request.key] = members
     await sync_store.replace_group_members(tenant.name, found)

@@ -24,7 +24,8 @@ from daemon.config import TenantConfig
 from daemon.errors import DeltaExpired, GraphError, GraphPayloadError
 from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
-from daemon.graph.delta import DeltaRound, is_removed
+from daemon.graph.delta import DeltaRound, is_removed, stored_link
+from daemon.graph.paging import listing_pages
 from daemon.logging import get_logger
 from state.store import Store
 from state.sync_store import SyncStore
@@ -53,7 +54,7 @@ class UsersRead:
 async def read_users(tenant: TenantConfig, store: Store, sync_store: SyncStore, graph: GraphClient,
                      progress: Progress | None = None) -> UsersRead:
     """Merge the users delta; a full round (first run, expired state) also reconciles removals."""
-    link = await store.delta_link(tenant.name, "users")
+    link = stored_link(graph, await store.delta_link(tenant.name, "users"), "users")
     try:
         return await _round(tenant, sync_store, graph, link, progress)
     except DeltaExpired:
@@ -74,7 +75,7 @@ async def _round(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient
         changes: AsyncIterator[dict[str, Any]] = _listing(graph)
         delta_link = latest.delta_link
     else:
-        round_ = DeltaRound(graph, link)
+        round_ = DeltaRound(graph, link, expected_objects=await sync_store.count_copies(tenant.name, "user"))
         changes = aiter(round_)
     async for change in changes:
         if is_removed(change) is None:
@@ -100,16 +101,12 @@ async def _round(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient
 
 async def _listing(graph: GraphClient) -> AsyncIterator[dict[str, Any]]:
     """Every user, ``GET /users`` in pages of 999 (live users only)."""
-    url: str | None = f"/users?$select=id,{USER_SELECT}&$top={LIST_PAGE}"
-    while url is not None:
-        body = (await graph.get(url)).body
+    async for body in listing_pages(graph, f"/users?$select=id,{USER_SELECT}&$top={LIST_PAGE}"):
         if not isinstance(body, dict) or not isinstance(body.get("value"), list):
             raise GraphPayloadError("the /users listing answered without a 'value' list")
         for item in body["value"]:
             if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]:
                 yield item
-        next_link = body.get("@odata.nextLink")
-        url = next_link if isinstance(next_link, str) else None
 
 
 async def _merge(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, page: list[dict[str, Any]]) -> int:
