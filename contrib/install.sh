@@ -110,6 +110,7 @@ if [ -n "$root" ]; then
 fi
 verify=$(systemd-analyze verify --man=no "$checked" 2>&1) || { echo "$verify"; die "systemd-analyze verify failed"; }
 [ -z "$verify" ] || { echo "$verify"; die "systemd-analyze verify is not clean"; }
+[ "$checked" = "$unit" ] || rm -r "$(dirname "$checked")"
 echo "systemd-analyze verify: clean"
 # --offline=yes: rate the file itself; without it, security asks the running
 # systemd manager, which a container or chroot does not have.
