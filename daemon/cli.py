@@ -158,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     schemas.set_defaults(handler=_pbx_schemas)
 
     demo = add("demo", "sync a fake 200-user tenant into a real SCIM server on this machine, then keep serving")
-    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where the demo keeps its files (default .demo)")
+    demo.add_argument("--dir", type=Path, help="where the demo keeps its files (default $XDG_DATA_HOME/m365sync/demo,"
+                      " else ~/.local/share/m365sync/demo)")
     demo.add_argument("--users", type=int, default=200, help="size of the fake tenant")
     demo.add_argument("--exit", action="store_true", help="stop after the scripted part instead of serving")
     demo.set_defaults(handler=_demo)
@@ -351,9 +352,9 @@ def _pbx_schemas(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    from daemon.demo import default_demo_dir, run_demo
 
-    workdir = args.dir.absolute()
+    workdir = (args.dir or default_demo_dir()).absolute()
     if workdir.exists():
         shutil.rmtree(workdir)  # a fresh world each time
     try:

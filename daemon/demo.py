@@ -12,9 +12,12 @@ second sync touched, then serves its pages until Ctrl-C (``--exit`` stops).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,11 +33,25 @@ NEW_HIRE = "00000000-0000-4000-8000-00000000d001"
 GUEST = "00000000-0000-4000-8000-00000000d002"
 
 
+def default_demo_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the demo's world (its secrets too) goes without ``--dir``: the XDG data folder, as
+    other tools do, never the current directory (which may be ``/``); a fresh temporary folder
+    when there is no home to put it in."""
+    data_home = environ.get("XDG_DATA_HOME", "")
+    if os.path.isabs(data_home):
+        return Path(data_home) / "m365sync" / "demo"
+    home = environ.get("HOME", "")
+    if os.path.isabs(home) and home != "/":
+        return Path(home) / ".local" / "share" / "m365sync" / "demo"
+    return Path(tempfile.mkdtemp(prefix="m365sync-demo-"))
+
+
 async def run_demo(workdir: Path, exit_after: bool, users: int, out: TextIO) -> int:
     from sim.world import FakeWorld  # the demo extra: trustme, scim2-server
 
     started = time.monotonic()
     configure_logging("warning", "console")
+    print(f"Demo files (secrets included; removed at the next demo): {workdir}", file=out, flush=True)
     world = await FakeWorld(workdir, users=users).start()
     assert world.config_path is not None and world.made is not None and world.sim is not None
     config = load_config(world.config_path)

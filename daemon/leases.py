@@ -175,6 +175,10 @@ class SharedLeases:
 
     async def check(self, tenant: str) -> None:
         """Raise LeaseLost unless this daemon still holds the tenant's lock (asks the server)."""
+        if self._conn is not None and self._conn.is_closed():
+            # The session ended, and its termination listener has not run yet (it is called soon, not
+            # now): record the loss before saying so, so that whoever catches LeaseLost sees it lost.
+            self._lost("the lease session ended")
         if not self.holds(tenant):
             raise LeaseLost(f"this daemon ({self.instance}) no longer holds tenant {tenant}; another daemon syncs it")
         async with self._turn:

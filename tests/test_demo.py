@@ -3,11 +3,13 @@ whose Sync now touches exactly the four scripted changes, then exit."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from daemon.demo import default_demo_dir
 from state.schema import bundled_migrations
 
 
@@ -54,14 +56,28 @@ def test_the_built_wheel_runs_the_demo_and_hands_out_the_schemas_from_another_di
         assert (elsewhere / "handed-out" / name).read_bytes() == (repo / "contrib" / "scim" / name).read_bytes()
     init = subprocess.run([m365sync, "init", "--dir", "etc"], cwd=elsewhere, capture_output=True, text=True, timeout=60)
     assert init.returncode == 0 and (elsewhere / "etc" / "config.toml").is_file(), init.stdout + init.stderr
-    demo = subprocess.run([m365sync, "demo", "--exit"], cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    data_home = tmp_path / "data-home"
+    demo = subprocess.run([m365sync, "demo", "--exit"], cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "XDG_DATA_HOME": str(data_home)})
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "Second sync (success)" in demo.stdout and "Traceback" not in demo.stderr
+    demo_dir = data_home / "m365sync" / "demo"  # like other tools' data, not the current directory
+    assert f"Demo files (secrets included; removed at the next demo): {demo_dir}" in demo.stdout
+    assert (demo_dir / "admin-token").is_file() and not (elsewhere / ".demo").exists()
     migrations = subprocess.run([str(venv / "bin" / "python"), "-c", "from state.schema import bundled_migrations as m; "
                                  "print([[(x.version, x.sql) for x in m(d)] for d in ('sqlite', 'postgresql')])"],
                                 cwd=elsewhere, capture_output=True, text=True, timeout=60)
     checkout = [[(x.version, x.sql) for x in bundled_migrations(d)] for d in ("sqlite", "postgresql")]
     assert migrations.stdout.strip() == str(checkout)  # every file ships, portable and dialect parts alike
-    copy = subprocess.run([m365sync, "state", "copy", "--from", "sqlite:.demo/state.db", "--to", "copied.db"],
+    copy = subprocess.run([m365sync, "state", "copy", "--from", f"sqlite:{demo_dir}/state.db", "--to", "copied.db"],
                           cwd=elsewhere, capture_output=True, text=True, timeout=60)
     assert copy.returncode == 0 and "copied 1 tenant(s)" in copy.stdout, copy.stdout + copy.stderr
+
+
+def test_the_demo_folder_is_the_xdg_data_folder_or_a_fresh_temporary_one(tmp_path: Path) -> None:
+    assert default_demo_dir({"XDG_DATA_HOME": "/data", "HOME": "/home/a"}) == Path("/data/m365sync/demo")
+    assert default_demo_dir({"XDG_DATA_HOME": "relative", "HOME": "/home/a"}) == Path(
+        "/home/a/.local/share/m365sync/demo")
+    homeless = default_demo_dir({"HOME": "/"})  # a service account, or run from /: never /.demo
+    assert homeless.is_dir() and homeless.name.startswith("m365sync-demo-") and not any(homeless.iterdir())
+    homeless.rmdir()

@@ -119,6 +119,26 @@ async def test_a_cut_lease_session_stops_writing_and_another_daemon_takes_over(s
         await b.stop()
 
 
+async def test_a_session_seen_closed_is_lost_before_its_termination_listener_runs(schema: str) -> None:
+    """asyncpg calls termination listeners soon (call_soon), not at once: a check in between must
+    still leave the leases lost, counted once, not held by a closed session."""
+    lost: list[int] = []
+    a = leases(schema, "a", on_lost=lost.append)
+    try:
+        await opened(a)
+        await a.refresh()
+        mine = sorted(a.held)[0]
+        assert a._conn is not None
+        a._conn.terminate()  # closed now; the listener is only scheduled
+        with pytest.raises(LeaseLost):
+            await a.check(mine)
+        assert not a.held and a._conn is None and lost == [len(TENANTS)]
+        await asyncio.sleep(0)  # the listener runs now
+        assert lost == [len(TENANTS)]
+    finally:
+        await a.stop()
+
+
 async def test_a_tenant_with_a_run_in_progress_is_handed_over_only_after_it(schema: str) -> None:
     running = {"t00", "t01", "t02", "t03", "t04", "t05"}
     a = leases(schema, "a", busy=lambda tenant: tenant in running)
