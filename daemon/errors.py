@@ -68,6 +68,14 @@ class AuthorityNotFound(M365SyncError):
     ``directory_id`` or ``national_cloud``): a configuration fix, not a sign-in."""
 
 
+# --- the sync ---
+
+
+class RangeExhausted(M365SyncError):
+    """No free extension number is left in the configured range: that one user or
+    group is recorded as a failure, the run goes on."""
+
+
 # --- Microsoft Graph ---
 
 

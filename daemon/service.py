@@ -213,7 +213,7 @@ class Service:
         config = next((t for t in self.config.tenants if t.name == tenant), None)
         if config is not None:
             self.metrics.schedule_interval.labels(tenant).set(schedule_interval(config, when))
-        await self.sync_store.set_value(tenant, NEXT_RUN_KEY, repr(when))
+        await self.sync_store.set_timestamp(tenant, NEXT_RUN_KEY, when)
 
     def start_tenant(self, tenant: TenantConfig) -> None:
         """Schedule a tenant's runs (a start-up run first) and its calendar polls."""
