@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import tomllib
 import types
 import typing
@@ -66,6 +67,7 @@ __all__ = [
     "load_config",
     "read_secret",
     "secret_file_problem",
+    "secret_files",
 ]
 
 _M = typing.TypeVar("_M", bound=BaseModel)
@@ -91,7 +93,7 @@ def load_config(path: Path) -> Config:
     if not raw_tenants and top is not None:
         problems.append(ConfigProblem("tenants", "at least one [[tenants]] table is required"))
     if top is not None:
-        problems.extend(secret_file_problems(_secret_files(top.server, top.state, tenants)))
+        problems.extend(secret_file_problems(secret_files(top.server, top.state, tenants)))
         warning = public_url_warning(top.server, tenants)
         if warning is not None:
             problems.append(warning)
@@ -127,7 +129,42 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError([ConfigProblem("", f"{path}: not valid TOML: {err}")]) from None
+        problems = [ConfigProblem("", f"{path}: not valid TOML: {err}")]
+        raise ConfigError(problems + _leading_zero_hint(text, str(err))) from None
+
+
+def _leading_zero_hint(text: str, error: str) -> list[ConfigProblem]:
+    """``starting_extension_number = 0100`` is not TOML (a number cannot start with 0): say so at its key."""
+    at = re.search(r"at line (\d+)", error)
+    lines = text.splitlines()
+    if at is None or not 0 < int(at.group(1)) <= len(lines):
+        return []
+    line = re.fullmatch(r"\s*([A-Za-z0-9_-]+)\s*=\s*(0\d+)\s*(#.*)?", lines[int(at.group(1)) - 1])
+    if line is None:
+        return []
+    key, number = line.group(1), line.group(2)
+    message = f'a TOML number cannot start with 0; quote it: {key} = "{number}"'
+    if key.endswith("extension_number"):
+        message += " (though an extension number may not start with 0 either: 3-13 digits, the first 1-9)"
+    return [ConfigProblem(_table_at(lines[: int(at.group(1)) - 1]) + key, message)]
+
+
+def _table_at(lines: list[str]) -> str:
+    """The field path prefix (``tenants[1].users.``) of the table the last of ``lines`` is in."""
+    counts: dict[str, int] = {}
+    table = ""
+    for line in lines:
+        header = re.fullmatch(r"\s*(\[\[?)\s*([A-Za-z0-9_.-]+)\s*\]\]?\s*(#.*)?", line)
+        if header is None:
+            continue
+        name = header.group(2)
+        parent, _, rest = name.partition(".")
+        if header.group(1) == "[[":
+            counts[name] = counts.get(name, -1) + 1
+            table = f"{name}[{counts[name]}]"
+        else:
+            table = f"{parent}[{counts[parent]}].{rest}" if parent in counts and rest else name
+    return f"{table}." if table else ""
 
 
 def _validate(
@@ -224,7 +261,7 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
-def _secret_files(server: ServerConfig, state: StateConfig, tenants: list[TenantConfig]) -> list[tuple[str, Path]]:
+def secret_files(server: ServerConfig, state: StateConfig, tenants: list[TenantConfig]) -> list[tuple[str, Path]]:
     """Every secret file the configuration names, by field path."""
     files: list[tuple[str, Path]] = []
     if server.admin_token_file is not None:

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from daemon.config import load_config
+from daemon.config_checks import log_findings
 from daemon.errors import ConfigError, M365SyncError
 from daemon.logging import get_logger
 
@@ -50,6 +51,7 @@ async def _reload(service: Service) -> bool:
     except M365SyncError as err:
         log.error("configuration not reloaded; the running one stays", error=str(err))
         return False
+    log_findings(new)  # what check-config would report: logged, never a refusal
     if (new.server, new.state) != (old.server, old.state):
         log.warning("[server] and [state] changes need a restart; they are not applied by a reload")
     config = replace(old, tenants=new.tenants, log=new.log, warnings=new.warnings)

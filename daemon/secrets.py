@@ -1,11 +1,20 @@
-"""Secret files: tokens, client secrets, private keys, the state's encryption key.
+"""Secret files: ``admin_token_file``, ``pbx.token_file``, ``client_secret_file``,
+``client_private_key_file``, ``[state] password_file`` and ``[state]
+encryption_key_file`` (or systemd credentials, files in ``$CREDENTIALS_DIRECTORY``).
 
-Every secret comes from a file (or a systemd credential, a file in
-``$CREDENTIALS_DIRECTORY``), checked for permissions when the configuration is
-loaded and again when it is read: a file readable by "others" or writable by
-its group is refused. A secret file that does not exist yet is only a warning,
-because the daemon can still serve its other tenants and its OAuth pages; that
-tenant is reported not ready.
+One rule for every one of them, checked when the configuration is loaded and
+again whenever the file is read:
+
+    a regular file that "others" may neither read nor write and its group may
+    not write: mode 0640 or stricter. The usual layout is root:m365sync 0640
+    (root writes it, the daemon's group reads it, what ``m365sync init`` and
+    ``install -m 0640 -g m365sync`` make); 0600 owned by the daemon's user
+    works as well.
+
+A secret file that does not exist yet is only a warning, because the daemon can
+still serve its other tenants and its OAuth pages; that tenant is reported not
+ready. An empty one (only whitespace) is refused when read, and reported by
+``m365sync check-config`` with the field that names it.
 """
 
 from __future__ import annotations
@@ -29,8 +38,9 @@ def secret_file_problem(path: Path) -> tuple[str, bool] | None:
     if info.st_mode & (stat.S_IRWXO | stat.S_IWGRP):
         mode = stat.S_IMODE(info.st_mode)
         return (
-            f"{path} has mode {mode:04o}, readable or writable by others; "
-            f"run: chmod 600 {path}",
+            f"{path} has mode {mode:04o}; a secret file must be 0640 or stricter (nothing for others, no writing "
+            f"for its group); run: chmod 640 {path} (owner root, group m365sync), "
+            f"or chmod 600 {path} if the daemon's user owns it",
             False,
         )
     return None
@@ -59,3 +69,11 @@ def read_secret(path: Path) -> str:
     if not value:
         raise ConfigError([ConfigProblem("", f"{path} is empty")])
     return value
+
+
+def is_empty_secret(path: Path) -> bool:
+    """Whether the file exists and holds nothing but whitespace (``install -m 0640 /dev/null FILE`` makes one)."""
+    try:
+        return not path.read_bytes().strip()
+    except OSError:
+        return False  # missing or unreadable: secret_file_problem says so

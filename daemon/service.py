@@ -20,6 +20,7 @@ from daemon.auth.manager import AUTHORIZED, AuthManager
 from daemon.clock import SystemClock
 from daemon.commands import sealer_for
 from daemon.config import Config, TenantConfig, read_secret
+from daemon.config_checks import log_findings
 from daemon.errors import ConfigError, M365SyncError
 from daemon.health import TenantStatus, tenant_status
 from daemon.leases import LocalLeases
@@ -99,6 +100,7 @@ class Service:
 
     async def start(self) -> None:
         """Open the state, register tenants, listen, then tell systemd READY=1."""
+        log_findings(self.config)  # what check-config would report: logged, never a refusal
         self._db = await open_database(self.config.state.target, password_file=self.config.state.password_file)
         self._store = Store(self._db)
         self._sync_store = SyncStore(self._db)
