@@ -204,12 +204,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from daemon.config_checks import findings
+
     config = load_config(args.config)
+    found = findings(config)
+    warnings = [*config.warnings, *(p for p in found if p.is_warning)]
+    errors = [p for p in found if not p.is_warning]
     label = "error" if args.strict else "warning"  # --strict makes warnings errors, and says so
-    for warning in config.warnings:
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    for warning in warnings:
         print(f"{label}: {warning}", file=sys.stderr)
-    if args.strict and config.warnings:
-        print(f"{config.source}: invalid under --strict, {len(config.warnings)} problem(s)", file=sys.stderr)
+    if errors or (args.strict and warnings):
+        count = len(errors) + (len(warnings) if args.strict else 0)
+        under = " under --strict" if args.strict else ""
+        print(f"{config.source}: invalid{under}, {count} problem(s)", file=sys.stderr)
         return 2
     print(f"{config.source}: valid, {len(config.tenants)} tenant(s)")
     for tenant in config.tenants:

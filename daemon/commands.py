@@ -30,6 +30,7 @@ from daemon.sync.scope import decide, matches, sso_flags
 from state.copy import copy_database
 from state.db import Database
 from state.open import open_database
+from state.sqlite import state_access_error
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -60,7 +61,7 @@ async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = 
         copy = Path(scratch.name) / "state.db"
         if config.state.shared:
             await copy_database(config.state.target, copy, password_file=config.state.password_file)
-        elif config.state.path.exists():
+        elif _state_file_exists(config.state.path):
             _backup(config.state.path, copy)
         target = copy
     db = await open_database(target, password_file=config.state.password_file)  # used by PostgreSQL only
@@ -68,12 +69,23 @@ async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = 
         store = Store(db)
         for tenant in config.tenants if not direct_read else ():
             await store.register_tenant(tenant.name, tenant.directory_id, tenant.application_id)
-        sealer = sealer_for(config, create=not scratch_copy)  # a dry run or status never creates the key
+        try:
+            sealer = sealer_for(config, create=not scratch_copy)  # a dry run or status never creates the key
+        except PermissionError as err:  # the key file beside the database
+            raise state_access_error(config.state.path, "read", err) from err
         yield Stores(db, store, SyncStore(db), AuthManager(config, store, metrics, sealer))
     finally:
         await db.close()
         if scratch is not None:
             scratch.cleanup()
+
+
+def _state_file_exists(path: Path) -> bool:
+    """Whether there is a state to copy; a folder this user may not enter is said as ``run`` says it."""
+    try:
+        return path.exists()
+    except PermissionError as err:
+        raise state_access_error(path, "read", err) from err
 
 
 def _backup(source: Path, target: Path) -> None:

@@ -99,6 +99,14 @@ class IdentityPlatformPayloadError(IdentityPlatformError):
     """The token endpoint answered with something that is not the documented shape."""
 
 
+# --- the sync ---
+
+
+class RangeExhausted(M365SyncError):
+    """No free extension number is left in the configured range: that one user or
+    group is recorded as a failure, the run goes on."""
+
+
 # --- Microsoft Graph ---
 
 

@@ -1,7 +1,7 @@
 """Whether each tenant can sync, and why not: what ``/readyz`` reports.
 
 Readiness is derived, never stored: from the tenant's configuration (secret
-files present and private) and its row in the state database (authorization).
+files present, private and not empty) and its row in the state database (authorization).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from daemon.auth.states import AUTHORIZED
 from daemon.config import TenantConfig, secret_file_problem
+from daemon.secrets import is_empty_secret
 from state.store import TenantRow
 
 
@@ -34,6 +35,8 @@ def tenant_status(tenant: TenantConfig, row: TenantRow | None, config_file: str)
         problem = secret_file_problem(path)
         if problem is not None:
             return TenantStatus(tenant.name, True, False, "secret_file_unusable", f"{key}: {problem[0]}")
+        if is_empty_secret(path):
+            return TenantStatus(tenant.name, True, False, "secret_file_unusable", f"{key}: the file {path} is empty")
     state = row.auth_state if row is not None else "authorization_required"
     if state != AUTHORIZED:
         command = f"m365sync authorize --config {config_file} --tenant {tenant.name}"

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 
 from daemon.config import load_config
+from daemon.config_checks import log_findings
 from daemon.errors import ConfigError, M365SyncError
 from daemon.logging import get_logger
 from daemon.sdnotify import Notifier
@@ -44,6 +45,7 @@ async def _reload(supervisor: Supervisor) -> bool:
     except M365SyncError as err:
         log.error("configuration not reloaded; the running one stays", error=str(err))
         return False
+    log_findings(new)  # what check-config would report: logged, never a refusal
     if (new.server, new.state) != (old.server, old.state):
         log.warning("[server] and [state] changes need a restart; they are not applied by a reload")
     await supervisor.apply(replace(old, tenants=new.tenants, log=new.log, warnings=new.warnings))

@@ -17,6 +17,7 @@ import aiohttp
 from daemon.auth.manager import AuthManager
 from daemon.clock import SystemClock
 from daemon.config import Config, read_secret
+from daemon.config_checks import log_findings
 from daemon.errors import ConfigError, M365SyncError
 from daemon.http_guard import ConnectionGuard, GuardedServer
 from daemon.logging import get_logger
@@ -93,6 +94,7 @@ class Service:
 
     async def start(self) -> None:
         """Open the state, register tenants, listen, then tell systemd READY=1."""
+        log_findings(self.config)  # what check-config would report: logged, never a refusal
         self._db = db = await open_database(self.config.state.target, password_file=self.config.state.password_file)
         self._store, self._sync_store = store, sync_store = Store(db), SyncStore(db)
         self.auth = auth = AuthManager(self.config, store, self.metrics, sealer_for(self.config, self.environ),

@@ -50,8 +50,7 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
                     "result": run.result or "running", "counts": run.summary.get("counts", {}), "error": run.error}
         next_run = (next_runs or {}).get(tenant.name)
         if next_run is None:
-            stored = await sync_store.value(tenant.name, NEXT_RUN_KEY)
-            next_run = float(stored) if stored else None
+            next_run = await sync_store.timestamp(tenant.name, NEXT_RUN_KEY)
         held = await sync_store.held(tenant.name)
         names = {}
         for graph_id, (kind, _, _) in held.items():

@@ -251,7 +251,7 @@ class Supervisor:
         config = self._tenant(tenant)
         if config is not None:
             self.metrics.schedule_interval.labels(tenant).set(schedule_interval(config, when))
-        await self.sync_store.set_value(tenant, NEXT_RUN_KEY, repr(when))
+        await self.sync_store.set_timestamp(tenant, NEXT_RUN_KEY, when)
 
     def _started(self, run: RunProgress) -> None:
         if run.lateness is not None:

@@ -137,7 +137,19 @@ class MarkerQueries:
         async with self.db.transaction() as conn:
             await conn.execute("DELETE FROM run_leases WHERE tenant = ? AND holder = ?", (tenant, owner))
 
-    # --- other per-tenant values (the next scheduled run, the groups mode) ---
+    # --- other per-tenant values (the next scheduled run, the last inventory read, the groups mode) ---
+    # One key/value table; callers use the typed accessors, so none parses a string.
+
+    async def timestamp(self, tenant: str, name: str) -> float | None:
+        """A moment stored with :meth:`set_timestamp`; None when never set (or not a number)."""
+        stored = await self.value(tenant, name)
+        try:
+            return float(stored) if stored else None
+        except ValueError:
+            return None
+
+    async def set_timestamp(self, tenant: str, name: str, when: float) -> None:
+        await self.set_value(tenant, name, repr(when))
 
     async def value(self, tenant: str, name: str) -> str | None:
         row = await self.db.fetchone(

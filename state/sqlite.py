@@ -179,7 +179,12 @@ def _create_private_file(path: Path) -> None:
         finally:
             os.close(fd)
     except OSError as err:
-        raise StateError(
-            f"cannot create state database {path}: {err.strerror}",
-            hint="check [state] path and the directory's owner (StateDirectory= under systemd)",
-        ) from err
+        raise state_access_error(path, "create", err) from err
+
+
+def state_access_error(path: Path, action: str, err: OSError) -> StateError:
+    """What ``run``, ``status`` and a dry run say when the state file cannot be reached."""
+    return StateError(
+        f"cannot {action} state database {path}: {err.strerror}",
+        hint="check [state] path and the directory's owner (StateDirectory= under systemd)",
+    )

@@ -206,7 +206,7 @@ def test_missing_secret_file_is_a_warning_and_strict_makes_it_an_error(
     write_config: WriteConfig, config_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (config_dir / "pbx-token").unlink()
-    path = write_config(basic_config())
+    path = write_config(basic_config(server='public_url = "https://pbx.contoso.com:8887"'))  # not the placeholder
     config = load_config(path)
     assert [w.path for w in config.warnings] == ["tenants[0].pbx.token_file"]
     assert main(["check-config", "--config", str(path)]) == 0

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import structlog
 
 from daemon.config import load_config
 from daemon.reload import reload_config
@@ -99,3 +100,15 @@ async def test_sighup_reloads_the_running_daemon(live_env: LiveEnv) -> None:
     await until(lambda: service.config.tenants[0].sync_time == "*/10 * * * *")
     service.request_stop()
     await serving
+
+
+async def test_what_only_check_config_refuses_is_logged_by_a_reload_never_refused(running: Service,
+                                                                                   live_env: LiveEnv) -> None:
+    text = live_env.config.read_text()
+    live_env.config.write_text(text.replace('starting_extension_number = "1001"',
+                                            'starting_extension_number = "1001"\nsync_type = "INCLUDE"'))
+    with structlog.testing.capture_logs() as logs:
+        assert await reload_config(running) is True  # check-config exits 2 on it; a running daemon goes on
+    assert running.config.tenants[0].users.sync_type == "INCLUDE" and "contoso" in running.schedules
+    finding = next(e for e in logs if e.get("field") == "tenants[0].users.sync_type")
+    assert finding["log_level"] == "warning" and "syncs nobody" in finding["problem"]

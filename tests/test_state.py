@@ -15,6 +15,7 @@ from daemon.errors import SchemaTooNew, StateError
 from state.open import open_database
 from state.schema import Migration, bundled_migrations
 from state.store import Store
+from state.sync_store import SyncStore
 
 EXPECTED_TABLES = {
     "tenants",
@@ -164,6 +165,20 @@ async def test_delta_links_per_resource_and_key(state_target: Path | str) -> Non
         assert await store.delta_link("t", "contacts", "user-a") is None
         with pytest.raises((sqlite3.IntegrityError, asyncpg.ForeignKeyViolationError)):  # a bug, not the disk
             await store.save_delta_link("unknown-tenant", "users", "x")
+    finally:
+        await db.close()
+
+
+async def test_a_stored_timestamp_comes_back_as_a_number(state_target: Path | str) -> None:
+    db = await open_database(state_target)
+    try:
+        await Store(db).register_tenant("t", "d", "a")
+        markers = SyncStore(db)
+        assert await markers.timestamp("t", "next_run") is None
+        await markers.set_timestamp("t", "next_run", 1_700_000_000.125)
+        assert await markers.timestamp("t", "next_run") == 1_700_000_000.125
+        await markers.set_value("t", "next_run", "not a number")  # never written so; read as never set
+        assert await markers.timestamp("t", "next_run") is None
     finally:
         await db.close()
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from daemon.errors import RangeExhausted
+
 MAX_EXTENSION = 9_999_999_999_999  # 13 digits
 DAY = 86400.0
 
 Allocation = tuple[str, str, str, float | None]  # number, owner kind, owner graph id, released_at
-
-
-class RangeExhausted(Exception):
-    """No free number is left in the configured range."""
 
 
 class NumberPool:

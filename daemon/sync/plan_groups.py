@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from typing import Any
 
+from daemon.errors import RangeExhausted
 from daemon.pbx.filters import scim_string
 from daemon.pbx.mapping import group_payload, patch_operations, payload_hash
 from daemon.pbx.schema import PBX_GROUP
 from daemon.pbx.types import PbxOperation
 from daemon.sync.changes import Change, Phase, Plan, Refs, UserRef
-from daemon.sync.numbering import NumberPool, RangeExhausted
+from daemon.sync.numbering import NumberPool
 from daemon.sync.snapshot import Snapshot
 from state.pushed import Pushed, Removed
 from state.sync_store import GraphCopy, SyncedRow

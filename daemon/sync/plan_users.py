@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import TenantConfig
+from daemon.errors import RangeExhausted
 from daemon.pbx.mapping import Payload, patch_operations, payload_hash, user_payload
 from daemon.pbx.schema import PBX_USER
 from daemon.pbx.types import PbxOperation
 from daemon.sync.changes import Change, Phase, PhotoRef, Plan, Refs
 from daemon.sync.materialize import build_deferred
-from daemon.sync.numbering import Allocation, NumberPool, RangeExhausted
+from daemon.sync.numbering import Allocation, NumberPool
 from daemon.sync.scope import ScopeDecision, decide, matches, sso_flags
 from daemon.sync.snapshot import InventoryEntry
 from state.pushed import Pushed, Remembered, Removed, Tracked

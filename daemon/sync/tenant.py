@@ -110,12 +110,12 @@ class TenantSync:
 
     async def _reconciliation_due(self) -> bool:
         """Daily, the inventory is read even without a need, to catch changes made by hand on the PBX."""
-        last = await self.sync_store.value(self.tenant.name, INVENTORY_READ_AT)
-        return last is None or self.now() - float(last) >= RECONCILE_SECONDS
+        last = await self.sync_store.timestamp(self.tenant.name, INVENTORY_READ_AT)
+        return last is None or self.now() - last >= RECONCILE_SECONDS
 
     async def _read_inventory(self) -> Inventory:
         inventory = await read_inventory(self.pbx)
-        await self.sync_store.set_value(self.tenant.name, INVENTORY_READ_AT, repr(self.now()))
+        await self.sync_store.set_timestamp(self.tenant.name, INVENTORY_READ_AT, self.now())
         return inventory
 
     async def _needs_numbers(self, plan: Plan) -> bool:
