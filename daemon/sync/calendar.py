@@ -20,6 +20,8 @@ from daemon.pbx.types import PbxWriter
 from daemon.sync.apply import Applier
 from daemon.sync.plan_busy import plan_busy
 from daemon.sync.read_calendar import read_calendars
+from daemon.sync.read_mailboxes import mailbox_zones
+from daemon.sync.zones import AllDayPlacer
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -60,6 +62,7 @@ class CalendarSync:
         polled = [u for u in users if u[0] in read.read]
         events = await self.sync_store.copies_of_owners(name, "event", [u[0] for u in polled])
         states = await self.sync_store.calendar_states(name)
+        placer = AllDayPlacer(name, self.tenant.timezone, await mailbox_zones(self.sync_store, name, [u[0] for u in polled]))
         plan = plan_busy(polled, events, {u: fp for u, (_, fp) in states.items()}, list(self.tenant.events.show_as),
-                         moment, window_end)
+                         moment, window_end, placer)
         await Applier(name, self.sync_store, self.writer, report).apply(plan)
