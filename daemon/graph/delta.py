@@ -108,6 +108,8 @@ class BatchedRounds:
     ``add`` starts (or restarts) a round; ``async for event in rounds``
     yields events until every round is done or failed."""
 
+    read = staticmethod(read_page)  # how one page is read (a plain listing reads its own way)
+
     def __init__(self, client: GraphClient, headers: Mapping[str, str] | None = None) -> None:
         self.client = client
         self.headers = dict(headers or {})
@@ -128,7 +130,7 @@ class BatchedRounds:
                     yield RoundEvent("failed", key, result=result, error=result.error)
                     continue
                 try:
-                    page = read_page(result.body, result.request.url)
+                    page = self.read(result.body, result.request.url)
                 except GraphPayloadError as err:
                     yield RoundEvent("failed", key, result=result, error=err)
                     continue

@@ -189,7 +189,7 @@ class TenantSync:
     async def _read_contacts(self, users: UserPlanner, snapshot: Snapshot, report: RunReport) -> ContactsRead:
         row = await self.store.tenant(self.tenant.name)
         reader = ContactsReader(self.tenant, self.store, self.sync_store, self.graph,
-                                authorized_at=row.auth_changed_at if row is not None else None)
+                                authorized_at=row.auth_changed_at if row is not None else None, now=self.now())
         read = await reader(list(self._mailboxes(users, snapshot).values()))
         report.contacts.unreadable = read.unreadable
         for failure in read.failures:
