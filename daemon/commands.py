@@ -25,7 +25,7 @@ from daemon.errors import ConfigError, ConfigProblem, StateError
 from daemon.metrics import Metrics
 from daemon.pbx.schema import PBX_USER
 from daemon.sync.plan_users import settings_fingerprint
-from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, unreadable_settings
+from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, shared_detection_note
 from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
 from daemon.sync.scope import decide, matches, sso_flags
 from state.copy import copy_database
@@ -223,8 +223,9 @@ async def explain_user(config: Config, tenant_name: str, reference: str, out: Te
         held = (await stores.sync.held(tenant.name)).get(copy.id)
         if held:
             print(f"held by the mass-deletion guard: {held[1]} (approve with: m365sync approve --tenant {tenant.name})", file=out)
-        if tenant.shared_mailbox.enabled and copy.data.get("userPrincipalName") in await unreadable_settings(stores.sync, tenant.name):
-            print(f"shared mailbox: unknown, its mailbox settings are not readable (403); {SHARED_DETECTION_FIX}", file=out)
+        note = await shared_detection_note(tenant, stores.sync, copy.id)
+        if note:
+            print(note, file=out)
         print(f"settings fingerprint: {settings_fingerprint(tenant)}", file=out)
         last = await stores.store.last_run(tenant.name)
         for note in (last.summary.get("selects_nobody", []) if last is not None else []):

@@ -87,6 +87,16 @@ async def unreadable_settings(sync_store: SyncStore, tenant: str) -> list[str]:
     return sorted(str(c.data.get("userPrincipalName") or c.id) for c in copies.values() if c.removed is None)
 
 
+async def shared_detection_note(tenant: TenantConfig, sync_store: SyncStore, user_id: str) -> str | None:
+    """What ``explain`` says of a user whose mailboxSettings answered 403, else None."""
+    if not tenant.shared_mailbox.enabled:
+        return None
+    copy = await sync_store.graph_copy(tenant.name, "mailbox", user_id)
+    if copy is None or copy.data.get("userPurpose") != UNREADABLE:
+        return None
+    return f"shared mailbox: unknown, its mailbox settings are not readable (403); {SHARED_DETECTION_FIX}"
+
+
 async def mailbox_zones(sync_store: SyncStore, tenant: str, user_ids: Iterable[str]) -> dict[str, str]:
     """``mailboxSettings.timeZone`` of these users, where it was read."""
     copies = await sync_store.graph_copies(tenant, "mailbox", user_ids)
