@@ -61,14 +61,26 @@ class PhotoMaterializer:
         if not wanted:
             return chunk
         size = self.tenant.users.photo_size
-        requests = (BatchRequest(i, f"/users/{i}/photos/{size}/$value", mailbox=i) for i in wanted)
         uris: dict[str, str | None] = {}
+        smaller = await self._download(wanted, f"/photos/{size}/$value", uris)
+        # A size larger than the uploaded photo answers 404: the photo as uploaded is the largest there is
+        # (https://learn.microsoft.com/en-us/graph/api/profilephoto-get).
+        await self._download(smaller, "/photo/$value", uris)
+        return [_with_uri(c, uris.get(c.graph_id)) if c.graph_id in wanted and c.kind == "user" else c for c in chunk]
+
+
+    async def _download(self, user_ids: list[str], tail: str, uris: dict[str, str | None]) -> list[str]:
+        """Each user's photo bytes as a data: URI into ``uris``; returns the users that answered 404."""
+        missing: list[str] = []
+        requests = (BatchRequest(i, f"/users/{i}{tail}", mailbox=i) for i in user_ids)
         async for result in BatchExecutor(self.graph).run(requests):
             body = result.body
             if result.ok and isinstance(body, bytes) and 0 < len(body) <= MAX_PHOTO_BYTES:
                 content_type = header(result.headers, "content-type") or "image/jpeg"
                 uris[result.request.key] = photo_data_uri(body, content_type.split(";")[0] or "image/jpeg")
-        return [_with_uri(c, uris.get(c.graph_id)) if c.graph_id in wanted and c.kind == "user" else c for c in chunk]
+            elif result.status == 404:
+                missing.append(result.request.key)
+        return missing
 
 
 def _sends_photo(change: Change) -> bool:
