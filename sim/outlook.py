@@ -83,7 +83,7 @@ class OutlookApi:
                                 "value": items[skip : skip + size]}
         if skip + size < len(items):
             query = {k: v for k, v in request.query.items() if k != "$skip"}
-            body["@odata.nextLink"] = f"{request.base_url}/v1.0{path}?{urlencode({**query, '$skip': str(skip + size)})}"
+            body["@odata.nextLink"] = f"{request.base_url}/v1.0{path}?{urlencode({**query, '$skip': str(skip + size)}, safe='$,')}"
         return SimResponse(200, body)
 
     # --- contact folders and contacts ---
