@@ -20,6 +20,15 @@ def twelve_folders_and_a_sub_folder(env: SyncEnv, owner: str) -> set[str]:
     return {"c-default", "c-sub", *(f"c-{i:02d}" for i in range(1, 13))}
 
 
+async def synced_folders(env: SyncEnv) -> tuple[str, set[str]]:
+    """One user with the 14 contacts above, synced once."""
+    owner = add_user(env, 1)
+    expected = twelve_folders_and_a_sub_folder(env, owner)
+    env.configure(personal_contacts={"enabled": True})
+    await env.run()
+    return owner, expected
+
+
 async def test_twelve_folders_and_a_sub_folder_all_arrive_exactly_once(sync_env: SyncEnv) -> None:
     owner = add_user(sync_env, 1)
     expected = twelve_folders_and_a_sub_folder(sync_env, owner)
@@ -32,10 +41,7 @@ async def test_twelve_folders_and_a_sub_folder_all_arrive_exactly_once(sync_env:
 
 
 async def test_a_reordered_listing_deletes_nothing(sync_env: SyncEnv) -> None:
-    owner = add_user(sync_env, 1)
-    expected = twelve_folders_and_a_sub_folder(sync_env, owner)
-    sync_env.configure(personal_contacts={"enabled": True})
-    await sync_env.run()
+    _, expected = await synced_folders(sync_env)
     writes = sync_env.pbx_writes()
     sync_env.graph.sim.api.settings.folders_reversed = True  # other folders on the first page now
     report = await sync_env.run()
@@ -44,10 +50,7 @@ async def test_a_reordered_listing_deletes_nothing(sync_env: SyncEnv) -> None:
 
 
 async def test_an_incomplete_listing_deletes_nothing_and_the_run_is_partial(sync_env: SyncEnv) -> None:
-    owner = add_user(sync_env, 1)
-    expected = twelve_folders_and_a_sub_folder(sync_env, owner)
-    sync_env.configure(personal_contacts={"enabled": True})
-    await sync_env.run()
+    owner, expected = await synced_folders(sync_env)
     sync_env.graph.tenant.delete_folder(owner, "f-05")
     sync_env.graph.sim.fail_next(400, path_pattern=r"/childFolders$", in_batch=True, code="BadRequest")
     report = await sync_env.run()
@@ -60,10 +63,7 @@ async def test_an_incomplete_listing_deletes_nothing_and_the_run_is_partial(sync
 
 
 async def test_a_removed_sub_folder_takes_its_contacts(sync_env: SyncEnv) -> None:
-    owner = add_user(sync_env, 1)
-    expected = twelve_folders_and_a_sub_folder(sync_env, owner)
-    sync_env.configure(personal_contacts={"enabled": True})
-    await sync_env.run()
+    owner, expected = await synced_folders(sync_env)
     sync_env.graph.tenant.delete_folder(owner, "f-07-sub")
     report = await sync_env.run()
     assert report.contacts.counts == {"delete": 1}
