@@ -25,6 +25,7 @@ from daemon.metrics import Metrics
 from daemon.pbx.schema import PBX_USER
 from daemon.sealer import sealer_for
 from daemon.sync.plan_users import settings_fingerprint
+from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, shared_detection_note
 from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
 from daemon.sync.scope import decide, matches, sso_flags
 from state.copy import copy_database
@@ -175,6 +176,9 @@ def print_result(result: RunResult, dry_run: bool, out: TextIO) -> None:
         print(f"  contacts: {contacts}", file=out)
     for mailbox in report.contacts.unreadable:
         print(f"  mailbox not readable (403): {mailbox}", file=out)
+    if report.contacts.settings_unreadable:
+        print(f"  mailbox settings not readable (403) for {len(report.contacts.settings_unreadable)} mailbox(es), "
+              f"so they are not known to be shared; {SHARED_DETECTION_FIX}", file=out)
     for group in report.groups.missing:
         print(f"  configured group does not exist in Entra ID: {group}", file=out)
     if report.error:
@@ -216,6 +220,9 @@ async def explain_user(config: Config, tenant_name: str, reference: str, out: Te
         held = (await stores.sync.held(tenant.name)).get(copy.id)
         if held:
             print(f"held by the mass-deletion guard: {held[1]} (approve with: m365sync approve --tenant {tenant.name})", file=out)
+        note = await shared_detection_note(tenant, stores.sync, copy.id)
+        if note:
+            print(note, file=out)
         print(f"settings fingerprint: {settings_fingerprint(tenant)}", file=out)
         last = await stores.store.last_run(tenant.name)
         for note in (last.summary.get("selects_nobody", []) if last is not None else []):

@@ -11,6 +11,7 @@ from html import escape
 from typing import Any
 
 from daemon.config import Config
+from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, unreadable_settings
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -30,6 +31,8 @@ class TenantReport:
     quarantined: list[dict[str, str | None]] = field(default_factory=list)
     unreadable_calendars: list[str] = field(default_factory=list)
     unreadable_mailboxes: list[str] = field(default_factory=list)
+    unreadable_mailbox_settings: list[str] = field(default_factory=list)  # 403: not known to be shared
+    shared_detection_fix: str | None = None  # what to do about them
     selects_nobody: list[str] = field(default_factory=list)  # from the last run: settings that match no one
     leftover: bool = False  # no longer in the configuration; its state stays until disconnected
     owner: str | None = None  # the daemon syncing it (a shared state: the lease holder; None: nobody now)
@@ -66,6 +69,7 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             user_ids = await sync_store.unreadable(tenant.name, resource)
             copies = await sync_store.graph_copies(tenant.name, "user", user_ids)
             unreadable[key] = [_name(copies[u].data, u) if u in copies else u for u in user_ids]
+        settings = await unreadable_settings(sync_store, tenant.name) if tenant.shared_mailbox.enabled else []
         reports.append(TenantReport(
             tenant=tenant.name, enabled=tenant.enabled,
             auth_state=row.auth_state if row else "authorization_required",
@@ -76,6 +80,7 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             quarantined=quarantined,
             unreadable_calendars=unreadable["calendars"],
             unreadable_mailboxes=unreadable["mailboxes"],
+            unreadable_mailbox_settings=settings, shared_detection_fix=SHARED_DETECTION_FIX if settings else None,
             selects_nobody=list(run.summary.get("selects_nobody", [])) if run is not None else [],
             owner=(owners or {}).get(tenant.name),
         ))
@@ -124,6 +129,9 @@ def as_text(reports: list[TenantReport]) -> str:
         if r.unreadable_calendars or r.unreadable_mailboxes:
             lines.append(f"  calendars not readable (403): {', '.join(r.unreadable_calendars) or 'none'}")
             lines.append(f"  mailboxes not readable (403): {', '.join(r.unreadable_mailboxes) or 'none'}")
+        if r.unreadable_mailbox_settings:
+            lines.append(f"  mailbox settings not readable (403): {len(r.unreadable_mailbox_settings)} mailbox(es), "
+                         f"not known to be shared; {r.shared_detection_fix}")
         for note in r.selects_nobody:
             lines.append(f"  selects nobody: {note}")
     return "\n".join(lines)
@@ -158,6 +166,9 @@ def as_html(reports: list[TenantReport], refresh_seconds: int = 30) -> str:
             + (escape(", ".join(r.unreadable_calendars)) or "none") + "; mailboxes: "
             + (escape(", ".join(r.unreadable_mailboxes)) or "none")
             + "</dd>"
+            + ("<dt>Shared-mailbox detection</dt><dd class='unreadable-settings'>mailbox settings not readable (403): "
+               f"{len(r.unreadable_mailbox_settings)} mailbox(es), not known to be shared; "
+               f"{escape(r.shared_detection_fix or '')}</dd>" if r.unreadable_mailbox_settings else "")
             + ("<dt>Settings that select nobody</dt><dd class='selects-nobody'><ul>"
                + "".join(f"<li>{escape(n)}</li>" for n in r.selects_nobody) + "</ul></dd>" if r.selects_nobody else "")
             + "</dl></section>"

@@ -41,6 +41,7 @@ class ScriptedFault:
     code: str = "ServiceUnavailable"
     in_batch: bool | None = None  # None: top-level requests and batch items alike
     raw_body: bytes | None = None  # answer with these bytes as JSON instead (a malformed payload)
+    inner_code: str | None = None  # the specific code, nested in innerError under ``code``
 
 
 @dataclass
@@ -145,7 +146,7 @@ class Simulator:
                 return SimResponse(fault.status, fault.raw_body, {"Content-Type": "application/json"})
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             code = "TooManyRequests" if fault.status == 429 else fault.code
-            return graph_error(fault.status, code, f"Simulated {fault.status}.", headers)
+            return graph_error(fault.status, code, f"Simulated {fault.status}.", headers, inner_code=fault.inner_code)
         fraction = self.faults.batch_item_throttle_fraction if in_batch else self.faults.throttle_fraction
         if fraction and path != "/$batch" and self._random.random() < fraction:
             return graph_error(429, "TooManyRequests", "Too many requests.", {"Retry-After": str(self.faults.retry_after)})

@@ -119,6 +119,7 @@ class SimTenant:
         self.events: dict[str, Collection] = {}  # user id -> events
         self.photos: dict[str, Photo] = {}
         self.mailbox_purpose: dict[str, str] = {}  # user id -> userPurpose; absent: no mailbox
+        self.mailbox_time_zone: dict[str, str] = {}  # user id -> mailboxSettings.timeZone (default UTC)
 
     def _next(self) -> int:
         self.seq += 1
@@ -185,9 +186,10 @@ class SimTenant:
 
     # --- contacts ---
 
-    def add_folder(self, user_id: str, folder_id: str, display_name: str) -> Record:
+    def add_folder(self, user_id: str, folder_id: str, display_name: str, parent: str | None = None) -> Record:
+        """A contact folder, top-level or below ``parent`` (a sub-folder)."""
         record = self.folders[user_id].put(
-            self._next(), folder_id, {"displayName": display_name, "parentFolderId": f"root-{user_id}"}
+            self._next(), folder_id, {"displayName": display_name, "parentFolderId": parent or f"root-{user_id}"}
         )
         self.contacts[(user_id, folder_id)] = Collection()
         return record

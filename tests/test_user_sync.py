@@ -166,6 +166,19 @@ async def test_photos_added_unchanged_changed_and_removed(sync_env: SyncEnv) -> 
     assert "photos" not in (await sync_env.pbx_users())[with_photo]
 
 
+async def test_a_photo_smaller_than_the_configured_size_is_sent_as_uploaded(sync_env: SyncEnv) -> None:
+    small = add_user(sync_env, 1)
+    sync_env.graph.tenant.set_photo(small, b"\xff\xd8\xffSMALL")
+    sync_env.graph.tenant.photos[small].width = sync_env.graph.tenant.photos[small].height = 64  # Graph: 96x96 is 404
+    sync_env.configure(users={"sync_photo": True, "photo_check_hours": 0})
+    await sync_env.run()
+    assert [r.status for r in sync_env.graph.sim.requests(r"/photos/96x96/\$value")] == [404]
+    import base64
+
+    sent = (await sync_env.pbx_users())[small]["photos"][0]["value"]
+    assert base64.b64decode(sent.split(",", 1)[1]) == b"\xff\xd8\xffSMALL"
+
+
 async def test_photo_checks_are_spread_over_the_day_unless_all_are_asked_for(sync_env: SyncEnv) -> None:
     from daemon.sync.tenant import build_tenant_sync
 

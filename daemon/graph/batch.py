@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.errors import GraphPayloadError, M365SyncError
-from daemon.graph.client import RETRYABLE_STATUSES, GraphClient, endpoint_label, error_for
+from daemon.graph.client import GraphClient, endpoint_label, error_for, is_retryable
 from daemon.logging import get_logger
 from daemon.retry import GraphBudget, header, retry_after_seconds
 
@@ -157,7 +157,7 @@ class BatchExecutor:
         return batch
 
     def _retry_at(self, item: _Pending, result: BatchResult) -> float | None:
-        if result.status not in RETRYABLE_STATUSES or item.attempt >= self.client.transport.retry.max_attempts:
+        if not is_retryable(result.status, result.body) or item.attempt >= self.client.transport.retry.max_attempts:
             return None
         retry_after = retry_after_seconds(result.headers)
         delay = retry_after if retry_after is not None else self.client.transport.retry.backoff(item.attempt, self.client.transport.rng)

@@ -37,6 +37,11 @@ log = get_logger(__name__)
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=15, sock_read=60)
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 DELTA_EXPIRED_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
+# Specific codes (often nested in innerError under a generic one) that mean "busy,
+# try again" whatever the status says (https://learn.microsoft.com/en-us/graph/errors,
+# https://learn.microsoft.com/en-us/graph/throttling).
+RETRYABLE_CODES = frozenset({"activitylimitreached", "applicationthrottled", "mailboxconcurrency", "errorserverbusy"})
+MAX_INNER_ERRORS = 8  # nesting followed; Graph uses two or three levels
 ID_PARENTS = frozenset({"users", "groups", "contactFolders", "contacts", "events", "photos"})
 
 
@@ -62,11 +67,32 @@ def endpoint_label(url_path: str) -> str:
     return "/" + "/".join(out)
 
 
+def error_codes(body: Any) -> list[str]:
+    """The error's codes, outermost first, walking nested ``innerError`` objects
+    (Graph's guidance: the innermost code is the most specific)."""
+    codes: list[str] = []
+    error = body.get("error") if isinstance(body, Mapping) else None
+    for _ in range(MAX_INNER_ERRORS):
+        if not isinstance(error, Mapping):
+            break
+        if isinstance(error.get("code"), str) and error["code"]:
+            codes.append(error["code"])
+        error = error.get("innerError", error.get("innererror"))
+    return codes
+
+
+def is_retryable(status: int, body: Any) -> bool:
+    """A status worth retrying, or an answer whose specific code says the service is busy."""
+    return status in RETRYABLE_STATUSES or any(c.lower() in RETRYABLE_CODES for c in error_codes(body))
+
+
 def error_for(status: int, body: Any, *, url: str, retry_after: float | None = None) -> M365SyncError:
-    """The typed error for a final non-2xx Graph answer."""
-    code, message = _graph_error_fields(body)
-    text = f"Graph {status} {code or ''} for {endpoint_label(url)}: {message or 'no message'}".replace("  ", " ")
-    if status == 410 or (code or "").lower() in DELTA_EXPIRED_CODES:
+    """The typed error for a final non-2xx Graph answer, named by its most specific code."""
+    codes = error_codes(body)
+    code, message = (codes[-1] if codes else None), _graph_error_message(body)
+    shown = code if len(codes) < 2 else f"{code} ({codes[0]})"
+    text = f"Graph {status} {shown or ''} for {endpoint_label(url)}: {message or 'no message'}".replace("  ", " ")
+    if status == 410 or any(c.lower() in DELTA_EXPIRED_CODES for c in codes):
         return DeltaExpired(text, status=status, code=code, hint="the next run starts a full round")
     if status == 401:
         return AuthorizationRequired(text, hint="re-run m365sync authorize for this tenant")
@@ -82,13 +108,11 @@ def error_for(status: int, body: Any, *, url: str, retry_after: float | None = N
     return GraphRequestError(text, status=status, code=code)
 
 
-def _graph_error_fields(body: Any) -> tuple[str | None, str | None]:
+def _graph_error_message(body: Any) -> str | None:
     if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
-        error = body["error"]
-        code = error.get("code")
-        message = error.get("message")
-        return (str(code) if code is not None else None, str(message) if message is not None else None)
-    return None, None
+        message = body["error"].get("message")
+        return str(message) if message is not None else None
+    return None
 
 
 class GraphClient:
@@ -144,7 +168,7 @@ class GraphClient:
                 if 200 <= response.status < 300:
                     return response
                 retry_after = retry_after_seconds(response.headers)
-                if response.status in RETRYABLE_STATUSES:
+                if is_retryable(response.status, response.body):
                     raise RetryableFailure(str(response.status), status=response.status, retry_after=retry_after,
                                            body=response.body)
                 raise error_for(response.status, response.body, url=url, retry_after=retry_after)

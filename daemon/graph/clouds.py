@@ -8,19 +8,32 @@ from daemon.config import TenantConfig
 from daemon.errors import GraphLinkRefused
 from daemon.links import same_origin, shown_origin
 
+CHINA_CONTACTS_LISTING_SECONDS = 6 * 3600.0  # a full listing per folder costs pages, not one delta item
+
 
 @dataclass(frozen=True)
 class Cloud:
     authority_host: str
     graph_host: str
+    # 21Vianet's service metadata has no delta function on contacts (events have
+    # one): personal contacts are read by a full listing, compared with the
+    # stored copies, on this slower cadence instead of every run.
+    contacts_delta: bool = True
+    contacts_listing_seconds: float = 0.0
 
 
 CLOUDS = {
     "GLOBAL": Cloud("login.microsoftonline.com", "graph.microsoft.com"),
-    "CHINA": Cloud("login.chinacloudapi.cn", "microsoftgraph.chinacloudapi.cn"),
+    "CHINA": Cloud("login.chinacloudapi.cn", "microsoftgraph.chinacloudapi.cn", contacts_delta=False,
+                   contacts_listing_seconds=CHINA_CONTACTS_LISTING_SECONDS),
     "USGOV": Cloud("login.microsoftonline.us", "graph.microsoft.us"),
     "USGOV_DOD": Cloud("login.microsoftonline.us", "dod-graph.microsoft.us"),
 }
+
+
+def cloud_of(tenant: TenantConfig) -> Cloud:
+    """The tenant's national cloud: its hosts and what its Graph offers."""
+    return CLOUDS[tenant.national_cloud]
 
 
 def graph_base_url(tenant: TenantConfig) -> str:

@@ -147,6 +147,8 @@ class BatchedRounds:
     ``add`` starts (or restarts) a round; ``async for event in rounds``
     yields events until every round is done or failed."""
 
+    read = staticmethod(read_page)  # how one page is read (a plain listing reads its own way)
+
     def __init__(self, client: GraphClient, headers: Mapping[str, str] | None = None) -> None:
         self.client = client
         self.headers = dict(headers or {})
@@ -172,7 +174,7 @@ class BatchedRounds:
                     yield RoundEvent("failed", key, result=result, error=result.error)
                     continue
                 try:
-                    page = read_page(result.body, result.request.url, self.client.base_url)
+                    page = self.read(result.body, result.request.url, self.client.base_url)
                     if page.next_link is not None:
                         self._budgets[key].follow(page.next_link, entries(page.items))
                 except GraphPayloadError as err:  # a foreign link or a runaway round too: this round ends unfinished

@@ -23,7 +23,9 @@ from daemon.pbx.types import PbxWriter
 from daemon.sync.apply import Applier
 from daemon.sync.plan_busy import plan_busy
 from daemon.sync.read_calendar import read_calendars
+from daemon.sync.read_mailboxes import mailbox_zones
 from daemon.sync.report import RunReport
+from daemon.sync.zones import AllDayPlacer
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -56,8 +58,9 @@ class CalendarSync:
         polled = [u for u in users if u[0] in read.read]
         events = await self.sync_store.copies_of_owners(name, "event", [u[0] for u in polled])
         states = await self.sync_store.calendar_states(name)
+        placer = AllDayPlacer(name, self.tenant.timezone, await mailbox_zones(self.sync_store, name, [u[0] for u in polled]))
         plan = plan_busy(polled, events, {u: fp for u, (_, fp) in states.items()}, list(self.tenant.events.show_as),
-                         moment, window_end)
+                         moment, window_end, placer)
         writes = len(plan.ordered())
         # Logged like a run's plan; at debug when it writes nothing, since a poll comes every minute.
         (log.info if writes else log.debug)("sync plan", tenant=name, kinds=["busy"], changes=plan.summary(),

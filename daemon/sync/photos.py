@@ -55,12 +55,22 @@ class PhotoBytes:
     graph: GraphClient
 
     async def data_uris(self, user_ids: list[str]) -> dict[str, str]:
-        size = self.tenant.users.photo_size
-        requests = (BatchRequest(i, f"/users/{i}/photos/{size}/$value", mailbox=i) for i in user_ids)
         uris: dict[str, str] = {}
+        smaller = await self._download(user_ids, f"/photos/{self.tenant.users.photo_size}/$value", uris)
+        # A size larger than the uploaded photo answers 404: the photo as uploaded is the largest there is
+        # (https://learn.microsoft.com/en-us/graph/api/profilephoto-get).
+        await self._download(smaller, "/photo/$value", uris)
+        return uris
+
+    async def _download(self, user_ids: list[str], tail: str, uris: dict[str, str]) -> list[str]:
+        """Each user's photo bytes as a data: URI into ``uris``; returns the users that answered 404."""
+        missing: list[str] = []
+        requests = (BatchRequest(i, f"/users/{i}{tail}", mailbox=i) for i in user_ids)
         async for result in BatchExecutor(self.graph).run(requests):
             body = result.body
             if result.ok and isinstance(body, bytes) and 0 < len(body) <= MAX_PHOTO_BYTES:
                 content_type = header(result.headers, "content-type") or "image/jpeg"
                 uris[result.request.key] = photo_data_uri(body, content_type.split(";")[0] or "image/jpeg")
-        return uris
+            elif result.status == 404:
+                missing.append(result.request.key)
+        return missing

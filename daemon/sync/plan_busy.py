@@ -1,6 +1,7 @@
 """The busy-window planner: stored calendar events -> each user's ``busy``
-list on the PBX. Pure. Only start, end, showAs, isCancelled and isAllDay are
-ever stored or read: no subject, body, attendee or location. The list is
+list on the PBX. Pure. Only times, zones, showAs, isCancelled and isAllDay are
+ever stored or read (``read_calendar.KEPT_FIELDS``): no subject, body, attendee
+or location. All-day events are placed in their own zone's day (``zones``). The list is
 PATCHed (that one attribute) only when it changed, which a fingerprint of the
 last pushed list tells without keeping the list itself.
 """
@@ -10,50 +11,25 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from daemon.logging import get_logger
 from daemon.pbx.schema import PBX_USER
 from daemon.pbx.types import PbxOperation
 from daemon.sync.changes import Change, Phase, Plan
+from daemon.sync.zones import AllDayPlacer
 from state.pushed import BusyPushed
 
-log = get_logger(__name__)
 
-KEPT_FIELDS = ("start", "end", "showAs", "isCancelled", "isAllDay")
-# Windows time-zone names Graph may return, for the common cases.
-WINDOWS_ZONES = {
-    "UTC": "UTC", "GMT Standard Time": "Europe/London", "W. Europe Standard Time": "Europe/Berlin",
-    "Romance Standard Time": "Europe/Paris", "Central Europe Standard Time": "Europe/Budapest",
-    "Eastern Standard Time": "America/New_York", "Central Standard Time": "America/Chicago",
-    "Mountain Standard Time": "America/Denver", "Pacific Standard Time": "America/Los_Angeles",
-    "New Zealand Standard Time": "Pacific/Auckland", "AUS Eastern Standard Time": "Australia/Sydney",
-    "Tokyo Standard Time": "Asia/Tokyo", "China Standard Time": "Asia/Shanghai", "India Standard Time": "Asia/Kolkata",
-}
-
-
-
-def to_utc(part: Mapping[str, Any]) -> datetime:
-    """A Graph ``{dateTime, timeZone}`` as an aware UTC datetime."""
-    naive = datetime.fromisoformat(str(part["dateTime"])[:19])
-    name = str(part.get("timeZone") or "UTC")
-    try:
-        zone = ZoneInfo(WINDOWS_ZONES.get(name, name))
-    except (ZoneInfoNotFoundError, ValueError):
-        log.warning("unknown time zone in an event; read as UTC", time_zone=name)
-        zone = ZoneInfo("UTC")
-    return naive.replace(tzinfo=zone).astimezone(UTC)
-
-
-def busy_windows(events: Sequence[Mapping[str, Any]], show_as: list[str], now: datetime, window_end: datetime) -> list[dict[str, str]]:
+def busy_windows(events: Sequence[Mapping[str, Any]], show_as: list[str], now: datetime, window_end: datetime,
+                 user_id: str = "", placer: AllDayPlacer | None = None) -> list[dict[str, str]]:
     """The sorted, de-duplicated {start, end, showAs} windows that block calls."""
+    placer = placer or AllDayPlacer()
     windows = set()
     for event in events:
         if event.get("isCancelled") or event.get("showAs") not in show_as:
             continue
-        start, end = to_utc(event["start"]), to_utc(event["end"])
+        start, end = placer.bounds(user_id, event)
         if end <= now or start >= window_end:
             continue  # past events drop out
         windows.add((start.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ"), str(event["showAs"])))
@@ -61,12 +37,13 @@ def busy_windows(events: Sequence[Mapping[str, Any]], show_as: list[str], now: d
 
 
 def plan_busy(users: Iterable[tuple[str, str, str]], events: Mapping[str, Sequence[Mapping[str, Any]]],
-              pushed: Mapping[str, str | None], show_as: list[str], now: datetime, window_end: datetime) -> Plan:
+              pushed: Mapping[str, str | None], show_as: list[str], now: datetime, window_end: datetime,
+              placer: AllDayPlacer | None = None) -> Plan:
     """One ``busy`` PATCH per user (id, PBX id, UPN) whose windows changed since the last push."""
     plan = Plan()
     path = f"{PBX_USER}:busy"
     for user_id, pbx_id, upn in users:
-        windows = busy_windows(events.get(user_id, ()), show_as, now, window_end)
+        windows = busy_windows(events.get(user_id, ()), show_as, now, window_end, user_id, placer)
         fingerprint = hashlib.sha256(json.dumps(windows).encode()).hexdigest()[:16]
         previous = pushed.get(user_id)
         if previous == fingerprint:

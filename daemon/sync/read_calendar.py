@@ -2,8 +2,9 @@
 
 One ``calendarView`` delta per user over [today 00:00 UTC, + ``window_days``],
 all through ``$batch`` (4 in flight per mailbox); the window is re-based daily
-by starting a new round. Only start, end, showAs, isCancelled and isAllDay are
-kept: no subject, body, attendee or location is stored. A calendar that
+by starting a new round. Only start, end, the zones the event was created in
+(to place an all-day event's day), showAs, isCancelled and isAllDay are kept:
+no subject, body, attendee or location is stored. A calendar that
 answers 403 is skipped until the tenant is authorized again, or for a day.
 """
 
@@ -21,7 +22,7 @@ from state.sync_store import SyncStore
 
 log = get_logger(__name__)
 
-KEPT_FIELDS = ("start", "end", "showAs", "isCancelled", "isAllDay")
+KEPT_FIELDS = ("start", "end", "originalStartTimeZone", "originalEndTimeZone", "showAs", "isCancelled", "isAllDay")
 
 
 @dataclass

@@ -1,46 +1,57 @@
 """Read the Outlook contacts of the synced mailboxes into stored copies.
 
-Every run, each mailbox's folders are listed (one ``$batch`` item per
-mailbox), so a new folder is picked up by the next run, Sync now included;
-a folder that disappeared takes its contacts with it. Then one contacts
-delta per (mailbox, folder), all through ``$batch``; a folder read without a
-link (first time, expired state) is reconciled: what it no longer returns is
-gone. A mailbox that answers 403 is reported and skipped until the tenant is
-authorized again, or for a day. New deltaLinks wait for the commit.
+Every run, each mailbox's folders are listed, sub-folders included
+(``contact_folders``), so a new folder is picked up by the next run, Sync now
+included; a folder that disappeared from a *complete* listing takes its
+contacts with it, and an incomplete listing deletes nothing (the run is
+``partial``). Then one contacts delta per (mailbox, folder), all through
+``$batch``; a folder read without a link (first time, expired state) is
+reconciled: what it no longer returns is gone. Where the cloud has no contacts
+delta (21Vianet), each folder is listed whole on the cloud's own cadence and
+compared with the stored copies the same way. A mailbox that answers 403 is
+reported and skipped until the tenant is authorized again, or for a day. New
+links wait for the commit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from daemon.config import TenantConfig
 from daemon.errors import DeltaExpired
-from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
+from daemon.graph.clouds import cloud_of
 from daemon.graph.delta import BatchedRounds, is_removed, stored_links
+from daemon.graph.listing import BatchedListings
 from daemon.logging import get_logger
+from daemon.sync.contact_folders import DEFAULT_FOLDER, list_folders
 from daemon.sync.plan_contacts import Mailbox
 from state.store import Store
 from state.sync_store import SyncStore
 
 log = get_logger(__name__)
 
-DEFAULT_FOLDER = "contacts"
 PAGE_SIZE = 200
 CONTACT_SELECT = "displayName,givenName,surname,companyName,jobTitle,businessPhones,homePhones,mobilePhone,emailAddresses"
+CONTACTS_LISTED_AT = "contacts-listed-at"  # clouds without contacts delta: when the last full listing completed
 
 
 @dataclass
 class ContactsRead:
-    links: dict[str, str] = field(default_factory=dict)  # "user:folder" -> new deltaLink
+    links: dict[str, str] = field(default_factory=dict)  # "user:folder" -> new deltaLink (or listing URL)
     full_rounds: int = 0  # folders read from scratch (their contacts may be on the PBX unrecorded)
     unreadable: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
 
-def _initial(user_id: str, folder: str) -> str:
-    return f"/users/{user_id}/contactFolders/{folder}/contacts/delta?$select={CONTACT_SELECT}"
+def _folder_path(user_id: str, folder: str) -> str:
+    return f"/users/{quote(user_id, safe='')}/contactFolders/{quote(folder, safe='')}/contacts"
+
+
+def _initial(user_id: str, folder: str, delta: bool = True) -> str:
+    return f"{_folder_path(user_id, folder)}{'/delta' if delta else ''}?$select={CONTACT_SELECT}"
 
 
 @dataclass
@@ -50,14 +61,24 @@ class ContactsReader:
     sync_store: SyncStore
     graph: GraphClient
     authorized_at: float | None = None
+    now: float = 0.0
     read: ContactsRead = field(default_factory=ContactsRead)
 
     async def __call__(self, mailboxes: Sequence[Mailbox]) -> ContactsRead:
+        cloud = cloud_of(self.tenant)
+        if not cloud.contacts_delta and not await self._listing_due(cloud.contacts_listing_seconds):
+            return self.read  # the stored copies stand until the next listing
         skip = await self.sync_store.skipped_unreadable(self.tenant.name, "contacts", self.authorized_at)
         readable = {m.user_id: m for m in mailboxes if m.user_id not in skip}
         folders = await self._discover_folders(readable)
-        await self._read(readable, folders)
+        await self._read(readable, folders, delta=cloud.contacts_delta)
+        if not cloud.contacts_delta and not self.read.failures:
+            await self.sync_store.set_value(self.tenant.name, CONTACTS_LISTED_AT, repr(self.now))
         return self.read
+
+    async def _listing_due(self, every: float) -> bool:
+        last = await self.sync_store.value(self.tenant.name, CONTACTS_LISTED_AT)
+        return last is None or self.now - float(last) >= every
 
     async def _unreadable(self, mailbox: Mailbox) -> None:
         if mailbox.upn in self.read.unreadable:
@@ -68,40 +89,44 @@ class ContactsReader:
                     "tenant is authorized again, or for a day", tenant=self.tenant.name, mailbox=mailbox.upn)
 
     async def _discover_folders(self, mailboxes: dict[str, Mailbox]) -> dict[str, list[str]]:
-        """Each readable mailbox's folders now; removed folders take their contacts along."""
+        """Each readable mailbox's folders now; folders gone from a complete listing take their contacts along."""
         name = self.tenant.name
         known = await self.sync_store.folders(name)
-        found: dict[str, list[str]] = {}
-        requests = (BatchRequest(u, f"/users/{u}/contactFolders?$select=id", mailbox=u) for u in mailboxes)
-        async for result in BatchExecutor(self.graph).run(requests):
-            mailbox = mailboxes[result.request.key]
-            if result.status == 403:
-                await self._unreadable(mailbox)
-                continue
-            if not result.ok or not isinstance(result.body, dict):
-                found[mailbox.user_id] = known.get(mailbox.user_id, [DEFAULT_FOLDER])  # as last known
-                continue
-            found[mailbox.user_id] = [DEFAULT_FOLDER] + [str(f["id"]) for f in result.body.get("value", [])
-                                                         if isinstance(f, dict) and f.get("id")]
-        gone = [(u, f) for u, ids in found.items() for f in known.get(u, []) if f not in ids]
+        listing = await list_folders(self.graph, mailboxes)
+        for user_id in listing.denied:
+            await self._unreadable(mailboxes[user_id])
+        found = dict(listing.folders)
+        for user_id, reason in listing.incomplete.items():
+            # Incomplete: what was not listed may still be there. Read the known and the new; delete nothing.
+            before = known.get(user_id, [DEFAULT_FOLDER])
+            found[user_id] = before + [f for f in listing.found.get(user_id, []) if f not in before]
+            self.read.failures.append(f"contact folders of {mailboxes[user_id].upn}: listing incomplete ({reason}); "
+                                      "no folder is taken for gone this run")
+        gone = [(u, f) for u, ids in listing.folders.items() for f in known.get(u, []) if f not in ids]
         for user_id, folder in gone:
             await self.sync_store.remove_folder_copies(name, "contact", user_id, folder)
         await self.store.drop_delta_links(name, "contacts", keys=[f"{u}:{f}" for u, f in gone])
-        changed = {u: ids for u, ids in found.items() if ids != known.get(u)}
+        changed = {u: ids for u, ids in listing.folders.items() if ids != known.get(u)}
         await self.sync_store.set_folders(name, changed)
         await self.sync_store.clear_unreadable(name, [u for u in found if u in mailboxes], "contacts")
         return found
 
-    async def _read(self, mailboxes: dict[str, Mailbox], folders: dict[str, list[str]]) -> None:
+    async def _read(self, mailboxes: dict[str, Mailbox], folders: dict[str, list[str]], *, delta: bool) -> None:
         name = self.tenant.name
         links = stored_links(self.graph, await self.store.delta_links(name, "contacts"), "contacts")
-        rounds = BatchedRounds(self.graph, {"Prefer": f"odata.maxpagesize={PAGE_SIZE}"})
-        full: dict[str, set[str]] = {}  # folders read from scratch: the ids they returned
+        headers = {"Prefer": f"odata.maxpagesize={PAGE_SIZE}"}
+        rounds = BatchedRounds(self.graph, headers) if delta else BatchedListings(self.graph, headers)
+        full: dict[str, set[str]] = {}  # folders read whole: the ids they returned
+        first_time: set[str] = set()  # of those, the ones never read before (their contacts may be on the PBX)
         for user_id, ids in folders.items():
             for folder in ids:
                 key = f"{user_id}:{folder}"
-                rounds.add(key, links.get(key) or _initial(user_id, folder), user_id)
                 if key not in links:
+                    first_time.add(key)
+                if delta and key in links:
+                    rounds.add(key, links[key], user_id)
+                else:
+                    rounds.add(key, _initial(user_id, folder, delta), user_id)
                     full[key] = set()
         async for event in rounds:
             user_id, _, folder = event.key.partition(":")
@@ -111,8 +136,8 @@ class ContactsReader:
                 await self.sync_store.merge_changes(name, "contact", changes, owner=user_id, folder=folder)
                 if event.key in full:
                     full[event.key] |= {c["id"] for c in changes if is_removed(c) is None}
-            elif event.kind == "done" and event.delta_link is not None:
-                self.read.links[event.key] = event.delta_link
+            elif event.kind == "done" and (event.delta_link is not None or not delta):
+                self.read.links[event.key] = event.delta_link or _initial(user_id, folder, delta)
                 if event.key in full:  # reconcile: what a full round no longer returns is gone
                     await self.sync_store.remove_unseen(name, "contact", user_id, folder, full[event.key])
             elif event.kind == "failed":
@@ -121,10 +146,11 @@ class ContactsReader:
                     await self._unreadable(mailbox)
                 elif status == 404:
                     continue  # the folder went between listing and reading, or no mailbox: next run
-                elif isinstance(event.error, DeltaExpired) and event.key not in full:
+                elif delta and isinstance(event.error, DeltaExpired) and event.key not in full:
                     await self.store.drop_delta_link(name, "contacts", event.key)
                     full[event.key] = set()
+                    first_time.add(event.key)
                     rounds.add(event.key, _initial(user_id, folder), user_id)
                 else:
                     self.read.failures.append(f"contacts of {mailbox.upn}/{folder}: {event.error}")
-        self.read.full_rounds = len(full)
+        self.read.full_rounds = len(first_time & set(full))

@@ -1,18 +1,32 @@
 """Which mailboxes are shared: ``mailboxSettings.userPurpose`` (read in
 ``$batch``es, cached, re-checked daily) or listed in ``shared_mailbox.mailboxes``.
-Shared mailboxes never get extensions; their contacts become company contacts."""
+Shared mailboxes never get extensions; their contacts become company contacts.
+
+The same read keeps the mailbox's ``timeZone``, where an all-day event without
+a zone of its own is placed. In delegated mode Graph answers 403
+``ErrorAccessDenied`` for every mailbox's settings but the signed-in user's own,
+whatever was consented: such mailboxes are reported (run, status, explain) with
+the fix, never silently taken for user mailboxes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from daemon.config import TenantConfig
 from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
+from daemon.logging import get_logger
 from state.sync_store import GraphCopy, SyncStore
 
+log = get_logger(__name__)
+
 RECHECK_SECONDS = 86400.0
+UNREADABLE = "unreadable"
+SHARED_DETECTION_FIX = ("shared-mailbox detection reads mailboxSettings, which delegated mode can read only for the "
+                        "signed-in user: use auth_mode = \"application\" (MailboxSettings.Read), or list the shared "
+                        "mailboxes in shared_mailbox.mailboxes")
 
 
 def purpose_of(settings: Any) -> str | None:
@@ -35,21 +49,55 @@ async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: G
         checked[copy.id] = copy
     due = [u for u in users
            if u not in checked or now() - float(checked[u].data.get("checked_at", 0)) >= RECHECK_SECONDS]
-    requests = (BatchRequest(u, f"/users/{u}/mailboxSettings?$select=userPurpose", mailbox=u) for u in due)
+    requests = (BatchRequest(u, f"/users/{u}/mailboxSettings?$select=userPurpose,timeZone", mailbox=u) for u in due)
     results = []
     async for result in BatchExecutor(graph).run(requests):
+        row: dict[str, Any] = {"id": result.request.key, "checked_at": now()}
         if result.ok:
-            purpose = purpose_of(result.body)
+            row["userPurpose"] = purpose_of(result.body)
+            zone = result.body.get("timeZone") if isinstance(result.body, dict) else None
+            if isinstance(zone, str) and zone:
+                row["timeZone"] = zone
         elif result.status in (404, 403):
-            purpose = "none" if result.status == 404 else "unreadable"
+            row["userPurpose"] = "none" if result.status == 404 else UNREADABLE
         else:
             continue  # unknown this run; asked again next run
-        results.append({"id": result.request.key, "userPurpose": purpose, "checked_at": now()})
-        checked[result.request.key] = GraphCopy(result.request.key, results[-1], None)
+        results.append(row)
+        checked[result.request.key] = GraphCopy(result.request.key, row, None)
     await sync_store.merge_changes(name, "mailbox", results)
+    denied = [upn for u, upn in users.items() if u in checked and checked[u].data.get("userPurpose") == UNREADABLE]
+    if denied:
+        log.warning("mailbox settings not readable (403): these mailboxes may be shared but are treated as users",
+                    tenant=name, mailboxes=len(denied), fix=SHARED_DETECTION_FIX)
     shared = {u: upn for u, upn in users.items() if u in checked and checked[u].data.get("userPurpose") == "shared"}
     for reference in tenant.shared_mailbox.mailboxes:
         found = await sync_store.find_user(name, reference)
         if found is not None and found.removed is None:
             shared[found.id] = str(found.data.get("userPrincipalName") or found.id)
     return shared
+
+
+async def unreadable_settings(sync_store: SyncStore, tenant: str) -> list[str]:
+    """The UPNs of live users whose mailboxSettings answered 403 at their last check."""
+    denied: set[str] = set()
+    async for copy in sync_store.iter_copies(tenant, "mailbox"):
+        if copy.data.get("userPurpose") == UNREADABLE:
+            denied.add(copy.id)
+    copies = await sync_store.graph_copies(tenant, "user", denied)
+    return sorted(str(c.data.get("userPrincipalName") or c.id) for c in copies.values() if c.removed is None)
+
+
+async def shared_detection_note(tenant: TenantConfig, sync_store: SyncStore, user_id: str) -> str | None:
+    """What ``explain`` says of a user whose mailboxSettings answered 403, else None."""
+    if not tenant.shared_mailbox.enabled:
+        return None
+    copy = await sync_store.graph_copy(tenant.name, "mailbox", user_id)
+    if copy is None or copy.data.get("userPurpose") != UNREADABLE:
+        return None
+    return f"shared mailbox: unknown, its mailbox settings are not readable (403); {SHARED_DETECTION_FIX}"
+
+
+async def mailbox_zones(sync_store: SyncStore, tenant: str, user_ids: Iterable[str]) -> dict[str, str]:
+    """``mailboxSettings.timeZone`` of these users, where it was read."""
+    copies = await sync_store.graph_copies(tenant, "mailbox", user_ids)
+    return {u: str(c.data["timeZone"]) for u, c in copies.items() if c.data.get("timeZone")}

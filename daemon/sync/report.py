@@ -25,6 +25,7 @@ class GroupReport(KindReport):
 @dataclass
 class ContactReport(KindReport):
     unreadable: list[str] = field(default_factory=list)
+    settings_unreadable: list[str] = field(default_factory=list)  # mailboxSettings 403: shared-mailbox detection blind
     skipped_without_phone: int = 0
 
 

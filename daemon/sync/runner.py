@@ -180,6 +180,7 @@ class TenantRunner:
             log.debug("sync run failed with an unexpected error", exc_info=True)
         summary = {"counts": report.counts, "group_counts": report.groups.counts, "missing_groups": report.groups.missing,
                    "contact_counts": report.contacts.counts, "unreadable_mailboxes": report.contacts.unreadable,
+                   "unreadable_mailbox_settings": report.contacts.settings_unreadable,
                    "held": len(report.held), "failures": report.failures[:50],
                    "unmatched_selected": report.unmatched_selected, "selects_nobody": report.selects_nobody,
                    "full_round": report.full_round}

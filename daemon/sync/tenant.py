@@ -36,7 +36,7 @@ from daemon.sync.plan_groups import plan_groups
 from daemon.sync.plan_users import PlanInputs, UserPlanner
 from daemon.sync.read_contacts import ContactsRead, ContactsReader
 from daemon.sync.read_groups import GroupsRead, read_groups
-from daemon.sync.read_mailboxes import shared_mailboxes
+from daemon.sync.read_mailboxes import shared_mailboxes, unreadable_settings
 from daemon.sync.read_users import read_users
 from daemon.sync.report import RunReport
 from daemon.sync.scope import decide
@@ -78,6 +78,8 @@ class TenantSync:
         report.groups.missing = groups_read.missing
         self.links.update({("groups", key): link for key, link in groups_read.links.items()})
         shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now) if tenant.shared_mailbox.enabled else {}
+        if tenant.shared_mailbox.enabled:
+            report.contacts.settings_unreadable = await unreadable_settings(self.sync_store, name)
         reconcile = users_read.full_round or await self._reconciliation_due()
         inventory = await self._read_inventory() if reconcile else None
         snapshot = await take_snapshot(tenant, self.sync_store, inventory, self.now(), shared=shared,
@@ -176,7 +178,7 @@ class TenantSync:
     async def _read_contacts(self, users: UserPlanner, snapshot: Snapshot, report: RunReport) -> ContactsRead:
         row = await self.store.tenant(self.tenant.name)
         reader = ContactsReader(self.tenant, self.store, self.sync_store, self.graph,
-                                authorized_at=row.auth_changed_at if row is not None else None)
+                                authorized_at=row.auth_changed_at if row is not None else None, now=self.now())
         read = await reader(list(self._mailboxes(users, snapshot).values()))
         report.contacts.unreadable = read.unreadable
         for failure in read.failures:
