@@ -125,8 +125,9 @@ def _include_without_anybody(tenant: TenantConfig, at: str) -> list[ConfigProble
         return []
     return [ConfigProblem(
         f"{at}.users.sync_type",
-        '"INCLUDE" with no users.selected_users and no groups syncs nobody (and would deprovision every user '
-        'synced so far); list users in users.selected_users or Entra group IDs in groups, or set sync_type = "ALL"')]
+        '"INCLUDE" with no users.selected_users and no groups syncs nobody (and would deprovision the users '
+        "synced so far, as far as the mass-deletion guard lets it); list users in users.selected_users "
+        'or Entra group IDs in groups, or set sync_type = "ALL"')]
 
 
 def _delegated_limits(tenant: TenantConfig, at: str) -> list[ConfigProblem]:
