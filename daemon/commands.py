@@ -26,6 +26,7 @@ from daemon.pbx.schema import PBX_USER
 from daemon.sealer import sealer_for
 from daemon.sync.plan_users import settings_fingerprint
 from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, shared_detection_note
+from daemon.sync.report import describe_counts
 from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
 from daemon.sync.scope import decide, matches, sso_flags
 from state.copy import copy_database
@@ -156,7 +157,7 @@ async def sync_once(config: Config, tenant_name: str | None, dry_run: bool, out:
 
 def print_result(result: RunResult, dry_run: bool, out: TextIO) -> None:
     report = result.report
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items())) or "no changes"
+    counts = describe_counts(report.counts_by_kind())
     heading = "dry run (nothing was changed)" if dry_run else "run"
     print(f"{result.tenant}: {heading} {result.run_id}: {result.result}; {counts}", file=out)
     if dry_run:
@@ -282,7 +283,7 @@ async def sync_now(config: Config, tenant_name: str, wait: bool, out: TextIO = s
                 async with session.get(f"{base}/api/tenants/{tenant.name}/runs/{run_id}", headers=headers) as response:
                     run = await response.json(content_type=None)
                 if run.get("state") == "finished":
-                    counts = ", ".join(f"{k} {v}" for k, v in sorted((run.get("counts") or {}).items())) or "no changes"
+                    counts = describe_counts(run.get("counts") or {})
                     print(f"{tenant.name}: run {run_id}: {run.get('result')}; {counts}", file=out)
                     return RESULT_EXIT_CODES.get(str(run.get("result")), 1)
                 await asyncio.sleep(SYNC_NOW_POLL_SECONDS)

@@ -12,6 +12,7 @@ from typing import Any
 
 from daemon.config import Config
 from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, unreadable_settings
+from daemon.sync.report import describe_counts
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -113,7 +114,7 @@ def as_text(reports: list[TenantReport]) -> str:
         lines.append(f"  authorization: {r.auth_state}{owner}{reason}")
         if r.last_run:
             run = r.last_run
-            counts = ", ".join(f"{k} {v}" for k, v in sorted(run["counts"].items())) or "no changes"
+            counts = describe_counts(run["counts"])
             lines.append(f"  last run: {_when(run['started_at'])}, {run['duration_seconds']} s, {run['result']}; {counts}")
             if run.get("error"):
                 lines.append(f"    error: {run['error']}")
@@ -148,7 +149,7 @@ def as_html(reports: list[TenantReport], refresh_seconds: int = 30) -> str:
         run = r.last_run
         run_text = "never"
         if run:
-            counts = ", ".join(f"{escape(k)} {v}" for k, v in sorted(run["counts"].items())) or "no changes"
+            counts = escape(describe_counts(run["counts"]))
             run_text = f"{escape(_when(run['started_at']))}, {run['duration_seconds']} s, <strong>{escape(str(run['result']))}</strong>; {counts}"
         held = "".join(f"<li>{escape(h['action'])} {escape(h['name'])}</li>" for h in r.held[:50])
         quarantined = "".join(f"<li>{escape(q['name'] or '')}: {escape(q['error'] or '')}</li>" for q in r.quarantined[:50])

@@ -275,7 +275,7 @@ class Supervisor:
     async def _record_run(self, result: RunResult, seconds: float, progress: RunProgress | None) -> None:
         report, tenant, metrics = result.report, result.tenant, self.metrics
         if progress is not None:
-            progress.details.update(counts=report.counts, writes=report.plan[:100], failures=report.failures[:20],
+            progress.details.update(counts=report.counts_by_kind(), writes=report.plan[:100], failures=report.failures[:20],
                                     held=len(report.held), error=report.error)
         metrics.sync_runs.labels(tenant, result.result).inc()
         metrics.sync_duration.labels(tenant).observe(seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from daemon.sync.report import describe_counts
 from sim.generator import generate_tenant
 from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
@@ -179,3 +180,19 @@ async def test_data_that_looks_like_an_internal_reference_is_written_as_data(syn
     assert contacts["c-marker"]["companyName"] == "pending-member:x"
     assert contacts["c-marker"]["owner"] == users[owner]["id"]
     assert (await sync_env.run()).contacts.counts == {}
+
+
+async def test_counts_name_every_kind(sync_env: SyncEnv) -> None:
+    """What a run reports counts every kind's writes: contacts are not lost beside the users."""
+    owners = [add_user(sync_env, i) for i in range(1, 7)]
+    for index in range(8):
+        contact(sync_env, owners[index % 6], f"c-{index}")
+    sync_env.configure(personal_contacts={"enabled": True})
+    report = await sync_env.run()
+    assert report.counts_by_kind() == {"user": {"create": 6}, "contact": {"create": 8}}
+    assert describe_counts(report.counts_by_kind()) == "user create 6; contact create 8"
+    contact(sync_env, owners[0], "c-0", displayName="Renamed")
+    report = await sync_env.run()  # a contact-only change is a change
+    assert report.counts_by_kind() == {"contact": {"update": 1}}
+    assert describe_counts(report.counts_by_kind()) == "contact update 1"
+    assert describe_counts({}) == "no changes" and describe_counts({"create": 2}) == "user create 2"  # older records

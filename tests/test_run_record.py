@@ -123,7 +123,7 @@ async def test_a_full_disk_fails_the_run_then_the_next_run_catches_up(run_env: R
     assert failed_runs(run_env.service.metrics) == 1
     await db.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
     result, _, summary = await run_env.run()
-    assert result == "success" and summary["counts"] == {"create": 200}
+    assert result == "success" and summary["counts"] == {"user": {"create": 200}}
 
 
 async def test_a_run_that_fails_mid_apply_reports_the_writes_it_applied(run_env: RunEnv) -> None:
@@ -131,7 +131,7 @@ async def test_a_run_that_fails_mid_apply_reports_the_writes_it_applied(run_env:
     run_env.live.proxy.refuse_writes_after = 15  # then the PBX answers 503 to every write
     result, error, summary = await run_env.run()
     assert result == "failed" and error is not None and "503" in error
-    assert summary["counts"] == {"create": 15}
+    assert summary["counts"] == {"user": {"create": 15}}
     assert failed_runs(run_env.service.metrics) == 1
 
 

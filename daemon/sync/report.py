@@ -5,7 +5,9 @@ reports here (the applier's ``ReportSink``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -62,6 +64,13 @@ class RunReport:
     def add(self, kind: str, amount: int = 1) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + amount
 
+    def counts_by_kind(self) -> dict[str, dict[str, int]]:
+        """Every kind's applied writes, as each outlet reports them (kinds without any left out):
+        a run that creates 6 users and 8 contacts says both, a contact-only change is not ``{}``."""
+        kinds = {"user": self.counts, "group": self.groups.counts, "contact": self.contacts.counts,
+                 "busy": self.busy.counts}
+        return {kind: dict(sorted(counts.items())) for kind, counts in kinds.items() if counts}
+
     def count(self, kind: str, action: str) -> None:
         """One applied write of ``kind`` (user, group, contact, busy)."""
         if kind == "group":
@@ -92,3 +101,13 @@ class RunReport:
 
 
 UserRunReport = RunReport  # the name the first version used
+
+
+def describe_counts(counts: Mapping[str, Any]) -> str:
+    """``user create 6; contact create 8`` (or ``no changes``) from :meth:`RunReport.counts_by_kind`;
+    a run recorded before every kind was counted has the users' counts only, flat."""
+    if counts and not all(isinstance(v, Mapping) for v in counts.values()):
+        counts = {"user": counts}
+    parts = [f"{kind} " + ", ".join(f"{action} {amount}" for action, amount in sorted(actions.items()))
+             for kind, actions in counts.items() if actions]
+    return "; ".join(parts) or "no changes"

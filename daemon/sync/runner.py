@@ -178,7 +178,7 @@ class TenantRunner:
         except Exception as err:  # a run never ends without a record
             report.result, report.error = "failed", unexpected_reason(err)
             log.debug("sync run failed with an unexpected error", exc_info=True)
-        summary = {"counts": report.counts, "group_counts": report.groups.counts, "missing_groups": report.groups.missing,
+        summary = {"counts": report.counts_by_kind(), "group_counts": report.groups.counts, "missing_groups": report.groups.missing,
                    "contact_counts": report.contacts.counts, "unreadable_mailboxes": report.contacts.unreadable,
                    "unreadable_mailbox_settings": report.contacts.settings_unreadable,
                    "held": len(report.held), "failures": report.failures[:50],
@@ -187,7 +187,7 @@ class TenantRunner:
         await _quietly(self.store.finish_run(run_id, report.result, summary, report.error),
                        "could not record the run's result")
         log_method = log.info if report.result == "success" else log.warning
-        log_method("sync run finished", result=report.result, counts=report.counts,
+        log_method("sync run finished", result=report.result, counts=report.counts_by_kind(),
                    seconds=round(time.monotonic() - started, 2), error=report.error)
         return RunResult(run_id, name, report.result, report)
 
