@@ -333,6 +333,7 @@ async def test_delta_expired_runs_a_full_round_and_reconciles(sync_env: SyncEnv)
 async def test_failing_user_is_retried_then_quarantined_until_it_changes(sync_env: SyncEnv) -> None:
     from daemon.pbx.client import PbxOperation
     from daemon.pbx.mapping import user_payload
+    from state.pushed import retry_delay
 
     taken = user_payload({"id": "someone-else", "userPrincipalName": "user001@contoso.example"}, extension_number="7777",
                          active=True, sign_in_as_administrator=False, sign_in_as_standard_user=False)
@@ -343,6 +344,11 @@ async def test_failing_user_is_retried_then_quarantined_until_it_changes(sync_en
         report = await sync_env.run()
         assert report.counts.get("failed") == 1, attempt
         assert "linked to another directory object" in report.failures[0]
+        if attempt < 4:  # unchanged, it waits out its backoff (1 h, doubling) before the next try
+            writes = sync_env.pbx_writes()
+            sync_env.graph.clock.advance(retry_delay(attempt + 1) - 1)
+            assert (await sync_env.run()).counts == {"waiting": 1} and sync_env.pbx_writes() == writes
+            sync_env.graph.clock.advance(1)
     writes = sync_env.pbx_writes()
     report = await sync_env.run()
     assert report.counts == {"quarantined": 1} and sync_env.pbx_writes() == writes
@@ -350,6 +356,7 @@ async def test_failing_user_is_retried_then_quarantined_until_it_changes(sync_en
     sync_env.graph.tenant.change_user(clash, userPrincipalName="user001b@contoso.example")
     report = await sync_env.run()
     assert report.counts == {"create": 1}
+    assert [retry_delay(n) / 3600 for n in range(1, 8)] == [1, 2, 4, 8, 16, 24, 24]
 
 
 def report_error(row: object) -> str | None:
