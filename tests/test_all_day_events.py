@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from state.db import bundled_migrations, open_database
+from state.open import open_database
+from state.schema import bundled_migrations
 from state.store import Store
 from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 from test_calendar_sync import add_user, busy, iso, poll
