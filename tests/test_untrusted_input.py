@@ -12,15 +12,7 @@ import pytest
 from daemon import status
 from daemon.graph.records import MAX_TEXT, Rejected, clean_text, parse
 from state.pushed import retry_delay
-from sync_fixtures import SyncEnv
-
-
-def add_user(env: SyncEnv, index: int, **fields: object) -> str:
-    user_id = f"00000000-0000-4000-8000-{index:012d}"
-    properties = {"displayName": f"User {index}", "userPrincipalName": f"user{index:03d}@contoso.example",
-                  "mail": f"user{index:03d}@contoso.example", "accountEnabled": True, "userType": "Member", **fields}
-    env.graph.tenant.add_user(user_id, **properties)
-    return user_id
+from sync_fixtures import SyncEnv, add_user
 
 
 async def status_of(env: SyncEnv) -> status.TenantReport:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sim.generator import generate_tenant
-from sync_fixtures import SyncEnv, number, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
+from sync_fixtures import SyncEnv, add_user, number, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
 
 async def test_initial_sync_creates_enabled_members_numbered_in_upn_order(sync_env: SyncEnv) -> None:
@@ -28,14 +28,6 @@ async def test_second_run_without_changes_reads_one_delta_page_and_writes_nothin
     assert report.counts == {} and report.result == "success"
     assert sync_env.pbx_writes() == writes
     assert sync_env.graph_requests("/users/delta") == deltas + 1
-
-
-def add_user(env: SyncEnv, index: int, **fields: object) -> str:
-    user_id = f"00000000-0000-4000-8000-{index:012d}"
-    properties = {"displayName": f"User {index}", "userPrincipalName": f"user{index:03d}@contoso.example",
-                  "mail": f"user{index:03d}@contoso.example", "accountEnabled": True, "userType": "Member", **fields}
-    env.graph.tenant.add_user(user_id, **properties)
-    return user_id
 
 
 async def test_guests_only_with_sync_guest_users(sync_env: SyncEnv) -> None:
