@@ -198,6 +198,7 @@ async def one_example(server: ScimServer, world: Generated, groups: list[str], s
     refused = {key for key, valid in world.ids.items() if not valid}
     assert first.result == ("partial" if refused else "success"), (first.result, first.report.error,
                                                                     first.report.failures)
+    assert not {("group", g) for g in first.report.groups.missing} & refused  # refused, not unknown
     recorded = await store.last_run("t")
     assert recorded is not None and recorded.result == first.result
     landed = await on_pbx(pbx)

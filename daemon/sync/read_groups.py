@@ -69,8 +69,9 @@ async def read_groups(tenant: TenantConfig, store: Store, sync_store: SyncStore,
     if tenant.groups_transitive:
         await _read_transitive(tenant, sync_store, graph, groups)
     known = await sync_store.graph_copies(name, "group", groups)
+    refused = {r.id for r in read.rejected}  # reported as failed objects, not as unknown
     for group_id in groups:
-        if group_id not in known:
+        if group_id not in known and group_id not in refused:
             read.missing.append(group_id)
             log.warning("a configured group does not exist in Entra ID", tenant=name, group=group_id)
     return read
