@@ -194,6 +194,9 @@ async def explain_user(config: Config, tenant_name: str, reference: str, out: Te
         if copy is None:
             print(f"{reference}: no such user in the last Graph data of {tenant.name} "
                   "(not synced yet, or not in Entra ID)", file=out)
+            rejected = await stores.sync.synced(tenant.name, "user", reference)  # refused at the read: by id
+            if rejected is not None and rejected.last_error:
+                print(f"last error ({rejected.failures} in a row): {rejected.last_error}", file=out)
             return 1
         members = await stores.sync.members_of(tenant.name, tenant.groups)
         decision = decide(copy.data, copy.removed, tenant, members)
@@ -216,6 +219,9 @@ async def explain_user(config: Config, tenant_name: str, reference: str, out: Te
             print(f"PBX: id {synced.pbx_id}, extension {number}, last push {pushed}", file=out)
         if synced is not None and synced.last_error:
             print(f"last error ({synced.failures} in a row): {synced.last_error}", file=out)
+            if synced.retry_at and not synced.quarantine_fingerprint:
+                retry = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(synced.retry_at))
+                print(f"next try: after {retry}, or at the first run after the user changes", file=out)
         if synced is not None and synced.quarantine_fingerprint:
             print("quarantined: not retried until the user's Graph data or the settings change", file=out)
         held = (await stores.sync.held(tenant.name)).get(copy.id)

@@ -30,6 +30,7 @@ class TenantReport:
     next_run: float | None
     held: list[dict[str, str]] = field(default_factory=list)
     quarantined: list[dict[str, str | None]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)  # failed objects not quarantined: retried later
     unreadable_calendars: list[str] = field(default_factory=list)
     unreadable_mailboxes: list[str] = field(default_factory=list)
     unreadable_mailbox_settings: list[str] = field(default_factory=list)  # 403: not known to be shared
@@ -65,6 +66,11 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             copy = await sync_store.graph_copy(tenant.name, kind, graph_id)
             quarantined.append({"kind": kind, "id": graph_id, "name": _name(copy.data, graph_id) if copy else graph_id,
                                 "error": error})
+        failed = []
+        for kind, graph_id, failures, error, retry_at in await sync_store.failing(tenant.name):
+            copy = await sync_store.graph_copy(tenant.name, kind, graph_id)
+            failed.append({"kind": kind, "id": graph_id, "name": _name(copy.data, graph_id) if copy else graph_id,
+                           "failures": failures, "error": error, "retry_at": retry_at})
         unreadable: dict[str, list[str]] = {}
         for key, resource in (("calendars", "calendar"), ("mailboxes", "contacts")):
             user_ids = await sync_store.unreadable(tenant.name, resource)
@@ -78,7 +84,7 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             last_run=last, next_run=next_run,
             held=sorted(({"id": i, "kind": kind, "name": names[i], "action": action, "approved": str(approved).lower()}
                          for i, (kind, action, approved) in held.items()), key=lambda h: (h["kind"], h["name"])),
-            quarantined=quarantined,
+            quarantined=quarantined, failed=failed,
             unreadable_calendars=unreadable["calendars"],
             unreadable_mailboxes=unreadable["mailboxes"],
             unreadable_mailbox_settings=settings, shared_detection_fix=SHARED_DETECTION_FIX if settings else None,
@@ -124,6 +130,10 @@ def as_text(reports: list[TenantReport]) -> str:
         lines.append(f"  held deprovisions: {len(r.held)}" + (" (approve with: m365sync approve --tenant " + r.tenant + ")" if r.held else ""))
         for item in r.held[:20]:
             lines.append(f"    {item['action']} {item['name']}")
+        if r.failed:
+            lines.append(f"  failed, tried again later: {len(r.failed)}")
+            for failure in r.failed[:20]:
+                lines.append(f"    {failure['name']}: {failure['error']} (next try after {_when(failure['retry_at'])})")
         lines.append(f"  quarantined: {len(r.quarantined)}")
         for quarantined in r.quarantined[:20]:
             lines.append(f"    {quarantined['name']}: {quarantined['error']}")

@@ -31,7 +31,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "delta_links": ("tenant", "resource", "key", "link", "updated_at"),
     "synced_objects": ("tenant", "kind", "graph_id", "pbx_id", "payload_hash", "etag", "updated_at", "payload",
                        "active", "out_of_scope_since", "photo_etag", "last_push_at", "failures", "last_error",
-                       "quarantine_fingerprint", "input_hash"),
+                       "quarantine_fingerprint", "input_hash", "retry_at", "failed_fingerprint"),
     "extension_allocations": ("tenant", "number", "owner_kind", "owner_graph_id", "allocated_at", "released_at"),
     "runs": ("id", "tenant", "trigger", "started_at", "finished_at", "result", "summary", "error"),
     "token_cache": ("tenant", "cache", "updated_at"),

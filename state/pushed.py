@@ -13,6 +13,14 @@ from state.db import Database
 from state.store import Clock
 
 FAILURES_BEFORE_QUARANTINE = 5
+RETRY_FIRST_SECONDS = 3600.0  # a failed object is tried again after an hour,
+RETRY_LAST_SECONDS = 86400.0  # then after twice as long each time, at most a day (sooner when it changes)
+
+
+def retry_delay(failures: int) -> float:
+    """How long an object that failed ``failures`` times in a row waits before it is tried again."""
+    doublings: int = min(max(failures - 1, 0), 16)
+    return min(RETRY_FIRST_SECONDS * 2.0**doublings, RETRY_LAST_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +38,13 @@ class SyncedRow:
     last_error: str | None
     quarantine_fingerprint: str | None
     input_hash: str | None = None  # what the pushed payload was made from (see plan_users.UserPlanner)
+    retry_at: float | None = None  # a failed object: not tried again before this, unless it changed
+    failed_fingerprint: str | None = None  # what it failed with
 
 
 SYNCED_COLUMNS = (
     "graph_id, pbx_id, payload, payload_hash, etag, active, out_of_scope_since, photo_etag,"
-    " last_push_at, failures, last_error, quarantine_fingerprint, input_hash"
+    " last_push_at, failures, last_error, quarantine_fingerprint, input_hash, retry_at, failed_fingerprint"
 )
 
 
@@ -53,6 +63,8 @@ def synced_row(row: Any) -> SyncedRow:
         last_error=row[10],
         quarantine_fingerprint=row[11],
         input_hash=row[12],
+        retry_at=row[13],
+        failed_fingerprint=row[14],
     )
 
 
@@ -204,6 +216,17 @@ class PushedQueries:
             )
         ]
 
+    async def failing(self, tenant: str) -> list[tuple[str, str, int, str | None, float | None]]:
+        """(kind, graph id, failures in a row, last error, retry at) of every failed object not quarantined."""
+        return [
+            (r[0], r[1], int(r[2]), r[3], r[4])
+            for r in await self.db.fetchall(
+                "SELECT kind, graph_id, failures, last_error, retry_at FROM synced_objects WHERE tenant = ?"
+                " AND failures > 0 AND quarantine_fingerprint IS NULL ORDER BY kind, graph_id",
+                (tenant,),
+            )
+        ]
+
     # --- the create journal ---
 
     async def journal_creates(self, tenant: str, creates: Sequence[tuple[str, str, str | None]]) -> None:
@@ -260,7 +283,7 @@ async def _record_pushed(conn: Any, tenant: str, entries: list[Pushed], now: flo
         " active = excluded.active, out_of_scope_since = excluded.out_of_scope_since,"
         " photo_etag = excluded.photo_etag, last_push_at = excluded.last_push_at,"
         " updated_at = excluded.updated_at, input_hash = excluded.input_hash, failures = 0, last_error = NULL,"
-        " quarantine_fingerprint = NULL",
+        " quarantine_fingerprint = NULL, retry_at = NULL, failed_fingerprint = NULL",
         [
             (
                 tenant,
@@ -336,7 +359,12 @@ async def _record_failed(conn: Any, tenant: str, entries: list[Failed], now: flo
             " RETURNING failures",
             (tenant, entry.kind, entry.graph_id, now, entry.error),
         )
-        if row is not None and int(row[0]) >= FAILURES_BEFORE_QUARANTINE:
+        failures = int(row[0]) if row is not None else 1
+        await conn.execute(
+            "UPDATE synced_objects SET retry_at = ?, failed_fingerprint = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
+            (now + retry_delay(failures), entry.fingerprint, tenant, entry.kind, entry.graph_id),
+        )
+        if failures >= FAILURES_BEFORE_QUARANTINE:
             quarantined.add(entry.graph_id)
             await conn.execute(
                 "UPDATE synced_objects SET quarantine_fingerprint = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",

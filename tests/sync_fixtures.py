@@ -129,3 +129,12 @@ async def sync_env(graph_env: GraphEnv, pbx: PbxEnv, tmp_path: Path, sync_backen
         yield env
     finally:
         await db.close()
+
+
+def add_user(env: SyncEnv, index: int, **fields: object) -> str:
+    """A member user in the simulator: ``user00N@contoso.example``, enabled, plus ``fields``."""
+    user_id = f"00000000-0000-4000-8000-{index:012d}"
+    properties = {"displayName": f"User {index}", "userPrincipalName": f"user{index:03d}@contoso.example",
+                  "mail": f"user{index:03d}@contoso.example", "accountEnabled": True, "userType": "Member", **fields}
+    env.graph.tenant.add_user(user_id, **properties)
+    return user_id

@@ -91,6 +91,9 @@ async def test_status_page_names_held_deprovisions_and_quarantined_objects(
     async with aiohttp.ClientSession() as session:
         for _ in range(5):
             await sync_now(service, base, session)
+            # as if its backoff (an hour after one failure, doubling) had passed: it is tried again
+            async with service.supervisor.sync_store.db.transaction() as conn:
+                await conn.execute("UPDATE synced_objects SET retry_at = NULL")
         async with session.get(base + "/") as response:
             assert response.status == 401 and "Basic" in response.headers["WWW-Authenticate"]
     reports = await service.supervisor.status_reports()

@@ -13,7 +13,7 @@ PACKAGES = ("daemon", "state")
 MAX_LINES = 400
 # daemon/config.py is being split in its own branch; this test fails once it is under the limit,
 # so the exception goes with it.
-OVER_THE_LIMIT_FOR_NOW = {"daemon/config.py"}
+OVER_THE_LIMIT_FOR_NOW: set[str] = set()
 # The process: what wires it and what runs its tenants. Nothing below imports these.
 PROCESS_MODULES = {"daemon.cli", "daemon.commands", "daemon.demo", "daemon.service", "daemon.supervisor",
                    "daemon.reload", "daemon.ownership"}

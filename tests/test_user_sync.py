@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sim.generator import generate_tenant
-from sync_fixtures import SyncEnv, number, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
+from sync_fixtures import SyncEnv, add_user, number, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
 
 async def test_initial_sync_creates_enabled_members_numbered_in_upn_order(sync_env: SyncEnv) -> None:
@@ -28,14 +28,6 @@ async def test_second_run_without_changes_reads_one_delta_page_and_writes_nothin
     assert report.counts == {} and report.result == "success"
     assert sync_env.pbx_writes() == writes
     assert sync_env.graph_requests("/users/delta") == deltas + 1
-
-
-def add_user(env: SyncEnv, index: int, **fields: object) -> str:
-    user_id = f"00000000-0000-4000-8000-{index:012d}"
-    properties = {"displayName": f"User {index}", "userPrincipalName": f"user{index:03d}@contoso.example",
-                  "mail": f"user{index:03d}@contoso.example", "accountEnabled": True, "userType": "Member", **fields}
-    env.graph.tenant.add_user(user_id, **properties)
-    return user_id
 
 
 async def test_guests_only_with_sync_guest_users(sync_env: SyncEnv) -> None:
@@ -333,6 +325,7 @@ async def test_delta_expired_runs_a_full_round_and_reconciles(sync_env: SyncEnv)
 async def test_failing_user_is_retried_then_quarantined_until_it_changes(sync_env: SyncEnv) -> None:
     from daemon.pbx.client import PbxOperation
     from daemon.pbx.mapping import user_payload
+    from state.pushed import retry_delay
 
     taken = user_payload({"id": "someone-else", "userPrincipalName": "user001@contoso.example"}, extension_number="7777",
                          active=True, sign_in_as_administrator=False, sign_in_as_standard_user=False)
@@ -343,6 +336,11 @@ async def test_failing_user_is_retried_then_quarantined_until_it_changes(sync_en
         report = await sync_env.run()
         assert report.counts.get("failed") == 1, attempt
         assert "linked to another directory object" in report.failures[0]
+        if attempt < 4:  # unchanged, it waits out its backoff (1 h, doubling) before the next try
+            writes = sync_env.pbx_writes()
+            sync_env.graph.clock.advance(retry_delay(attempt + 1) - 1)
+            assert (await sync_env.run()).counts == {"waiting": 1} and sync_env.pbx_writes() == writes
+            sync_env.graph.clock.advance(1)
     writes = sync_env.pbx_writes()
     report = await sync_env.run()
     assert report.counts == {"quarantined": 1} and sync_env.pbx_writes() == writes
@@ -350,6 +348,7 @@ async def test_failing_user_is_retried_then_quarantined_until_it_changes(sync_en
     sync_env.graph.tenant.change_user(clash, userPrincipalName="user001b@contoso.example")
     report = await sync_env.run()
     assert report.counts == {"create": 1}
+    assert [retry_delay(n) / 3600 for n in range(1, 8)] == [1, 2, 4, 8, 16, 24, 24]
 
 
 def report_error(row: object) -> str | None:

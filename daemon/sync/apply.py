@@ -26,7 +26,7 @@ from typing import Protocol
 
 from daemon.logging import get_logger
 from daemon.pbx.types import PbxOutcome, PbxWriter
-from daemon.sync.changes import Change, Phase, Plan
+from daemon.sync.changes import Change, Phase, Plan, failure_text
 from daemon.sync.materialize import build_deferred, resolve_users, with_photo
 from state.pushed import Bookkeeping, Failed, Pushed
 from state.sync_store import SyncStore
@@ -67,6 +67,8 @@ class Applier:
             log.error("object cannot be synced", kind=kind, problem=text)
         for kind, _ in plan.quarantined:
             self.report.count(kind, "quarantined")
+        for kind, _ in plan.waiting:
+            self.report.count(kind, "waiting")
         await self.sync_store.apply_bookkeeping(self.tenant, plan.bookkeeping)
         ordered = plan.ordered()
         self._user_ids = None
@@ -84,7 +86,9 @@ class Applier:
         """The chunk as it is sent: every typed reference resolved (see ``materialize``)."""
         deferred = [c.graph_id for c in chunk if c.refs.payload_source is not None]
         if deferred:
-            chunk = build_deferred(chunk, await self.sync_store.graph_copies(self.tenant, "user", deferred))
+            failed: list[tuple[Change, Exception]] = []
+            chunk = build_deferred(chunk, await self.sync_store.graph_copies(self.tenant, "user", deferred), failed)
+            await self._record_failed([(change, failure_text(error)) for change, error in failed])
         if any(c.refs.pending_users for c in chunk):
             if self._user_ids is None:  # once per run: creates come first, so every user create is done by now
                 self._user_ids = await self.sync_store.pbx_ids(self.tenant, "user")
@@ -101,6 +105,14 @@ class Applier:
             uris = await self.photos.data_uris(with_photos) if self.photos is not None else {}
             chunk = [with_photo(c, uris.get(c.refs.photo.user_id)) if c.refs.photo is not None else c for c in chunk]
         return chunk
+
+    async def _record_failed(self, failed: list[tuple[Change, str]]) -> None:
+        """Objects that failed before they were sent: reported and recorded, each alone."""
+        for change, text in failed:
+            self.report.fail(change.kind, f"{change.label}: {text}")
+            log.error("object cannot be synced", kind=change.kind, object=change.label, problem=text)
+        await self.sync_store.apply_bookkeeping(
+            self.tenant, [Failed(c.kind, c.graph_id, text, c.fingerprint) for c, text in failed if c.kind != "busy"])
 
     async def _apply_chunk(self, chunk: list[Change]) -> None:
         await self.sync_store.journal_creates(

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Literal, Protocol
 
+from daemon.graph.records import MAX_TEXT, clean_text
 from daemon.pbx.mapping import Payload
 from daemon.pbx.types import PbxOperation
 from state.copies import GraphCopy
-from state.pushed import Bookkeeping
+from state.pushed import Bookkeeping, Failed
 
 ObjectKind = Literal["user", "group", "contact", "busy"]
 
@@ -106,6 +107,12 @@ class Change:
                 + (f" ({self.reason})" if self.reason else ""))
 
 
+def failure_text(error: BaseException | str) -> str:
+    """An error as an object's recorded reason: safe to store and show, whatever text it quotes."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return clean_text(text)[:MAX_TEXT]
+
+
 @dataclass
 class Plan:
     """A whole run's changes, the deprovisions the guard held, and notes."""
@@ -115,7 +122,17 @@ class Plan:
     bookkeeping: list[Bookkeeping] = field(default_factory=list)  # no write needed (tracking)
     failures: list[tuple[ObjectKind, str]] = field(default_factory=list)  # (kind, "who: why") found while planning
     quarantined: list[tuple[ObjectKind, str]] = field(default_factory=list)  # (kind, who): skipped until they change
+    waiting: list[tuple[ObjectKind, str]] = field(default_factory=list)  # (kind, who): failed, retried later
     notes: list[str] = field(default_factory=list)  # settings that select nobody, and the like
+
+    def fail(self, kind: ObjectKind, graph_id: str, label: str, error: BaseException | str,
+             fingerprint: str = "") -> None:
+        """One object could not be planned: it alone fails, recorded with its reason (busy lists are
+        retried by the next poll, so they are only reported)."""
+        text = failure_text(error)
+        self.failures.append((kind, f"{clean_text(label)}: {text}"))
+        if kind != "busy":
+            self.bookkeeping.append(Failed(kind, graph_id, text, fingerprint))
 
     def extend(self, other: Plan) -> None:
         self.changes += other.changes
@@ -123,6 +140,7 @@ class Plan:
         self.bookkeeping += other.bookkeeping
         self.failures += other.failures
         self.quarantined += other.quarantined
+        self.waiting += other.waiting
         self.notes += other.notes
 
     def ordered(self) -> list[Change]:

@@ -20,11 +20,14 @@ from state.copies import GraphCopy
 from state.pushed import Pushed
 
 
-def build_deferred(chunk: list[Change], copies: Mapping[str, GraphCopy]) -> list[Change]:
+def build_deferred(chunk: list[Change], copies: Mapping[str, GraphCopy],
+                   failed: list[tuple[Change, Exception]] | None = None) -> list[Change]:
     """The chunk with each deferred create's payload built from its stored copy.
 
     A copy gone since planning (purged by a concurrent disconnect) drops its
-    create; the next run plans it again if it is still wanted."""
+    create; the next run plans it again if it is still wanted. With ``failed``,
+    a create whose payload cannot be built is left out and listed there (it
+    alone fails); without it, the error is raised."""
     out = []
     for change in chunk:
         source = change.refs.payload_source
@@ -34,10 +37,16 @@ def build_deferred(chunk: list[Change], copies: Mapping[str, GraphCopy]) -> list
         copy = copies.get(change.graph_id)
         if copy is None or change.extension is None:
             continue
-        payload, inputs = source.build_create(copy, change.extension)
-        on_success = change.on_success
-        if isinstance(on_success, Pushed):
-            on_success = replace(on_success, payload=payload, payload_hash=payload_hash(payload), input_hash=inputs)
+        try:
+            payload, inputs = source.build_create(copy, change.extension)
+            on_success = change.on_success
+            if isinstance(on_success, Pushed):
+                on_success = replace(on_success, payload=payload, payload_hash=payload_hash(payload), input_hash=inputs)
+        except Exception as error:  # one create's failure: the rest of the chunk goes on
+            if failed is None:
+                raise
+            failed.append((change, error))
+            continue
         out.append(replace(change, operation=replace(change.operation, payload=payload), on_success=on_success,
                            refs=replace(change.refs, payload_source=None)))
     return out

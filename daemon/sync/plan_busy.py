@@ -43,7 +43,11 @@ def plan_busy(users: Iterable[tuple[str, str, str]], events: Mapping[str, Sequen
     plan = Plan()
     path = f"{PBX_USER}:busy"
     for user_id, pbx_id, upn in users:
-        windows = busy_windows(events.get(user_id, ()), show_as, now, window_end, user_id, placer)
+        try:
+            windows = busy_windows(events.get(user_id, ()), show_as, now, window_end, user_id, placer)
+        except Exception as error:  # one calendar's failure: the others are still pushed
+            plan.fail("busy", user_id, upn, error)
+            continue
         fingerprint = hashlib.sha256(json.dumps(windows).encode()).hexdigest()[:16]
         previous = pushed.get(user_id)
         if previous == fingerprint:

@@ -50,60 +50,64 @@ def plan_groups(snapshot: Snapshot, copies: Mapping[str, GraphCopy], synced: Map
     allocator = pool.allocator(start or "100", None)
     configured = set(tenant.groups) if start is not None else set()
     for group_id in sorted(configured | set(synced)):
-        copy, row = copies.get(group_id), synced.get(group_id)
-        pbx_id = row.pbx_id if row is not None and row.pbx_id else snapshot.inventory.groups.get(group_id)
-        label = str(copy.data.get("displayName") or group_id) if copy is not None else group_id
-        if copy is None or copy.removed or group_id not in configured:
-            if pbx_id is not None:
-                reason = "removed from the groups setting" if group_id not in configured else "deleted in Entra ID"
-                plan.changes.append(Change("group", "delete", Phase.GROUP_DELETE,
-                                           PbxOperation("delete", "Group", group_id, pbx_id=pbx_id),
-                                           Removed("group", group_id, copy is not None and copy.removed == "deleted"),
-                                           label, reason))
-            continue
-        members: list[str] = []
-        created: list[UserRef] = []
-        for member in sorted(snapshot.group_members.get(group_id, frozenset())):
-            if member in leaving_users:
+        try:
+            copy, row = copies.get(group_id), synced.get(group_id)
+            pbx_id = row.pbx_id if row is not None and row.pbx_id else snapshot.inventory.groups.get(group_id)
+            label = str(copy.data.get("displayName") or group_id) if copy is not None else group_id
+            if copy is None or copy.removed or group_id not in configured:
+                if pbx_id is not None:
+                    reason = "removed from the groups setting" if group_id not in configured else "deleted in Entra ID"
+                    plan.changes.append(Change("group", "delete", Phase.GROUP_DELETE,
+                                               PbxOperation("delete", "Group", group_id, pbx_id=pbx_id),
+                                               Removed("group", group_id, copy is not None and copy.removed == "deleted"),
+                                               label, reason))
                 continue
-            if member in user_pbx_ids:
-                members.append(user_pbx_ids[member])
-            elif member in created_users:
-                created.append(UserRef(member))
-        refs = Refs(members=tuple(created))
-        if not members and not created:
-            plan.notes.append(f"group {label!r} ({group_id}) has no member that is a PBX user")
-        number = (row.payload or {}).get(PBX_GROUP, {}).get("extensionNumber") if row is not None else None
-        number = number or pool.live_number("group", group_id)
-        if number is None:
-            try:
-                number = pool.own_number("group", group_id) or allocator.take()
-            except RangeExhausted as err:
-                plan.failures.append(("group", f"{label}: {err}"))
+            members: list[str] = []
+            created: list[UserRef] = []
+            for member in sorted(snapshot.group_members.get(group_id, frozenset())):
+                if member in leaving_users:
+                    continue
+                if member in user_pbx_ids:
+                    members.append(user_pbx_ids[member])
+                elif member in created_users:
+                    created.append(UserRef(member))
+            refs = Refs(members=tuple(created))
+            if not members and not created:
+                plan.notes.append(f"group {label!r} ({group_id}) has no member that is a PBX user")
+            number = (row.payload or {}).get(PBX_GROUP, {}).get("extensionNumber") if row is not None else None
+            number = number or pool.live_number("group", group_id)
+            if number is None:
+                try:
+                    number = pool.own_number("group", group_id) or allocator.take()
+                except RangeExhausted as err:
+                    plan.failures.append(("group", f"{label}: {err}"))
+                    continue
+            desired = group_payload(copy.data, extension_number=number, member_ids=members)
+            pushed = Pushed("group", group_id, pbx_id, desired, payload_hash(desired), row.etag if row else None,
+                            extension=number)
+            if pbx_id is None:
+                operation = PbxOperation("create", "Group", group_id, payload=desired,
+                                         maybe_applied=group_id in snapshot.pending_creates.get("group", frozenset()))
+                plan.changes.append(Change("group", "create", Phase.MEMBERSHIP, operation, pushed, label,
+                                           "listed in the groups setting", extension=number, refs=refs))
                 continue
-        desired = group_payload(copy.data, extension_number=number, member_ids=members)
-        pushed = Pushed("group", group_id, pbx_id, desired, payload_hash(desired), row.etag if row else None,
-                        extension=number)
-        if pbx_id is None:
-            operation = PbxOperation("create", "Group", group_id, payload=desired,
-                                     maybe_applied=group_id in snapshot.pending_creates.get("group", frozenset()))
-            plan.changes.append(Change("group", "create", Phase.MEMBERSHIP, operation, pushed, label,
-                                       "listed in the groups setting", extension=number, refs=refs))
-            continue
-        previous = row.payload if row is not None and row.payload else None
-        if previous is None:  # on the PBX but not recorded: re-read and converge
-            operation = PbxOperation("update", "Group", group_id, payload=desired, pbx_id=pbx_id, maybe_applied=True)
-            plan.changes.append(Change("group", "update", Phase.MEMBERSHIP, operation, pushed, label,
-                                       "on the PBX but not recorded (recovering after an interruption)", refs=refs))
-            continue
-        before = [m["value"] for m in previous.get("members", [])]
-        after = [m["value"] for m in desired.get("members", [])]
-        operations = patch_operations({k: v for k, v in previous.items() if k != "members"},
-                                      {k: v for k, v in desired.items() if k != "members"})
-        operations += member_operations(before, after)
-        if operations or created:
-            operation = PbxOperation("update", "Group", group_id, payload=desired, operations=operations,
-                                     pbx_id=pbx_id, etag=row.etag if row is not None else None)
-            plan.changes.append(Change("group", "update", Phase.MEMBERSHIP, operation, pushed, label,
-                                       "changed in Entra ID", refs=refs))
+            previous = row.payload if row is not None and row.payload else None
+            if previous is None:  # on the PBX but not recorded: re-read and converge
+                operation = PbxOperation("update", "Group", group_id, payload=desired, pbx_id=pbx_id, maybe_applied=True)
+                plan.changes.append(Change("group", "update", Phase.MEMBERSHIP, operation, pushed, label,
+                                           "on the PBX but not recorded (recovering after an interruption)", refs=refs))
+                continue
+            before = [m["value"] for m in previous.get("members", [])]
+            after = [m["value"] for m in desired.get("members", [])]
+            operations = patch_operations({k: v for k, v in previous.items() if k != "members"},
+                                          {k: v for k, v in desired.items() if k != "members"})
+            operations += member_operations(before, after)
+            if operations or created:
+                operation = PbxOperation("update", "Group", group_id, payload=desired, operations=operations,
+                                         pbx_id=pbx_id, etag=row.etag if row is not None else None)
+                plan.changes.append(Change("group", "update", Phase.MEMBERSHIP, operation, pushed, label,
+                                           "changed in Entra ID", refs=refs))
+        except Exception as error:  # one group's failure, never the run's
+            copy = copies.get(group_id)
+            plan.fail("group", group_id, str(copy.data.get("displayName") or group_id) if copy else group_id, error)
     return plan

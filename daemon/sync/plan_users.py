@@ -29,6 +29,7 @@ from daemon.errors import RangeExhausted
 from daemon.pbx.mapping import Payload, patch_operations, payload_hash, user_payload
 from daemon.pbx.schema import PBX_USER
 from daemon.pbx.types import PbxOperation
+from daemon.sync.backoff import held_back
 from daemon.sync.changes import Change, Phase, PhotoRef, Plan, Refs
 from daemon.sync.materialize import build_deferred
 from daemon.sync.numbering import Allocation, NumberPool
@@ -138,6 +139,16 @@ class UserPlanner:
     # --- per user ---
 
     def add(self, copy: GraphCopy | None, synced: SyncedRow | None) -> None:
+        """Plan one user; whatever goes wrong with it fails this user alone."""
+        try:
+            self._add(copy, synced)
+        except Exception as error:  # one object's failure, never the run's
+            if copy is None:
+                raise
+            self.plan.fail("user", copy.id, str(copy.data.get("userPrincipalName") or copy.id), error,
+                           self._fingerprint(copy))
+
+    def _add(self, copy: GraphCopy | None, synced: SyncedRow | None) -> None:
         if not self.tenant.users.enabled:
             return  # users.enabled = false: nothing is created, changed or removed
         if copy is None:
@@ -148,6 +159,12 @@ class UserPlanner:
             self.plan.quarantined.append(("user", upn))
             if synced.active and synced.pbx_id and self.track_active:
                 self.active[copy.id] = (upn, synced.pbx_id)  # still on the PBX as it was
+            return
+        if synced is not None and synced.failures and \
+                held_back(synced, self._fingerprint(copy), self.inputs.now) == "waiting":
+            self.plan.waiting.append(("user", upn))
+            if synced.active and synced.pbx_id and self.track_active:
+                self.active[copy.id] = (upn, synced.pbx_id)
             return
         decision = decide(copy.data, copy.removed, self.tenant, self.inputs.group_members, self.inputs.shared_mailboxes)
         entry = self.inputs.pbx_by_external_id.get(copy.id)

@@ -17,6 +17,7 @@ from datetime import datetime
 from daemon.graph.client import GraphClient
 from daemon.graph.delta import BatchedRounds, is_removed, stored_links
 from daemon.logging import get_logger
+from daemon.sync.intake import describe, merge_checked
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -59,9 +60,10 @@ async def read_calendars(tenant: str, store: Store, sync_store: SyncStore, graph
     async for event in rounds:
         user_id = event.key
         if event.kind == "page":
-            changes = [{"id": i["id"], "_owner": user_id, **{k: i[k] for k in KEPT_FIELDS if k in i}}
-                       if is_removed(i) is None else i for i in event.items]
-            await sync_store.merge_changes(tenant, "event", changes, owner=user_id)
+            changes = [{**i, "_owner": user_id} if isinstance(i, dict) and is_removed(i) is None else i
+                       for i in event.items]  # the record keeps KEPT_FIELDS only
+            rejected = await merge_checked(sync_store, tenant, "event", changes, owner=user_id)
+            result.failures += [f"event of {upns[user_id]}: {describe(r)}" for r in rejected]
         elif event.kind == "done" and event.delta_link is not None:
             new_links[user_id] = event.delta_link
         elif event.kind == "failed":

@@ -25,8 +25,10 @@ from daemon.graph.client import GraphClient
 from daemon.graph.clouds import cloud_of
 from daemon.graph.delta import BatchedRounds, is_removed, stored_links
 from daemon.graph.listing import BatchedListings
+from daemon.graph.records import Rejected
 from daemon.logging import get_logger
 from daemon.sync.contact_folders import DEFAULT_FOLDER, list_folders
+from daemon.sync.intake import merge_checked
 from daemon.sync.plan_contacts import Mailbox
 from state.store import Store
 from state.sync_store import SyncStore
@@ -44,6 +46,7 @@ class ContactsRead:
     full_rounds: int = 0  # folders read from scratch (their contacts may be on the PBX unrecorded)
     unreadable: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)  # recorded as failed objects
 
 
 def _folder_path(user_id: str, folder: str) -> str:
@@ -132,10 +135,13 @@ class ContactsReader:
             user_id, _, folder = event.key.partition(":")
             mailbox = mailboxes[user_id]
             if event.kind == "page":
-                changes = [{**i, "_owner": user_id, "_folder": folder} if is_removed(i) is None else i for i in event.items]
-                await self.sync_store.merge_changes(name, "contact", changes, owner=user_id, folder=folder)
-                if event.key in full:
-                    full[event.key] |= {c["id"] for c in changes if is_removed(c) is None}
+                changes = [{**i, "_owner": user_id, "_folder": folder} if isinstance(i, dict) and is_removed(i) is None
+                           else i for i in event.items]
+                rejected = await merge_checked(self.sync_store, name, "contact", changes, owner=user_id, folder=folder)
+                self.read.rejected += rejected
+                if event.key in full:  # a rejected contact keeps its copy: never taken for gone
+                    full[event.key] |= {c["id"] for c in changes if isinstance(c, dict) and isinstance(c.get("id"), str)
+                                        and is_removed(c) is None}
             elif event.kind == "done" and (event.delta_link is not None or not delta):
                 self.read.links[event.key] = event.delta_link or _initial(user_id, folder, delta)
                 if event.key in full:  # reconcile: what a full round no longer returns is gone

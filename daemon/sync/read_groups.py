@@ -21,7 +21,9 @@ from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
 from daemon.graph.delta import DeltaRound, is_removed, stored_link
 from daemon.graph.paging import listing_pages
+from daemon.graph.records import Rejected
 from daemon.logging import get_logger
+from daemon.sync.intake import merge_checked
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -35,6 +37,7 @@ USER_TYPE = "#microsoft.graph.user"
 class GroupsRead:
     links: dict[str, str] = field(default_factory=dict)  # key -> new deltaLink, committed at the end
     missing: list[str] = field(default_factory=list)  # configured ids Graph does not know
+    rejected: list[Rejected] = field(default_factory=list)  # recorded as failed objects
 
 
 async def read_groups(tenant: TenantConfig, store: Store, sync_store: SyncStore, graph: GraphClient) -> GroupsRead:
@@ -54,39 +57,46 @@ async def read_groups(tenant: TenantConfig, store: Store, sync_store: SyncStore,
         initial = f"/groups/delta?$filter={clause}&$select=displayName,mail,members"
         link = stored_link(graph, await store.delta_link(name, "groups", key), f"groups {key}")
         try:
-            new_link = await _round(tenant, sync_store, graph, link or initial, chunk, fresh=link is None)
+            new_link = await _round(tenant, sync_store, graph, link or initial, chunk, read.rejected,
+                                    fresh=link is None)
         except DeltaExpired:
             log.warning("groups delta state expired; reading the groups again", tenant=name)
             await store.drop_delta_link(name, "groups", key)
-            new_link = await _round(tenant, sync_store, graph, initial, chunk, fresh=True)
+            new_link = await _round(tenant, sync_store, graph, initial, chunk, read.rejected, fresh=True)
         if new_link:
             read.links[key] = new_link
     await store.drop_delta_links(name, "groups", keep=keys)
     if tenant.groups_transitive:
         await _read_transitive(tenant, sync_store, graph, groups)
     known = await sync_store.graph_copies(name, "group", groups)
+    refused = {r.id for r in read.rejected}  # reported as failed objects, not as unknown
     for group_id in groups:
-        if group_id not in known:
+        if group_id not in known and group_id not in refused:
             read.missing.append(group_id)
             log.warning("a configured group does not exist in Entra ID", tenant=name, group=group_id)
     return read
 
 
-async def _round(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, url: str, chunk: list[str], *,
-                 fresh: bool) -> str | None:
+async def _round(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, url: str, chunk: list[str],
+                 rejected: list[Rejected], *, fresh: bool) -> str | None:
     name = tenant.name
     round_ = DeltaRound(graph, url)
     members: dict[str, set[str]] = {g: set() for g in chunk} if fresh else {}
     async for change in round_:
+        if not isinstance(change, dict):
+            change = {}
+        properties = {k: v for k, v in change.items() if k != "members@delta"}
+        rejected += await merge_checked(sync_store, name, "group", [properties])
+        if not isinstance(change.get("id"), str):
+            continue  # rejected above: nothing to hang its members on
         added: list[str] = []
         removed: list[str] = []
-        for member in change.get("members@delta", []) or []:
+        delta_members = change.get("members@delta")
+        for member in delta_members if isinstance(delta_members, list) else []:
             if isinstance(member, dict) and isinstance(member.get("id"), str):
                 if member.get("@odata.type", USER_TYPE) != USER_TYPE:
                     continue  # a nested group: its members count only with groups_transitive
                 (removed if is_removed(member) else added).append(member["id"])
-        properties = {k: v for k, v in change.items() if k != "members@delta"}
-        await sync_store.merge_changes(name, "group", [properties])
         if tenant.groups_transitive:
             continue
         if fresh:

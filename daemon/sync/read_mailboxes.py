@@ -17,6 +17,7 @@ from typing import Any
 from daemon.config import TenantConfig
 from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
+from daemon.graph.records import MAX_TEXT, clean_text
 from daemon.logging import get_logger
 from state.sync_store import GraphCopy, SyncStore
 
@@ -56,8 +57,8 @@ async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: G
         if result.ok:
             row["userPurpose"] = purpose_of(result.body)
             zone = result.body.get("timeZone") if isinstance(result.body, dict) else None
-            if isinstance(zone, str) and zone:
-                row["timeZone"] = zone
+            if isinstance(zone, str) and zone and len(zone) <= MAX_TEXT:
+                row["timeZone"] = clean_text(zone)
         elif result.status in (404, 403):
             row["userPurpose"] = "none" if result.status == 404 else UNREADABLE
         else:

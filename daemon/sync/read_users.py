@@ -17,7 +17,7 @@ so no user is ever planned half-empty.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import TenantConfig
@@ -26,7 +26,9 @@ from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
 from daemon.graph.delta import DeltaRound, is_removed, stored_link
 from daemon.graph.paging import listing_pages
+from daemon.graph.records import Rejected, parse
 from daemon.logging import get_logger
+from daemon.sync.intake import record_rejected
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -49,6 +51,7 @@ class UsersRead:
     full_round: bool
     reconciled: int = 0
     completed: int = 0  # partial items completed with a GET
+    rejected: list[Rejected] = field(default_factory=list)  # recorded as failed objects
 
 
 async def read_users(tenant: TenantConfig, store: Store, sync_store: SyncStore, graph: GraphClient,
@@ -68,25 +71,40 @@ async def _round(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient
     read = UsersRead(None, link is None)
     seen: set[str] = set()
     page: list[dict[str, Any]] = []
+    refused: list[Rejected] = []  # rejected as read (those of completions are recorded where completed)
     if link is None:  # "sync from now", then the listing: the link is minted first
         latest = DeltaRound(graph, f"/users/delta?$select={USER_SELECT}&$deltaToken=latest")
-        async for change in latest:
-            page.append(change)  # none expected; merged anyway
+        async for item in latest:  # none expected; merged anyway
+            parsed = parse("user", item)
+            if isinstance(parsed, Rejected):
+                read.rejected.append(parsed)
+                refused.append(parsed)
+            else:
+                page.append(parsed)
         changes: AsyncIterator[dict[str, Any]] = _listing(graph)
         delta_link = latest.delta_link
     else:
         round_ = DeltaRound(graph, link, expected_objects=await sync_store.count_copies(tenant.name, "user"))
         changes = aiter(round_)
-    async for change in changes:
+    async for item in changes:
+        parsed = parse("user", item)
+        if isinstance(parsed, Rejected):
+            read.rejected.append(parsed)
+            refused.append(parsed)
+            if parsed.id is not None:
+                seen.add(parsed.id)  # kept as it was, never taken for gone
+            continue
+        change = parsed
         if is_removed(change) is None:
             seen.add(change["id"])
         page.append(change)
         if len(page) >= MERGE_PAGE:
-            read.completed += await _merge(tenant, sync_store, graph, page)
+            read.completed += await _merge(tenant, sync_store, graph, page, read.rejected)
             page = []
             if progress is not None:
                 progress("read", len(seen), 0)
-    read.completed += await _merge(tenant, sync_store, graph, page)
+    read.completed += await _merge(tenant, sync_store, graph, page, read.rejected)
+    await record_rejected(sync_store, tenant.name, refused)
     if link is None:
         missing = await sync_store.mark_missing_removed(tenant.name, "user", seen)
         read.reconciled = len(missing)
@@ -109,15 +127,22 @@ async def _listing(graph: GraphClient) -> AsyncIterator[dict[str, Any]]:
                 yield item
 
 
-async def _merge(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, page: list[dict[str, Any]]) -> int:
-    """Merge one page, completing partial items for unknown users first; returns how many were completed."""
+async def _merge(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, page: list[dict[str, Any]],
+                 rejected: list[Rejected] | None = None) -> int:
+    """Merge one (parsed) page, completing partial items for unknown users first (parsed in turn, a rejected
+    one recorded and added to ``rejected``); returns how many were completed."""
     candidates = [c for c in page if is_removed(c) is None and any(f not in c for f in REQUIRED)]
     if candidates:
         known = await sync_store.known_ids(tenant.name, "user", [c["id"] for c in candidates])
         unknown = {c["id"] for c in candidates if c["id"] not in known}
         if unknown:
             full = await _complete(graph, unknown)
-            page = [full.get(c["id"], c) if c["id"] in unknown else c for c in page]
+            completed = [parse("user", full.get(c["id"], c)) if c["id"] in unknown else c for c in page]
+            refused = [c for c in completed if isinstance(c, Rejected)]
+            await record_rejected(sync_store, tenant.name, refused)
+            if rejected is not None:
+                rejected += refused
+            page = [c for c in completed if not isinstance(c, Rejected)]
             log.info("completed partial delta items of unknown users", tenant=tenant.name, users=len(unknown))
             await sync_store.merge_changes(tenant.name, "user", page)
             return len(unknown)

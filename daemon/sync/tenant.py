@@ -30,6 +30,7 @@ from daemon.pbx.types import PbxWriter
 from daemon.sync.apply import Applier, Progress
 from daemon.sync.changes import Change, Plan
 from daemon.sync.guard import guard, held_rows
+from daemon.sync.intake import describe
 from daemon.sync.photos import PhotoBytes, photo_check_due, photo_versions
 from daemon.sync.plan_contacts import ContactPlanner, Mailbox
 from daemon.sync.plan_groups import plan_groups
@@ -75,6 +76,8 @@ class TenantSync:
         if users_read.delta_link:
             self.links[("users", "")] = users_read.delta_link
         groups_read = await read_groups(tenant, self.store, self.sync_store, self.graph) if tenant.groups else GroupsRead()
+        for rejected in users_read.rejected + groups_read.rejected:
+            report.fail(rejected.kind, describe(rejected))
         report.groups.missing = groups_read.missing
         self.links.update({("groups", key): link for key, link in groups_read.links.items()})
         shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now) if tenant.shared_mailbox.enabled else {}
@@ -183,6 +186,8 @@ class TenantSync:
         report.contacts.unreadable = read.unreadable
         for failure in read.failures:
             report.fail("contact", failure)
+        for rejected in read.rejected:
+            report.fail("contact", describe(rejected))
         self.links.update({("contacts", key): link for key, link in read.links.items()})
         return read
 
@@ -192,7 +197,7 @@ class TenantSync:
         if read.full_rounds:  # folders read from scratch: their contacts may be on the PBX, unrecorded
             on_pbx = (await read_inventory(self.pbx, contacts=True)).contacts
         planner = ContactPlanner(self.tenant, self._mailboxes(users, snapshot),
-                                 snapshot.pending_creates.get("contact", frozenset()), on_pbx)
+                                 snapshot.pending_creates.get("contact", frozenset()), on_pbx, self.now())
         async for copy, synced in self.sync_store.iter_with_synced(self.tenant.name, "contact"):
             planner.add(copy, synced)
         report.contacts.skipped_without_phone = planner.skipped_without_phone
