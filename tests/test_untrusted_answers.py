@@ -17,8 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 import scenario
 from daemon.clock import FakeClock
@@ -29,6 +27,7 @@ from daemon.pbx.types import PbxOperation
 from daemon.retry import Transport
 from graph_fixtures import GraphEnv
 from pbx_fixtures import PbxEnv
+from scim_proxy import Rewrite, RewritingProxy, rewriting_proxy
 from sim.pbx import ScimServer
 from state.open import open_database
 from state.store import Store
@@ -36,81 +35,23 @@ from state.sync_store import SyncStore
 from sync_fixtures import SyncEnv, tenant_config
 from test_pbx_client import graph_user, user_op
 
-# (method, path, request body, status, answer body) -> (status, answer body)
-Rewrite = Callable[[str, str, Any, int, Any], tuple[int, Any]]
-
-
-class RewritingProxy:
-    """Forwards to scim2-server (which applies every write), then rewrites its answer.
-
-    It also notes every write it forwards, inside /Bulk one entry per operation:
-    ``POST /Users <externalId>``, ``PATCH /Users/<id>``, so a write sent twice shows."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.rewrite: Rewrite | None = None
-        self.refuse: Callable[[str, Any], bool] | None = None  # (method, body): answered 400, never forwarded
-        self.writes: list[str] = []
-        self.rewritten = 0
-
-    def note(self, method: str, path: str, body: Any) -> None:
-        if path.endswith("/Bulk"):
-            for op in body.get("Operations", []):
-                self.note(op["method"], op["path"], op.get("data"))
-        elif method != "GET":
-            key = f"{method} /{path.rsplit('/v2/', 1)[-1].lstrip('/')}"
-            self.writes.append(f"{key} {body.get('externalId')}" if method == "POST" else key)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        body = json.loads(raw) if raw else None
-        self.note(request.method, request.path, body)
-        if self.refuse is not None and self.refuse(request.method, body):
-            return web.json_response({"status": "400", "scimType": "invalidValue", "detail": "photos.value"},
-                                     status=400, content_type="application/scim+json")
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
-        async with aiohttp.ClientSession() as session:
-            url = self.target + request.path_qs.split("/v2", 1)[1]
-            async with session.request(request.method, url, data=raw, headers=headers) as answer:
-                status, payload = answer.status, await answer.read()
-                etag = answer.headers.get("ETag")
-        parsed = json.loads(payload) if payload else None
-        if self.rewrite is not None:
-            new_status, new_body = self.rewrite(request.method, request.path, body, status, parsed)
-            if (new_status, new_body) != (status, parsed):
-                self.rewritten += 1
-                status, parsed = new_status, new_body
-        if isinstance(parsed, str):  # not JSON at all
-            return web.Response(status=status, text=parsed, content_type="text/html")
-        out = {"ETag": etag} if etag else {}
-        return web.Response(status=status, body=json.dumps(parsed).encode() if parsed is not None else b"",
-                            headers=out, content_type="application/scim+json")
-
-    def written_twice(self) -> list[str]:
-        return [write for write, n in Counter(self.writes).items() if n > 1]
-
 
 @pytest.fixture
 async def proxy_env(graph_env: GraphEnv, pbx: PbxEnv, tmp_path: Path, scim_server_one_by_one: ScimServer,
                     request: pytest.FixtureRequest) -> AsyncIterator[tuple[SyncEnv, RewritingProxy]]:
     """The sync engine against scim2-server behind a rewriting proxy; ``bulk`` or ``one-by-one`` (the param)."""
     server = pbx.server if getattr(request, "param", "bulk") == "bulk" else scim_server_one_by_one
-    proxy = RewritingProxy(server.url(pbx.tenant))
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    http = TestServer(app, host="127.0.0.1")
-    await http.start_server()
-    pbx.client = PbxClient(pbx.client.transport, str(http.make_url("/v2")), server.token)
-    db = await open_database(tmp_path / "state.db")
-    store = Store(db, clock=graph_env.clock.time)
-    await store.register_tenant("t", "d", "a")
-    env = SyncEnv(graph_env, pbx, db, store, SyncStore(db, clock=graph_env.clock.time), tmp_path,
-                  tenant_config(tmp_path, **scenario.config_sections()))
-    try:
-        yield env, proxy
-    finally:
-        await db.close()
-        await http.close()
+    async with rewriting_proxy(server.url(pbx.tenant)) as (proxy, url):
+        pbx.client = PbxClient(pbx.client.transport, url, server.token)
+        db = await open_database(tmp_path / "state.db")
+        store = Store(db, clock=graph_env.clock.time)
+        await store.register_tenant("t", "d", "a")
+        env = SyncEnv(graph_env, pbx, db, store, SyncStore(db, clock=graph_env.clock.time), tmp_path,
+                      tenant_config(tmp_path, **scenario.config_sections()))
+        try:
+            yield env, proxy
+        finally:
+            await db.close()
 
 
 async def converges(env: SyncEnv, world: scenario.Scenario, proxy: RewritingProxy) -> None:
@@ -207,15 +148,9 @@ async def test_bulk_updates_and_deletes_are_matched_or_resolved_never_sent_again
 
 @pytest.fixture
 async def proxied_client(pbx: PbxEnv) -> AsyncIterator[tuple[RewritingProxy, PbxClient]]:
-    proxy = RewritingProxy(pbx.server.url(pbx.tenant))
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    http = TestServer(app, host="127.0.0.1")
-    await http.start_server()
-    async with aiohttp.ClientSession() as session:
+    async with rewriting_proxy(pbx.server.url(pbx.tenant)) as (proxy, url), aiohttp.ClientSession() as session:
         transport = Transport(session, "t", Metrics(), clock=FakeClock())
-        yield proxy, PbxClient(transport, str(http.make_url("/v2")), pbx.server.token)
-    await http.close()
+        yield proxy, PbxClient(transport, url, pbx.server.token)
 
 
 async def test_an_id_the_pbx_never_served_is_healed_by_externalid_before_anything_is_created(
