@@ -11,12 +11,10 @@ ETags. One process serves one empty PBX (no tenants).
 from __future__ import annotations
 
 import shutil
-import subprocess
-import threading
 from pathlib import Path
 
 from daemon.pbx.schema import schema_file
-from sim.pbx import PbxRequest, ScimServer, ScimServerError, _free_port
+from sim.pbx import PbxRequest, ScimServer, ScimServerError
 
 SCIMMY_DIR = Path(__file__).resolve().parent / "scimmy"
 
@@ -34,25 +32,11 @@ class ScimmyServer(ScimServer):
         node = shutil.which("node")
         if node is None or not (SCIMMY_DIR / "node_modules" / "scimmy").is_dir():
             raise ScimServerError("SCIMMY is not installed: run `npm ci` in sim/scimmy (Node 20)")
-        schemas = schema_file("schemas.json").parent
-        for _ in range(5):  # a free port can be taken between probing and binding
-            self.port = _free_port()
-            process = subprocess.Popen(
-                [node, str(SCIMMY_DIR / "server.js"), "--port", str(self.port), "--token", self.token,
-                 "--schemas", str(schemas)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=SCIMMY_DIR,
-            )
-            if self._wait_until_serving(process):
-                self._process = process
-                threading.Thread(target=self._read_log, args=(process,), daemon=True).start()
-                return self
-            process.kill()
-            process.wait()
-        raise ScimServerError("SCIMMY did not start; see its output above")
+        schemas = str(schema_file("schemas.json").parent)
+        return self._serve(lambda port: [node, str(SCIMMY_DIR / "server.js"), "--port", str(port),
+                                         "--token", self.token, "--schemas", schemas], "SCIMMY", cwd=SCIMMY_DIR)
 
     def _entries_of(self, tenant: str) -> list[PbxRequest]:
         return list(self.log)
 
-    def __enter__(self) -> ScimmyServer:
-        return self.start()
 

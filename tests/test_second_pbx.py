@@ -30,10 +30,7 @@ from pbx_fixtures import PbxEnv
 from scim_proxy import RewritingProxy, rewriting_proxy
 from sim.pbx import ScimServer
 from sim.scimmy_pbx import ScimmyServer
-from state.open import open_database
-from state.store import Store
-from state.sync_store import SyncStore
-from sync_fixtures import SyncEnv, tenant_config
+from sync_fixtures import SyncEnv, sqlite_sync_env
 
 PHOTO = b"\xff\xd8\xffJPEGDATA\xff\xd9"
 
@@ -73,14 +70,10 @@ async def two_pbxs(graph_env: GraphEnv, scim_server: ScimServer, scimmy_server: 
             proxy, url = await stack.enter_async_context(rewriting_proxy(target))
             metrics, clock = Metrics(), FakeClock()
             client = PbxClient(Transport(session, "t", metrics, clock=clock), url, server.token)
-            db = await open_database(tmp_path / f"{name}.db")
-            stack.push_async_callback(db.close)
-            store = Store(db, clock=graph_env.clock.time)
-            await store.register_tenant("t", "d", "a")
-            config = tenant_config(tmp_path, users={"sync_photo": True, "photo_check_hours": 0},
-                                   **scenario.config_sections())
-            env = SyncEnv(graph_env, PbxEnv(server, "second-pbx", client, metrics, clock), db, store,
-                          SyncStore(db, clock=graph_env.clock.time), tmp_path, config)
+            pbx = PbxEnv(server, "second-pbx", client, metrics, clock)
+            env = await stack.enter_async_context(sqlite_sync_env(
+                graph_env, pbx, tmp_path, name, users={"sync_photo": True, "photo_check_hours": 0},
+                **scenario.config_sections()))
             envs[name] = (env, proxy)
         yield envs
 

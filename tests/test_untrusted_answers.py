@@ -29,10 +29,7 @@ from graph_fixtures import GraphEnv
 from pbx_fixtures import PbxEnv
 from scim_proxy import Rewrite, RewritingProxy, rewriting_proxy
 from sim.pbx import ScimServer
-from state.open import open_database
-from state.store import Store
-from state.sync_store import SyncStore
-from sync_fixtures import SyncEnv, tenant_config
+from sync_fixtures import SyncEnv, sqlite_sync_env
 from test_pbx_client import graph_user, user_op
 
 
@@ -43,15 +40,8 @@ async def proxy_env(graph_env: GraphEnv, pbx: PbxEnv, tmp_path: Path, scim_serve
     server = pbx.server if getattr(request, "param", "bulk") == "bulk" else scim_server_one_by_one
     async with rewriting_proxy(server.url(pbx.tenant)) as (proxy, url):
         pbx.client = PbxClient(pbx.client.transport, url, server.token)
-        db = await open_database(tmp_path / "state.db")
-        store = Store(db, clock=graph_env.clock.time)
-        await store.register_tenant("t", "d", "a")
-        env = SyncEnv(graph_env, pbx, db, store, SyncStore(db, clock=graph_env.clock.time), tmp_path,
-                      tenant_config(tmp_path, **scenario.config_sections()))
-        try:
+        async with sqlite_sync_env(graph_env, pbx, tmp_path, **scenario.config_sections()) as env:
             yield env, proxy
-        finally:
-            await db.close()
 
 
 async def converges(env: SyncEnv, world: scenario.Scenario, proxy: RewritingProxy) -> None:
