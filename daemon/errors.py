@@ -201,6 +201,12 @@ class PbxProtocolError(PbxError):
     not a number, JSON nested too deeply): the run stops rather than guess."""
 
 
+class PbxListingInconsistent(PbxProtocolError):
+    """A paged list of the PBX came back inconsistent (a page served again, an id
+    twice, fewer or more objects than its ``totalResults``): the listing fails
+    rather than be taken as complete, so no number in use is missed."""
+
+
 class PbxLinkRefused(PbxProtocolError):
     """The PBX named a resource location (``/Bulk`` ``location``, an absolute URL)
     outside the configured ``pbx.scim_url``'s origin: not used, no token sent."""

@@ -20,9 +20,10 @@ import tempfile
 import threading
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from daemon.pbx.schema import schema_file
 
@@ -73,7 +74,7 @@ class ScimServer:
         with self._logged:
             return list(self.log) if tenant is None else self._entries_of(tenant)
 
-    def start(self) -> ScimServer:
+    def start(self) -> Self:
         executable = shutil.which("scim2-server", path=str(Path(sys.executable).parent)) or shutil.which("scim2-server")
         if executable is None:
             raise ScimServerError("scim2-server is not installed (pip install scim2-server)")
@@ -86,14 +87,19 @@ class ScimServer:
             config_path = Path(self._tmp.name) / "service-provider-config.json"
             config_path.write_text(json.dumps(self.service_provider_config))
             command += ["--service-provider-config", str(config_path)]
+        return self._serve(lambda port: [*command, "--port", str(port)], "scim2-server")
+
+    def _serve(self, command: Callable[[int], list[str]], name: str, cwd: Path | None = None) -> Self:
+        """Start ``command(port)`` on a free port; it prints "Serving SCIM" once it listens."""
         for _ in range(5):  # a free port can be taken between probing and binding
             self.port = _free_port()
             process = subprocess.Popen(
-                [*command, "--port", str(self.port)],
+                command(self.port),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                cwd=cwd,
             )
             if self._wait_until_serving(process):
                 self._process = process
@@ -101,7 +107,7 @@ class ScimServer:
                 return self
             process.kill()
             process.wait()
-        raise ScimServerError("scim2-server did not start; see its output above")
+        raise ScimServerError(f"{name} did not start; see its output above")
 
     def _wait_until_serving(self, process: subprocess.Popen[str]) -> bool:
         """scim2-server prints "Serving SCIM on ..." once its socket listens (and
@@ -161,7 +167,7 @@ class ScimServer:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> ScimServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_: object) -> None:

@@ -86,6 +86,7 @@ class Pushed:
     photo_etag: str | None = None
     extension: str | None = None  # the number it holds (allocated to it)
     input_hash: str | None = None  # what ``payload`` was made from (users)
+    note: str | None = None  # written, but the PBX refused an optional part (kept as ``last_error``)
 
 
 @dataclass(frozen=True)
@@ -277,12 +278,13 @@ async def _record_pushed(conn: Any, tenant: str, entries: list[Pushed], now: flo
     await conn.executemany(
         "INSERT INTO synced_objects (tenant, kind, graph_id, pbx_id, payload, payload_hash, etag, active,"
         " out_of_scope_since, photo_etag, last_push_at, updated_at, input_hash, failures, last_error,"
-        " quarantine_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL)"
+        " quarantine_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, NULL)"
         " ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET pbx_id = excluded.pbx_id,"
         " payload = excluded.payload, payload_hash = excluded.payload_hash, etag = excluded.etag,"
         " active = excluded.active, out_of_scope_since = excluded.out_of_scope_since,"
         " photo_etag = excluded.photo_etag, last_push_at = excluded.last_push_at,"
-        " updated_at = excluded.updated_at, input_hash = excluded.input_hash, failures = 0, last_error = NULL,"
+        " updated_at = excluded.updated_at, input_hash = excluded.input_hash, failures = 0,"
+        " last_error = excluded.last_error,"
         " quarantine_fingerprint = NULL, retry_at = NULL, failed_fingerprint = NULL",
         [
             (
@@ -299,6 +301,7 @@ async def _record_pushed(conn: Any, tenant: str, entries: list[Pushed], now: flo
                 now,
                 now,
                 e.input_hash,
+                e.note,
             )
             for e in entries
         ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,20 @@ class SyncEnv:
         numbers = [u[PBX_USER]["extensionNumber"] for u in users.values()]
         assert len(numbers) == len(set(numbers)), "duplicate extension numbers"
         return users
+
+
+@asynccontextmanager
+async def sqlite_sync_env(graph: GraphEnv, pbx: PbxEnv, tmp_path: Path, name: str = "state",
+                          **sections: Any) -> AsyncIterator[SyncEnv]:
+    """A SyncEnv on its own SQLite file (tenant ``t`` registered), configured with ``sections``; closed after."""
+    db = await open_database(tmp_path / f"{name}.db")
+    try:
+        store = Store(db, clock=graph.clock.time)
+        await store.register_tenant("t", "d", "a")
+        yield SyncEnv(graph, pbx, db, store, SyncStore(db, clock=graph.clock.time), tmp_path,
+                      tenant_config(tmp_path, **sections))
+    finally:
+        await db.close()
 
 
 def _sum_metric(metrics: Metrics, name: str, ops: tuple[str, ...]) -> int:

@@ -12,11 +12,11 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from daemon.pbx.connection import pbx_link
 from daemon.pbx.schema import BULK_REQUEST, ENDPOINTS, PATCH_OP
-from daemon.pbx.types import PbxOperation, ProviderConfig, required_payload, scim_int
+from daemon.pbx.types import PbxOperation, ProviderConfig, required_payload, scim_int, valid_pbx_id
 
 ENVELOPE_BYTES = len(json.dumps({"schemas": [BULK_REQUEST], "Operations": []}).encode())
 
@@ -62,7 +62,10 @@ def chunks(operations: Sequence[PbxOperation], config: ProviderConfig) -> list[l
 
 @dataclass(frozen=True)
 class BulkResult:
-    """One operation's answer inside a bulk response (status 0: none was given)."""
+    """One operation's answer inside a bulk response (status 0: none was given).
+
+    ``pbx_id`` of a create is None when its ``location`` names no usable id:
+    the create is then resolved by reading, as a lost answer is."""
 
     status: int
     pbx_id: str | None
@@ -70,35 +73,66 @@ class BulkResult:
     detail: str
 
 
+METHODS = {"create": "POST", "update": "PATCH", "delete": "DELETE"}
+
+
 def bulk_results(body: Any, chunk: Sequence[PbxOperation], base_url: str) -> list[BulkResult] | None:
     """The results in ``chunk`` order, or None when the body is not a bulk response.
 
-    A create's id is read from its ``location``, which must be on ``base_url``'s
-    origin (:func:`~daemon.pbx.connection.pbx_link`): a PBX, or a proxy before
-    it, that places our objects elsewhere ends the run with its reason rather
-    than have later writes aimed by an address we did not configure."""
-    results = body.get("Operations") if isinstance(body, Mapping) else None
-    if not isinstance(results, list):
+    RFC 7644 section 3.7 requires ``bulkId`` only for POST: a result is matched
+    by its ``bulkId``, else by its ``method`` and ``location`` (the object a
+    PATCH or DELETE was aimed at), else by its position when the server answered
+    every operation in order (as many results as operations, each with its
+    operation's method). A create's id is read from its ``location``, which must
+    be on ``base_url``'s origin (:func:`~daemon.pbx.connection.pbx_link`)."""
+    listed = body.get("Operations") if isinstance(body, Mapping) else None
+    if not isinstance(listed, list):
         return None
-    by_id = {str(r.get("bulkId")): r for r in results if isinstance(r, Mapping)}
+    results = [r for r in listed if isinstance(r, Mapping)]
+    by_bulk_id = {str(r["bulkId"]): r for r in results if r.get("bulkId")}
+    by_target = {(str(r.get("method") or "").upper(), _target(r)): r for r in results if _target(r)}
+    in_order = len(results) == len(chunk) and all(
+        str(r.get("method") or "").upper() in ("", METHODS[op.action]) for r, op in zip(results, chunk, strict=True))
     out = []
     for index, operation in enumerate(chunk):
-        result = by_id.get(f"op{index}")
-        if result is None:
-            out.append(BulkResult(0, None, None, "no result for this operation"))
-            continue
-        status = scim_int(result.get("status"), "a /Bulk result's status")
-        pbx_id = operation.pbx_id
-        if operation.action == "create":
-            location = str(result.get("location") or "")
-            if not _is_path(location):
-                pbx_link(location, base_url, "/Bulk location")
-            pbx_id = location.rstrip("/").rsplit("/", 1)[-1] or None
-        response = result.get("response")
-        detail = str(response.get("detail")) if isinstance(response, Mapping) and response.get("detail") else f"HTTP {status}"
-        version = result.get("version")
-        out.append(BulkResult(status, pbx_id, str(version) if version else None, detail))
+        result = by_bulk_id.get(f"op{index}")
+        if result is None and operation.action != "create":
+            result = by_target.get((METHODS[operation.action], f"{ENDPOINTS[operation.kind]}/{operation.pbx_id}"))
+        if result is None and in_order and not results[index].get("bulkId"):
+            result = results[index]
+        out.append(_result(result, operation, base_url))
     return out
+
+
+def _result(result: Mapping[str, Any] | None, operation: PbxOperation, base_url: str) -> BulkResult:
+    if result is None:
+        return BulkResult(0, None, None, "no result for this operation")
+    status = scim_int(result.get("status"), "a /Bulk result's status")
+    response = result.get("response")
+    pbx_id = operation.pbx_id
+    if operation.action == "create":
+        location = str(result.get("location") or "")
+        if location and not _is_path(location):
+            pbx_link(location, base_url, "/Bulk location")
+        pbx_id = valid_pbx_id(unquote(location.rstrip("/").rsplit("/", 1)[-1])) if location else None
+    detail = str(response.get("detail")) if isinstance(response, Mapping) and response.get("detail") else f"HTTP {status}"
+    version = result.get("version")
+    if not version and isinstance(response, Mapping) and isinstance(response.get("meta"), Mapping):
+        version = response["meta"].get("version")  # the object as it is now, when the server shows it
+    return BulkResult(status, pbx_id, str(version) if version else None, detail)
+
+
+def _target(result: Mapping[str, Any]) -> str | None:
+    """``/Users/<id>`` from a result's ``location`` (absolute or a path), for matching PATCH and DELETE."""
+    location = result.get("location")
+    if not isinstance(location, str) or not location:
+        return None
+    try:
+        path = unquote(urlsplit(location).path).rstrip("/")
+    except ValueError:
+        return None
+    parts = path.rsplit("/", 2)
+    return f"/{parts[-2]}/{parts[-1]}" if len(parts) == 3 else None
 
 
 def _is_path(location: str) -> bool:

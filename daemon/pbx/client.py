@@ -28,8 +28,11 @@ from daemon.pbx.types import (
     PbxOutcome,
     PbxWriter,
     ProviderConfig,
+    created_answer_agrees,
     refused,
     required_payload,
+    valid_pbx_id,
+    without_photos,
 )
 from daemon.retry import RetryableFailure
 
@@ -72,6 +75,23 @@ class PbxClient(PbxConnection):
         return outcome
 
     async def _apply(self, operation: PbxOperation) -> PbxOutcome:
+        """One attempt; a 400 to a write carrying a photo is tried once more without it.
+
+        The photo is optional (and a ``data:`` URI, where RFC 7643 expects a URL):
+        a PBX that refuses it still gets the rest of the object, and the outcome
+        names what was left out."""
+        try:
+            return await self._apply_once(operation)
+        except PbxRequestFailed as err:
+            without = without_photos(operation)
+            if err.status != 400 or without is None:
+                raise
+            log.warning("the PBX refused the photo; writing the object without it",
+                        operation=operation.describe(), detail=err.detail)
+            outcome = await self._apply_once(without)
+            return replace(outcome, refused_attributes=("photos",))
+
+    async def _apply_once(self, operation: PbxOperation) -> PbxOutcome:
         if operation.action == "create":
             return await self._create(operation)
         if operation.action == "update":
@@ -111,11 +131,32 @@ class PbxClient(PbxConnection):
                 log.info("found the object a lost answer had created", kind=operation.kind, pbx_id=existing.id)
                 return await self._converge(operation, payload, existing, adopted=True)
         answer = await self._request("create", "POST", ENDPOINTS[operation.kind], body=payload, idempotent=False)
-        if answer.status == 201 and isinstance(answer.body, Mapping):
-            return PbxOutcome(operation, str(answer.body.get("id")), answer.etag)
+        if answer.status == 201:
+            return await self._created(operation, answer)
         if answer.status == 409:
             return await self._adopt_or_refuse(operation, payload, answer)
         raise refused(operation, answer)
+
+    async def _created(self, operation: PbxOperation, answer: Answer) -> PbxOutcome:
+        """A 201 is recorded only with an id the PBX serves as this object.
+
+        An id that is missing, unusable, or not what the rest of the answer says
+        (externalId, ``meta.location``, ``Location``) is read back with a GET; an
+        answer that still cannot be trusted counts as a lost answer, resolved by
+        looking the object up by externalId before any new attempt."""
+        body = answer.body if isinstance(answer.body, Mapping) else {}
+        pbx_id = valid_pbx_id(body.get("id"))
+        if pbx_id is not None and created_answer_agrees(body, answer.headers, operation.external_id, pbx_id):
+            return PbxOutcome(operation, pbx_id, answer.etag)
+        if pbx_id is not None:
+            try:
+                stored = await self.get(operation.kind, pbx_id)
+            except PbxRequestFailed:
+                stored = None
+            if stored is not None and stored.external_id == operation.external_id:
+                return PbxOutcome(operation, pbx_id, stored.etag)
+        raise AnswerLost(RetryableFailure(f"the PBX answered 201 to {operation.describe()} without an id it serves "
+                                          f"({str(body.get('id'))[:40]!r})", status=answer.status))
 
     async def _converge(self, operation: PbxOperation, payload: Payload, current: PbxObject, *,
                         adopted: bool) -> PbxOutcome:
@@ -206,17 +247,33 @@ class PbxClient(PbxConnection):
         """The PBX lost an object we manage: create it again from the full payload."""
         if operation.payload is None:
             raise PbxRequestFailed(f"{operation.describe()}: the PBX lost the object and no payload was given to recreate it", status=404)
-        log.warning("the PBX lost an object; recreating it", operation=operation.describe())
-        outcome = await self._create(replace(operation, action="create", maybe_applied=False))
-        return replace(outcome, operation=operation, recreated=True)
+        log.warning("the PBX lost an object; looking it up by externalId, else recreating it",
+                    operation=operation.describe())
+        # The id we hold may be one the PBX never served (an untrustworthy answer): the object
+        # may well exist under its real id, so it is looked up before anything is created.
+        outcome = await self._create(replace(operation, action="create", maybe_applied=True))
+        return replace(outcome, operation=operation, recreated=not outcome.adopted)
 
     async def _delete(self, operation: PbxOperation) -> PbxOutcome:
         if operation.pbx_id is None:
             return PbxOutcome(operation)  # never created: nothing to delete
+        if operation.maybe_applied and await self.get(operation.kind, operation.pbx_id) is None:
+            return await self._delete_by_external_id(operation)  # the lost DELETE was applied (or the id was wrong)
         answer = await self._request("delete", "DELETE", f"{ENDPOINTS[operation.kind]}/{operation.pbx_id}")
-        if answer.status in (200, 204, 404):  # 404: already gone, which is what we wanted
+        if answer.status == 404:
+            return await self._delete_by_external_id(operation)
+        if answer.status in (200, 204):
             return PbxOutcome(operation, operation.pbx_id)
         raise refused(operation, answer)
+
+    async def _delete_by_external_id(self, operation: PbxOperation) -> PbxOutcome:
+        """Gone under the id we hold, which is what we wanted, unless that id was not its real one."""
+        existing = await self.find_by_external_id(operation.kind, operation.external_id)
+        if existing is not None and existing.id != operation.pbx_id:
+            log.warning("the object lives under another id than the one recorded; deleting that one",
+                        operation=operation.describe(), pbx_id=existing.id)
+            return await self._delete(replace(operation, pbx_id=existing.id, maybe_applied=False))
+        return PbxOutcome(operation, operation.pbx_id)
 
     # --- bulk ---
 
@@ -243,15 +300,20 @@ class PbxClient(PbxConnection):
             return
         results = bulk_results(answer.body, chunk, self.base_url) if answer.status == 200 else None
         if results is None:
-            for operation in chunk:  # refused as a whole, nothing applied: one request per object
-                yield await self.execute(operation)
+            # Not a bulk response (a 4xx, or a body that is not one): the PBX may still have
+            # applied some of it, so each write is resolved by reading, never sent again blindly.
+            log.warning("the PBX's answer to a bulk request cannot be read; resolving each write by reading",
+                        status=answer.status, operations=len(chunk))
+            for operation in chunk:
+                yield await self._execute_maybe_applied(operation)
             return
         for operation, result in zip(chunk, results, strict=True):
-            if 200 <= result.status < 300 or (operation.action == "delete" and result.status == 404):
+            applied = 200 <= result.status < 300 or (operation.action == "delete" and result.status == 404)
+            if applied and (result.pbx_id is not None or operation.action != "create"):
                 yield PbxOutcome(operation, result.pbx_id, result.version)
-            elif result.status == 0 or result.status >= 500:  # unknown whether it was applied
+            elif applied or result.status == 0 or result.status >= 500:  # unknown id, or unknown whether applied
                 yield await self._execute_maybe_applied(operation)
-            elif result.status in (404, 409, 412, 429):
+            elif result.status in (404, 409, 412, 429) or (result.status == 400 and without_photos(operation)):
                 yield await self.execute(operation)  # the full single-object rules apply
             else:
                 error = PbxRequestFailed(f"the PBX refused {operation.describe()}: {result.detail}",

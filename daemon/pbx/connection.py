@@ -14,7 +14,14 @@ from typing import Any
 
 import aiohttp
 
-from daemon.errors import PbxAuthFailed, PbxLinkRefused, PbxProtocolError, PbxRequestFailed, PbxUnavailable
+from daemon.errors import (
+    PbxAuthFailed,
+    PbxLinkRefused,
+    PbxListingInconsistent,
+    PbxProtocolError,
+    PbxRequestFailed,
+    PbxUnavailable,
+)
 from daemon.links import same_origin, shown_origin
 from daemon.logging import get_logger
 from daemon.pbx.filters import eq_filter
@@ -183,10 +190,14 @@ class PbxConnection:
         return found[0] if found else None
 
     async def iter_objects(self, kind: Kind, attributes: Sequence[str] = ()) -> AsyncIterator[PbxObject]:
-        """Every object of a kind, page by page (the existing-extension inventory)."""
+        """Every object of a kind, page by page (the existing-extension inventory).
+
+        Each page is checked before it is used: a page served again, an id seen
+        before, a ``totalResults`` that moves, or a list that ends short of it
+        raises :class:`PbxListingInconsistent`; it is never taken as complete."""
         config = await self.discover()
         count = max(1, min(MAX_PAGE_SIZE, config.filter_max_results))  # as large as the PBX allows
-        start = 1
+        start, total, seen = 1, None, set[str]()
         while True:
             params = {"startIndex": str(start), "count": str(count)}
             if attributes:
@@ -194,13 +205,39 @@ class PbxConnection:
             answer = await self._request("list", "GET", ENDPOINTS[kind], params=params)
             if answer.status != 200 or not isinstance(answer.body, Mapping):
                 raise PbxRequestFailed(f"cannot list {kind}: {answer.detail}", status=answer.status, detail=answer.detail)
-            resources = [r for r in answer.body.get("Resources") or [] if isinstance(r, Mapping)]
-            for resource in resources:
-                yield pbx_object(kind, resource, None)
+            page = _page(kind, answer.body, start, total, seen)
             total = scim_int(answer.body.get("totalResults"), f"totalResults of the {kind} list")
-            start += len(resources)
-            if not resources or start > total:
+            for obj in page:
+                yield obj
+            start += len(page)
+            if start > total:
                 return
+            if not page:
+                raise PbxListingInconsistent(
+                    f"the PBX's {kind} list ended after {len(seen)} of the {total} objects it announced",
+                    hint="the inventory was not used; the next run reads it again")
+
+
+def _page(kind: Kind, body: Mapping[str, Any], start: int, total: int | None, seen: set[str]) -> list[PbxObject]:
+    """One page's objects, after checking it against the pages before it (``seen`` is updated)."""
+    def inconsistent(what: str) -> PbxListingInconsistent:
+        return PbxListingInconsistent(f"the PBX's {kind} list is inconsistent: {what}",
+                                      hint="the inventory was not used; the next run reads it again")
+
+    served_from = body.get("startIndex")
+    if served_from is not None and scim_int(served_from, f"startIndex of the {kind} list") != start:
+        raise inconsistent(f"the page asked from {start} came back from {served_from}")
+    this_total = scim_int(body.get("totalResults"), f"totalResults of the {kind} list")
+    if total is not None and this_total != total:
+        raise inconsistent(f"totalResults went from {total} to {this_total} between pages")
+    page = [pbx_object(kind, r, None) for r in body.get("Resources") or [] if isinstance(r, Mapping)]
+    for obj in page:
+        if obj.id in seen:
+            raise inconsistent(f"id {obj.id[:40]!r} was served twice")
+        seen.add(obj.id)
+    if len(seen) > this_total:
+        raise inconsistent(f"{len(seen)} objects served, but totalResults is {this_total}")
+    return page
 
 
 def _json_or_none(raw: bytes) -> Any:

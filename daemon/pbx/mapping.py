@@ -176,5 +176,22 @@ def managed_view(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dic
             value = existing[key]
             if isinstance(value, Mapping) and isinstance(desired[key], Mapping):
                 value = {k: v for k, v in value.items() if k in desired[key]}
-            view[key] = value
+            view[key] = _managed_items(value, desired[key])
     return view
+
+
+def _managed_items(existing: Any, desired: Any) -> Any:
+    """A multi-valued complex attribute as far as we manage it: each item with only the
+    sub-attributes our items carry (a server adds ``$ref``, ``display``), in our order
+    when it holds the same items (its order means nothing)."""
+    if not (isinstance(existing, list) and isinstance(desired, list) and desired
+            and all(isinstance(item, Mapping) for item in [*existing, *desired])):
+        return existing
+    keys = {k for item in desired for k in item}
+    projected = [{k: v for k, v in item.items() if k in keys} for item in existing]
+    same = sorted(map(_canonical, projected)) == sorted(map(_canonical, desired))
+    return list(desired) if same else projected
+
+
+def _canonical(item: Mapping[str, Any]) -> str:
+    return json.dumps(item, sort_keys=True, default=str)

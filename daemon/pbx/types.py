@@ -3,9 +3,11 @@ objects, one write (:class:`PbxOperation`) and its outcome."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
+from urllib.parse import unquote
 
 from daemon.errors import PbxError, PbxProtocolError, PbxRequestFailed
 from daemon.pbx.mapping import PatchOperation, Payload
@@ -15,6 +17,18 @@ from daemon.retry import header
 DEFAULT_PAGE_SIZE = 200
 
 Action = Literal["create", "update", "delete"]
+
+# An id the PBX hands out must be usable as one path segment and stored as is: no
+# slash, space, query or fragment, of sane length, and not a placeholder text.
+_PBX_ID = re.compile(r"[A-Za-z0-9._~:@!$&'()*+,;=-]{1,200}")
+_PLACEHOLDER_IDS = frozenset({"none", "null", "undefined", "nil", "nan"})
+
+
+def valid_pbx_id(value: Any) -> str | None:
+    """``value`` when it can be a PBX object's id, else None (it is then never recorded)."""
+    if not isinstance(value, str) or not _PBX_ID.fullmatch(value) or value.lower() in _PLACEHOLDER_IDS:
+        return None
+    return value
 
 
 def scim_int(value: Any, what: str) -> int:
@@ -105,6 +119,7 @@ class PbxOutcome:
     error: PbxError | None = None
     adopted: bool = False
     recreated: bool = False
+    refused_attributes: tuple[str, ...] = ()  # optional attributes the PBX refused; the rest was written
 
     @property
     def ok(self) -> bool:
@@ -146,11 +161,16 @@ class Answer:
 
 
 def pbx_object(kind: Kind, body: Mapping[str, Any], etag: str | None) -> PbxObject:
+    """An object the PBX served; one without a usable id is not SCIM and is never taken as ours."""
     meta = body.get("meta")
     if etag is None and isinstance(meta, Mapping) and isinstance(meta.get("version"), str):
         etag = meta["version"]
+    pbx_id = valid_pbx_id(body.get("id"))
+    if pbx_id is None:
+        raise PbxProtocolError(f"the PBX served a {kind} whose id is {str(body.get('id'))[:40]!r}, not a usable id",
+                               hint="report it to the PBX vendor; nothing was recorded for it")
     external = body.get("externalId")
-    return PbxObject(kind, str(body.get("id")), str(external) if external else None, etag, dict(body))
+    return PbxObject(kind, pbx_id, str(external) if external else None, etag, dict(body))
 
 
 def required_payload(operation: PbxOperation) -> Payload:
@@ -163,3 +183,29 @@ def refused(operation: PbxOperation, answer: Answer) -> PbxRequestFailed:
     return PbxRequestFailed(
         f"the PBX refused {operation.describe()}: {answer.detail}", status=answer.status, detail=answer.detail
     )
+
+
+def created_answer_agrees(body: Mapping[str, Any], headers: Mapping[str, str], external_id: str, pbx_id: str) -> bool:
+    """A 201's id is what the rest of its answer says: the externalId we sent, and any
+    ``meta.location`` or ``Location`` naming that same id (else it is read back)."""
+    if body.get("externalId") != external_id:
+        return False
+    meta = body.get("meta")
+    locations = [meta.get("location") if isinstance(meta, Mapping) else None, header(headers, "location")]
+    return all(_last_segment(location) == pbx_id for location in locations if location)
+
+
+def _last_segment(location: Any) -> str:
+    return unquote(str(location).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])
+
+
+def without_photos(operation: PbxOperation) -> PbxOperation | None:
+    """The write without its photo, or None when it carries none (see ``PbxClient._apply``)."""
+    payload = operation.payload
+    kept = [op for op in operation.operations if str(op.get("path")) != "photos" or op.get("op") == "remove"]
+    whole = operation.action == "create" or operation.maybe_applied  # sends the payload, not only operations
+    has_photo = (whole and payload is not None and "photos" in payload) or len(kept) < len(operation.operations)
+    if not has_photo:
+        return None
+    stripped = {k: v for k, v in payload.items() if k != "photos"} if payload is not None else None
+    return replace(operation, payload=stripped, operations=kept)

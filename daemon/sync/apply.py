@@ -142,5 +142,10 @@ class Applier:
             return Failed(change.kind, change.graph_id, str(outcome.error), change.fingerprint)
         entry = change.on_success
         if isinstance(entry, Pushed):
-            return replace(entry, pbx_id=outcome.pbx_id or change.operation.pbx_id or entry.pbx_id, etag=outcome.etag)
+            # A refused photo is remembered as pushed (its version stays in the payload), so the
+            # next runs do not send it again until it changes; the note says it is not on the PBX.
+            note = f"the PBX refused {', '.join(outcome.refused_attributes)}; the rest was written" \
+                if outcome.refused_attributes else None
+            return replace(entry, pbx_id=outcome.pbx_id or change.operation.pbx_id or entry.pbx_id, etag=outcome.etag,
+                           note=note)
         return entry
