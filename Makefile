@@ -42,7 +42,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# SCIMMY, the tests' second PBX (Node): its packages as the lock file pins them.
+SCIMMY := sim/scimmy/node_modules/.package-lock.json
+$(SCIMMY): sim/scimmy/package-lock.json
+	cd sim/scimmy && npm ci --no-audit --no-fund --loglevel=error
+
+unit: $(STAMP) $(SCIMMY)
 	$(BIN)/pytest -n auto $(ARGS)
 
 clean:
