@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 import structlog
 
+from auth_fixtures import AuthEnv
 from conftest import write_secret
 from daemon.config import load_config
 from daemon.logging import configure_logging
@@ -164,3 +165,20 @@ def test_a_private_key_is_redacted_whole_and_by_its_lines(tmp_path: Path) -> Non
 def test_a_stored_reason_is_short_and_redacted() -> None:
     reason = short_reason("the PBX refused: Authorization: Bearer abcdefgh " + "x" * 1000)
     assert reason is not None and len(reason) == 300 and "abcdefgh" not in reason
+
+
+async def test_issued_tokens_and_the_private_key_are_redacted_by_value(auth_env: AuthEnv) -> None:
+    """What the token path received (a sign-in's refresh and access tokens, an
+    application's access token) and read (its certificate's private key)."""
+    assert auth_env.service.auth is not None
+    async with aiohttp.ClientSession() as session:
+        status, page, _ = await auth_env.sign_in(session, await auth_env.service.auth.issue_start_link("contoso"))
+    assert status == 200, page
+    await auth_env.service.auth.tokens.access_token("fabrikam")
+    refresh_tokens = set(auth_env.idp._grants)
+    access_tokens = set(auth_env.idp.issued_access_tokens)
+    assert len(refresh_tokens) == 1 and len(access_tokens) == 2  # the owner's sign-in, the application's token
+    for token in refresh_tokens | access_tokens:
+        assert redact_text(f"the PBX said: {token}.") == f"the PBX said: {REDACTED}."
+    key_line = (auth_env.config_dir / "app.key").read_text().splitlines()[1]
+    assert redact_text(f"the PBX said: {key_line}") == f"the PBX said: {REDACTED}"
