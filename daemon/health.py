@@ -4,13 +4,14 @@ Readiness is derived, never stored: from the tenant's configuration (secret
 files present, private and not empty) and its row in the state database (authorization).
 
 ``/readyz`` answers without authentication, so a status carries a reason code
-and a line of our own words (a secret file's path may appear); never a stored
-reason, which came from an upstream: that lives on the authenticated
-``/api/status`` and in ``m365sync status``.
+and a line of our own words (a secret file's path, an AADSTS code may appear);
+never a stored reason's words: those live on the authenticated ``/api/status``
+and in ``m365sync status``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ from daemon.config import TenantConfig, secret_file_problem
 from daemon.redact import redact_text
 from daemon.secrets import is_empty_secret
 from state.store import TenantRow
+
+_AADSTS = re.compile(r"\bAADSTS\d{1,9}\b")
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,9 @@ def tenant_status(tenant: TenantConfig, row: TenantRow | None, config_file: str)
         if state == "disconnected":
             detail = f"disconnected with m365sync disconnect; to resume, run: {command}"
         elif state == "reauthorization_required":
-            detail = f"the stored authorization no longer works (why: m365sync status, or /api/status); run: {command}"
+            code = _AADSTS.search(row.auth_reason or "") if row is not None else None  # a code, never the words
+            why = f"{code.group(0)}; " if code else ""
+            detail = f"the stored authorization no longer works ({why}why: m365sync status, or /api/status); run: {command}"
         elif tenant.auth_mode == "application":
             detail = f"waiting for admin consent and a first token; run: {command}"
         else:

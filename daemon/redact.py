@@ -132,17 +132,18 @@ def short_reason(text: str | None, limit: int = REASON_LIMIT) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def redact_value(value: Any, key: str | None = None) -> Any:
+def redact_value(value: Any, key: str | None = None, limit: int | None = None) -> Any:
     """``value`` (text, a mapping, a list, an exception) with its secrets redacted;
-    a value under a secret key (``client_secret``, ``authorization`` ...) goes whole."""
+    a value under a secret key (``client_secret``, ``authorization`` ...) goes whole.
+    With ``limit``, every text in it is cut to a short reason too (what is stored)."""
     if key is not None and key.lower().replace("-", "_") in SECRET_KEYS:
         return REDACTED if value not in (None, "") else value
     if isinstance(value, str):
-        return redact_text(value)
+        return redact_text(value) if limit is None else short_reason(value, limit)
     if isinstance(value, Mapping):
-        return {k: redact_value(v, str(k)) for k, v in value.items()}
+        return {k: redact_value(v, str(k), limit) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(redact_value(v) for v in value)
+        return type(value)(redact_value(v, None, limit) for v in value)
     if isinstance(value, BaseException):
         return redact_text(f"{type(value).__name__}: {value}")
     return value

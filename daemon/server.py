@@ -175,7 +175,7 @@ def is_admin(request: web.Request, *, allow_basic: bool = True) -> bool:
 
 
 def _html(result: PageResult) -> web.Response:
-    return web.Response(text=result.html, status=result.status, content_type="text/html", headers=PAGE_HEADERS)
+    return web.Response(text=redact_text(result.html), status=result.status, content_type="text/html", headers=PAGE_HEADERS)
 
 
 async def auth_start(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.redact import redact_value, short_reason
+from daemon.redact import REASON_LIMIT, redact_value, short_reason
 from state.db import Database
 
 Clock = Callable[[], float]
@@ -245,7 +245,7 @@ class Store:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE runs SET finished_at = ?, result = ?, summary = ?, error = ? WHERE id = ?",
-                (self.clock(), result, json.dumps(redact_value(summary), sort_keys=True), short_reason(error), run_id),
+                (self.clock(), result, json.dumps(redact_value(summary, limit=REASON_LIMIT), sort_keys=True), short_reason(error), run_id),
             )
 
     async def run(self, run_id: str) -> RunRow | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -182,3 +182,16 @@ async def test_issued_tokens_and_the_private_key_are_redacted_by_value(auth_env:
         assert redact_text(f"the PBX said: {token}.") == f"the PBX said: {REDACTED}."
     key_line = (auth_env.config_dir / "app.key").read_text().splitlines()[1]
     assert redact_text(f"the PBX said: {key_line}") == f"the PBX said: {REDACTED}"
+
+
+def test_readyz_names_a_code_never_the_words_of_a_stored_reason(write_config: Callable[[str], Path]) -> None:
+    from conftest import basic_config
+    from daemon.health import tenant_status
+    from state.store import TenantRow
+
+    tenant = load_config(write_config(basic_config())).tenants[0]
+    row = TenantRow(tenant.name, "d", "a", "reauthorization_required", None, True,
+                    auth_reason="AADSTS7000215: Invalid client secret provided: s3cr3t-quoted-back")
+    status = tenant_status(tenant, row, "config.toml")
+    assert (status.ready, status.reason) == (False, "reauthorization_required")
+    assert "AADSTS7000215" in status.detail and "s3cr3t" not in status.detail and "Invalid" not in status.detail
