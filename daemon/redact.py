@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -31,6 +32,7 @@ from urllib.parse import quote, quote_plus
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
 REASON_LIMIT = 300  # a stored reason is a line, never an upstream's whole body
+ISSUED_LIMIT = 50_000  # spellings of issued tokens kept (about 10,000 tokens): bounded memory in a long-lived daemon
 
 # Keys whose values are secret wherever they appear (compared lower-cased, with '-' read as '_').
 SECRET_KEYS = frozenset({
@@ -58,42 +60,73 @@ _PATTERNS = [
 
 
 class _Registry:
-    """The secrets' values (and the spellings they take in a URL or JSON), one
-    pattern over all of them, rebuilt when one is added. msal's threads add
+    """The secrets' values, in the spellings they take in text, a URL or JSON.
+
+    Found by an index of their first ``MIN_SECRET_LENGTH`` characters, so that
+    a scan costs one lookup per character however many secrets there are (500
+    tenants' tokens and key lines make tens of thousands; one regular expression
+    over all of them would try each at every position). What was read from a
+    file stays; what was issued (tokens) is kept in a bounded, least recently
+    remembered order: the tokens a cache still holds are remembered again on
+    every write of it, so only long-replaced ones drop out. msal's threads add
     to it too, hence the lock."""
 
-    def __init__(self) -> None:
-        self._values: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
+    def __init__(self, issued_limit: int = ISSUED_LIMIT) -> None:
+        self._static: set[str] = set()
+        self._issued: OrderedDict[str, None] = OrderedDict()
+        self._by_prefix: dict[str, set[str]] = {}
+        self._issued_limit = issued_limit
         self._lock = threading.Lock()
 
-    def add(self, value: str) -> None:
-        spellings = {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
-        spellings = {s for s in spellings if len(s) >= MIN_SECRET_LENGTH}
+    def add(self, value: str, *, issued: bool) -> None:
+        spellings = {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1],
+                     json.dumps(value)[1:-1].replace("/", "\\/")}
         with self._lock:
-            if spellings <= self._values:
-                return
-            self._values |= spellings
-            # longest first, so that a secret containing another is replaced whole
-            alternatives = "|".join(re.escape(s) for s in sorted(self._values, key=len, reverse=True))
-            self._pattern = re.compile(alternatives)
+            for spelling in (s for s in spellings if len(s) >= MIN_SECRET_LENGTH):
+                if not issued:
+                    self._static.add(spelling)
+                elif spelling not in self._static:
+                    self._issued[spelling] = None
+                    self._issued.move_to_end(spelling)
+                self._by_prefix.setdefault(spelling[:MIN_SECRET_LENGTH], set()).add(spelling)
+            while len(self._issued) > self._issued_limit:
+                oldest, _ = self._issued.popitem(last=False)
+                kept = self._by_prefix.get(oldest[:MIN_SECRET_LENGTH], set())
+                kept.discard(oldest)
+                if not kept:
+                    self._by_prefix.pop(oldest[:MIN_SECRET_LENGTH], None)
 
     def scrub(self, text: str) -> str:
-        pattern = self._pattern
-        return text if pattern is None else pattern.sub(REDACTED, text)
+        index = self._by_prefix
+        if not index or len(text) < MIN_SECRET_LENGTH:
+            return text
+        parts: list[str] = []
+        start = position = 0
+        while position <= len(text) - MIN_SECRET_LENGTH:
+            candidates = index.get(text[position:position + MIN_SECRET_LENGTH])
+            found = max((c for c in list(candidates) if text.startswith(c, position)), key=len, default="") \
+                if candidates else ""
+            if found:  # the longest, so that a secret containing another is replaced whole
+                parts += [text[start:position], REDACTED]
+                position = start = position + len(found)
+            else:
+                position += 1
+        return "".join(parts) + text[start:] if parts else text
 
     def clear(self) -> None:
         with self._lock:
-            self._values.clear()
-            self._pattern = None
+            self._static.clear()
+            self._issued.clear()
+            self._by_prefix.clear()
 
 
 _registry = _Registry()
 
 
-def remember_secret(value: str | bytes | None) -> None:
+def remember_secret(value: str | bytes | None, *, issued: bool = False) -> None:
     """Redact ``value`` from everything from now on; each of a multi-line
-    secret's lines (a PEM body) as well."""
+    secret's lines (a PEM body) as well. ``issued``: a token, of which only the
+    most recently remembered ``ISSUED_LIMIT`` spellings are kept."""
     if value is None:
         return
     if isinstance(value, bytes):
@@ -104,11 +137,11 @@ def remember_secret(value: str | bytes | None) -> None:
     value = value.strip()
     if len(value) < MIN_SECRET_LENGTH:
         return
-    _registry.add(value)
+    _registry.add(value, issued=issued)
     for line in value.splitlines():
         line = line.strip()
-        if len(line) >= MIN_SECRET_LENGTH and not line.startswith("-----"):
-            _registry.add(line)
+        if len(line) >= MIN_SECRET_LENGTH and line != value and not line.startswith("-----"):
+            _registry.add(line, issued=issued)
 
 
 def forget_secrets() -> None:
@@ -150,6 +183,7 @@ def redact_value(value: Any, key: str | None = None, limit: int | None = None) -
 
 
 __all__ = [
+    "ISSUED_LIMIT",
     "MIN_SECRET_LENGTH",
     "REASON_LIMIT",
     "REDACTED",

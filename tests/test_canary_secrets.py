@@ -195,3 +195,16 @@ def test_readyz_names_a_code_never_the_words_of_a_stored_reason(write_config: Ca
     status = tenant_status(tenant, row, "config.toml")
     assert (status.ready, status.reason) == (False, "reauthorization_required")
     assert "AADSTS7000215" in status.detail and "s3cr3t" not in status.detail and "Invalid" not in status.detail
+
+
+def test_issued_tokens_are_kept_within_a_bound_and_read_secrets_stay() -> None:
+    from daemon.redact import _Registry
+
+    registry = _Registry(issued_limit=2)
+    registry.add("a-secret-from-a-file", issued=False)
+    for token in ("issued-token-one", "issued-token-two", "issued-token-three"):
+        registry.add(token, issued=True)
+    registry.add("issued-token-two", issued=True)  # remembered again (still in the cache): kept
+    registry.add("issued-token-four", issued=True)
+    text = "a-secret-from-a-file issued-token-one issued-token-two issued-token-three issued-token-four"
+    assert registry.scrub(text) == f"{REDACTED} issued-token-one {REDACTED} issued-token-three {REDACTED}"

@@ -146,8 +146,8 @@ class Tokens:
                 owner = source.owner(tenant)
                 if owner is not None:
                     await self.states.record(tenant.name, AUTHORIZED, owner=owner, reason=None)
-                remember_secret(result.get("refresh_token"))
-                remember_secret(str(result["access_token"]))
+                remember_secret(result.get("refresh_token"), issued=True)
+                remember_secret(str(result["access_token"]), issued=True)
                 return str(result["access_token"])
             raise await self._refusal(tenant, source, result)
 
@@ -233,7 +233,7 @@ def _remember_tokens(cache: msal.SerializableTokenCache) -> None:
     kinds = msal.TokenCache.CredentialType
     for kind in (kinds.ACCESS_TOKEN, kinds.REFRESH_TOKEN, kinds.ID_TOKEN):
         for entry in cache.search(kind):
-            remember_secret(entry.get("secret"))
+            remember_secret(entry.get("secret"), issued=True)
 
 
 def _credential(tenant: TenantConfig) -> str | dict[str, str]:
