@@ -23,6 +23,7 @@ from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import ConfigError, ConfigProblem, StateError
 from daemon.metrics import Metrics
 from daemon.pbx.schema import PBX_USER
+from daemon.redact import redact_text, redact_value
 from daemon.sealer import sealer_for
 from daemon.sync.plan_users import settings_fingerprint
 from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, shared_detection_note
@@ -183,7 +184,7 @@ def print_result(result: RunResult, dry_run: bool, out: TextIO) -> None:
     for group in report.groups.missing:
         print(f"  configured group does not exist in Entra ID: {group}", file=out)
     if report.error:
-        print(f"  error: {report.error}", file=out)
+        print(f"  error: {redact_text(report.error)}", file=out)
 
 
 async def explain_user(config: Config, tenant_name: str, reference: str, out: TextIO = sys.stdout) -> int:
@@ -218,7 +219,7 @@ async def explain_user(config: Config, tenant_name: str, reference: str, out: Te
             pushed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(synced.last_push_at)) if synced.last_push_at else "never"
             print(f"PBX: id {synced.pbx_id}, extension {number}, last push {pushed}", file=out)
         if synced is not None and synced.last_error:
-            print(f"last error ({synced.failures} in a row): {synced.last_error}", file=out)
+            print(f"last error ({synced.failures} in a row): {redact_text(synced.last_error)}", file=out)
             if synced.retry_at and not synced.quarantine_fingerprint:
                 retry = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(synced.retry_at))
                 print(f"next try: after {retry}, or at the first run after the user changes", file=out)
@@ -258,9 +259,9 @@ async def status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int
     async with open_stores(config, Metrics(), scratch_copy=True, read_only=True) as stores:
         reports = await status_module.collect(config, stores.store, stores.sync)
     if as_json:
-        print(json.dumps(status_module.as_json(reports), indent=2), file=out)
+        print(json.dumps(redact_value(status_module.as_json(reports)), indent=2), file=out)
     else:
-        print(status_module.as_text(reports), file=out)
+        print(redact_text(status_module.as_text(reports)), file=out)
     return 0
 
 

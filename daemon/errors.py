@@ -10,19 +10,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from daemon.redact import redact_text
+
 
 class M365SyncError(Exception):
-    """Base of every error the operator may see; ``hint`` says what to do next."""
+    """Base of every error the operator may see; ``hint`` says what to do next.
+    Its words may quote an upstream, so they are redacted when it is made and
+    again when it is shown (a secret may be learnt in between)."""
 
     exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = None if hint is None else redact_text(hint)
 
     def __str__(self) -> str:
-        return self.message if self.hint is None else f"{self.message} ({self.hint})"
+        return redact_text(self.message if self.hint is None else f"{self.message} ({self.hint})")
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,7 @@ class PbxError(M365SyncError):
     ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
-        self.detail = detail
+        self.detail = None if detail is None else redact_text(detail)
 
 
 class PbxConflict(PbxError):

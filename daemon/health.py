@@ -2,17 +2,26 @@
 
 Readiness is derived, never stored: from the tenant's configuration (secret
 files present, private and not empty) and its row in the state database (authorization).
+
+``/readyz`` answers without authentication, so a status carries a reason code
+and a line of our own words (a secret file's path, an AADSTS code may appear);
+never a stored reason's words: those live on the authenticated ``/api/status``
+and in ``m365sync status``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from daemon.auth.states import AUTHORIZED
 from daemon.config import TenantConfig, secret_file_problem
+from daemon.redact import redact_text
 from daemon.secrets import is_empty_secret
 from state.store import TenantRow
+
+_AADSTS = re.compile(r"\bAADSTS\d{1,9}\b")
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ def tenant_status(tenant: TenantConfig, row: TenantRow | None, config_file: str)
     for key, path in tenant.secret_files().items():
         problem = secret_file_problem(path)
         if problem is not None:
-            return TenantStatus(tenant.name, True, False, "secret_file_unusable", f"{key}: {problem[0]}")
+            return TenantStatus(tenant.name, True, False, "secret_file_unusable", redact_text(f"{key}: {problem[0]}"))
         if is_empty_secret(path):
             return TenantStatus(tenant.name, True, False, "secret_file_unusable", f"{key}: the file {path} is empty")
     state = row.auth_state if row is not None else "authorization_required"
@@ -43,8 +52,9 @@ def tenant_status(tenant: TenantConfig, row: TenantRow | None, config_file: str)
         if state == "disconnected":
             detail = f"disconnected with m365sync disconnect; to resume, run: {command}"
         elif state == "reauthorization_required":
-            reason = f" ({row.auth_reason})" if row is not None and row.auth_reason else ""
-            detail = f"the stored authorization no longer works{reason}; run: {command}"
+            code = _AADSTS.search(row.auth_reason or "") if row is not None else None  # a code, never the words
+            why = f"{code.group(0)}; " if code else ""
+            detail = f"the stored authorization no longer works ({why}why: m365sync status, or /api/status); run: {command}"
         elif tenant.auth_mode == "application":
             detail = f"waiting for admin consent and a first token; run: {command}"
         else:

@@ -23,6 +23,7 @@ import stat
 from pathlib import Path
 
 from daemon.errors import ConfigError, ConfigProblem
+from daemon.redact import remember_secret
 
 
 def secret_file_problem(path: Path) -> tuple[str, bool] | None:
@@ -58,7 +59,8 @@ def secret_file_problems(files: list[tuple[str, Path]]) -> list[ConfigProblem]:
 
 
 def read_secret(path: Path) -> str:
-    """The stripped contents of a secret file, checked like at load time."""
+    """The stripped contents of a secret file, checked like at load time, and
+    from now on redacted from everything the process emits."""
     problem = secret_file_problem(path)
     if problem is not None:
         raise ConfigError([ConfigProblem("", problem[0])])
@@ -68,6 +70,7 @@ def read_secret(path: Path) -> str:
         raise ConfigError([ConfigProblem("", f"{path}: cannot read secret ({err})")]) from None
     if not value:
         raise ConfigError([ConfigProblem("", f"{path} is empty")])
+    remember_secret(value)
     return value
 
 

@@ -2,7 +2,8 @@
 OAuth pages and the admin API).
 
 Handlers only translate between HTTP and the :class:`StatusSource`; unexpected
-errors become a JSON 500 without a traceback in the response.
+errors become a JSON 500 without a traceback in the response. Every answer
+that may quote what an upstream said passes through :mod:`daemon.redact`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from daemon.health import TenantStatus
 from daemon.http_guard import MAX_BODY_BYTES, ConnectionGuard
 from daemon.logging import get_logger
 from daemon.metrics import CONTENT_TYPE, Metrics
+from daemon.redact import redact_text, redact_value
 from daemon.status import TenantReport
 
 log = get_logger(__name__)
@@ -142,18 +144,18 @@ async def run_status(request: web.Request) -> web.Response:
     found = await request.app[CONTROL_KEY].run_status(request.match_info["name"], request.match_info["run_id"])
     if found is None:
         return web.json_response({"error": "no such run"}, status=404)
-    return web.json_response(found)
+    return web.json_response(redact_value(found))
 
 
 async def status_json(request: web.Request) -> web.Response:
     _require_admin(request)
-    return web.json_response(status.as_json(await request.app[CONTROL_KEY].status_reports()))
+    return web.json_response(redact_value(status.as_json(await request.app[CONTROL_KEY].status_reports())))
 
 
 async def status_page(request: web.Request) -> web.Response:
     """The admins' status page (Bearer or Basic authentication with the admin token)."""
     _require_admin(request)
-    html = status.as_html(await request.app[CONTROL_KEY].status_reports())
+    html = redact_text(status.as_html(await request.app[CONTROL_KEY].status_reports()))
     return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
 
 
@@ -173,7 +175,7 @@ def is_admin(request: web.Request, *, allow_basic: bool = True) -> bool:
 
 
 def _html(result: PageResult) -> web.Response:
-    return web.Response(text=result.html, status=result.status, content_type="text/html", headers=PAGE_HEADERS)
+    return web.Response(text=redact_text(result.html), status=result.status, content_type="text/html", headers=PAGE_HEADERS)
 
 
 async def auth_start(request: web.Request) -> web.Response:
@@ -204,12 +206,13 @@ async def readyz(request: web.Request) -> web.Response:
         "ready": ready,
         "tenants": {s.tenant: {k: v for k, v in s.as_json().items() if k != "tenant"} for s in statuses},
     }
-    return web.json_response(body, status=200 if ready else 503)
+    return web.json_response(redact_value(body), status=200 if ready else 503)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
     await request.app[STATUS_KEY].tenant_statuses()  # refreshes the readiness gauges
+    # not scrubbed: its labels are our own words (tenant names, kinds, reason codes), and a scan per scrape costs
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 

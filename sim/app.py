@@ -42,6 +42,9 @@ class ScriptedFault:
     in_batch: bool | None = None  # None: top-level requests and batch items alike
     raw_body: bytes | None = None  # answer with these bytes as JSON instead (a malformed payload)
     inner_code: str | None = None  # the specific code, nested in innerError under ``code``
+    # Quote the request's Authorization header and its bare token in the error's message, as a
+    # gateway or a debugging endpoint may: issue 20 found the daemon storing such a message whole.
+    echo_authorization: bool = False
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Faults:
     scripted: list[ScriptedFault] = field(default_factory=list)
     hang_pattern: str | None = None  # requests whose path matches never get an answer
     links: list[LinkFault] = field(default_factory=list)
+    echoed: list[str] = field(default_factory=list)  # the Authorization headers an echo fault quoted
 
 
 class Simulator:
@@ -111,7 +115,7 @@ class Simulator:
             await self._hang.wait()  # never set: the request hangs until the client gives up
         response = self._check_auth(request)
         if response is None:
-            response = self._fault(path, in_batch=False)
+            response = self._fault(path, in_batch=False, authorization=request.headers.get("Authorization", ""))
         if response is None:
             if path == "/$batch" and request.method == "POST":
                 response = await self._batch(request)
@@ -135,7 +139,7 @@ class Simulator:
             return graph_error(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
         return None
 
-    def _fault(self, path: str, in_batch: bool) -> SimResponse | None:
+    def _fault(self, path: str, in_batch: bool, authorization: str = "") -> SimResponse | None:
         for fault in list(self.faults.scripted):
             if fault.in_batch not in (None, in_batch) or not re.search(fault.path_pattern, path):
                 continue
@@ -146,7 +150,11 @@ class Simulator:
                 return SimResponse(fault.status, fault.raw_body, {"Content-Type": "application/json"})
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             code = "TooManyRequests" if fault.status == 429 else fault.code
-            return graph_error(fault.status, code, f"Simulated {fault.status}.", headers, inner_code=fault.inner_code)
+            message = f"Simulated {fault.status}."
+            if fault.echo_authorization:
+                self.faults.echoed.append(authorization)
+                message += f" Request header Authorization: {authorization}; token {authorization.partition(' ')[2]}."
+            return graph_error(fault.status, code, message, headers, inner_code=fault.inner_code)
         fraction = self.faults.batch_item_throttle_fraction if in_batch else self.faults.throttle_fraction
         if fraction and path != "/$batch" and self._random.random() < fraction:
             return graph_error(429, "TooManyRequests", "Too many requests.", {"Retry-After": str(self.faults.retry_after)})
@@ -224,7 +232,7 @@ class Simulator:
             if not 200 <= statuses.get(str(dependency), 0) < 300:
                 self._record(method, path, 424, True)
                 return graph_error(424, "FailedDependency", "A request this one depends on failed.")
-        fault = self._fault(path, in_batch=True)
+        fault = self._fault(path, in_batch=True, authorization=request.headers.get("Authorization", ""))
         if fault is not None:
             response = fault
         else:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from daemon.errors import StateError
+from daemon.redact import remember_secret
 from state.db import Database, Params, Row, redacted_url
 from state.errors import StateReadFailed, StateWriteFailed
 from state.schema import Migration, bundled_migrations
@@ -159,9 +160,11 @@ def read_password(password_file: Path | None) -> str | None:
     if password_file is None:
         return None
     try:
-        return password_file.read_text("utf-8").strip()
+        password = password_file.read_text("utf-8").strip()
     except OSError as err:
         raise StateError(f"cannot read the PostgreSQL password file {password_file}: {err.strerror}") from err
+    remember_secret(password)  # redacted from everything, as every secret read
+    return password
 
 
 async def open_postgres(url: str, migrations: list[Migration] | None = None, *,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.redact import short_reason
 from state.copies import GraphCopy
 from state.db import Database
 from state.store import Clock
@@ -360,7 +361,7 @@ async def _record_failed(conn: Any, tenant: str, entries: list[Failed], now: flo
             " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (tenant, kind, graph_id) DO UPDATE SET"
             " failures = synced_objects.failures + 1, last_error = excluded.last_error, updated_at = excluded.updated_at"
             " RETURNING failures",
-            (tenant, entry.kind, entry.graph_id, now, entry.error),
+            (tenant, entry.kind, entry.graph_id, now, short_reason(entry.error)),
         )
         failures = int(row[0]) if row is not None else 1
         await conn.execute(

@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from daemon.errors import StateError
+from daemon.redact import remember_secret
 
 SEALED_PREFIX = b"fernet:"
 
@@ -33,6 +34,7 @@ class Sealer:
     def __init__(self, key_material: bytes | None = None) -> None:
         self._fernet = None
         if key_material is not None:
+            remember_secret(key_material)  # whichever file or credential it came from
             key = base64.urlsafe_b64encode(hashlib.sha256(key_material).digest())
             self._fernet = Fernet(key)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.redact import REASON_LIMIT, redact_value, short_reason
 from state.db import Database
 
 Clock = Callable[[], float]
@@ -98,7 +99,7 @@ class Store:
             await conn.execute(
                 "UPDATE tenants SET auth_state = ?, auth_owner = COALESCE(?, auth_owner),"
                 " auth_reason = ?, auth_changed_at = ? WHERE name = ?",
-                (state, owner, reason, self.clock(), tenant),
+                (state, owner, short_reason(reason), self.clock(), tenant),
             )
 
     async def forget_tenant(self, tenant: str) -> None:
@@ -244,7 +245,7 @@ class Store:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE runs SET finished_at = ?, result = ?, summary = ?, error = ? WHERE id = ?",
-                (self.clock(), result, json.dumps(summary, sort_keys=True), error, run_id),
+                (self.clock(), result, json.dumps(redact_value(summary, limit=REASON_LIMIT), sort_keys=True), short_reason(error), run_id),
             )
 
     async def run(self, run_id: str) -> RunRow | None:

@@ -73,9 +73,19 @@ class KillProxy:
         self.killed = False
         self.rewrite: Callable[[str, str, bytes], bytes] | None = None  # (method, path, body) -> body sent back
         self.refuse_writes_after: int | None = None  # then writes get 503 (Retry-After: 0), not forwarded
+        # Writes get a SCIM 400 whose detail quotes the request's Authorization header and token, as a
+        # PBX debugging its own parser may; issue 20 found that detail in the log, the runs API and the state.
+        self.echo_authorization = False
+        self.echoed: list[str] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if request.method in WRITE_METHODS and self.echo_authorization:
+            header = request.headers.get("Authorization", "")
+            self.echoed.append(header)
+            detail = f"cannot parse the request (headers: Authorization: {header}; token {header.partition(' ')[2]})"
+            return web.json_response({"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": "400",
+                                      "scimType": "invalidSyntax", "detail": detail}, status=400)
         if request.method in WRITE_METHODS and self.refuse_writes_after is not None \
                 and self.writes >= self.refuse_writes_after:
             return web.Response(status=503, headers={"Retry-After": "0"})

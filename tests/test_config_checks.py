@@ -63,7 +63,7 @@ async def test_an_empty_token_file_does_not_stop_the_daemon_but_parks_its_tenant
     with structlog.testing.capture_logs() as logs:
         await service.start()
     try:
-        status = (await service.tenant_statuses())[0]
+        status = (await service.supervisor.tenant_statuses())[0]
         assert (status.ready, status.reason) == (False, "secret_file_unusable") and "is empty" in status.detail
         assert any(e.get("field") == "tenants[0].pbx.token_file" and e["log_level"] == "warning" for e in logs)
     finally:

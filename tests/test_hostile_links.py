@@ -23,6 +23,7 @@ from daemon.graph.delta import BatchedRounds, RoundEvent, stored_links
 from daemon.graph.paging import SLACK_PAGES
 from daemon.scheduler import RunProgress
 from daemon.service import Service
+from daemon.sync.kinds import RUN_KINDS, SyncRequest
 from graph_fixtures import GraphEnv
 from live_fixtures import LiveEnv, started_live_env
 from sim.app import LinkFault
@@ -67,7 +68,8 @@ class Daemon:
         """One run through the daemon's own path: (recorded result, recorded reason, summary)."""
         self.runs += 1
         run_id = f"run{self.runs}"
-        result = await self.service.run_tenant(self.service.config.tenants[0], "test", run_id, RunProgress(run_id, "test"))
+        request = SyncRequest(self.service.config.tenants[0].name, RUN_KINDS, "test")
+        result = await self.service.supervisor.sync_now(request, run_id, RunProgress(run_id, "test"))
         row = await self.service.store.run(run_id)
         assert row is not None and row.finished_at is not None and row.result == result
         return result, row.error or "", row.summary

@@ -30,6 +30,7 @@ from daemon.errors import (
     IdentityPlatformUnavailable,
 )
 from daemon.scheduler import RunProgress
+from daemon.sync.kinds import RUN_KINDS, SyncRequest
 from sim.idp import FakeApp
 from sim.idp_faults import ECHO, EMPTY_ACCESS_TOKEN, EXPIRES_IN_NOT_A_NUMBER, HANG, NOT_JSON
 
@@ -78,7 +79,7 @@ async def sign_in(env: AuthEnv) -> None:
 
 
 async def run(env: AuthEnv, tenant_name: str, run_id: str) -> tuple[str, str | None]:
-    result = await env.service.run_tenant(env.service.config.tenant(tenant_name), "test", run_id, RunProgress(run_id, "test"))
+    result = await env.service.supervisor.sync_now(SyncRequest(tenant_name, RUN_KINDS, "test"), run_id, RunProgress(run_id, "test"))
     row = await env.service.store.run(run_id)
     assert row is not None and row.finished_at is not None and row.result == result
     return result, row.error
@@ -88,6 +89,8 @@ async def run(env: AuthEnv, tenant_name: str, run_id: str) -> tuple[str, str | N
 
 
 async def test_a_hung_token_endpoint_ends_the_run_within_the_bound(env: AuthEnv) -> None:
+    assert env.service.auth is not None  # the app is built first: its discovery must not use up the short bound
+    await env.service.auth.tokens.app(env.service.config.tenant("fabrikam"))
     shorten_identity_timeout(env, 0.5)
     env.idp.faults.set(HANG)
     started = time.monotonic()

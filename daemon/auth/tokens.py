@@ -30,6 +30,7 @@ from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import AuthorityNotFound, AuthorizationRequired, ConfigError, IdentityPlatformError
 from daemon.graph.client import TokenProvider
 from daemon.graph.clouds import authority_url
+from daemon.redact import remember_secret
 from daemon.tls import msal_http_client
 from state.sealing import Sealer
 from state.store import Store
@@ -145,6 +146,8 @@ class Tokens:
                 owner = source.owner(tenant)
                 if owner is not None:
                     await self.states.record(tenant.name, AUTHORIZED, owner=owner, reason=None)
+                remember_secret(result.get("refresh_token"), issued=True)
+                remember_secret(str(result["access_token"]), issued=True)
                 return str(result["access_token"])
             raise await self._refusal(tenant, source, result)
 
@@ -198,6 +201,7 @@ class Tokens:
             stored = await self.store.load_token_cache(tenant.name)
             if stored:
                 cache.deserialize(self.sealer.open(stored).decode())
+                _remember_tokens(cache)
             self._caches[tenant.name] = cache
         return cache
 
@@ -205,6 +209,7 @@ class Tokens:
         """Write the MSAL cache back, sealed, only when it changed."""
         cache = self._caches.get(tenant.name)
         if cache is not None and cache.has_state_changed:
+            _remember_tokens(cache)  # a sign-in or a refresh was just issued new ones
             await self.store.save_token_cache(tenant.name, self.sealer.seal(cache.serialize().encode()))
             cache.has_state_changed = False
 
@@ -221,6 +226,14 @@ class Tokens:
     def forget_app(self, tenant_name: str) -> None:
         """Build the tenant's MSAL app again next time (its settings changed)."""
         self._apps.pop(tenant_name, None)
+
+
+def _remember_tokens(cache: msal.SerializableTokenCache) -> None:
+    """Every token the cache holds is redacted from all the process emits."""
+    kinds = msal.TokenCache.CredentialType
+    for kind in (kinds.ACCESS_TOKEN, kinds.REFRESH_TOKEN, kinds.ID_TOKEN):
+        for entry in cache.search(kind):
+            remember_secret(entry.get("secret"), issued=True)
 
 
 def _credential(tenant: TenantConfig) -> str | dict[str, str]:
