@@ -1,10 +1,37 @@
-"""Turning a kind off takes what it put on the PBX away, through the
-mass-deletion guard: contacts of personal_contacts and shared_mailbox."""
+"""Turning a kind off takes what it put on the PBX away: contacts of
+personal_contacts and shared_mailbox (through the mass-deletion guard), and
+the busy windows of events."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from daemon.sync.kinds import RUN_KINDS, Clients, build_pipelines
+from daemon.sync.report import RunReport
 from sync_fixtures import SyncEnv
+from test_calendar_sync import busy, event, poll, setup
 from test_contact_sync import add_user, contact
+
+
+async def directory_run(env: SyncEnv) -> RunReport:
+    """A run as the daemon builds it (users, groups, contacts, and whatever else a run does)."""
+    report = RunReport()
+    clients = Clients(env.graph.client, env.pbx.client, env.pbx.client)
+    for pipeline in build_pipelines(RUN_KINDS, env.tenant, env.store, env.sync_store, clients, env.graph.clock.time):
+        await pipeline.run(report)
+    return report
+
+
+async def test_turning_events_off_clears_the_busy_windows(sync_env: SyncEnv) -> None:
+    user, idle = await setup(sync_env, users=2)
+    event(sync_env, user, "e-soon", sync_env.graph.clock.now() + timedelta(minutes=5))
+    assert (await poll(sync_env)).busy.written == 1 and len(await busy(sync_env, user)) == 1
+    sync_env.configure(events={"enabled": False})
+    writes = sync_env.pbx_writes()
+    await directory_run(sync_env)  # no calendar is read, the pushed list goes
+    assert await busy(sync_env, user) == [] and sync_env.pbx_writes() == writes + 1  # the idle user is not written
+    await directory_run(sync_env)
+    assert sync_env.pbx_writes() == writes + 1  # cleared once
 
 
 async def test_turning_personal_contacts_off_deletes_them(sync_env: SyncEnv) -> None:
