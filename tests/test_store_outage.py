@@ -11,14 +11,15 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from conftest import missing, until, write_secret
+from conftest import until, write_secret
 from daemon.config import load_config
 from daemon.scheduler import RunProgress
 from daemon.service import Service
 from daemon.sync.kinds import RUN_KINDS, SyncRequest
 from live_fixtures import LiveEnv
+from pg_fixtures import running_server
 from sim.generator import generate_tenant
-from sim.postgres import PostgresServer, PostgresUnavailable
+from sim.postgres import PostgresServer
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -26,14 +27,7 @@ WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A server of this test's own: it is stopped and started again."""
-    try:
-        server = PostgresServer().start()
-    except PostgresUnavailable as err:
-        missing(str(err))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_server()
 
 
 @dataclass

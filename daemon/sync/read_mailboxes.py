@@ -18,7 +18,7 @@ from daemon.config import TenantConfig
 from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
 from daemon.logging import get_logger
-from daemon.sync.user_scope import stored_shared_mailboxes
+from daemon.sync.user_scope import live_users, stored_shared_mailboxes
 from state.sync_store import GraphCopy, SyncStore
 
 log = get_logger(__name__)
@@ -41,10 +41,7 @@ def purpose_of(settings: Any) -> str | None:
 async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, now: Callable[[], float]) -> dict[str, str]:
     """Shared mailbox user id -> userPrincipalName (detected or listed)."""
     name = tenant.name
-    users: dict[str, str] = {}
-    async for copy in sync_store.iter_copies(name, "user"):
-        if copy.removed is None:
-            users[copy.id] = str(copy.data.get("userPrincipalName") or copy.id)
+    users = await live_users(sync_store, name)
     checked: dict[str, GraphCopy] = {}
     async for copy in sync_store.iter_copies(name, "mailbox"):
         checked[copy.id] = copy

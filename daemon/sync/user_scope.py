@@ -8,6 +8,15 @@ from daemon.sync.scope import ScopeDecision, decide
 from state.sync_store import GraphCopy, SyncStore
 
 
+async def live_users(sync_store: SyncStore, tenant: str) -> dict[str, str]:
+    """Stored users not removed in Entra ID: id -> userPrincipalName."""
+    users: dict[str, str] = {}
+    async for copy in sync_store.iter_copies(tenant, "user"):
+        if copy.removed is None:
+            users[copy.id] = str(copy.data.get("userPrincipalName") or copy.id)
+    return users
+
+
 async def stored_shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore) -> dict[str, str]:
     """Shared mailbox user id -> userPrincipalName, from the stored ``mailbox``
     copies (``userPurpose``) and ``shared_mailbox.mailboxes``; empty unless
@@ -15,10 +24,7 @@ async def stored_shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore) -
     if not tenant.shared_mailbox.enabled:
         return {}
     name = tenant.name
-    users: dict[str, str] = {}
-    async for copy in sync_store.iter_copies(name, "user"):
-        if copy.removed is None:
-            users[copy.id] = str(copy.data.get("userPrincipalName") or copy.id)
+    users = await live_users(sync_store, name)
     shared: dict[str, str] = {}
     async for copy in sync_store.iter_copies(name, "mailbox"):
         if copy.id in users and copy.data.get("userPurpose") == "shared":
