@@ -29,7 +29,8 @@ from daemon.sync.plan_users import settings_fingerprint
 from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, shared_detection_note
 from daemon.sync.report import describe_counts
 from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
-from daemon.sync.scope import decide, matches, sso_flags
+from daemon.sync.scope import matches, sso_flags
+from daemon.sync.user_scope import decide_stored
 from state.copy import copy_database
 from state.db import Database
 from state.open import open_database
@@ -199,8 +200,7 @@ async def explain_user(config: Config, tenant_name: str, reference: str, out: Te
             if rejected is not None and rejected.last_error:
                 print(f"last error ({rejected.failures} in a row): {rejected.last_error}", file=out)
             return 1
-        members = await stores.sync.members_of(tenant.name, tenant.groups)
-        decision = decide(copy.data, copy.removed, tenant, members)
+        decision = await decide_stored(tenant, stores.sync, copy)
         synced = await stores.sync.synced(tenant.name, "user", copy.id)
         admin, standard = sso_flags(copy.data, tenant)
         print(f"user: {copy.data.get('userPrincipalName')} ({copy.id})", file=out)

@@ -31,6 +31,7 @@ from daemon.retry import GraphBudget
 from daemon.scheduler import PollLoop, RunProgress, SchedulerClock, TenantSchedule, schedule_interval
 from daemon.status import NEXT_RUN_KEY, TenantReport
 from daemon.sync.kinds import POLL_KINDS, RUN_KINDS, SyncRequest
+from daemon.sync.run_backlog import RunBacklog
 from daemon.sync.runner import RunResult, TenantRunner
 from state.store import Store
 from state.sync_store import SyncStore
@@ -62,6 +63,7 @@ class Supervisor:
         self.schedules: dict[str, TenantSchedule] = {}
         self.polls: dict[str, PollLoop] = {}
         self.budgets: dict[str, GraphBudget] = {}  # one Graph budget per tenant, shared by runs and polls
+        self.backlogs: dict[str, RunBacklog] = {}  # per tenant: run results and locks a store outage left unwritten
         self.pending_syncs: set[str] = set()
         self.ownership = Ownership(metrics, self.schedules, auth.forget_tokens, leases)
         self._requests: set[asyncio.Task[str | None]] = set()
@@ -189,9 +191,7 @@ class Supervisor:
         try:
             result = await runner.sync(request, ProgressLog(progress, self.clock) if progress else None,
                                        run_id=run_id)
-        except asyncio.CancelledError:
-            if run_id is not None:
-                await self.store.finish_run(run_id, "interrupted", {}, "stopped by the run time limit or a shutdown")
+        except asyncio.CancelledError:  # the runner recorded it "interrupted", with the counts it reached
             self.metrics.sync_runs.labels(tenant.name, "interrupted").inc()
             raise
         await self._record_run(result, time.monotonic() - started, progress)
@@ -219,7 +219,8 @@ class Supervisor:
         guard = self.ownership.write_guard(tenant.name)
         return TenantRunner(tenant, self.store, self.sync_store, self.auth, self.session, self.metrics,
                             budget=self.budgets.setdefault(tenant.name, GraphBudget()), write_guard=guard,
-                            run_lock_alive=_lease_decides if guard is not None else None)
+                            run_lock_alive=_lease_decides if guard is not None else None,
+                            backlog=self.backlogs.setdefault(tenant.name, RunBacklog()))
 
     # --- the schedule's and the poll's side ---
 
@@ -289,8 +290,11 @@ class Supervisor:
                 elif action != "quarantined":
                     metrics.objects_changed.labels(tenant, kind, action).inc(amount)
         metrics.deprovisions_held.labels(tenant).set(len(report.held))
-        for kind in ("user", "group", "contact"):
-            metrics.synced_objects.labels(tenant, kind).set(await self.sync_store.count_synced(tenant, kind))
+        try:
+            for kind in ("user", "group", "contact"):
+                metrics.synced_objects.labels(tenant, kind).set(await self.sync_store.count_synced(tenant, kind))
+        except M365SyncError as err:  # the store is down: the gauge waits for the next run, the result stands
+            log.warning("could not count the synced objects", tenant=tenant, error=str(err))
 
     async def run_status(self, tenant: str, run_id: str) -> dict[str, Any] | None:
         """A run's progress while it is queued or running, else its record."""

@@ -35,6 +35,8 @@ POOL_MAX = 8
 # Our own statements' mistakes and constraint violations: left as they are, a bug shows as one.
 OWN_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.SyntaxOrAccessError, asyncpg.DataError)
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, ConnectionError)
+# A connection the server dropped (a restart, a cut network): the pool's idle ones are all dead then.
+LOST_CONNECTION = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError)
 VERSION_LOCK = 0x6D333635  # advisory lock taken while migrating: two daemons starting at once migrate once
 
 
@@ -102,16 +104,32 @@ class PostgresDatabase(Database):
         except OWN_ERRORS:
             raise
         except DRIVER_ERRORS as err:
+            await self._drop_dead_connections(err)
             raise StateWriteFailed(f"cannot write the state database {self.location}: {_reason(err)}",
                                    hint="check the PostgreSQL server and its disk; the next run repeats this one") from err
 
+    async def _drop_dead_connections(self, err: BaseException) -> None:
+        """After a lost connection, the pool opens new ones: its idle ones died with the old server."""
+        if isinstance(err, LOST_CONNECTION):
+            await self.pool.expire_connections()
+
     async def _read(self, method: str, sql: str, params: Params) -> Any:
+        """A read; one retry on a new connection when the pooled one died (a server restarted while idle)."""
+        try:
+            return await self._read_once(method, sql, params)
+        except StateReadFailed as err:
+            if not isinstance(err.__cause__, LOST_CONNECTION):
+                raise
+        return await self._read_once(method, sql, params)
+
+    async def _read_once(self, method: str, sql: str, params: Params) -> Any:
         try:
             async with self.pool.acquire() as conn:
                 return await getattr(PostgresTransaction(conn), method)(sql, params)
         except OWN_ERRORS:
             raise
         except DRIVER_ERRORS as err:
+            await self._drop_dead_connections(err)
             raise StateReadFailed(f"cannot read the state database {self.location}: {_reason(err)}",
                                   hint="check the PostgreSQL server; the next run repeats this one") from err
 

@@ -248,6 +248,16 @@ class Store:
                 (self.clock(), result, json.dumps(redact_value(summary, limit=REASON_LIMIT), sort_keys=True), short_reason(error), run_id),
             )
 
+    async def close_abandoned_runs(self, tenant: str, reason: str) -> int:
+        """Close the tenant's runs left ``running`` as ``interrupted`` (with the reason);
+        called by the holder of the tenant's run lock, so none of them can still be running."""
+        async with self.db.transaction() as conn:
+            rows = await conn.fetchall("SELECT id FROM runs WHERE tenant = ? AND finished_at IS NULL", (tenant,))
+            for (run_id,) in rows:
+                await conn.execute("UPDATE runs SET finished_at = ?, result = ?, error = ? WHERE id = ?",
+                                   (self.clock(), "interrupted", reason, run_id))
+        return len(rows)
+
     async def run(self, run_id: str) -> RunRow | None:
         row = await self.db.fetchone(
             "SELECT id, tenant, trigger, started_at, finished_at, result, summary, error FROM runs WHERE id = ?",

@@ -17,8 +17,8 @@ from sim.postgres import PostgresServer, PostgresUnavailable
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def running_server() -> Iterator[PostgresServer]:
+    """A started server, stopped and removed afterwards (a fixture's body)."""
     try:
         server = PostgresServer().start()
     except PostgresUnavailable as err:
@@ -27,6 +27,11 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    yield from running_server()
 
 
 @pytest.fixture

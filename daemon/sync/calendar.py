@@ -67,3 +67,19 @@ class CalendarSync:
                                             writes=writes, held=len(plan.held))
         await Applier(name, self.sync_store, self.writer, report).apply(plan)
         return report
+
+    async def clear(self, report: RunReport | None = None) -> RunReport:
+        """``events.enabled`` turned off: remove the busy windows pushed before, so no call is
+        blocked by a calendar no longer read. Only users with a pushed list are looked at."""
+        report = report if report is not None else RunReport()
+        name = self.tenant.name
+        pushed = {u: fp for u, (_, fp) in (await self.sync_store.calendar_states(name)).items() if fp is not None}
+        users = [u for u in await self.sync_store.active_users(name) if u[0] in pushed]
+        if not users:
+            return report
+        moment = datetime.fromtimestamp(self.now(), UTC)
+        plan = plan_busy(users, {}, pushed, [], moment, moment)  # no events: an empty list where one was pushed
+        if plan.changes:
+            log.info("busy windows cleared: events.enabled is off", tenant=name, users=len(plan.changes))
+        await Applier(name, self.sync_store, self.writer, report).apply(plan)
+        return report

@@ -67,6 +67,16 @@ class Pipeline(Protocol):
     async def run(self, report: RunReport | None = None) -> RunReport: ...
 
 
+@dataclass(frozen=True)
+class BusyClearing:
+    """The busy lists a disabled calendar sync left on the PBX, removed by a run."""
+
+    calendar: CalendarSync
+
+    async def run(self, report: RunReport | None = None) -> RunReport:
+        return await self.calendar.clear(report)
+
+
 def build_pipelines(kinds: frozenset[str], tenant: TenantConfig, store: Store, sync_store: SyncStore,
                     clients: Clients, now: Callable[[], float], progress: Progress | None = None, *,
                     all_photos: bool = False) -> list[Pipeline]:
@@ -75,6 +85,9 @@ def build_pipelines(kinds: frozenset[str], tenant: TenantConfig, store: Store, s
     if kinds & DIRECTORY_KINDS:
         pipelines.append(build_tenant_sync(tenant, store, sync_store, clients.graph, clients.pbx, clients.writer,
                                            now, progress, all_photos=all_photos))
+    calendar = CalendarSync(tenant, store, sync_store, clients.graph, clients.writer, now)
     if BUSY in kinds and tenant.events.enabled:
-        pipelines.append(CalendarSync(tenant, store, sync_store, clients.graph, clients.writer, now))
+        pipelines.append(calendar)
+    elif kinds & DIRECTORY_KINDS and not tenant.events.enabled:  # turned off: what it pushed goes
+        pipelines.append(BusyClearing(calendar))
     return pipelines

@@ -19,6 +19,7 @@ from daemon.graph.batch import BatchExecutor, BatchRequest
 from daemon.graph.client import GraphClient
 from daemon.graph.records import MAX_TEXT, clean_text
 from daemon.logging import get_logger
+from daemon.sync.user_scope import live_users, stored_shared_mailboxes
 from state.sync_store import GraphCopy, SyncStore
 
 log = get_logger(__name__)
@@ -41,10 +42,7 @@ def purpose_of(settings: Any) -> str | None:
 async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, now: Callable[[], float]) -> dict[str, str]:
     """Shared mailbox user id -> userPrincipalName (detected or listed)."""
     name = tenant.name
-    users: dict[str, str] = {}
-    async for copy in sync_store.iter_copies(name, "user"):
-        if copy.removed is None:
-            users[copy.id] = str(copy.data.get("userPrincipalName") or copy.id)
+    users = await live_users(sync_store, name)
     checked: dict[str, GraphCopy] = {}
     async for copy in sync_store.iter_copies(name, "mailbox"):
         checked[copy.id] = copy
@@ -70,12 +68,7 @@ async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: G
     if denied:
         log.warning("mailbox settings not readable (403): these mailboxes may be shared but are treated as users",
                     tenant=name, mailboxes=len(denied), fix=SHARED_DETECTION_FIX)
-    shared = {u: upn for u, upn in users.items() if u in checked and checked[u].data.get("userPurpose") == "shared"}
-    for reference in tenant.shared_mailbox.mailboxes:
-        found = await sync_store.find_user(name, reference)
-        if found is not None and found.removed is None:
-            shared[found.id] = str(found.data.get("userPrincipalName") or found.id)
-    return shared
+    return await stored_shared_mailboxes(tenant, sync_store)
 
 
 async def unreadable_settings(sync_store: SyncStore, tenant: str) -> list[str]:

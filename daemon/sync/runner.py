@@ -9,6 +9,7 @@ message; nothing escapes as a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -33,12 +34,14 @@ from daemon.retry import Clock, GraphBudget, Transport
 from daemon.sync.apply import Progress
 from daemon.sync.kinds import RUN_KINDS, Clients, SyncRequest, build_pipelines
 from daemon.sync.report import RunReport
+from daemon.sync.run_backlog import RunBacklog, UnrecordedRun
 from daemon.tls import client_ssl_context
 from state.store import Store
 from state.sync_store import SyncStore
 
 log = get_logger(__name__)
 
+ABANDONED_REASON = "interrupted: the process running it ended before recording its result"
 RUN_LOCK_SECONDS = 4 * 3600.0  # longer than any run may last
 PHOTOS_SUFFIX = ":photos"  # a trigger ending so checks every user's photo (sync --photos, Sync now with photos)
 LOCK_OWNER = f"pid {os.getpid()} on {socket.gethostname()}"
@@ -82,6 +85,7 @@ class TenantRunner:
         budget: GraphBudget | None = None,
         write_guard: Callable[[], Awaitable[None]] | None = None,
         run_lock_alive: Callable[[str], bool] | None = None,
+        backlog: RunBacklog | None = None,
     ) -> None:
         self.tenant = tenant
         self.store = store
@@ -95,6 +99,7 @@ class TenantRunner:
         self.budget = budget or GraphBudget()
         self.write_guard = write_guard  # a shared state: raises LeaseLost once the tenant's lease is gone (see _guarded)
         self.run_lock_alive = run_lock_alive or _process_alive  # a shared state: the lease decides, not the run lock
+        self.backlog = backlog or RunBacklog()  # the supervisor's, per tenant: it outlives this runner
 
     def _transport(self) -> Transport:
         return Transport(self.session, self.tenant.name, self.metrics,
@@ -137,6 +142,7 @@ class TenantRunner:
     async def _locked_run(self, request: SyncRequest, progress: Progress | None, run_id: str) -> RunResult:
         name = self.tenant.name
         try:
+            await self.backlog.settle(self.store, self.sync_store, name)  # a store outage's leftovers first
             holder = None if self.dry_run else await self.sync_store.try_lock(name, LOCK_OWNER, RUN_LOCK_SECONDS,
                                                                                self.run_lock_alive)
         except M365SyncError as err:
@@ -144,20 +150,25 @@ class TenantRunner:
         if holder is not None:
             message = f"another m365sync process ({holder}) is syncing tenant {name}; try again when it finishes"
             return RunResult(run_id, name, "busy", RunReport(result="busy", error=message))
-        row = await self.store.tenant(name)
-        if row is not None and row.auth_state == DISCONNECTED:
-            if not self.dry_run:
-                await _quietly(self.sync_store.unlock(name, LOCK_OWNER), "could not release the run lock")
-            message = f"tenant {name} was disconnected; authorize it again to resume: m365sync authorize --tenant {name}"
-            return RunResult(run_id, name, "disconnected", RunReport(result="disconnected", error=message))
         try:
             return await self._recorded_run(request, progress, run_id)
+        except M365SyncError as err:  # the store failed before the run had a record
+            return RunResult(run_id, name, "failed", RunReport(result="failed", error=str(err)))
         finally:
             if not self.dry_run:
-                await _quietly(self.sync_store.unlock(name, LOCK_OWNER), "could not release the run lock")
+                await self._unlock()
+
+    async def _unlock(self) -> None:
+        await self.backlog.release(self.sync_store, self.tenant.name, LOCK_OWNER)
 
     async def _recorded_run(self, request: SyncRequest, progress: Progress | None, run_id: str) -> RunResult:
         name, trigger = self.tenant.name, request.trigger
+        row = await self.store.tenant(name)
+        if row is not None and row.auth_state == DISCONNECTED:
+            message = f"tenant {name} was disconnected; authorize it again to resume: m365sync authorize --tenant {name}"
+            return RunResult(run_id, name, "disconnected", RunReport(result="disconnected", error=message))
+        if not self.dry_run:  # this runner holds the lock: open runs of the tenant belong to a dead process
+            await self.store.close_abandoned_runs(name, ABANDONED_REASON)
         report = RunReport()
         started = time.monotonic()
         try:
@@ -169,6 +180,10 @@ class TenantRunner:
         try:
             log.info("sync run started", trigger=trigger, dry_run=self.dry_run)
             await self._sync(request.kinds, report, progress, all_photos=trigger.endswith(PHOTOS_SUFFIX))
+        except asyncio.CancelledError:  # the run time limit or a shutdown: recorded with the counts reached
+            report.result, report.error = "interrupted", "stopped by the run time limit or a shutdown"
+            await self._record(run_id, report)
+            raise
         except AuthorizationRequired as err:
             report.result, report.error = "reauthorization_required", str(err)
         except LeaseLost as err:  # another daemon has the tenant now: it goes on from what was applied
@@ -178,18 +193,20 @@ class TenantRunner:
         except Exception as err:  # a run never ends without a record
             report.result, report.error = "failed", unexpected_reason(err)
             log.debug("sync run failed with an unexpected error", exc_info=True)
+        await self._record(run_id, report)
+        log_method = log.info if report.result == "success" else log.warning
+        log_method("sync run finished", result=report.result, counts=report.counts_by_kind(),
+                   seconds=round(time.monotonic() - started, 2), error=report.error)
+        return RunResult(run_id, name, report.result, report)
+
+    async def _record(self, run_id: str, report: RunReport) -> None:
         summary = {"counts": report.counts_by_kind(), "group_counts": report.groups.counts, "missing_groups": report.groups.missing,
                    "contact_counts": report.contacts.counts, "unreadable_mailboxes": report.contacts.unreadable,
                    "unreadable_mailbox_settings": report.contacts.settings_unreadable,
                    "held": len(report.held), "failures": report.failures[:50],
                    "unmatched_selected": report.unmatched_selected, "selects_nobody": report.selects_nobody,
                    "full_round": report.full_round}
-        await _quietly(self.store.finish_run(run_id, report.result, summary, report.error),
-                       "could not record the run's result")
-        log_method = log.info if report.result == "success" else log.warning
-        log_method("sync run finished", result=report.result, counts=report.counts_by_kind(),
-                   seconds=round(time.monotonic() - started, 2), error=report.error)
-        return RunResult(run_id, name, report.result, report)
+        await self.backlog.record(self.store, UnrecordedRun(run_id, report.result, summary, report.error))
 
     async def _sync(self, kinds: frozenset[str], report: RunReport, progress: Progress | None, *,
                     all_photos: bool = False) -> None:

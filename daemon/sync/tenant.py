@@ -92,7 +92,9 @@ class TenantSync:
         if inventory is None and await self._needs_numbers(plan):  # plan again, knowing the numbers
             snapshot = await with_inventory(snapshot, self.sync_store, await self._read_inventory())
             plan, users = await self._plan_users(snapshot, report)
-        if tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled:
+        # turned off with contacts still on the PBX: no mailbox is read, so the planner deletes them (guarded)
+        if tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled or \
+                await self.sync_store.count_synced(name, "contact"):
             contacts_read = await self._read_contacts(users, snapshot, report)
             plan.extend(await self._plan_contacts(users, snapshot, contacts_read, report))
         plan.extend(await self._plan_groups(users, snapshot, plan))
