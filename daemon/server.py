@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from daemon import status
+from daemon import __version__, status
 from daemon.auth.manager import START_PATH, AuthManager, PageResult
 from daemon.config import CALLBACK_PATH
 from daemon.errors import NoLeaseHolder
@@ -24,6 +26,7 @@ from daemon.http_guard import MAX_BODY_BYTES, ConnectionGuard
 from daemon.logging import get_logger
 from daemon.metrics import CONTENT_TYPE, Metrics
 from daemon.status import TenantReport
+from daemon.status_page import DaemonInfo, render
 
 log = get_logger(__name__)
 
@@ -49,6 +52,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 AUTH_KEY = web.AppKey("auth", AuthManager)
 CONTROL_KEY = web.AppKey("control", Control)
 ADMIN_TOKEN_KEY = web.AppKey("admin_token", str)
+DAEMON_KEY = web.AppKey("daemon", DaemonInfo)
 
 # Pages of the OAuth flow are never cached, framed, or leak their URL onward.
 PAGE_HEADERS = {
@@ -67,6 +71,7 @@ def build_app(
     admin_token: str | None = None,
     control: Control | None = None,
     guard: ConnectionGuard | None = None,
+    instance: str | None = None,
 ) -> web.Application:
     """The application with every route of the daemon; ``guard``, the listening
     socket's connection guard, learns which connections are in a request."""
@@ -75,6 +80,7 @@ def build_app(
     app[STATUS_KEY] = status
     app[METRICS_KEY] = metrics
     app[ADMIN_TOKEN_KEY] = admin_token or ""
+    app[DAEMON_KEY] = DaemonInfo(__version__, instance or socket.gethostname(), time.time())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
@@ -153,7 +159,7 @@ async def status_json(request: web.Request) -> web.Response:
 async def status_page(request: web.Request) -> web.Response:
     """The admins' status page (Bearer or Basic authentication with the admin token)."""
     _require_admin(request)
-    html = status.as_html(await request.app[CONTROL_KEY].status_reports())
+    html = render(await request.app[CONTROL_KEY].status_reports(), request.app[DAEMON_KEY], time.time())
     return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
 
 

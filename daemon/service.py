@@ -20,6 +20,7 @@ from daemon.config import Config, read_secret
 from daemon.config_checks import log_findings
 from daemon.errors import ConfigError, M365SyncError
 from daemon.http_guard import ConnectionGuard, GuardedServer
+from daemon.leases import default_instance_name
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.ownership import leases_for
@@ -112,7 +113,9 @@ class Service:
             await self.stop()
             raise
         guard = ConnectionGuard()
-        self._http = GuardedServer(build_app(supervisor, self.metrics, auth, _admin_token(self.config), supervisor, guard),
+        self._http = GuardedServer(build_app(supervisor, self.metrics, auth, _admin_token(self.config), supervisor, guard,
+                                             instance=self.config.state.instance_name
+                                             or default_instance_name(self.config.server.port)),
                                    guard, SHUTDOWN_TIMEOUT_SECONDS)
         server = self.config.server
         try:
