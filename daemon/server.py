@@ -22,6 +22,7 @@ from daemon.auth.manager import START_PATH, AuthManager, PageResult
 from daemon.config import CALLBACK_PATH
 from daemon.errors import NoLeaseHolder
 from daemon.health import TenantStatus
+from daemon.history_view import ObjectHistory
 from daemon.http_guard import MAX_BODY_BYTES, ConnectionGuard
 from daemon.logging import get_logger
 from daemon.metrics import CONTENT_TYPE, Metrics
@@ -45,6 +46,8 @@ class Control(Protocol):
     async def run_status(self, tenant: str, run_id: str) -> dict[str, Any] | None: ...
 
     async def status_reports(self) -> list[TenantReport]: ...
+
+    async def object_history(self, tenant: str, reference: str) -> ObjectHistory | None: ...
 
 
 STATUS_KEY = web.AppKey("status_source", StatusSource)
@@ -93,6 +96,7 @@ def build_app(
         app.router.add_post("/api/tenants/{name}/sync", sync_now)
         app.router.add_get("/api/tenants/{name}/runs/{run_id}", run_status)
         app.router.add_get("/api/status", status_json)
+        app.router.add_get("/api/tenants/{name}/history/{object}", history_json)
         app.router.add_get("/", status_page)
     return app
 
@@ -154,6 +158,15 @@ async def run_status(request: web.Request) -> web.Response:
 async def status_json(request: web.Request) -> web.Response:
     _require_admin(request)
     return web.json_response(status.as_json(await request.app[CONTROL_KEY].status_reports()))
+
+
+async def history_json(request: web.Request) -> web.Response:
+    """What happened to one user or group, when and why (admin token)."""
+    _require_admin(request)
+    found = await request.app[CONTROL_KEY].object_history(request.match_info["name"], request.match_info["object"])
+    if found is None:
+        return web.json_response({"error": "no such user or group, and nothing written under that name"}, status=404)
+    return web.json_response(found.as_json())
 
 
 async def status_page(request: web.Request) -> web.Response:

@@ -97,7 +97,7 @@ class Service:
         """Open the state, register tenants, listen, then tell systemd READY=1."""
         log_findings(self.config)  # what check-config would report: logged, never a refusal
         self._db = db = await open_database(self.config.state.target, password_file=self.config.state.password_file)
-        self._store, self._sync_store = store, sync_store = Store(db), SyncStore(db)
+        self._store, self._sync_store = store, sync_store = Store(db), SyncStore(db, history_days=self.config.state.history_days)
         self.auth = auth = AuthManager(self.config, store, self.metrics, sealer_for(self.config, self.environ),
                                        on_authorized=lambda tenant: self.supervisor.authorized(tenant))
         self._session = aiohttp.ClientSession()
