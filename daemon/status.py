@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from daemon.auth.explain import redirect_uris
 from daemon.auth.manager import START_PATH
-from daemon.config import CALLBACK_PATH, Config, TenantConfig
+from daemon.config import Config, TenantConfig
 from daemon.health import TenantStatus, tenant_status
 from daemon.secrets import is_empty_secret, secret_file_problem
 from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, unreadable_settings
@@ -109,7 +109,7 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             synced={kind: await sync_store.count_synced(tenant.name, kind) for kind in SYNCED_KINDS},
             schedule=f"{tenant.sync_time} ({tenant.timezone})", timezone=tenant.timezone, cloud=tenant.national_cloud,
             features=features(tenant), redirect_uris=redirect_uris(config.server),
-            authorize_url=authorize_url(config, tenant.name), runs=[_run_json(r) for r in recent],
+            authorize_url=authorize_url(tenant.name), runs=[_run_json(r) for r in recent],
         ))
     configured = {t.name for t in config.tenants}
     for name, row in sorted(rows.items()):
@@ -159,10 +159,10 @@ def features(tenant: TenantConfig) -> list[str]:
     return [name for name, on in named.items() if on]
 
 
-def authorize_url(config: Config, tenant: str) -> str:
-    """The start page; an admin signed in to the status page opens it without a one-time link."""
-    base = redirect_uris(config.server)[0][1].removesuffix(CALLBACK_PATH)
-    return f"{base}{START_PATH}?{urlencode({'tenant': tenant})}"
+def authorize_url(tenant: str) -> str:
+    """The start page, on the status page's own origin: the browser sends it the admin's
+    Basic login there (not to ``public_url``), so no one-time link is needed."""
+    return f"{START_PATH}?{urlencode({'tenant': tenant})}"
 
 
 def as_json(reports: list[TenantReport]) -> dict[str, Any]:

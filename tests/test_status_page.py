@@ -185,6 +185,7 @@ async def test_the_status_page_says_per_tenant_what_is_wrong_and_the_fix(page_ba
                 texts[name] = await section.inner_text()
                 await section.screenshot(path=str(shots / f"status-{name}.png"))
             header = await page.inner_text("#daemon")
+            authorize_href = await page.get_attribute("#tenant-contoso a.authorize", "href")
             bars = await page.locator("#tenant-contoso svg.history-chart rect").count()
             colours = await page.eval_on_selector_all("#tenant-tailspin svg.history-chart rect",
                                                       "rs => rs.map(r => r.getAttribute('fill'))")
@@ -201,6 +202,7 @@ async def test_the_status_page_says_per_tenant_what_is_wrong_and_the_fix(page_ba
     assert "42 users, 0 groups, 0 contacts" in healthy and "users, groups, personal_contacts" in healthy
     assert "30 2 * * * (Europe/Berlin)" in healthy and "02:30 Europe/Berlin)" in healthy and "GLOBAL" in healthy
     assert "https://pbx.example.com:8887/api/auth/callback/ms365" in healthy
+    assert authorize_href == "/api/auth/start/ms365?tenant=contoso"  # same origin: the Basic login goes with it
     assert bars == 10  # the last ten of eleven runs
 
     missing = texts["fabrikam"]
