@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("user", help="userPrincipalName or object ID")
     explain.set_defaults(handler=_explain)
 
+    history = add("history", "what happened to a user or group, when and why: every write, oldest first")
+    _config_argument(history)
+    history.add_argument("--tenant", required=True)
+    history.add_argument("object", help="userPrincipalName, group name or object ID (also of a deleted one)")
+    history.set_defaults(handler=_history)
+
     approve = add("approve", "release the deprovisions held by the mass-deletion guard, on the next run")
     _config_argument(approve)
     approve.add_argument("--tenant", required=True)
@@ -315,6 +321,10 @@ def _sync(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     return int(asyncio.run(_commands().explain_user(load_config(args.config), args.tenant, args.user)))
+
+
+def _history(args: argparse.Namespace) -> int:
+    return int(asyncio.run(_commands().history(load_config(args.config), args.tenant, args.object)))
 
 
 def _approve(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from daemon import status as status_module
 from daemon.auth.manager import AuthManager
 from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import ConfigError, ConfigProblem, StateError
+from daemon.history_view import EXPLAIN_ENTRIES, history_lines, object_history
 from daemon.metrics import Metrics
 from daemon.pbx.schema import PBX_USER
 from daemon.redact import redact_text, redact_value
@@ -77,7 +78,7 @@ async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = 
             sealer = sealer_for(config, create=not scratch_copy)  # a dry run or status never creates the key
         except PermissionError as err:  # the key file beside the database
             raise state_access_error(config.state.path, "read", err) from err
-        yield Stores(db, store, SyncStore(db), AuthManager(config, store, metrics, sealer))
+        yield Stores(db, store, SyncStore(db, history_days=config.state.history_days), AuthManager(config, store, metrics, sealer))
     finally:
         await db.close()
         if scratch is not None:
@@ -235,6 +236,26 @@ async def explain_user(config: Config, tenant_name: str, reference: str, out: Te
         last = await stores.store.last_run(tenant.name)
         for note in (last.summary.get("selects_nobody", []) if last is not None else []):
             print(f"tenant setting that selects nobody (last run): {note}", file=out)
+        written = await stores.sync.history(tenant.name, "user", copy.id, EXPLAIN_ENTRIES)
+        print(f"history (last {EXPLAIN_ENTRIES}; all: m365sync history --tenant {tenant.name} {reference}):"
+              + ("" if written else " no writes recorded"), file=out)
+        for line in history_lines(written):
+            print(f"  {line}", file=out)
+    return 0
+
+
+async def history(config: Config, tenant_name: str, reference: str, out: TextIO = sys.stdout) -> int:
+    """``m365sync history``: every write to one user or group, oldest first, kept for [state] history_days."""
+    tenant = config.tenant(tenant_name)
+    async with open_stores(config, Metrics()) as stores:
+        found = await object_history(stores.sync, tenant.name, reference)
+    if found is None:
+        print(f"{reference}: no such user or group, and nothing written under that name in {tenant.name}", file=out)
+        return 1
+    print(f"{found.kind} {found.label} ({found.graph_id}): {len(found.entries)} write(s) in the last "
+          f"{config.state.history_days} days", file=out)
+    for line in history_lines(found.entries):
+        print(f"  {line}", file=out)
     return 0
 
 

@@ -68,6 +68,7 @@ class StateConfig(_Section):
     encryption_key_file: ConfigPath | None = None
     lease_seconds: int = Field(default=30, ge=5, le=3600)  # PostgreSQL: a dead daemon's tenants move within this
     instance_name: str | None = Field(default=None, min_length=1, max_length=100)  # PostgreSQL: default the host name
+    history_days: int = Field(default=30, ge=1, le=3650)  # how long each object's history of writes is kept
 
     @property
     def shared(self) -> bool:

@@ -11,21 +11,25 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from daemon import status
+from daemon import __version__, status
 from daemon.auth.manager import START_PATH, AuthManager, PageResult
 from daemon.config import CALLBACK_PATH
 from daemon.errors import NoLeaseHolder
 from daemon.health import TenantStatus
+from daemon.history_view import ObjectHistory
 from daemon.http_guard import MAX_BODY_BYTES, ConnectionGuard
 from daemon.logging import get_logger
 from daemon.metrics import CONTENT_TYPE, Metrics
 from daemon.redact import redact_text, redact_value
 from daemon.status import TenantReport
+from daemon.status_page import DaemonInfo, render
 
 log = get_logger(__name__)
 
@@ -45,12 +49,15 @@ class Control(Protocol):
 
     async def status_reports(self) -> list[TenantReport]: ...
 
+    async def object_history(self, tenant: str, reference: str) -> ObjectHistory | None: ...
+
 
 STATUS_KEY = web.AppKey("status_source", StatusSource)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 AUTH_KEY = web.AppKey("auth", AuthManager)
 CONTROL_KEY = web.AppKey("control", Control)
 ADMIN_TOKEN_KEY = web.AppKey("admin_token", str)
+DAEMON_KEY = web.AppKey("daemon", DaemonInfo)
 
 # Pages of the OAuth flow are never cached, framed, or leak their URL onward.
 PAGE_HEADERS = {
@@ -69,6 +76,7 @@ def build_app(
     admin_token: str | None = None,
     control: Control | None = None,
     guard: ConnectionGuard | None = None,
+    instance: str | None = None,
 ) -> web.Application:
     """The application with every route of the daemon; ``guard``, the listening
     socket's connection guard, learns which connections are in a request."""
@@ -77,6 +85,7 @@ def build_app(
     app[STATUS_KEY] = status
     app[METRICS_KEY] = metrics
     app[ADMIN_TOKEN_KEY] = admin_token or ""
+    app[DAEMON_KEY] = DaemonInfo(__version__, instance or socket.gethostname(), time.time())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
@@ -89,6 +98,7 @@ def build_app(
         app.router.add_post("/api/tenants/{name}/sync", sync_now)
         app.router.add_get("/api/tenants/{name}/runs/{run_id}", run_status)
         app.router.add_get("/api/status", status_json)
+        app.router.add_get("/api/tenants/{name}/history/{object}", history_json)
         app.router.add_get("/", status_page)
     return app
 
@@ -152,10 +162,19 @@ async def status_json(request: web.Request) -> web.Response:
     return web.json_response(redact_value(status.as_json(await request.app[CONTROL_KEY].status_reports())))
 
 
+async def history_json(request: web.Request) -> web.Response:
+    """What happened to one user or group, when and why (admin token)."""
+    _require_admin(request)
+    found = await request.app[CONTROL_KEY].object_history(request.match_info["name"], request.match_info["object"])
+    if found is None:
+        return web.json_response({"error": "no such user or group, and nothing written under that name"}, status=404)
+    return web.json_response(found.as_json())
+
+
 async def status_page(request: web.Request) -> web.Response:
     """The admins' status page (Bearer or Basic authentication with the admin token)."""
     _require_admin(request)
-    html = redact_text(status.as_html(await request.app[CONTROL_KEY].status_reports()))
+    html = redact_text(render(await request.app[CONTROL_KEY].status_reports(), request.app[DAEMON_KEY], time.time()))
     return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
 
 

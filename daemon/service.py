@@ -20,6 +20,7 @@ from daemon.config import Config, read_secret
 from daemon.config_checks import log_findings
 from daemon.errors import ConfigError, M365SyncError
 from daemon.http_guard import ConnectionGuard, GuardedServer
+from daemon.leases import default_instance_name
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.ownership import leases_for
@@ -96,7 +97,7 @@ class Service:
         """Open the state, register tenants, listen, then tell systemd READY=1."""
         log_findings(self.config)  # what check-config would report: logged, never a refusal
         self._db = db = await open_database(self.config.state.target, password_file=self.config.state.password_file)
-        self._store, self._sync_store = store, sync_store = Store(db), SyncStore(db)
+        self._store, self._sync_store = store, sync_store = Store(db), SyncStore(db, history_days=self.config.state.history_days)
         self.auth = auth = AuthManager(self.config, store, self.metrics, sealer_for(self.config, self.environ),
                                        on_authorized=lambda tenant: self.supervisor.authorized(tenant))
         self._session = aiohttp.ClientSession()
@@ -112,7 +113,9 @@ class Service:
             await self.stop()
             raise
         guard = ConnectionGuard()
-        self._http = GuardedServer(build_app(supervisor, self.metrics, auth, _admin_token(self.config), supervisor, guard),
+        self._http = GuardedServer(build_app(supervisor, self.metrics, auth, _admin_token(self.config), supervisor, guard,
+                                             instance=self.config.state.instance_name
+                                             or default_instance_name(self.config.server.port)),
                                    guard, SHUTDOWN_TIMEOUT_SECONDS)
         server = self.config.server
         try:

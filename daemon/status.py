@@ -7,16 +7,22 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from html import escape
 from typing import Any
+from urllib.parse import urlencode
 
-from daemon.config import Config
+from daemon.auth.explain import redirect_uris
+from daemon.auth.manager import START_PATH
+from daemon.config import Config, TenantConfig
+from daemon.health import TenantStatus, tenant_status
+from daemon.secrets import is_empty_secret, secret_file_problem
 from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, unreadable_settings
 from daemon.sync.report import describe_counts
-from state.store import Store
+from state.store import RunRow, Store
 from state.sync_store import SyncStore
 
 NEXT_RUN_KEY = "next_run"
+HISTORY_RUNS = 10
+SYNCED_KINDS = ("user", "group", "contact")
 
 
 @dataclass
@@ -38,6 +44,21 @@ class TenantReport:
     selects_nobody: list[str] = field(default_factory=list)  # from the last run: settings that match no one
     leftover: bool = False  # no longer in the configuration; its state stays until disconnected
     owner: str | None = None  # the daemon syncing it (a shared state: the lease holder; None: nobody now)
+    # What /readyz says, and the one command that fixes it (None when ready).
+    ready: bool = False
+    ready_reason: str = ""
+    ready_detail: str = ""
+    fix: str | None = None
+    last_success: float | None = None
+    failures: list[str] = field(default_factory=list)  # objects the last run could not write
+    synced: dict[str, int] = field(default_factory=dict)  # objects the daemon has pushed, per kind
+    schedule: str = ""  # the crontab and the zone it runs in
+    timezone: str = "UTC"
+    cloud: str = ""
+    features: list[str] = field(default_factory=list)
+    redirect_uris: list[tuple[str, str]] = field(default_factory=list)  # label, URI: guide step 5
+    authorize_url: str = ""  # guide step 8, for an admin signed in to the status page
+    runs: list[dict[str, Any]] = field(default_factory=list)  # the last runs, newest first
 
 
 async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs: dict[str, float] | None = None,
@@ -47,12 +68,10 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
     reports = []
     for tenant in config.tenants:
         row = rows.get(tenant.name)
-        run = await store.last_run(tenant.name)
-        last = None
-        if run is not None:
-            last = {"id": run.id, "trigger": run.trigger, "started_at": run.started_at,
-                    "duration_seconds": round(run.finished_at - run.started_at, 2) if run.finished_at else None,
-                    "result": run.result or "running", "counts": run.summary.get("counts", {}), "error": run.error}
+        recent = await store.recent_runs(tenant.name, HISTORY_RUNS)
+        run = recent[0] if recent else None
+        last = _run_json(run) if run is not None else None
+        successes = await store.recent_runs(tenant.name, 1, result="success")
         next_run = (next_runs or {}).get(tenant.name)
         if next_run is None:
             next_run = await sync_store.timestamp(tenant.name, NEXT_RUN_KEY)
@@ -90,6 +109,13 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             unreadable_mailbox_settings=settings, shared_detection_fix=SHARED_DETECTION_FIX if settings else None,
             selects_nobody=list(run.summary.get("selects_nobody", [])) if run is not None else [],
             owner=(owners or {}).get(tenant.name),
+            **_readiness(tenant_status(tenant, row, str(config.source)), tenant, str(config.source)),
+            last_success=successes[0].started_at if successes else None,
+            failures=list(run.summary.get("failures", [])) if run is not None else [],
+            synced={kind: await sync_store.count_synced(tenant.name, kind) for kind in SYNCED_KINDS},
+            schedule=f"{tenant.sync_time} ({tenant.timezone})", timezone=tenant.timezone, cloud=tenant.national_cloud,
+            features=features(tenant), redirect_uris=redirect_uris(config.server),
+            authorize_url=authorize_url(tenant.name), runs=[_run_json(r) for r in recent],
         ))
     configured = {t.name for t in config.tenants}
     for name, row in sorted(rows.items()):
@@ -97,6 +123,52 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             reports.append(TenantReport(tenant=name, enabled=False, auth_state=row.auth_state, auth_owner=row.auth_owner,
                                         auth_reason=row.auth_reason, last_run=None, next_run=None, leftover=True))
     return reports
+
+
+def _run_json(run: RunRow) -> dict[str, Any]:
+    return {"id": run.id, "trigger": run.trigger, "started_at": run.started_at,
+            "duration_seconds": round(run.finished_at - run.started_at, 2) if run.finished_at else None,
+            "result": run.result or "running", "counts": run.summary.get("counts", {}), "error": run.error}
+
+
+def _readiness(readiness: TenantStatus, tenant: TenantConfig, config_file: str) -> dict[str, Any]:
+    """``/readyz``'s answer for the tenant, plus the command that fixes it."""
+    return {"ready": readiness.ready, "ready_reason": readiness.reason, "ready_detail": readiness.detail,
+            "fix": fix_command(readiness, tenant, config_file)}
+
+
+def fix_command(readiness: TenantStatus, tenant: TenantConfig, config_file: str) -> str | None:
+    """The command an admin runs next; the same order of reasons as ``/readyz``."""
+    if readiness.ready:
+        return None
+    if readiness.reason == "disabled":
+        return f"set enabled = true for {tenant.name} in {config_file}, then: systemctl reload m365sync"
+    if readiness.reason == "secret_file_unusable":
+        for path in tenant.secret_files().values():
+            problem = secret_file_problem(path)
+            if problem is not None and "has mode" in problem[0]:
+                return f"chmod 640 {path}"
+            if problem is not None or is_empty_secret(path):
+                return (f"install -m 640 -g m365sync /dev/stdin {path}  (paste the secret, then Ctrl-D); "
+                        f"then: m365sync check-config --config {config_file}")
+        return f"m365sync check-config --config {config_file}"
+    return f"m365sync authorize --config {config_file} --tenant {tenant.name}"
+
+
+def features(tenant: TenantConfig) -> list[str]:
+    """What the tenant syncs, as the config names it."""
+    named = {"users": tenant.users.enabled, "users.sync_photo": tenant.users.enabled and tenant.users.sync_photo,
+             "groups": bool(tenant.groups), "personal_contacts": tenant.personal_contacts.enabled,
+             "shared_mailbox": tenant.shared_mailbox.enabled, "events": tenant.events.enabled,
+             "sign_in_as_administrator": tenant.sign_in_as_administrator.enabled,
+             "sign_in_as_standard_user": tenant.sign_in_as_standard_user.enabled}
+    return [name for name, on in named.items() if on]
+
+
+def authorize_url(tenant: str) -> str:
+    """The start page, on the status page's own origin: the browser sends it the admin's
+    Basic login there (not to ``public_url``), so no one-time link is needed."""
+    return f"{START_PATH}?{urlencode({'tenant': tenant})}"
 
 
 def as_json(reports: list[TenantReport]) -> dict[str, Any]:
@@ -146,49 +218,6 @@ def as_text(reports: list[TenantReport]) -> str:
         for note in r.selects_nobody:
             lines.append(f"  selects nobody: {note}")
     return "\n".join(lines)
-
-
-def as_html(reports: list[TenantReport], refresh_seconds: int = 30) -> str:
-    sections = []
-    for r in reports:
-        if r.leftover:
-            sections.append(f"<section class='tenant leftover' id='tenant-{escape(r.tenant)}'><h2>{escape(r.tenant)}</h2>"
-                            "<p>Not in the configuration; its state stays until "
-                            f"<code>m365sync disconnect --tenant {escape(r.tenant)}</code>.</p></section>")
-            continue
-        run = r.last_run
-        run_text = "never"
-        if run:
-            counts = escape(describe_counts(run["counts"]))
-            run_text = f"{escape(_when(run['started_at']))}, {run['duration_seconds']} s, <strong>{escape(str(run['result']))}</strong>; {counts}"
-        held = "".join(f"<li>{escape(h['action'])} {escape(h['name'])}</li>" for h in r.held[:50])
-        quarantined = "".join(f"<li>{escape(q['name'] or '')}: {escape(q['error'] or '')}</li>" for q in r.quarantined[:50])
-        sections.append(
-            f"<section class='tenant' id='tenant-{escape(r.tenant)}'><h2>{escape(r.tenant)}</h2><dl>"
-            + (f"<dt>Synced by</dt><dd class='owner'>{escape(r.owner)}</dd>" if r.owner else "")
-            + f"<dt>Authorization</dt><dd>{escape(r.auth_state)}{(' as ' + escape(r.auth_owner)) if r.auth_owner else ''}</dd>"
-            f"<dt>Last run</dt><dd>{run_text}</dd>"
-            f"<dt>Next run</dt><dd>{escape(_when(r.next_run))}</dd>"
-            f"<dt>Held deprovisions</dt><dd class='held'>{len(r.held)}"
-            + (f" &mdash; approve with <code>m365sync approve --tenant {escape(r.tenant)}</code><ul>{held}</ul>" if r.held else "")
-            + f"</dd><dt>Quarantined</dt><dd class='quarantined'>{len(r.quarantined)}"
-            + (f"<ul>{quarantined}</ul>" if quarantined else "")
-            + "</dd><dt>Not readable (403)</dt><dd class='unreadable'>calendars: "
-            + (escape(", ".join(r.unreadable_calendars)) or "none") + "; mailboxes: "
-            + (escape(", ".join(r.unreadable_mailboxes)) or "none")
-            + "</dd>"
-            + ("<dt>Shared-mailbox detection</dt><dd class='unreadable-settings'>mailbox settings not readable (403): "
-               f"{len(r.unreadable_mailbox_settings)} mailbox(es), not known to be shared; "
-               f"{escape(r.shared_detection_fix or '')}</dd>" if r.unreadable_mailbox_settings else "")
-            + ("<dt>Settings that select nobody</dt><dd class='selects-nobody'><ul>"
-               + "".join(f"<li>{escape(n)}</li>" for n in r.selects_nobody) + "</ul></dd>" if r.selects_nobody else "")
-            + "</dl></section>"
-        )
-    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
-             "section{border:1px solid #ddd;border-radius:4px;padding:0 1rem 1rem;margin-bottom:1rem}"
-             "dt{font-weight:bold;margin-top:.5rem}code{background:#f2f2f2;padding:.1rem .3rem}")
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta http-equiv='refresh' content='{refresh_seconds}'>"
-            f"<title>m365sync status</title><style>{style}</style></head><body><h1>m365sync status</h1>{''.join(sections)}</body></html>")
 
 
 def _name(data: dict[str, Any], fallback: str) -> str:

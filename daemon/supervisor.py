@@ -22,6 +22,7 @@ from daemon.auth.states import AUTHORIZED
 from daemon.config import Config, TenantConfig
 from daemon.errors import M365SyncError, NoLeaseHolder
 from daemon.health import TenantStatus, tenant_status
+from daemon.history_view import ObjectHistory, object_history
 from daemon.leases import LeaseEvents, Leases, LocalLeases
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
@@ -313,6 +314,9 @@ class Supervisor:
         next_runs = {name: s.next_run for name, s in self.schedules.items() if s.next_run is not None}
         return await status.collect(self.config, self.store, self.sync_store, next_runs,
                                     await self.ownership.owners())
+
+    async def object_history(self, tenant: str, reference: str) -> ObjectHistory | None:
+        return await object_history(self.sync_store, tenant, reference)
 
     async def tenant_statuses(self) -> list[TenantStatus]:
         """Readiness of every configured tenant; also refreshes the ready gauge."""

@@ -45,6 +45,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "calendar_state": ("tenant", "user_id", "window_day", "busy_fingerprint"),
     "pending_creates": ("tenant", "kind", "graph_id", "since"),
     "photo_checks": ("tenant", "user_id", "checked_at"),
+    "object_history": ("tenant", "kind", "graph_id", "at", "run_id", "action", "attributes", "changed_values", "reason"),
 }
 NOT_COPIED = frozenset({"run_leases", "instances"})  # a process's own run locks; the daemons of a shared state
 # Columns a backend has for itself: PostgreSQL's insertion order of runs (SQLite's rowid).

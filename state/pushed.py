@@ -11,6 +11,7 @@ from typing import Any
 from daemon.redact import short_reason
 from state.copies import GraphCopy
 from state.db import Database
+from state.history import HistoryEntry, record_history
 from state.store import Clock
 
 FAILURES_BEFORE_QUARANTINE = 5
@@ -255,17 +256,20 @@ class PushedQueries:
 
     # --- one transaction per applied chunk ---
 
-    async def apply_bookkeeping(self, tenant: str, entries: Iterable[Bookkeeping]) -> set[str]:
-        """Record a chunk's outcomes in one transaction; returns the ids now quarantined.
+    async def apply_bookkeeping(self, tenant: str, entries: Iterable[Bookkeeping],
+                                history: Sequence[HistoryEntry] = ()) -> set[str]:
+        """Record a chunk's outcomes, and its writes in the objects' history, in one
+        transaction; returns the ids now quarantined.
 
         Each record type has its own method, called with that type's entries."""
         by_type: dict[type, list[Any]] = {}
         for entry in entries:
             by_type.setdefault(type(entry), []).append(entry)
-        if not by_type:
+        if not by_type and not history:
             return set()
         now = self.clock()
         async with self.db.transaction() as conn:
+            await record_history(conn, tenant, history, now)
             await _record_pushed(conn, tenant, by_type.get(Pushed, []), now)
             await _record_removed(conn, tenant, by_type.get(Removed, []), now)
             await _record_tracked(conn, tenant, by_type.get(Tracked, []))

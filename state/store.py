@@ -273,6 +273,17 @@ class Store:
         )
         return None if row is None else _run_row(row)
 
+    async def recent_runs(self, tenant: str, limit: int = 10, result: str | None = None) -> list[RunRow]:
+        """The tenant's last ``limit`` runs, newest first (only those that ended in ``result``, if given):
+        the status page's run history and its last success."""
+        only = " AND result = ?" if result is not None else ""
+        rows = await self.db.fetchall(
+            "SELECT id, tenant, trigger, started_at, finished_at, result, summary, error"
+            f" FROM runs WHERE tenant = ?{only} ORDER BY started_at DESC, {self.db.insertion_order} DESC LIMIT ?",
+            (tenant, *((result,) if result is not None else ()), limit),
+        )
+        return [_run_row(row) for row in rows]
+
 
 TENANT_ROWS = (
     "SELECT t.name, t.directory_id, t.application_id, t.auth_state, t.auth_owner,"

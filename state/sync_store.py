@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 
 from state.copies import CopyQueries, GraphCopy
 from state.db import Database
+from state.history import DEFAULT_HISTORY_DAYS, HistoryQueries
 from state.markers import MarkerQueries
 from state.pushed import FAILURES_BEFORE_QUARANTINE, PushedQueries, SyncedRow
 from state.store import Clock
@@ -17,10 +18,11 @@ from state.store import Clock
 __all__ = ["FAILURES_BEFORE_QUARANTINE", "GraphCopy", "SyncStore", "SyncedRow"]
 
 
-class SyncStore(CopyQueries, PushedQueries, MarkerQueries):
-    def __init__(self, db: Database, clock: Clock = time.time) -> None:
+class SyncStore(CopyQueries, PushedQueries, MarkerQueries, HistoryQueries):
+    def __init__(self, db: Database, clock: Clock = time.time, history_days: int = DEFAULT_HISTORY_DAYS) -> None:
         self.db = db
         self.clock = clock
+        self.history_days = history_days
 
     # --- extension numbers ---
 

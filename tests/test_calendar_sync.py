@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from daemon.config import ServerConfig
 from daemon.logging import configure_logging
 from daemon.pbx.schema import PBX_USER
 from daemon.sync.calendar import CalendarSync
@@ -182,6 +183,8 @@ async def test_unreadable_calendar_shows_in_status(sync_env: SyncEnv) -> None:
 
     class FakeConfig:
         tenants = [sync_env.tenant]
+        source = sync_env.tmp_path / "m365sync.toml"
+        server = ServerConfig()
 
     (report,) = await status.collect(FakeConfig(), sync_env.store, sync_env.sync_store)  # type: ignore[arg-type]
     assert report.unreadable_calendars == ["user002@contoso.example"]

@@ -14,10 +14,12 @@ from datetime import timedelta
 import scenario
 from daemon.sync.calendar import CalendarSync
 from daemon.sync.report import RunReport
+from state.history import PRUNE_HISTORY
 from sync_fixtures import SyncEnv
 
 GROWING = ("graph_objects", "synced_objects", "group_members", "extension_allocations", "pending_creates",
-           "contact_folders", "unreadable_mailboxes", "calendar_state", "held_deprovisions", "delta_links", "runs")
+           "contact_folders", "unreadable_mailboxes", "calendar_state", "held_deprovisions", "delta_links", "runs",
+           "object_history")
 PER_OBJECT = 20  # a statement run this often in one run (of 60 users) is run per object
 _LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|X'[0-9A-Fa-f]*'")
 
@@ -109,3 +111,12 @@ async def test_applied_writes_cost_one_transaction_per_chunk_not_per_object(sync
     # reading (one merge per 200 users), the inventory's time, the held set, the
     # commit, and per chunk of 50 creates: one for the journal, one for the bookkeeping
     assert begins <= 12, begins
+
+
+async def test_the_history_retention_delete_and_an_objects_history_use_their_indexes(sync_env: SyncEnv) -> None:
+    (step,) = await plan_of(sync_env, PRUNE_HISTORY.replace("?", "1.0"))
+    assert re.fullmatch(r"SEARCH object_history USING (COVERING )?INDEX object_history_at \(at<\?\)", step), step
+    lookup = ("SELECT action FROM object_history WHERE tenant = 't' AND kind = 'user' AND graph_id = 'u'"
+              " ORDER BY at DESC LIMIT 5")
+    assert await plan_of(sync_env, lookup) == [
+        "SEARCH object_history USING INDEX object_history_object (tenant=? AND kind=? AND graph_id=?)"]

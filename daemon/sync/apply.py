@@ -12,7 +12,9 @@ deletes, user deletes), each in chunks of ``WRITE_CHUNK`` changes:
    so after a crash they are looked up by externalId instead of sent again;
 3. the writer sends it (``/Bulk`` where the PBX supports it, never an empty
    PATCH; lost answers are resolved by the PBX client);
-4. its bookkeeping is recorded in one transaction.
+4. its bookkeeping, and each written object's history entry, is recorded in
+   one transaction (history older than ``[state] history_days`` is pruned
+   once per apply).
 
 A failed object is recorded (and quarantined after repeated failures) and
 the run goes on.
@@ -27,7 +29,9 @@ from typing import Protocol
 from daemon.logging import get_logger
 from daemon.pbx.types import PbxOutcome, PbxWriter
 from daemon.sync.changes import Change, Phase, Plan, failure_text
+from daemon.sync.history import history_entry
 from daemon.sync.materialize import build_deferred, resolve_users, with_photo
+from state.history import HistoryEntry
 from state.pushed import Bookkeeping, Failed, Pushed
 from state.sync_store import SyncStore
 
@@ -70,6 +74,8 @@ class Applier:
         for kind, _ in plan.waiting:
             self.report.count(kind, "waiting")
         await self.sync_store.apply_bookkeeping(self.tenant, plan.bookkeeping)
+        if plan.changes:
+            await self.sync_store.prune_history()
         ordered = plan.ordered()
         self._user_ids = None
         done = 0
@@ -119,6 +125,7 @@ class Applier:
             self.tenant, [(c.kind, c.graph_id, c.extension) for c in chunk if c.operation.action == "create"])
         by_operation = {id(c.operation): c for c in chunk}
         entries: list[Bookkeeping] = []
+        history: list[HistoryEntry] = []
         failed: dict[str, Change] = {}
         async for outcome in self.writer.execute_many([c.operation for c in chunk]):
             change = by_operation[id(outcome.operation)]
@@ -127,10 +134,12 @@ class Applier:
                 entries.append(entry)
             if outcome.ok:
                 self.report.count(change.kind, change.action)
+                if change.kind != "busy":  # a busy list is no object anyone asks the history of
+                    history.append(history_entry(change))
             else:
                 self.report.fail(change.kind, f"{change.label}: {outcome.error}")
                 failed[change.graph_id] = change
-        for graph_id in await self.sync_store.apply_bookkeeping(self.tenant, entries):
+        for graph_id in await self.sync_store.apply_bookkeeping(self.tenant, entries, history):
             change = failed[graph_id]
             log.error("object quarantined after repeated failures", kind=change.kind, object=change.label)
 

@@ -1,0 +1,31 @@
+"""What an applied write leaves in its object's history (``state.history``):
+the attributes it changed, by name (``extensionNumber``, not the schema URN),
+and the values of only those people know an object by."""
+
+from __future__ import annotations
+
+import structlog
+
+from daemon.pbx.mapping import flatten
+from daemon.sync.changes import Change
+from state.history import KEPT_VALUES, HistoryEntry
+
+
+def history_entry(change: Change) -> HistoryEntry:
+    """The entry of ``change``, applied in the run the logs are bound to."""
+    operation = change.operation
+    if operation.action == "create" and operation.payload is not None:
+        changed = {_short(path): value for path, value in flatten(operation.payload).items() if path != "externalId"}
+    else:
+        changed = {_short(str(op.get("path"))): op.get("value") for op in operation.operations if op.get("path")}
+    values = {name: str(value) for name, value in changed.items() if name in KEPT_VALUES and value is not None}
+    if change.extension and "extensionNumber" not in values:
+        values["extensionNumber"] = change.extension
+    run_id = structlog.contextvars.get_contextvars().get("run_id")  # bound by the runner for the run's logs
+    return HistoryEntry(change.kind, change.graph_id, change.action, tuple(sorted(changed)), values, change.reason,
+                        str(run_id) if run_id is not None else None)
+
+
+def _short(path: str) -> str:
+    """``urn:...:User:extensionNumber`` -> ``extensionNumber``; ``name.givenName`` stays."""
+    return path.rsplit(":", 1)[-1] if path.startswith("urn:") else path
