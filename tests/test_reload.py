@@ -108,7 +108,7 @@ async def test_what_only_check_config_refuses_is_logged_by_a_reload_never_refuse
     live_env.config.write_text(text.replace('starting_extension_number = "1001"',
                                             'starting_extension_number = "1001"\nsync_type = "INCLUDE"'))
     with structlog.testing.capture_logs() as logs:
-        assert await reload_config(running) is True  # check-config exits 2 on it; a running daemon goes on
-    assert running.config.tenants[0].users.sync_type == "INCLUDE" and "contoso" in running.schedules
+        assert await reload_config(running.supervisor, running.notifier) is True  # check-config exits 2 on it
+    assert running.config.tenants[0].users.sync_type == "INCLUDE" and "contoso" in running.supervisor.schedules
     finding = next(e for e in logs if e.get("field") == "tenants[0].users.sync_type")
     assert finding["log_level"] == "warning" and "syncs nobody" in finding["problem"]
