@@ -137,7 +137,8 @@ def play_scripted_day(world: Any) -> list[str]:
 
 
 async def print_second_sync(service: Service, run: dict[str, Any], out: TextIO) -> None:
-    print(f"Second sync ({run.get('result')}): {sum(run.get('counts', {}).values())} write(s)", file=out)
+    writes = sum(n for kind in (run.get("counts") or {}).values() for action, n in kind.items() if action != "failed")
+    print(f"Second sync ({run.get('result')}): {writes} write(s)", file=out)
     for line in run.get("writes", []):
         print(f"  {line}", file=out)
     tenant = service.config.tenants[0]
