@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import secrets
 import time
@@ -243,15 +242,3 @@ def _initiate_flow(app: msal.ClientApplication, scopes: list[str], redirect_uri:
         warnings.filterwarnings("ignore", message="response_mode='form_post' is recommended")
         flow: dict[str, Any] = app.initiate_auth_code_flow(scopes, redirect_uri=redirect_uri, state=state)
     return flow
-
-
-def admin_token_matches(expected: str | None, header: str | None) -> bool:
-    """Constant-time check of ``Authorization: Bearer <admin token>``."""
-    if not expected or not header:
-        return False
-    scheme, _, presented = header.partition(" ")
-    try:
-        offered = presented.strip().encode()
-    except UnicodeError:  # bytes that are not UTF-8 (kept as surrogates by the HTTP parser): not our token
-        return False
-    return scheme.lower() == "bearer" and hmac.compare_digest(offered, expected.encode())
