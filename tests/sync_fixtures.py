@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon.config import TenantConfig
+from daemon.config import ServerConfig, TenantConfig
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.schema import PBX_USER
@@ -153,3 +153,19 @@ def add_user(env: SyncEnv, index: int, **fields: object) -> str:
                   "mail": f"user{index:03d}@contoso.example", "accountEnabled": True, "userType": "Member", **fields}
     env.graph.tenant.add_user(user_id, **properties)
     return user_id
+
+
+@dataclass
+class OneTenantConfig:
+    """What ``status.collect`` reads of a configuration, for one tenant (tests that run a pipeline directly)."""
+
+    tenant: TenantConfig
+    source: Path
+
+    @property
+    def tenants(self) -> list[TenantConfig]:
+        return [self.tenant]
+
+    @property
+    def server(self) -> ServerConfig:
+        return ServerConfig()

@@ -12,14 +12,12 @@ import pytest
 from daemon import status
 from daemon.graph.records import MAX_TEXT, Rejected, clean_text, parse
 from state.pushed import retry_delay
-from sync_fixtures import SyncEnv, add_user
+from sync_fixtures import OneTenantConfig, SyncEnv, add_user
 
 
 async def status_of(env: SyncEnv) -> status.TenantReport:
-    class OneTenant:
-        tenants = [env.tenant]
-
-    (report,) = await status.collect(OneTenant(), env.store, env.sync_store)  # type: ignore[arg-type]
+    config = OneTenantConfig(env.tenant, env.tmp_path / "m365sync.toml")
+    (report,) = await status.collect(config, env.store, env.sync_store)  # type: ignore[arg-type]
     return report
 
 

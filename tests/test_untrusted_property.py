@@ -42,7 +42,7 @@ from sim.store import SimTenant
 from state.open import open_database
 from state.store import Store
 from state.sync_store import SyncStore
-from sync_fixtures import WRITE_OPS, _sum_metric, tenant_config
+from sync_fixtures import WRITE_OPS, OneTenantConfig, _sum_metric, tenant_config
 
 PROFILES = {
     "ci": settings(max_examples=8, derandomize=True, deadline=None, database=None,
@@ -208,10 +208,8 @@ async def one_example(server: ScimServer, world: Generated, groups: list[str], s
     failing = {(kind, graph_id) for kind, graph_id, *_ in await sync_store.failing("t")}
     assert failing == refused
 
-    class OneTenant:
-        tenants = [tenant]
-
-    (shown,) = await status.collect(OneTenant(), store, sync_store)  # type: ignore[arg-type]
+    (shown,) = await status.collect(OneTenantConfig(tenant, tmp / "m365sync.toml"),  # type: ignore[arg-type]
+                                    store, sync_store)
     assert {(f["kind"], f["id"]) for f in shown.failed} == refused
     status.as_text([shown])  # renders whatever the objects held
 
