@@ -10,6 +10,9 @@ import pwd
 from dataclasses import dataclass
 
 DAEMON_USER = "m365sync"  # contrib/systemd/m365sync.service: User=
+# Who the daemon runs as when the unit's User= was changed (or in tests, where the
+# machine's accounts must not change the answer): check-config checks as this user.
+USER_VARIABLE = "M365SYNC_USER"
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Account:
 
 def daemon_account(user: str | None = None) -> Account:
     """The daemon's user when it exists and this process is someone else (root checking); else this process."""
-    user = user or DAEMON_USER
+    user = user or os.environ.get(USER_VARIABLE) or DAEMON_USER
     uid = os.geteuid()
     try:
         name = pwd.getpwuid(uid).pw_name

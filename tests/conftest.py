@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import time
 import typing
@@ -16,6 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Fixture modules shared by several test files.
 pytest_plugins = ["graph_fixtures", "pbx_fixtures", "auth_fixtures", "sync_fixtures", "live_fixtures", "pg_fixtures"]
+
+# The tests' state folders are this process's: check them as this user, whether or
+# not the machine has the unit's m365sync account (an installed package creates it).
+os.environ.setdefault("M365SYNC_USER", pwd.getpwuid(os.geteuid()).pw_name)
 
 DIRECTORY_ID = "11111111-2222-3333-4444-555555555555"
 APPLICATION_ID = "66666666-7777-8888-9999-000000000000"

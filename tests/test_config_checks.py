@@ -127,7 +127,7 @@ def test_a_state_folder_the_daemons_user_cannot_write_is_an_error(
     path = write_config(basic_config(server=REAL_HOST).replace('path = "state.db"', 'path = "state/state.db"'))
     nobody = Account("nobody", 65534, frozenset({65534}))
     assert [p.path for p in findings(load_config(path), nobody)] == ["state.path"]
-    monkeypatch.setattr(accounts, "DAEMON_USER", "nobody")  # as the unit's User= would be
+    monkeypatch.setenv(accounts.USER_VARIABLE, "nobody")  # as the unit's User= would be
     code, err = check_config(path, capsys)
     assert code == 2
     assert f"error: state.path: the folder {folder} cannot be written by user nobody" in err
