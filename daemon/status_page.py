@@ -25,7 +25,7 @@ STYLE = (
     "header p{margin:.2rem 0;color:#555}"
     "section{border:1px solid #ccc;border-radius:6px;padding:0 1rem 1rem;margin-bottom:1rem}"
     ".badge{display:inline-block;padding:.15rem .6rem;border-radius:1rem;color:#fff;font-size:.9rem;margin-left:.4rem}"
-    ".ready .badge{background:#2e7d32}.not-ready .badge{background:#c62828}.not-ready{border-color:#c62828}"
+    ".ready .badge{background:#2e7d32}.attention .badge{background:#ef6c00}.not-ready .badge{background:#c62828}.not-ready{border-color:#c62828}"
     ".readiness{background:#fdecea;border-radius:4px;padding:.5rem;margin:.5rem 0}"
     "dl{display:grid;grid-template-columns:11rem minmax(0,1fr);gap:.3rem .8rem;margin:0}"
     "dt{font-weight:bold}dd{margin:0;overflow-wrap:anywhere}"
@@ -66,8 +66,10 @@ def _leftover(r: TenantReport) -> str:
 
 
 def _tenant(r: TenantReport) -> str:
-    state = "ready" if r.ready else "not-ready"
-    badge = "Ready" if r.ready else f"Not ready: {escape(r.ready_reason)}"
+    attention = _attention(r)
+    state = ("attention" if attention else "ready") if r.ready else "not-ready"
+    badge = (f"Ready, needs attention: {attention}" if attention else "Ready") if r.ready \
+        else f"Not ready: {escape(r.ready_reason)}"
     readiness = "" if r.ready else (
         f"<div class='readiness'><p class='reason'>{escape(r.ready_detail)}</p>"
         + (f"<p>Fix: <code class='fix'>{escape(r.fix)}</code></p>" if r.fix else "") + "</div>")
@@ -99,6 +101,13 @@ def _tenant(r: TenantReport) -> str:
     return (f"<section class='tenant {state}' id='tenant-{escape(r.tenant)}'>"
             f"<h2>{escape(r.tenant)}{'' if r.enabled else ' (disabled)'}<span class='badge'>{badge}</span></h2>"
             f"{readiness}<dl>{items}</dl>{_history(r.runs)}</section>")
+
+
+def _attention(r: TenantReport) -> str:
+    """What a ready tenant still asks of the admin: amber, not green, so a glance does not miss it."""
+    counts = [(max(len(r.failures), len(r.failed)), "failed"), (len(r.held), "held"),
+              (len(r.quarantined), "quarantined")]
+    return ", ".join(f"{n} {what}" for n, what in counts if n)
 
 
 def _last_attempt(run: dict[str, Any] | None) -> str:

@@ -187,6 +187,8 @@ async def test_the_status_page_says_per_tenant_what_is_wrong_and_the_fix(page_ba
             header = await page.inner_text("#daemon")
             authorize_href = await page.get_attribute("#tenant-contoso a.authorize", "href")
             bars = await page.locator("#tenant-contoso svg.history-chart rect").count()
+            badges = {name: await page.eval_on_selector(f"#tenant-{name} .badge",
+                                                        "b => getComputedStyle(b).backgroundColor") for name in TENANTS}
             colours = await page.eval_on_selector_all("#tenant-tailspin svg.history-chart rect",
                                                       "rs => rs.map(r => r.getAttribute('fill'))")
             await page.set_viewport_size({"width": 390, "height": 800})  # a phone: one column, no sideways scrolling
@@ -217,6 +219,8 @@ async def test_the_status_page_says_per_tenant_what_is_wrong_and_the_fix(page_ba
     assert "Last success\nnever" in needs_auth and "the refresh token has expired due to inactivity" in needs_auth
 
     troubled = texts["tailspin"]
+    assert "Ready, needs attention: 1 failed, 3 held, 1 quarantined" in troubled
+    assert badges["tailspin"] == "rgb(239, 108, 0)" and badges["contoso"] == "rgb(46, 125, 50)"  # amber, green
     assert "Ready" in troubled and "USGOV" in troubled and "(America/New_York)" in troubled
     assert "Failed (last run)\n1" in troubled and "user3@tailspin.example: PBX 409: extension 1004 is taken" in troubled
     assert "Held deprovisions\n3" in troubled and "m365sync approve --tenant tailspin" in troubled
