@@ -27,6 +27,7 @@ constraints:
 	mv constraints-dev.txt.new constraints-dev.txt
 
 demo: $(STAMP)
+	rm -rf .demo  # the project's own demo folder (older demos left no mark in it)
 	$(BIN)/m365sync demo --dir .demo $(ARGS)
 
 test: lint typecheck unit

@@ -371,12 +371,11 @@ def _pbx_schemas(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from daemon.demo import default_demo_dir, run_demo
+    from daemon.demo import default_demo_dir, fresh_demo_dir, run_demo
 
     workdir = (args.dir or default_demo_dir()).absolute()
-    if workdir.exists():
-        shutil.rmtree(workdir)  # a fresh world each time
     try:
+        fresh_demo_dir(workdir)  # a fresh world each time
         return asyncio.run(run_demo(workdir, args.exit, args.users, sys.stdout))
     except RuntimeError as err:
         print(f"m365sync: error: {err}", file=sys.stderr)

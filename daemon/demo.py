@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -44,6 +45,21 @@ def default_demo_dir(environ: Mapping[str, str] = os.environ) -> Path:
     if os.path.isabs(home) and home != "/":
         return Path(home) / ".local" / "share" / "m365sync" / "demo"
     return Path(tempfile.mkdtemp(prefix="m365sync-demo-"))
+
+
+DEMO_MARK = ".m365sync-demo"  # left in the demo's folder: only a folder holding it is ever removed
+
+
+def fresh_demo_dir(workdir: Path) -> None:
+    """Empty ``workdir`` for a fresh world, but only if an earlier demo made it (or it is
+    empty): ``--dir`` pointed at someone's folder must not delete their files."""
+    if workdir.exists():
+        if any(workdir.iterdir()) and not (workdir / DEMO_MARK).exists():
+            raise RuntimeError(f"{workdir} is not empty and was not made by m365sync demo; "
+                               "choose an empty or new folder with --dir")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, mode=0o700)
+    (workdir / DEMO_MARK).touch()
 
 
 async def run_demo(workdir: Path, exit_after: bool, users: int, out: TextIO) -> int:

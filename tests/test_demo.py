@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.demo import default_demo_dir
+import pytest
+
+from daemon.demo import DEMO_MARK, default_demo_dir, fresh_demo_dir
 from state.schema import bundled_migrations
 
 
@@ -81,3 +83,18 @@ def test_the_demo_folder_is_the_xdg_data_folder_or_a_fresh_temporary_one(tmp_pat
     homeless = default_demo_dir({"HOME": "/"})  # a service account, or run from /: never /.demo
     assert homeless.is_dir() and homeless.name.startswith("m365sync-demo-") and not any(homeless.iterdir())
     homeless.rmdir()
+
+
+def test_the_demo_empties_only_a_folder_it_made(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    with pytest.raises(RuntimeError, match="not made by m365sync demo"):
+        fresh_demo_dir(theirs)
+    assert (theirs / "thesis.tex").read_text() == "years of work"
+
+    ours = tmp_path / "ours"
+    fresh_demo_dir(ours)
+    (ours / "state.db").write_text("an earlier demo's world")
+    fresh_demo_dir(ours)
+    assert [p.name for p in ours.iterdir()] == [DEMO_MARK] and ours.stat().st_mode & 0o777 == 0o700
