@@ -8,7 +8,7 @@ loses its locks with its session, at once.
 Who should own a tenant is rendezvous hashing over the live daemons. A
 daemon is live while its session holds its own instance lock (so a killed
 daemon leaves the set as soon as PostgreSQL sees its connection end), and
-every ``lease_seconds / 3`` each daemon heartbeats, then takes the free locks
+every ``lease_seconds / 3`` each daemon looks at who is live, then takes the free locks
 of the tenants it should own and gives back (between runs) those another
 daemon should own now. A dead daemon's tenants are so taken over within one
 lease interval. A daemon whose session was cut stands back for one lease
@@ -286,7 +286,7 @@ class SharedLeases:
             self.on_message(message)
 
     async def refresh(self) -> None:
-        """One round: heartbeat, then take and give back locks by rendezvous over the live daemons."""
+        """One round: take and give back locks by rendezvous over the live daemons (liveness is the held instance lock)."""
         if self._conn is None or self._conn.is_closed():
             self._lost("the lease session is closed")
             if self._lost_at is not None and self.clock.time() - self._lost_at < self.lease_seconds:
@@ -301,7 +301,6 @@ class SharedLeases:
         async with self._turn:
             conn = self._conn
             assert conn is not None
-            await conn.execute("UPDATE instances SET backend_pid = pg_backend_pid() WHERE name = $1", self.instance)
             live = [str(row[0]) for row in await conn.fetch(
                 f"SELECT i.name FROM instances i JOIN pg_locks l ON l.pid = i.backend_pid AND {ADVISORY_HERE}"
                 f" AND {LOCK_OF_ROW} = i.lock_key")]

@@ -228,11 +228,3 @@ def unexpected_reason(err: BaseException) -> str:
     if isinstance(err, RecursionError):
         text = "data nested too deeply to read"
     return f"unexpected error ({type(err).__name__}{': ' + text[:200] if text else ''}); details in the debug log"
-
-
-async def _quietly(step: Awaitable[None], message: str) -> None:
-    """A bookkeeping step that must not turn a recorded failure into a traceback."""
-    try:
-        await step
-    except Exception as err:  # e.g. a full disk while recording the failure itself
-        log.error(message, error=str(err) or type(err).__name__)
