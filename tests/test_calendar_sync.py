@@ -13,7 +13,6 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from daemon.config import ServerConfig
 from daemon.logging import configure_logging
 from daemon.pbx.schema import PBX_USER
 from daemon.sync.calendar import CalendarSync
@@ -21,7 +20,7 @@ from daemon.sync.kinds import ALL_KINDS, POLL_KINDS, RUN_KINDS, BusyClearing, Cl
 from daemon.sync.report import RunReport
 from daemon.sync.tenant import TenantSync
 from sim.generator import generate_tenant
-from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
+from sync_fixtures import OneTenantConfig, SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 
 SECRET_SUBJECT = "Board meeting: acquisition of Fabrikam"
 
@@ -181,12 +180,7 @@ async def test_unreadable_calendar_shows_in_status(sync_env: SyncEnv) -> None:
     sync_env.graph.sim.api.settings.forbidden_mailboxes.add(locked)
     await poll(sync_env)
 
-    class FakeConfig:
-        tenants = [sync_env.tenant]
-        source = sync_env.tmp_path / "m365sync.toml"
-        server = ServerConfig()
-
-    (report,) = await status.collect(FakeConfig(), sync_env.store, sync_env.sync_store)  # type: ignore[arg-type]
+    (report,) = await status.collect(OneTenantConfig(sync_env.tenant, sync_env.tmp_path / "m365sync.toml"), sync_env.store, sync_env.sync_store)  # type: ignore[arg-type]
     assert report.unreadable_calendars == ["user002@contoso.example"]
     assert "calendars not readable (403): user002@contoso.example" in status.as_text([report])
 

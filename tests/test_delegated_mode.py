@@ -5,10 +5,9 @@ The run, ``status`` (text, JSON, page) and ``explain`` say so, with the fix."""
 from __future__ import annotations
 
 from daemon import status
-from daemon.config import ServerConfig
 from daemon.status_page import DaemonInfo, render
 from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, shared_detection_note
-from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
+from sync_fixtures import OneTenantConfig, SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
 from test_contact_sync import add_user
 
 
@@ -21,12 +20,7 @@ async def test_a_delegated_tenant_is_told_detection_needs_application_mode_or_a_
     assert report.contacts.settings_unreadable == ["user002@contoso.example"]
     assert reception in await sync_env.pbx_users()  # not known to be shared: synced as a user, and said so
 
-    class FakeConfig:
-        tenants = [sync_env.tenant]
-        source = sync_env.tmp_path / "m365sync.toml"
-        server = ServerConfig()
-
-    (tenant_report,) = await status.collect(FakeConfig(), sync_env.store, sync_env.sync_store)  # type: ignore[arg-type]
+    (tenant_report,) = await status.collect(OneTenantConfig(sync_env.tenant, sync_env.tmp_path / "m365sync.toml"), sync_env.store, sync_env.sync_store)  # type: ignore[arg-type]
     assert tenant_report.unreadable_mailbox_settings == ["user002@contoso.example"]
     text = status.as_text([tenant_report])
     assert "mailbox settings not readable (403): 1 mailbox(es)" in text and 'auth_mode = "application"' in text
