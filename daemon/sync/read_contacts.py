@@ -28,7 +28,7 @@ from daemon.graph.listing import BatchedListings
 from daemon.graph.records import Rejected
 from daemon.logging import get_logger
 from daemon.sync.contact_folders import DEFAULT_FOLDER, list_folders
-from daemon.sync.intake import merge_checked
+from daemon.sync.intake import merge_checked, unidentified
 from daemon.sync.plan_contacts import Mailbox
 from state.store import Store
 from state.sync_store import SyncStore
@@ -138,7 +138,7 @@ class ContactsReader:
                 changes = [{**i, "_owner": user_id, "_folder": folder} if isinstance(i, dict) and is_removed(i) is None
                            else i for i in event.items]
                 rejected = await merge_checked(self.sync_store, name, "contact", changes, owner=user_id, folder=folder)
-                self.read.rejected += rejected
+                self.read.rejected += rejected + ([unidentified("contact", event.skipped)] if event.skipped else [])
                 if event.key in full:  # a rejected contact keeps its copy: never taken for gone
                     full[event.key] |= {c["id"] for c in changes if isinstance(c, dict) and isinstance(c.get("id"), str)
                                         and is_removed(c) is None}
