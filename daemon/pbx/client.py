@@ -313,6 +313,8 @@ class PbxClient(PbxConnection):
                 yield PbxOutcome(operation, result.pbx_id, result.version)
             elif applied or result.status == 0 or result.status >= 500:  # unknown id, or unknown whether applied
                 yield await self._execute_maybe_applied(operation)
+            elif result.status == 409 and operation.action == "create":
+                yield await self._bulk_conflict(operation, result.detail)
             elif result.status in (404, 409, 412, 429) or (result.status == 400 and without_photos(operation)):
                 yield await self.execute(operation)  # the full single-object rules apply
             else:
@@ -320,6 +322,21 @@ class PbxClient(PbxConnection):
                                          status=result.status, detail=result.detail)
                 log.warning("PBX refused an object", operation=operation.describe(), error=str(error))
                 yield PbxOutcome(operation, operation.pbx_id, None, error)
+
+    async def _bulk_conflict(self, operation: PbxOperation, detail: str) -> PbxOutcome:
+        """A create that /Bulk answered 409: resolved as a single POST's 409 is (ours is adopted,
+        anything else is a recorded conflict) from the result itself, never POSTed again."""
+        answer = Answer(409, {}, {"status": "409", "detail": detail})
+        try:
+            outcome = await self._adopt_or_refuse(operation, required_payload(operation), answer)
+        except (PbxConflict, PbxRequestFailed) as err:
+            log.warning("PBX refused an object", operation=operation.describe(), error=str(err))
+            return PbxOutcome(operation, operation.pbx_id, None, err)
+        except AnswerLost:  # adopting it, an answer was lost: resolved by reading first
+            return await self._execute_maybe_applied(operation)
+        except RetryableFailure as failure:
+            raise self._unavailable(operation.action, failure) from failure
+        return replace(outcome, operation=operation)
 
 
 # --- helpers ---
