@@ -71,7 +71,8 @@ class PbxClient(PbxConnection):
             outcome = PbxOutcome(operation, operation.pbx_id, None, err)
         outcome = replace(outcome, operation=operation)
         if not outcome.ok:
-            log.warning("PBX refused an object", operation=operation.describe(), error=str(outcome.error))
+            log.warning("PBX refused an object", operation=operation.describe(), error=str(outcome.error),
+                        detail=getattr(outcome.error, "detail", None))
         return outcome
 
     async def _apply(self, operation: PbxOperation) -> PbxOutcome:
@@ -208,7 +209,7 @@ class PbxClient(PbxConnection):
                     hint="the next run allocates another number",
                 )
         return PbxConflict(
-            f"the PBX refused {operation.describe()}: {answer.detail}", status=409, detail=answer.detail
+            f"the PBX refused {operation.describe()} ({answer.code})", status=409, detail=answer.detail
         )
 
     async def _update(self, operation: PbxOperation) -> PbxOutcome:
@@ -314,19 +315,19 @@ class PbxClient(PbxConnection):
             elif applied or result.status == 0 or result.status >= 500:  # unknown id, or unknown whether applied
                 yield await self._execute_maybe_applied(operation)
             elif result.status == 409 and operation.action == "create":
-                yield await self._bulk_conflict(operation, result.detail)
+                yield await self._bulk_conflict(operation, result.answer)
             elif result.status in (404, 409, 412, 429) or (result.status == 400 and without_photos(operation)):
                 yield await self.execute(operation)  # the full single-object rules apply
             else:
-                error = PbxRequestFailed(f"the PBX refused {operation.describe()}: {result.detail}",
+                error = PbxRequestFailed(f"the PBX refused {operation.describe()} ({result.code})",
                                          status=result.status, detail=result.detail)
-                log.warning("PBX refused an object", operation=operation.describe(), error=str(error))
+                log.warning("PBX refused an object", operation=operation.describe(), error=str(error),
+                            detail=result.detail)
                 yield PbxOutcome(operation, operation.pbx_id, None, error)
 
-    async def _bulk_conflict(self, operation: PbxOperation, detail: str) -> PbxOutcome:
+    async def _bulk_conflict(self, operation: PbxOperation, answer: Answer) -> PbxOutcome:
         """A create that /Bulk answered 409: resolved as a single POST's 409 is (ours is adopted,
         anything else is a recorded conflict) from the result itself, never POSTed again."""
-        answer = Answer(409, {}, {"status": "409", "detail": detail})
         try:
             outcome = await self._adopt_or_refuse(operation, required_payload(operation), answer)
         except (PbxConflict, PbxRequestFailed) as err:

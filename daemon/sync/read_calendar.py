@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from daemon.errors import reason_of
 from daemon.graph.client import GraphClient
 from daemon.graph.delta import BatchedRounds, is_removed, stored_links
 from daemon.logging import get_logger
@@ -74,7 +75,7 @@ async def read_calendars(tenant: str, store: Store, sync_store: SyncStore, graph
                 log.warning("calendar not readable with this authorization (403); skipped until the tenant is "
                             "authorized again, or for a day", tenant=tenant, user=upns[user_id])
             else:
-                result.failures.append(f"calendar of {upns[user_id]}: {event.error}")
+                result.failures.append(f"calendar of {upns[user_id]}: {reason_of(event.error)}")
                 await store.drop_delta_link(tenant, "events", user_id)
     await store.save_delta_links(tenant, "events", new_links)
     await sync_store.set_window_days(tenant, [u for u in new_links if u in rebased], day)

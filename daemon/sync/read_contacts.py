@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from daemon.config import TenantConfig
-from daemon.errors import DeltaExpired
+from daemon.errors import DeltaExpired, reason_of
 from daemon.graph.client import GraphClient
 from daemon.graph.clouds import cloud_of
 from daemon.graph.delta import BatchedRounds, is_removed, stored_links
@@ -158,5 +158,5 @@ class ContactsReader:
                     first_time.add(event.key)
                     rounds.add(event.key, _initial(user_id, folder), user_id)
                 else:
-                    self.read.failures.append(f"contacts of {mailbox.upn}/{folder}: {event.error}")
+                    self.read.failures.append(f"contacts of {mailbox.upn}/{folder}: {reason_of(event.error)}")
         self.read.full_rounds = len(first_time & set(full))
