@@ -54,7 +54,7 @@ from sync_fixtures import WRITE_OPS, OneTenantConfig, _sum_metric, tenant_config
 from untrusted_events import Event, event, put_events, spoiling_middleware
 
 PROFILES = {
-    "ci": settings(max_examples=8, derandomize=True, deadline=None, database=None,
+    "ci": settings(max_examples=20, derandomize=True, deadline=None, database=None,
                    phases=[Phase.explicit, Phase.generate],  # a failure is reported as found: shrinking takes minutes
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]),
     "long": settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]),

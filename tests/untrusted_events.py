@@ -26,20 +26,26 @@ ZONES: dict[str, ZoneInfo] = {"UTC": ZoneInfo("UTC"), "W. Europe Standard Time":
                               "AUS Eastern Standard Time": ZoneInfo("Australia/Sydney"),
                               "Mars/Olympus": ZoneInfo("UTC"), "\ud800": ZoneInfo("UTC"), "": ZoneInfo("UTC")}
 SHOW_AS = ["busy", "oof", "tentative", "free", "workingElsewhere", "unknown", "\ud83d\ude00"]
-FLAGS = [None, False, True, "false", "true", "TRUE"]
+FLAGS = [None, False, True]
+FLAG_NAMES = ("isAllDay", "isCancelled")
 
 
 def _is_true(flag: Any) -> bool:
-    return flag is True or (isinstance(flag, str) and flag.lower() == "true")
+    return flag is True
+
+
+def _as_text(item: dict[str, Any]) -> dict[str, Any]:
+    return item | {k: str(item[k]).lower() for k in FLAG_NAMES if isinstance(item.get(k), bool)}
 
 
 @dataclass(frozen=True)
 class Event:
     """One generated event: its Graph properties, and how to spoil it (None: valid)."""
 
-    properties: dict[str, Any]
+    properties: dict[str, Any]  # as the simulator stores it (flags as booleans: it reads them)
     spoil: Callable[[dict[str, Any]], dict[str, Any]] | None
     spoiled_by: str = ""
+    flags_as_text: bool = False  # sent as "true"/"false", which the daemon reads as the flags they name
 
     def window(self, show_as: list[str], now: datetime, window_end: datetime) -> tuple[str, str, str] | None:
         """The busy window this (valid) event blocks, computed from what was generated."""
@@ -60,7 +66,8 @@ class Event:
 
 @st.composite
 def valid_event(draw: st.DrawFn, day: datetime) -> dict[str, Any]:
-    """A timed event within the first 12 days after ``day`` (midnight UTC), or an all-day one."""
+    """A timed event within the first 12 days after ``day`` (midnight UTC), or an all-day one
+    (``isAllDay`` true and midnights, the only way the simulator renders it)."""
     zone_name = draw(st.sampled_from(sorted(ZONES)))
     properties: dict[str, Any] = {"subject": draw(st.sampled_from(["Private meeting", "x\ud800y", "\0"])),
                                   "showAs": draw(st.sampled_from(SHOW_AS)),
@@ -68,7 +75,7 @@ def valid_event(draw: st.DrawFn, day: datetime) -> dict[str, Any]:
     if draw(st.booleans()):
         first = (day + timedelta(days=draw(st.integers(0, 10)))).date()
         last = first + timedelta(days=draw(st.integers(1, 2)))
-        properties |= {"isAllDay": draw(st.sampled_from([True, "true"])), "originalStartTimeZone": zone_name,
+        properties |= {"isAllDay": True, "originalStartTimeZone": zone_name,
                        "originalEndTimeZone": zone_name,
                        "start": {"dateTime": f"{first}T00:00:00.0000000", "timeZone": zone_name},
                        "end": {"dateTime": f"{last}T00:00:00.0000000", "timeZone": zone_name}}
@@ -76,7 +83,7 @@ def valid_event(draw: st.DrawFn, day: datetime) -> dict[str, Any]:
     start = day + timedelta(minutes=15 * draw(st.integers(0, 12 * 96)))
     end = start + timedelta(minutes=15 * draw(st.integers(1, 40)))
     local = ZONES[zone_name]
-    properties |= {"isAllDay": draw(st.sampled_from([None, False, "false"])),
+    properties |= {"isAllDay": draw(st.sampled_from([None, False])),
                    "start": {"dateTime": start.astimezone(local).strftime(GRAPH_DATETIME), "timeZone": zone_name},
                    "end": {"dateTime": end.astimezone(local).strftime(GRAPH_DATETIME), "timeZone": zone_name}}
     return properties
@@ -119,11 +126,11 @@ SPOILS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 @st.composite
 def event(draw: st.DrawFn, day: datetime) -> Event:
-    properties = draw(valid_event(day))
+    properties, as_text = draw(valid_event(day)), draw(st.booleans())
     if draw(st.booleans()):
-        return Event(properties, None)
+        return Event(properties, None, flags_as_text=as_text)
     name = draw(st.sampled_from(sorted(SPOILS)))
-    return Event(properties, SPOILS[name], name)
+    return Event(properties, SPOILS[name], name, as_text)
 
 
 def put_events(tenant: SimTenant, owner: str, events: list[Event]) -> dict[str, Event]:
@@ -144,8 +151,9 @@ def spoiling_middleware(events: Mapping[str, Event]) -> Callable[..., Awaitable[
         if not isinstance(value, dict):
             return value
         generated = events.get(value.get("id")) if value.get("@odata.type") == "#microsoft.graph.event" else None
-        if generated is not None and generated.spoil is not None and "@removed" not in value:
-            return generated.spoil(value)
+        if generated is not None and "@removed" not in value:
+            value = _as_text(value) if generated.flags_as_text else value
+            return generated.spoil(value) if generated.spoil is not None else value
         return {k: walk(v) for k, v in value.items()}
 
     @web.middleware

@@ -245,8 +245,15 @@ class PbxClient(PbxConnection):
         raise PbxRequestFailed(f"{operation.describe()}: the PBX kept answering 412", status=412)
 
     async def _recreate(self, operation: PbxOperation) -> PbxOutcome:
-        """The PBX lost an object we manage: create it again from the full payload."""
+        """The PBX lost an object we manage: create it again from the full payload. A write
+        without one (a busy list) finds it by externalId: the id held may be one a /Bulk
+        ``location`` named that the PBX never served."""
         if operation.payload is None:
+            existing = await self.find_by_external_id(operation.kind, operation.external_id)
+            if existing is not None and existing.id != operation.pbx_id:
+                log.warning("the object lives under another id than the one recorded; writing it there",
+                            operation=operation.describe(), pbx_id=existing.id)
+                return await self._update(replace(operation, pbx_id=existing.id, etag=existing.etag, maybe_applied=False))
             raise PbxRequestFailed(f"{operation.describe()}: the PBX lost the object and no payload was given to recreate it", status=404)
         log.warning("the PBX lost an object; looking it up by externalId, else recreating it",
                     operation=operation.describe())
