@@ -291,3 +291,20 @@ async def test_a_standing_username_conflict_is_recorded_once_and_tried_again_onl
     clock.advance(retry_delay(2) - 1)
     assert (await env.run()).counts == {"waiting": 1} and len(posts) == 2
     assert set(await env.pbx_users()) == {*ids[1:], "someone-else"}  # theirs left alone
+
+
+async def test_a_busy_list_sent_to_an_id_the_pbx_never_served_is_written_to_the_object_found_by_externalid(
+        pbx: PbxEnv) -> None:
+    """A /Bulk ``location`` may name an id the PBX never served; the busy PATCH (no payload to
+    recreate from) meets a 404, finds the user by externalId and writes it there."""
+    real = await pbx.client.execute(user_op(graph_user(1)))
+    assert real.ok and real.pbx_id
+    busy = [{"op": "replace", "path": "title", "value": "Busy"}]
+    outcome = await pbx.client.execute(PbxOperation("update", "User", graph_user(1)["id"], pbx_id=uuid.uuid4().hex,
+                                                    operations=busy))
+    assert outcome.ok and outcome.pbx_id == real.pbx_id
+    stored = await pbx.client.get("User", real.pbx_id)
+    assert stored is not None and stored.data["title"] == "Busy"
+    gone = await pbx.client.execute(PbxOperation("update", "User", graph_user(2)["id"], pbx_id=uuid.uuid4().hex,
+                                                 operations=busy))
+    assert not gone.ok and "no payload was given to recreate it" in str(gone.error)  # nowhere to write it

@@ -33,7 +33,7 @@ from daemon.sync.changes import Change, Phase, Plan, failure_text
 from daemon.sync.history import history_entry
 from daemon.sync.materialize import build_deferred, resolve_users, with_photo
 from state.history import HistoryEntry
-from state.pushed import Bookkeeping, Failed, Pushed
+from state.pushed import Bookkeeping, BusyPushed, Failed, Pushed
 from state.sync_store import SyncStore
 
 log = get_logger(__name__)
@@ -158,4 +158,6 @@ class Applier:
                 if outcome.refused_attributes else None
             return replace(entry, pbx_id=outcome.pbx_id or change.operation.pbx_id or entry.pbx_id, etag=outcome.etag,
                            note=note)
+        if isinstance(entry, BusyPushed) and outcome.pbx_id and outcome.pbx_id != change.operation.pbx_id:
+            return replace(entry, pbx_id=outcome.pbx_id)  # found under its real id: the next write goes there
         return entry
