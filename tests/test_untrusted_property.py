@@ -231,15 +231,16 @@ async def one_example(server: ScimServer, world: Generated, groups: list[str], s
 
     # Two runs whose write answers are spoiled as drawn, three hours apart (objects that failed
     # wait 1 h, then 2 h), then a clean one: no exception escapes, and every run is recorded.
-    proxy.rewrite = answer_faults(world.faults)
     results, shown_failures = [], []
-    for _ in range(3):
+    faults = answer_faults(world.faults)  # one list, used up write by write over the first two runs
+    for index in range(3):
+        if index:
+            clock.advance(3 * 3600)
+        proxy.rewrite = faults if index < 2 else None
         result = await runner.run("schedule", kinds=ALL_KINDS)  # the runner returns, whatever happened
         results.append(result)
         (shown,) = status.as_json(await status.collect(config, store, sync_store))["tenants"]  # type: ignore[arg-type]
         shown_failures += shown["failures"]
-        clock.advance(3 * 3600)
-        proxy.rewrite = None
     recorded = {run.id: run.result for run in await store.recent_runs("t", 10)}
     assert recorded == {r.run_id: r.result for r in results}  # every run has its result, none left running
     clean = results[-1]
@@ -250,7 +251,8 @@ async def one_example(server: ScimServer, world: Generated, groups: list[str], s
     wanted = {key for key, valid in world.ids.items() if valid} | {("user", OWNER)}
     assert set(landed) == wanted, (clean.report.failures, [r.report.error for r in results])
     assert all(safe(data) for data in landed.values())
-    assert proxy.written_twice() == [] or world.faults, proxy.writes  # without faults, nothing is sent twice
+    # Without faults no create is sent twice (a busy list is PATCHed again as past events drop out).
+    assert [w for w in proxy.written_twice() if w.startswith("POST")] == [] or world.faults, proxy.writes
     failing = {(kind, graph_id) for kind, graph_id, *_ in await sync_store.failing("t")}
     assert failing == refused
     assert {(f["kind"], f["id"]) for f in shown["failed"]} == refused
@@ -258,7 +260,7 @@ async def one_example(server: ScimServer, world: Generated, groups: list[str], s
     status.as_text(await status.collect(config, store, sync_store))  # type: ignore[arg-type]  # renders whatever the objects held
 
     # The events: every valid one's window is on the PBX, once; every spoiled one is named in status.
-    moment = clock.now() - timedelta(hours=3)  # the clean run's time
+    moment = clock.now()  # the clean run's time, and the last run's: no event ends in between
     window_end = moment.replace(hour=0, minute=0) + timedelta(days=tenant.events.window_days)
     expected = sorted({w for e in world.events if e.spoil is None
                        if (w := e.window(list(tenant.events.show_as), moment, window_end)) is not None})
