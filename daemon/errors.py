@@ -16,18 +16,37 @@ from daemon.redact import redact_text
 class M365SyncError(Exception):
     """Base of every error the operator may see; ``hint`` says what to do next.
     Its words may quote an upstream, so they are redacted when it is made and
-    again when it is shown (a secret may be learnt in between)."""
+    again when it is shown (a secret may be learnt in between).
+
+    ``upstream`` is what the other side said in its own words (Graph's
+    ``message``): part of the text the CLI prints and the log shows, but not
+    of :attr:`reason`, the codes and our words that run records, object
+    errors, the API and pages keep."""
 
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, upstream: str | None = None) -> None:
         message = redact_text(message)
         super().__init__(message)
         self.message = message
         self.hint = None if hint is None else redact_text(hint)
+        self.upstream = None if upstream is None else redact_text(upstream)
 
     def __str__(self) -> str:
+        said = self.message if self.upstream is None else f"{self.message}: {self.upstream}"
+        return redact_text(said if self.hint is None else f"{said} ({self.hint})")
+
+    @property
+    def reason(self) -> str:
+        """The error as it is stored and shown: our words and the upstream's codes only."""
         return redact_text(self.message if self.hint is None else f"{self.message} ({self.hint})")
+
+
+def reason_of(error: BaseException | str | None) -> str:
+    """What to store of any error: a typed one's :attr:`~M365SyncError.reason`, else its text."""
+    if isinstance(error, M365SyncError):
+        return error.reason
+    return redact_text(str(error))
 
 
 @dataclass(frozen=True)
@@ -125,8 +144,9 @@ class GraphError(M365SyncError):
         status: int | None = None,
         code: str | None = None,
         hint: str | None = None,
+        upstream: str | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, upstream=upstream)
         self.status = status
         self.code = code
 

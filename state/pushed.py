@@ -130,6 +130,7 @@ class Remembered:
 class BusyPushed:
     user_id: str
     fingerprint: str
+    pbx_id: str | None = None  # set when the write found the user under another id than the one recorded
 
 
 Bookkeeping = Pushed | Removed | Failed | Tracked | Remembered | BusyPushed
@@ -354,6 +355,8 @@ async def _record_busy(conn: Any, tenant: str, entries: list[BusyPushed]) -> Non
         " ON CONFLICT (tenant, user_id) DO UPDATE SET busy_fingerprint = excluded.busy_fingerprint",
         [(tenant, e.user_id, e.fingerprint) for e in entries],
     )
+    if moved := [(e.pbx_id, tenant, e.user_id) for e in entries if e.pbx_id is not None]:
+        await conn.executemany("UPDATE synced_objects SET pbx_id = ? WHERE tenant = ? AND kind = 'user' AND graph_id = ?", moved)
 
 
 async def _record_failed(conn: Any, tenant: str, entries: list[Failed], now: float) -> set[str]:

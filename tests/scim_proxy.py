@@ -4,6 +4,7 @@ rewrite its answers (a fault injector for the answers the daemon must not trust)
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestServer
 
 # (method, path, request body, status, answer body) -> (status, answer body)
 Rewrite = Callable[[str, str, Any, int, Any], tuple[int, Any]]
+DROP = -1  # a rewritten status that means: close the connection without an answer (the write was applied)
 
 
 class RewritingProxy:
@@ -61,6 +63,10 @@ class RewritingProxy:
             if (new_status, new_body) != (status, parsed):
                 self.rewritten += 1
                 status, parsed = new_status, new_body
+        if status == DROP:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=204)
         if isinstance(parsed, str):  # not JSON at all
             return web.Response(status=status, text=parsed, content_type="text/html")
         out = {"ETag": etag} if etag else {}
@@ -83,3 +89,48 @@ async def rewriting_proxy(target: str) -> AsyncIterator[tuple[RewritingProxy, st
         yield proxy, str(http.make_url("/v2"))
     finally:
         await http.close()
+
+
+# --- answers spoiled one write at a time (the property test's fault injector) ---
+
+ANSWER_FAULTS = ("none", "missing-id", "unknown-id", "non-json", "partial-bulk", "400-after-apply", "drop")
+
+
+def answer_faults(faults: list[str]) -> Rewrite:
+    """Each write's answer spoiled by the next of ``faults`` (none once they run out); the PBX
+    applied the write all the same. Reads pass untouched."""
+    pending = list(faults)
+
+    def rewrite(method: str, path: str, _: Any, status: int, body: Any) -> tuple[int, Any]:
+        if method == "GET" or not pending:
+            return status, body
+        fault, bulk = pending.pop(0), path.endswith("/Bulk")
+        if fault == "drop":
+            return DROP, None
+        if fault == "400-after-apply":
+            return 400, {"status": "400", "detail": "bad request"}
+        if fault == "non-json":
+            return (200 if status == 204 else status), "<html>upstream answered</html>"
+        if not isinstance(body, dict):
+            return status, body
+        if bulk and fault == "partial-bulk":
+            results = body.get("Operations", [])
+            return status, {**body, "Operations": results[:len(results) // 2]}
+        if bulk and fault in ("missing-id", "unknown-id"):
+            return status, {**body, "Operations": [_spoiled_location(r, fault) for r in body.get("Operations", [])]}
+        if method == "POST" and status == 201 and fault == "missing-id":
+            return status, {k: v for k, v in body.items() if k != "id"}
+        if method == "POST" and status == 201 and fault == "unknown-id":
+            return status, body | {"id": uuid.uuid4().hex}
+        return status, body
+
+    return rewrite
+
+
+def _spoiled_location(result: dict[str, Any], fault: str) -> dict[str, Any]:
+    """A /Bulk POST result without its location, or naming an id the PBX never served."""
+    if result.get("method") != "POST" or "location" not in result:
+        return result
+    if fault == "missing-id":
+        return {k: v for k, v in result.items() if k != "location"}
+    return result | {"location": f"{str(result['location']).rsplit('/', 1)[0]}/{uuid.uuid4().hex}"}

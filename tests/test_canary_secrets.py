@@ -9,7 +9,9 @@ The echoes: the PBX (a proxy before scim2-server) answers writes with a SCIM
 400 whose ``detail`` quotes the request's Authorization header; Graph (the
 simulator) answers ``/users/delta`` with a 400 whose message quotes the bearer
 token; the token endpoint quotes the request body (client secret included).
-Each fault keeps what it echoed, so the test shows the canaries did come back."""
+Each fault keeps what it echoed, so the test shows the canaries did come back.
+What is stored and shown keeps the upstreams' codes (``HTTP 400 invalidSyntax``,
+``BadRequest``) with our own words; their own words go to the log alone."""
 
 from __future__ import annotations
 
@@ -114,8 +116,12 @@ async def test_no_outlet_shows_a_secret_that_an_upstream_echoed(env: LiveEnv, tm
     assert f"Bearer {CANARY_PBX_TOKEN}" in env.proxy.echoed
     assert any(header.removeprefix("Bearer ") in env.idp.issued_access_tokens for header in env.sim.faults.echoed)
     assert any(client_secret in parse_qs(body).get("client_secret", []) for body in env.idp.faults.echoed)
-    # And the runs did meet them: the PBX's refusal, Graph's, the token endpoint's.
-    assert "cannot parse the request" in outlets[f"run {run_ids[0]}"] and "BadRequest" in outlets[f"run {run_ids[1]}"]
+    # And the runs did meet them: the PBX's refusal, Graph's, the token endpoint's, each kept as
+    # its codes and our words; the upstreams' own words reach the log alone (redacted there).
+    assert "HTTP 400 invalidSyntax" in outlets[f"run {run_ids[0]}"] and "BadRequest" in outlets[f"run {run_ids[1]}"]
+    for words in ("cannot parse the request", "Simulated 400"):
+        assert words in outlets["log"]
+        assert [name for name, text in outlets.items() if words in text and name != "log"] == [], words
     assert "AADSTS900144" in outlets[f"run {run_ids[2]}"]
     assert "reauthorization_required" in outlets["/readyz"]
     assert "last error (" in outlets[f"explain --tenant contoso {member}"]  # the PBX's refusal, as explain shows it

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 import scenario
+from daemon import status
 from daemon.clock import FakeClock
 from daemon.errors import PbxListingInconsistent
 from daemon.metrics import Metrics
@@ -29,8 +30,10 @@ from graph_fixtures import GraphEnv
 from pbx_fixtures import PbxEnv
 from scim_proxy import Rewrite, RewritingProxy, rewriting_proxy
 from sim.pbx import ScimServer
+from state.pushed import retry_delay
 from sync_fixtures import SyncEnv, sqlite_sync_env
 from test_pbx_client import graph_user, user_op
+from test_untrusted_input import status_of
 
 
 @pytest.fixture
@@ -230,3 +233,78 @@ async def test_the_etag_a_bulk_result_names_is_the_one_the_next_patch_sends(pbx:
         assert (await pbx.client.execute(operation)).ok
     statuses = [r.status for r in pbx.server.settled_requests(pbx.tenant) if r.method == "PATCH"]
     assert statuses == [204, 204]  # no 412 first
+
+
+# --- a conflict the daemon may not resolve ---
+
+
+@pytest.fixture
+async def plain_proxy_env(graph_env: GraphEnv, pbx: PbxEnv, tmp_path: Path, scim_server_one_by_one: ScimServer,
+                          request: pytest.FixtureRequest) -> AsyncIterator[tuple[SyncEnv, RewritingProxy]]:
+    """Users only, through the proxy; ``bulk`` or ``one-by-one`` (the param)."""
+    server = pbx.server if request.param == "bulk" else scim_server_one_by_one
+    async with rewriting_proxy(server.url(pbx.tenant)) as (proxy, url):
+        pbx.client = PbxClient(pbx.client.transport, url, server.token)
+        async with sqlite_sync_env(graph_env, pbx, tmp_path) as env:
+            yield env, proxy
+
+
+@pytest.mark.parametrize("plain_proxy_env", ["bulk", "one-by-one"], indirect=True)
+async def test_a_standing_username_conflict_is_recorded_once_and_tried_again_only_when_its_backoff_is_due(
+        plain_proxy_env: tuple[SyncEnv, RewritingProxy]) -> None:
+    """A PBX user holds the userName, linked to another directory object: not ours to adopt. The
+    create is sent once (inside /Bulk too: its 409 result is resolved without a second POST),
+    recorded with its reason in ``status --json``, and sent again only when its backoff is due."""
+    env, proxy = plain_proxy_env
+    clock = env.graph.clock
+    taken = user_op({"id": "someone-else", "userPrincipalName": "user1@contoso.example"}, number="7777")
+    assert (await env.pbx.client.execute(taken)).ok
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in (1, 2, 3)]
+    for index, user_id in enumerate(ids, 1):
+        env.graph.tenant.add_user(user_id, displayName=f"User {index}", userPrincipalName=f"user{index}@contoso.example",
+                                  accountEnabled=True, userType="Member")
+    clash = ids[0]
+    posts: list[int] = []
+
+    def count_posts(method: str, path: str, sent: Any, status: int, body: Any) -> tuple[int, Any]:
+        operations = sent.get("Operations", []) if path.endswith("/Bulk") and isinstance(sent, dict) else \
+            [{"method": method, "data": sent}]
+        posts.extend(clock.time() for op in operations if op.get("method") == "POST"
+                     and isinstance(op.get("data"), dict) and op["data"].get("externalId") == clash)
+        return status, body
+
+    proxy.rewrite = count_posts
+    first = await env.run()
+    assert first.result == "partial" and first.counts == {"create": 2, "failed": 1}, first.failures
+    assert len(posts) == 1
+    shown = status.as_json([await status_of(env)])["tenants"][0]
+    (failed,) = shown["failed"]
+    assert failed["id"] == clash and failed["failures"] == 1 and failed["retry_at"] == clock.time() + retry_delay(1)
+    assert "linked to another directory object" in failed["error"] and "someone-else" in failed["error"]
+    for _ in range(3):  # every 20 minutes within the hour: not sent again
+        clock.advance(20 * 60 - 1)
+        assert (await env.run()).counts == {"waiting": 1} and len(posts) == 1
+    clock.advance(3)  # the backoff is due
+    assert (await env.run()).counts == {"failed": 1} and len(posts) == 2
+    (failed,) = status.as_json([await status_of(env)])["tenants"][0]["failed"]
+    assert failed["failures"] == 2 and failed["retry_at"] == clock.time() + retry_delay(2)
+    clock.advance(retry_delay(2) - 1)
+    assert (await env.run()).counts == {"waiting": 1} and len(posts) == 2
+    assert set(await env.pbx_users()) == {*ids[1:], "someone-else"}  # theirs left alone
+
+
+async def test_a_busy_list_sent_to_an_id_the_pbx_never_served_is_written_to_the_object_found_by_externalid(
+        pbx: PbxEnv) -> None:
+    """A /Bulk ``location`` may name an id the PBX never served; the busy PATCH (no payload to
+    recreate from) meets a 404, finds the user by externalId and writes it there."""
+    real = await pbx.client.execute(user_op(graph_user(1)))
+    assert real.ok and real.pbx_id
+    busy = [{"op": "replace", "path": "title", "value": "Busy"}]
+    outcome = await pbx.client.execute(PbxOperation("update", "User", graph_user(1)["id"], pbx_id=uuid.uuid4().hex,
+                                                    operations=busy))
+    assert outcome.ok and outcome.pbx_id == real.pbx_id
+    stored = await pbx.client.get("User", real.pbx_id)
+    assert stored is not None and stored.data["title"] == "Busy"
+    gone = await pbx.client.execute(PbxOperation("update", "User", graph_user(2)["id"], pbx_id=uuid.uuid4().hex,
+                                                 operations=busy))
+    assert not gone.ok and "no payload was given to recreate it" in str(gone.error)  # nowhere to write it

@@ -1,10 +1,14 @@
-"""Property: whatever Graph sends for users, groups and contacts (lone
-surrogates, NUL, numbers for text, a value for a list, wrong types, missing
-keys, huge values), a recorded run against the real scim2-server ends
-without an exception escaping; every valid object lands exactly once; every
-invalid one is recorded as a failed object and shown by ``status``; the run
-has a recorded result (``partial`` exactly when something was refused); and
-a second run writes nothing.
+"""Property: whatever Graph sends for users, groups, contacts and calendar
+events (lone surrogates, NUL, numbers for text, a value for a list, wrong
+types, missing keys, huge values, unreadable date-times and zones, all-day
+flags as text), and however the PBX answers the writes of two runs (no id,
+an id it never serves, not JSON, a partial /Bulk, a 400 after applying, a
+dropped connection: ``scim_proxy.answer_faults``), recorded runs against the
+real scim2-server end without an exception escaping and each with its
+result; once a clean run followed, every valid object is on the PBX exactly
+once and every valid event's busy window too; every invalid object is
+recorded as a failed object and every invalid event named, both shown by
+``status --json``; and a final clean run writes nothing.
 
 CI runs a fixed, derandomized budget; ``HYPOTHESIS_PROFILE=long`` runs many
 more examples locally (see the README, *Development*)."""
@@ -17,6 +21,7 @@ import random
 import tempfile
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +35,14 @@ from daemon.clock import FakeClock
 from daemon.graph.client import GraphClient
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
+from daemon.pbx.schema import PBX_USER
 from daemon.retry import RetryPolicy, Transport
-from daemon.sync.kinds import Clients
+from daemon.sync.intake import REJECTED_PREFIX as REJECTED
+from daemon.sync.kinds import ALL_KINDS, Clients
 from daemon.sync.runner import TenantRunner
 from graph_fixtures import TOKEN, StaticTokens
 from pbx_fixtures import _used_tenants
+from scim_proxy import ANSWER_FAULTS, RewritingProxy, answer_faults, rewriting_proxy
 from sim.app import Simulator
 from sim.graph import SimSettings
 from sim.pbx import ScimServer
@@ -43,9 +51,10 @@ from state.open import open_database
 from state.store import Store
 from state.sync_store import SyncStore
 from sync_fixtures import WRITE_OPS, OneTenantConfig, _sum_metric, tenant_config
+from untrusted_events import Event, event, put_events, spoiling_middleware
 
 PROFILES = {
-    "ci": settings(max_examples=8, derandomize=True, deadline=None, database=None,
+    "ci": settings(max_examples=20, derandomize=True, deadline=None, database=None,
                    phases=[Phase.explicit, Phase.generate],  # a failure is reported as found: shrinking takes minutes
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]),
     "long": settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
@@ -98,16 +107,22 @@ def graph_object(draw: st.DrawFn, fields: dict[str, str]) -> tuple[dict[str, Any
     return properties, valid
 
 
+DAY = FakeClock().now().replace(hour=0, minute=0)  # the fake clock's first day, midnight UTC
+
+
 @dataclass
 class Generated:
     users: list[tuple[dict[str, Any], bool]]
     groups: list[tuple[dict[str, Any], bool]]
     contacts: list[tuple[dict[str, Any], bool]]
+    events: list[Event]  # in the owner's calendar
+    faults: list[str]  # how the PBX answers each write of the first two runs, in turn
     ids: dict[tuple[str, str], bool] = field(default_factory=dict)  # (kind, id) -> valid
 
 
 generated = st.builds(Generated, st.lists(graph_object(USER_FIELDS), max_size=5),
-                      st.lists(graph_object(GROUP_FIELDS), max_size=3), st.lists(graph_object(CONTACT_FIELDS), max_size=5))
+                      st.lists(graph_object(GROUP_FIELDS), max_size=3), st.lists(graph_object(CONTACT_FIELDS), max_size=5),
+                      st.lists(event(DAY), max_size=6), st.lists(st.sampled_from(ANSWER_FAULTS), max_size=10))
 
 
 def populate(tenant: SimTenant, world: Generated) -> list[str]:
@@ -160,11 +175,25 @@ async def on_pbx(pbx: PbxClient) -> dict[tuple[str, str], dict[str, Any]]:
     return found
 
 
+async def busy_on_pbx(pbx: PbxClient) -> list[tuple[str, str, str]]:
+    """The owner's busy windows as the PBX stores them, times as ...Z."""
+    owner = await pbx.find_by_external_id("User", OWNER)
+    assert owner is not None
+    return [(utc(b["start"]), utc(b["end"]), b["showAs"]) for b in owner.data.get(PBX_USER, {}).get("busy", [])]
+
+
+def utc(value: str) -> str:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def check(server: ScimServer, world: Generated) -> None:
     clock = FakeClock()
     sim_tenant = SimTenant(clock)
     groups = populate(sim_tenant, world)
-    sim = TestServer(Simulator(sim_tenant, SimSettings(), accepted_tokens={TOKEN}).app(), host="127.0.0.1")
+    events = put_events(sim_tenant, OWNER, world.events)
+    app = Simulator(sim_tenant, SimSettings(), accepted_tokens={TOKEN}).app()
+    app.middlewares.append(spoiling_middleware(events))
+    sim = TestServer(app, host="127.0.0.1")
     await sim.start_server()
     pbx_tenant = f"prop{uuid.uuid4().hex[:10]}"
     _used_tenants.append(pbx_tenant)
@@ -172,9 +201,11 @@ async def check(server: ScimServer, world: Generated) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             db = await open_database(Path(tmp) / "state.db")
             try:
-                async with aiohttp.ClientSession() as session:
-                    await one_example(server, world, groups, session, db, clock, str(sim.make_url("")).rstrip("/"),
-                                      pbx_tenant, Path(tmp))
+                async with aiohttp.ClientSession() as session, \
+                        rewriting_proxy(server.url(pbx_tenant)) as (proxy, proxy_url):
+                    graph_url = str(sim.make_url("")).rstrip("/")
+                    await one_example(server, world, groups, session, db, clock, graph_url, pbx_tenant, Path(tmp),
+                                      proxy, proxy_url)
             finally:
                 await db.close()
     finally:
@@ -182,46 +213,77 @@ async def check(server: ScimServer, world: Generated) -> None:
 
 
 async def one_example(server: ScimServer, world: Generated, groups: list[str], session: aiohttp.ClientSession,
-                      db: Any, clock: FakeClock, graph_url: str, pbx_tenant: str, tmp: Path) -> None:
+                      db: Any, clock: FakeClock, graph_url: str, pbx_tenant: str, tmp: Path,
+                      proxy: RewritingProxy, proxy_url: str) -> None:
     metrics = Metrics()
     transport = Transport(session, "t", metrics, clock=clock, retry=RetryPolicy(max_attempts=2), rng=random.Random(7))
     graph = GraphClient(transport, graph_url, StaticTokens())
-    pbx = PbxClient(Transport(session, "t", metrics, clock=clock), server.url(pbx_tenant), server.token)
+    pbx = PbxClient(Transport(session, "t", metrics, clock=clock), proxy_url, server.token)
+    direct = PbxClient(Transport(session, "t", Metrics(), clock=clock), server.url(pbx_tenant), server.token)
     store, sync_store = Store(db, clock=clock.time), SyncStore(db, clock=clock.time)
     await store.register_tenant("t", "d", "a")
     tenant = tenant_config(tmp, groups=groups, groups_starting_extension_number="2000",
-                           personal_contacts={"enabled": True, "require_phone": False})
+                           personal_contacts={"enabled": True, "require_phone": False}, events={"enabled": True})
+    config = OneTenantConfig(tenant, tmp / "m365sync.toml")
     runner = SimRunner(tenant, store, sync_store, None, session, metrics, clock=clock, now=clock.time)  # type: ignore[arg-type]
     runner.clients = Clients(graph, pbx, pbx)
-
-    first = await runner.run("schedule")  # no exception escapes: the runner returns
     refused = {key for key, valid in world.ids.items() if not valid}
-    assert first.result == ("partial" if refused else "success"), (first.result, first.report.error,
-                                                                    first.report.failures)
-    assert not {("group", g) for g in first.report.groups.missing} & refused  # refused, not unknown
-    recorded = await store.last_run("t")
-    assert recorded is not None and recorded.result == first.result
-    landed = await on_pbx(pbx)
+
+    # Two runs whose write answers are spoiled as drawn, three hours apart (objects that failed
+    # wait 1 h, then 2 h), then a clean one: no exception escapes, and every run is recorded.
+    results, shown_failures = [], []
+    faults = answer_faults(world.faults)  # one list, used up write by write over the first two runs
+    for index in range(3):
+        if index:
+            clock.advance(3 * 3600)
+        proxy.rewrite = faults if index < 2 else None
+        result = await runner.run("schedule", kinds=ALL_KINDS)  # the runner returns, whatever happened
+        results.append(result)
+        (shown,) = status.as_json(await status.collect(config, store, sync_store))["tenants"]  # type: ignore[arg-type]
+        shown_failures += shown["failures"]
+    recorded = {run.id: run.result for run in await store.recent_runs("t", 10)}
+    assert recorded == {r.run_id: r.result for r in results}  # every run has its result, none left running
+    clean = results[-1]
+    assert all(REJECTED in f for f in clean.report.failures), clean.report.failures  # no write failed
+    assert clean.result == ("partial" if clean.report.failures else "success"), (clean.report.error, clean.result)
+
+    landed = await on_pbx(direct)  # each object at most once
     wanted = {key for key, valid in world.ids.items() if valid} | {("user", OWNER)}
-    assert set(landed) == wanted, first.report.failures
+    assert set(landed) == wanted, (clean.report.failures, [r.report.error for r in results])
     assert all(safe(data) for data in landed.values())
+    # Without faults no create is sent twice (a busy list is PATCHed again as past events drop out).
+    assert [w for w in proxy.written_twice() if w.startswith("POST")] == [] or world.faults, proxy.writes
     failing = {(kind, graph_id) for kind, graph_id, *_ in await sync_store.failing("t")}
     assert failing == refused
+    assert {(f["kind"], f["id"]) for f in shown["failed"]} == refused
+    assert not {("group", g) for g in clean.report.groups.missing} & refused  # refused, not unknown
+    status.as_text(await status.collect(config, store, sync_store))  # type: ignore[arg-type]  # renders whatever the objects held
 
-    (shown,) = await status.collect(OneTenantConfig(tenant, tmp / "m365sync.toml"),  # type: ignore[arg-type]
-                                    store, sync_store)
-    assert {(f["kind"], f["id"]) for f in shown.failed} == refused
-    status.as_text([shown])  # renders whatever the objects held
+    # The events: every valid one's window is on the PBX, once; every spoiled one is named in status.
+    moment = clock.now()  # the clean run's time, and the last run's: no event ends in between
+    window_end = moment.replace(hour=0, minute=0) + timedelta(days=tenant.events.window_days)
+    expected = sorted({w for e in world.events if e.spoil is None
+                       if (w := e.window(list(tenant.events.show_as), moment, window_end)) is not None})
+    assert await busy_on_pbx(direct) == expected
+    for event_id, generated in events_by_id(world).items():
+        if generated.spoil is not None:
+            named = [f for f in shown_failures if REJECTED in f and
+                     (f"{event_id}: " in f or "without an id" in f)]
+            assert named, (generated.spoiled_by, shown_failures)
 
     writes = pbx_writes(metrics)
     assert writes >= 1  # the owner, at least, was created
-    second = await runner.run("schedule")
-    assert second.result == "success", second.report.failures
-    assert pbx_writes(metrics) == writes
+    again = await runner.run("schedule", kinds=ALL_KINDS)
+    assert again.result == "success", again.report.failures
+    assert pbx_writes(metrics) == writes  # a final clean run writes nothing
+
+
+def events_by_id(world: Generated) -> dict[str, Event]:
+    return {f"ev{index}": generated for index, generated in enumerate(world.events)}
 
 
 @PROFILE
 @given(world=generated)
-def test_whatever_graph_sends_every_valid_object_lands_once_and_every_invalid_one_is_recorded(
+def test_whatever_graph_and_the_pbx_answer_every_valid_object_lands_once_and_every_invalid_one_is_recorded(
         scim_server: ScimServer, world: Generated) -> None:
     asyncio.run(check(scim_server, world))

@@ -91,21 +91,26 @@ def error_for(status: int, body: Any, *, url: str, retry_after: float | None = N
     codes = error_codes(body)
     code, message = (codes[-1] if codes else None), _graph_error_message(body)
     shown = code if len(codes) < 2 else f"{code} ({codes[0]})"
-    text = f"Graph {status} {shown or ''} for {endpoint_label(url)}: {message or 'no message'}".replace("  ", " ")
+    # Our words and Graph's codes; its message (its own words, which may quote the request) is
+    # the error's upstream: printed and logged, never stored (``M365SyncError.reason``).
+    text = f"Graph {status} {shown or ''} for {endpoint_label(url)}".replace("  ", " ")
+    said = message or "no message"
     if status == 410 or any(c.lower() in DELTA_EXPIRED_CODES for c in codes):
-        return DeltaExpired(text, status=status, code=code, hint="the next run starts a full round")
+        return DeltaExpired(text, status=status, code=code, hint="the next run starts a full round", upstream=said)
     if status == 401:
-        return AuthorizationRequired(text, hint="re-run m365sync authorize for this tenant")
+        return AuthorizationRequired(text, hint="re-run m365sync authorize for this tenant", upstream=said)
     if status == 403:
-        return AccessDenied(text, status=status, code=code, hint="the app's permissions or the mailbox's sharing do not allow this")
+        return AccessDenied(text, status=status, code=code, upstream=said,
+                            hint="the app's permissions or the mailbox's sharing do not allow this")
     if status == 404:
-        return GraphNotFound(text, status=status, code=code)
+        return GraphNotFound(text, status=status, code=code, upstream=said)
     if status == 429:
         wait = f"; Graph asked to wait {retry_after:.0f} s" if retry_after is not None else ""
-        return GraphThrottled(text + wait, status=status, code=code, hint="the next run continues")
+        return GraphThrottled(text + wait, status=status, code=code, hint="the next run continues", upstream=said)
     if status >= 500:
-        return GraphUnavailable(text, status=status, code=code, hint="Graph is unavailable; the next run retries")
-    return GraphRequestError(text, status=status, code=code)
+        return GraphUnavailable(text, status=status, code=code, hint="Graph is unavailable; the next run retries",
+                                upstream=said)
+    return GraphRequestError(text, status=status, code=code, upstream=said)
 
 
 def _graph_error_message(body: Any) -> str | None:

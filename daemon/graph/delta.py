@@ -139,6 +139,7 @@ class RoundEvent:
     delta_link: str | None = None
     result: BatchResult | None = None
     error: Exception | None = None
+    skipped: int = 0  # items of the page without a usable id (dropped)
 
 
 class BatchedRounds:
@@ -180,7 +181,7 @@ class BatchedRounds:
                 except GraphPayloadError as err:  # a foreign link or a runaway round too: this round ends unfinished
                     yield RoundEvent("failed", key, result=result, error=err)
                     continue
-                yield RoundEvent("page", key, items=page.items)
+                yield RoundEvent("page", key, items=page.items, skipped=page.skipped)
                 if page.next_link is not None:
                     self._pending.append(BatchRequest(key, relative(page.next_link), mailbox=result.request.mailbox,
                                                       headers=self.headers))

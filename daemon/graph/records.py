@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -77,6 +78,21 @@ def _id(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_ID or clean_text(value) != value:
         raise ValueError("not an id")
     return value
+
+
+def _date_time(value: Any) -> str:
+    """An event's local date and time as Graph writes it (``2026-11-30T08:00:00.0000000``):
+    checked here, so one unreadable event is refused alone instead of failing its mailbox's
+    whole busy list when the windows are computed."""
+    text = _text(value)
+    if text is None:
+        raise ValueError("no date and time")
+    try:
+        datetime.fromisoformat(text[:19])
+        datetime.fromisoformat(text[:10])  # an all-day event's day
+    except ValueError:
+        raise ValueError(f"not a date and time: {text[:40]!r}") from None
+    return text
 
 
 def _addresses(value: Any) -> list[Any]:
@@ -146,13 +162,16 @@ class ContactRecord(Record):
 class DateTimeZone(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    dateTime: Annotated[str, BeforeValidator(_text)]
+    dateTime: Annotated[str, BeforeValidator(_date_time)]
     timeZone: Text = None
 
 
 class EventRecord(Record):
-    start: DateTimeZone | None = None
-    end: DateTimeZone | None = None
+    """An event is read whole (calendarView delta sends every property), so a missing
+    start or end refuses it rather than leaving a window that cannot be placed."""
+
+    start: DateTimeZone
+    end: DateTimeZone
     originalStartTimeZone: Text = None
     originalEndTimeZone: Text = None
     showAs: Text = None

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from daemon.pbx.connection import pbx_link
 from daemon.pbx.schema import BULK_REQUEST, ENDPOINTS, PATCH_OP
-from daemon.pbx.types import PbxOperation, ProviderConfig, required_payload, scim_int, valid_pbx_id
+from daemon.pbx.types import Answer, PbxOperation, ProviderConfig, required_payload, scim_int, valid_pbx_id
 
 ENVELOPE_BYTES = len(json.dumps({"schemas": [BULK_REQUEST], "Operations": []}).encode())
 
@@ -70,7 +70,12 @@ class BulkResult:
     status: int
     pbx_id: str | None
     version: str | None
-    detail: str
+    detail: str  # the PBX's own words (logged, never stored)
+    answer: Answer  # the result's status and response, as a single request's answer
+
+    @property
+    def code(self) -> str:
+        return self.answer.code
 
 
 METHODS = {"create": "POST", "update": "PATCH", "delete": "DELETE"}
@@ -106,7 +111,7 @@ def bulk_results(body: Any, chunk: Sequence[PbxOperation], base_url: str) -> lis
 
 def _result(result: Mapping[str, Any] | None, operation: PbxOperation, base_url: str) -> BulkResult:
     if result is None:
-        return BulkResult(0, None, None, "no result for this operation")
+        return BulkResult(0, None, None, "no result for this operation", Answer(0, {}, None))
     status = scim_int(result.get("status"), "a /Bulk result's status")
     response = result.get("response")
     pbx_id = operation.pbx_id
@@ -119,7 +124,7 @@ def _result(result: Mapping[str, Any] | None, operation: PbxOperation, base_url:
     version = result.get("version")
     if not version and isinstance(response, Mapping) and isinstance(response.get("meta"), Mapping):
         version = response["meta"].get("version")  # the object as it is now, when the server shows it
-    return BulkResult(status, pbx_id, str(version) if version else None, detail)
+    return BulkResult(status, pbx_id, str(version) if version else None, detail, Answer(status, {}, response))
 
 
 def _target(result: Mapping[str, Any]) -> str | None:

@@ -71,7 +71,8 @@ class PbxClient(PbxConnection):
             outcome = PbxOutcome(operation, operation.pbx_id, None, err)
         outcome = replace(outcome, operation=operation)
         if not outcome.ok:
-            log.warning("PBX refused an object", operation=operation.describe(), error=str(outcome.error))
+            log.warning("PBX refused an object", operation=operation.describe(), error=str(outcome.error),
+                        detail=getattr(outcome.error, "detail", None))
         return outcome
 
     async def _apply(self, operation: PbxOperation) -> PbxOutcome:
@@ -208,7 +209,7 @@ class PbxClient(PbxConnection):
                     hint="the next run allocates another number",
                 )
         return PbxConflict(
-            f"the PBX refused {operation.describe()}: {answer.detail}", status=409, detail=answer.detail
+            f"the PBX refused {operation.describe()} ({answer.code})", status=409, detail=answer.detail
         )
 
     async def _update(self, operation: PbxOperation) -> PbxOutcome:
@@ -244,8 +245,15 @@ class PbxClient(PbxConnection):
         raise PbxRequestFailed(f"{operation.describe()}: the PBX kept answering 412", status=412)
 
     async def _recreate(self, operation: PbxOperation) -> PbxOutcome:
-        """The PBX lost an object we manage: create it again from the full payload."""
+        """The PBX lost an object we manage: create it again from the full payload. A write
+        without one (a busy list) finds it by externalId: the id held may be one a /Bulk
+        ``location`` named that the PBX never served."""
         if operation.payload is None:
+            existing = await self.find_by_external_id(operation.kind, operation.external_id)
+            if existing is not None and existing.id != operation.pbx_id:
+                log.warning("the object lives under another id than the one recorded; writing it there",
+                            operation=operation.describe(), pbx_id=existing.id)
+                return await self._update(replace(operation, pbx_id=existing.id, etag=existing.etag, maybe_applied=False))
             raise PbxRequestFailed(f"{operation.describe()}: the PBX lost the object and no payload was given to recreate it", status=404)
         log.warning("the PBX lost an object; looking it up by externalId, else recreating it",
                     operation=operation.describe())
@@ -313,13 +321,30 @@ class PbxClient(PbxConnection):
                 yield PbxOutcome(operation, result.pbx_id, result.version)
             elif applied or result.status == 0 or result.status >= 500:  # unknown id, or unknown whether applied
                 yield await self._execute_maybe_applied(operation)
+            elif result.status == 409 and operation.action == "create":
+                yield await self._bulk_conflict(operation, result.answer)
             elif result.status in (404, 409, 412, 429) or (result.status == 400 and without_photos(operation)):
                 yield await self.execute(operation)  # the full single-object rules apply
             else:
-                error = PbxRequestFailed(f"the PBX refused {operation.describe()}: {result.detail}",
+                error = PbxRequestFailed(f"the PBX refused {operation.describe()} ({result.code})",
                                          status=result.status, detail=result.detail)
-                log.warning("PBX refused an object", operation=operation.describe(), error=str(error))
+                log.warning("PBX refused an object", operation=operation.describe(), error=str(error),
+                            detail=result.detail)
                 yield PbxOutcome(operation, operation.pbx_id, None, error)
+
+    async def _bulk_conflict(self, operation: PbxOperation, answer: Answer) -> PbxOutcome:
+        """A create that /Bulk answered 409: resolved as a single POST's 409 is (ours is adopted,
+        anything else is a recorded conflict) from the result itself, never POSTed again."""
+        try:
+            outcome = await self._adopt_or_refuse(operation, required_payload(operation), answer)
+        except (PbxConflict, PbxRequestFailed) as err:
+            log.warning("PBX refused an object", operation=operation.describe(), error=str(err))
+            return PbxOutcome(operation, operation.pbx_id, None, err)
+        except AnswerLost:  # adopting it, an answer was lost: resolved by reading first
+            return await self._execute_maybe_applied(operation)
+        except RetryableFailure as failure:
+            raise self._unavailable(operation.action, failure) from failure
+        return replace(outcome, operation=operation)
 
 
 # --- helpers ---

@@ -136,13 +136,13 @@ class PbxConnection:
         metrics.pbx_request_duration.labels(tenant, op).observe(transport.clock.monotonic() - started)
         if answer.status in (401, 403):
             raise PbxAuthFailed(
-                f"PBX refused the SCIM token ({answer.status}: {answer.detail})",
+                f"PBX refused the SCIM token ({answer.code})",
                 status=answer.status,
                 detail=answer.detail,
                 hint="check the token in pbx.token_file",
             )
         if answer.status in RETRYABLE_STATUSES:
-            raise RetryableFailure(f"HTTP {answer.status}: {answer.detail}", status=answer.status,
+            raise RetryableFailure(answer.code, status=answer.status,
                                    retry_after=retry_after_seconds(answer.headers), lost=answer.status != 429,
                                    detail=answer.detail)
         return answer
@@ -154,7 +154,7 @@ class PbxConnection:
                 hint="check pbx.scim_url and that the PBX is up; the next run retries",
             )
         return PbxUnavailable(
-            f"PBX answered {failure.status} to {op} after {failure.attempts} attempts: {failure.detail}",
+            f"PBX answered {failure.reason} to {op} after {failure.attempts} attempts",
             status=failure.status, detail=failure.detail, hint="the next run retries",
         )
 
@@ -173,7 +173,7 @@ class PbxConnection:
         if answer.status == 404:
             return None
         if answer.status != 200 or not isinstance(answer.body, Mapping):
-            raise PbxRequestFailed(f"cannot read {kind} {pbx_id}: {answer.detail}", status=answer.status, detail=answer.detail)
+            raise PbxRequestFailed(f"cannot read {kind} {pbx_id} ({answer.code})", status=answer.status, detail=answer.detail)
         return pbx_object(kind, answer.body, answer.etag)
 
     async def find(self, kind: Kind, attribute: str, value: str) -> list[PbxObject]:
@@ -182,7 +182,7 @@ class PbxConnection:
             "find", "GET", ENDPOINTS[kind], params={"filter": eq_filter(attribute, value), "count": "10"}
         )
         if answer.status != 200 or not isinstance(answer.body, Mapping):
-            raise PbxRequestFailed(f"cannot search {kind}: {answer.detail}", status=answer.status, detail=answer.detail)
+            raise PbxRequestFailed(f"cannot search {kind} ({answer.code})", status=answer.status, detail=answer.detail)
         return [pbx_object(kind, item, None) for item in answer.body.get("Resources") or [] if isinstance(item, Mapping)]
 
     async def find_by_external_id(self, kind: Kind, external_id: str) -> PbxObject | None:
@@ -204,7 +204,7 @@ class PbxConnection:
                 params["attributes"] = ",".join(["externalId", *attributes])
             answer = await self._request("list", "GET", ENDPOINTS[kind], params=params)
             if answer.status != 200 or not isinstance(answer.body, Mapping):
-                raise PbxRequestFailed(f"cannot list {kind}: {answer.detail}", status=answer.status, detail=answer.detail)
+                raise PbxRequestFailed(f"cannot list {kind} ({answer.code})", status=answer.status, detail=answer.detail)
             page = _page(kind, answer.body, start, total, seen)
             total = scim_int(answer.body.get("totalResults"), f"totalResults of the {kind} list")
             for obj in page:

@@ -31,6 +31,18 @@ def valid_pbx_id(value: Any) -> str | None:
     return value
 
 
+_SCIM_TYPE = re.compile(r"[A-Za-z]{1,40}")  # RFC 7644 3.12's keywords (uniqueness, invalidValue ...)
+
+
+def scim_code(status: int, body: Any) -> str:
+    """An error answer as codes only (``HTTP 409 uniqueness``): what records, the API and
+    pages show with our own words. The PBX's ``detail`` may quote the request, so it
+    stays on the error (redacted) and in the log, never in a stored reason."""
+    scim_type = body.get("scimType") if isinstance(body, Mapping) else None
+    keyword = f" {scim_type}" if isinstance(scim_type, str) and _SCIM_TYPE.fullmatch(scim_type) else ""
+    return f"HTTP {status}{keyword}"
+
+
 def scim_int(value: Any, what: str) -> int:
     """A SCIM integer (JSON number, or a numeric string as some servers send); absent is 0."""
     if value is None or value == "":
@@ -151,6 +163,10 @@ class Answer:
         return f"HTTP {self.status}"
 
     @property
+    def code(self) -> str:
+        return scim_code(self.status, self.body)
+
+    @property
     def etag(self) -> str | None:
         etag = header(self.headers, "etag")
         if etag is None and isinstance(self.body, Mapping):
@@ -181,7 +197,7 @@ def required_payload(operation: PbxOperation) -> Payload:
 
 def refused(operation: PbxOperation, answer: Answer) -> PbxRequestFailed:
     return PbxRequestFailed(
-        f"the PBX refused {operation.describe()}: {answer.detail}", status=answer.status, detail=answer.detail
+        f"the PBX refused {operation.describe()} ({answer.code})", status=answer.status, detail=answer.detail
     )
 
 

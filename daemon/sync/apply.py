@@ -26,13 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from daemon.errors import reason_of
 from daemon.logging import get_logger
 from daemon.pbx.types import PbxOutcome, PbxWriter
 from daemon.sync.changes import Change, Phase, Plan, failure_text
 from daemon.sync.history import history_entry
 from daemon.sync.materialize import build_deferred, resolve_users, with_photo
 from state.history import HistoryEntry
-from state.pushed import Bookkeeping, Failed, Pushed
+from state.pushed import Bookkeeping, BusyPushed, Failed, Pushed
 from state.sync_store import SyncStore
 
 log = get_logger(__name__)
@@ -137,7 +138,7 @@ class Applier:
                 if change.kind != "busy":  # a busy list is no object anyone asks the history of
                     history.append(history_entry(change))
             else:
-                self.report.fail(change.kind, f"{change.label}: {outcome.error}")
+                self.report.fail(change.kind, f"{change.label}: {reason_of(outcome.error)}")
                 failed[change.graph_id] = change
         for graph_id in await self.sync_store.apply_bookkeeping(self.tenant, entries, history):
             change = failed[graph_id]
@@ -148,7 +149,7 @@ class Applier:
         if not outcome.ok:
             if change.kind == "busy":
                 return None  # the next poll tries again; nothing to quarantine
-            return Failed(change.kind, change.graph_id, str(outcome.error), change.fingerprint)
+            return Failed(change.kind, change.graph_id, reason_of(outcome.error), change.fingerprint)
         entry = change.on_success
         if isinstance(entry, Pushed):
             # A refused photo is remembered as pushed (its version stays in the payload), so the
@@ -157,4 +158,6 @@ class Applier:
                 if outcome.refused_attributes else None
             return replace(entry, pbx_id=outcome.pbx_id or change.operation.pbx_id or entry.pbx_id, etag=outcome.etag,
                            note=note)
+        if isinstance(entry, BusyPushed) and outcome.pbx_id and outcome.pbx_id != change.operation.pbx_id:
+            return replace(entry, pbx_id=outcome.pbx_id)  # found under its real id: the next write goes there
         return entry

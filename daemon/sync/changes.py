@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Literal, Protocol
 
+from daemon.errors import M365SyncError, reason_of
 from daemon.graph.records import MAX_TEXT, clean_text
 from daemon.pbx.mapping import Payload
 from daemon.pbx.types import PbxOperation
@@ -109,7 +110,8 @@ class Change:
 
 def failure_text(error: BaseException | str) -> str:
     """An error as an object's recorded reason: safe to store and show, whatever text it quotes."""
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    text = error if isinstance(error, str) else reason_of(error) if isinstance(error, M365SyncError) \
+        else f"{type(error).__name__}: {error}"
     return clean_text(text)[:MAX_TEXT]
 
 

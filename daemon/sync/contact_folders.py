@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from daemon.errors import reason_of
 from daemon.graph.client import GraphClient
 from daemon.graph.listing import BatchedListings
 
@@ -52,7 +53,7 @@ async def list_folders(graph: GraphClient, user_ids: Iterable[str]) -> FolderLis
             if status == 403 and not parent:
                 result.denied.add(user_id)
             else:
-                result.incomplete.setdefault(user_id, f"{'childFolders' if parent else 'contactFolders'}: {event.error}")
+                result.incomplete.setdefault(user_id, f"{'childFolders' if parent else 'contactFolders'}: {reason_of(event.error)}")
         elif event.kind == "page":
             for item in event.items:
                 folder = str(item["id"])

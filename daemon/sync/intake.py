@@ -26,6 +26,12 @@ def describe(rejected: Rejected) -> str:
     return f"{rejected.label}: {REJECTED_PREFIX}{rejected.reason}"
 
 
+def unidentified(kind: RecordKind, count: int) -> Rejected:
+    """Items a page carried without a usable id (dropped as the page was read): they cannot be
+    recorded one by one, so the run reports how many there were."""
+    return Rejected(kind, None, f"{count} {kind}(s) without an id", "no usable id")
+
+
 async def record_rejected(sync_store: SyncStore, tenant: str, rejected: Sequence[Rejected]) -> None:
     """Each rejected object with an id counts one failure (events have no row of their own: the
     busy list of their mailbox is what is pushed)."""

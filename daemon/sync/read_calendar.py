@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from daemon.errors import reason_of
 from daemon.graph.client import GraphClient
 from daemon.graph.delta import BatchedRounds, is_removed, stored_links
 from daemon.logging import get_logger
-from daemon.sync.intake import describe, merge_checked
+from daemon.sync.intake import describe, merge_checked, unidentified
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -63,6 +64,7 @@ async def read_calendars(tenant: str, store: Store, sync_store: SyncStore, graph
             changes = [{**i, "_owner": user_id} if isinstance(i, dict) and is_removed(i) is None else i
                        for i in event.items]  # the record keeps KEPT_FIELDS only
             rejected = await merge_checked(sync_store, tenant, "event", changes, owner=user_id)
+            rejected += [unidentified("event", event.skipped)] if event.skipped else []
             result.failures += [f"event of {upns[user_id]}: {describe(r)}" for r in rejected]
         elif event.kind == "done" and event.delta_link is not None:
             new_links[user_id] = event.delta_link
@@ -73,7 +75,7 @@ async def read_calendars(tenant: str, store: Store, sync_store: SyncStore, graph
                 log.warning("calendar not readable with this authorization (403); skipped until the tenant is "
                             "authorized again, or for a day", tenant=tenant, user=upns[user_id])
             else:
-                result.failures.append(f"calendar of {upns[user_id]}: {event.error}")
+                result.failures.append(f"calendar of {upns[user_id]}: {reason_of(event.error)}")
                 await store.drop_delta_link(tenant, "events", user_id)
     await store.save_delta_links(tenant, "events", new_links)
     await sync_store.set_window_days(tenant, [u for u in new_links if u in rebased], day)

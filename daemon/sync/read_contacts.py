@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from daemon.config import TenantConfig
-from daemon.errors import DeltaExpired
+from daemon.errors import DeltaExpired, reason_of
 from daemon.graph.client import GraphClient
 from daemon.graph.clouds import cloud_of
 from daemon.graph.delta import BatchedRounds, is_removed, stored_links
@@ -28,7 +28,7 @@ from daemon.graph.listing import BatchedListings
 from daemon.graph.records import Rejected
 from daemon.logging import get_logger
 from daemon.sync.contact_folders import DEFAULT_FOLDER, list_folders
-from daemon.sync.intake import merge_checked
+from daemon.sync.intake import merge_checked, unidentified
 from daemon.sync.plan_contacts import Mailbox
 from state.store import Store
 from state.sync_store import SyncStore
@@ -138,7 +138,7 @@ class ContactsReader:
                 changes = [{**i, "_owner": user_id, "_folder": folder} if isinstance(i, dict) and is_removed(i) is None
                            else i for i in event.items]
                 rejected = await merge_checked(self.sync_store, name, "contact", changes, owner=user_id, folder=folder)
-                self.read.rejected += rejected
+                self.read.rejected += rejected + ([unidentified("contact", event.skipped)] if event.skipped else [])
                 if event.key in full:  # a rejected contact keeps its copy: never taken for gone
                     full[event.key] |= {c["id"] for c in changes if isinstance(c, dict) and isinstance(c.get("id"), str)
                                         and is_removed(c) is None}
@@ -158,5 +158,5 @@ class ContactsReader:
                     first_time.add(event.key)
                     rounds.add(event.key, _initial(user_id, folder), user_id)
                 else:
-                    self.read.failures.append(f"contacts of {mailbox.upn}/{folder}: {event.error}")
+                    self.read.failures.append(f"contacts of {mailbox.upn}/{folder}: {reason_of(event.error)}")
         self.read.full_rounds = len(first_time & set(full))

@@ -23,7 +23,7 @@ from daemon.graph.delta import DeltaRound, is_removed, stored_link
 from daemon.graph.paging import listing_pages
 from daemon.graph.records import Rejected
 from daemon.logging import get_logger
-from daemon.sync.intake import merge_checked
+from daemon.sync.intake import merge_checked, unidentified
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -69,7 +69,10 @@ async def read_groups(tenant: TenantConfig, store: Store, sync_store: SyncStore,
     if tenant.groups_transitive:
         await _read_transitive(tenant, sync_store, graph, groups)
     known = await sync_store.graph_copies(name, "group", groups)
-    refused = {r.id for r in read.rejected}  # reported as failed objects, not as unknown
+    # Refused now or on an earlier read (kept as a failed object until it changes): failed, not unknown.
+    refused = {r.id for r in read.rejected} | {graph_id for kind, graph_id, *_ in
+                                                [*await sync_store.failing(name), *await sync_store.quarantined(name)]
+                                                if kind == "group"}
     for group_id in groups:
         if group_id not in known and group_id not in refused:
             read.missing.append(group_id)
@@ -103,6 +106,8 @@ async def _round(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient
             members.setdefault(change["id"], set()).update(added)
         else:
             await sync_store.set_group_members(name, change["id"], added, removed)
+    if round_.skipped:
+        rejected.append(unidentified("group", round_.skipped))
     if fresh and not tenant.groups_transitive:
         await sync_store.replace_group_members(name, members)
     return round_.delta_link

@@ -28,7 +28,7 @@ from daemon.graph.delta import DeltaRound, is_removed, stored_link
 from daemon.graph.paging import listing_pages
 from daemon.graph.records import Rejected, parse
 from daemon.logging import get_logger
-from daemon.sync.intake import record_rejected
+from daemon.sync.intake import record_rejected, unidentified
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -104,6 +104,8 @@ async def _round(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient
             if progress is not None:
                 progress("read", len(seen), 0)
     read.completed += await _merge(tenant, sync_store, graph, page, read.rejected)
+    if link is not None and round_.skipped:
+        read.rejected.append(unidentified("user", round_.skipped))
     await record_rejected(sync_store, tenant.name, refused)
     if link is None:
         missing = await sync_store.mark_missing_removed(tenant.name, "user", seen)
@@ -123,8 +125,7 @@ async def _listing(graph: GraphClient) -> AsyncIterator[dict[str, Any]]:
         if not isinstance(body, dict) or not isinstance(body.get("value"), list):
             raise GraphPayloadError("the /users listing answered without a 'value' list")
         for item in body["value"]:
-            if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]:
-                yield item
+            yield item  # one without a usable id is rejected (and reported) by the reader
 
 
 async def _merge(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, page: list[dict[str, Any]],

@@ -146,14 +146,14 @@ class TenantRunner:
             holder = None if self.dry_run else await self.sync_store.try_lock(name, LOCK_OWNER, RUN_LOCK_SECONDS,
                                                                                self.run_lock_alive)
         except M365SyncError as err:
-            return RunResult(run_id, name, "failed", RunReport(result="failed", error=str(err)))
+            return RunResult(run_id, name, "failed", RunReport(result="failed", error=err.reason))
         if holder is not None:
             message = f"another m365sync process ({holder}) is syncing tenant {name}; try again when it finishes"
             return RunResult(run_id, name, "busy", RunReport(result="busy", error=message))
         try:
             return await self._recorded_run(request, progress, run_id)
         except M365SyncError as err:  # the store failed before the run had a record
-            return RunResult(run_id, name, "failed", RunReport(result="failed", error=str(err)))
+            return RunResult(run_id, name, "failed", RunReport(result="failed", error=err.reason))
         finally:
             if not self.dry_run:
                 await self._unlock()
@@ -174,7 +174,7 @@ class TenantRunner:
         try:
             await self.store.start_run(run_id, name, trigger)
         except M365SyncError as err:
-            report.result, report.error = "failed", str(err)
+            report.result, report.error = "failed", err.reason
             log.error("sync run could not start", error=report.error)
             return RunResult(run_id, name, report.result, report)
         try:
@@ -185,11 +185,12 @@ class TenantRunner:
             await self._record(run_id, report)
             raise
         except AuthorizationRequired as err:
-            report.result, report.error = "reauthorization_required", str(err)
+            report.result, report.error = "reauthorization_required", err.reason
         except LeaseLost as err:  # another daemon has the tenant now: it goes on from what was applied
-            report.result, report.error = "lease_lost", str(err)
+            report.result, report.error = "lease_lost", err.reason
         except M365SyncError as err:
-            report.result, report.error = "failed", str(err)
+            report.result, report.error = "failed", err.reason
+            log.warning("sync run stopped", error=str(err))  # the upstream's own words too, in the log only
         except Exception as err:  # a run never ends without a record
             report.result, report.error = "failed", unexpected_reason(err)
             log.debug("sync run failed with an unexpected error", exc_info=True)
