@@ -8,6 +8,7 @@ failure raises :class:`AnswerLost` for the writer to resolve by reading.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ log = get_logger(__name__)
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10, sock_read=30)
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_PAGE_SIZE = 1000  # the inventory's page size: the PBX's filter.maxResults, up to this
+WRITES_IN_FLIGHT = 2  # write requests sent before the first is answered, at most
 
 
 class AnswerLost(Exception):
@@ -44,6 +46,11 @@ class AnswerLost(Exception):
     def __init__(self, failure: RetryableFailure) -> None:
         super().__init__(failure.reason)
         self.failure = failure
+
+
+def encoded_body(body: Any) -> bytes:
+    """A request's body as sent (``/Bulk`` sizes its requests by this very encoding)."""
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 def pbx_link(url: str, base_url: str, what: str) -> str:
@@ -75,6 +82,9 @@ class PbxConnection:
         # A shared state: raises LeaseLost once this daemon lost the tenant, asked of the lease
         # session right before each write request (the one place writes are checked).
         self.may_write: Callable[[], Awaitable[None]] | None = None
+        # Write requests in flight at once, whoever sends them (the applier's chunks, the requests
+        # of one chunk): the next is sent while the PBX works on one, and no more pile up.
+        self.write_slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
 
     # --- transport ---
 
@@ -93,9 +103,15 @@ class PbxConnection:
 
         A request that is not idempotent is retried only on 429 (refused before
         it was applied); any other retryable failure raises :class:`AnswerLost`."""
-        if method != "GET" and self.may_write is not None:
-            await self.may_write()
+        if method == "GET":
+            return await self._send(op, method, path, body, params, headers, idempotent)
+        async with self.write_slots:
+            if self.may_write is not None:  # in its slot, right before it is sent
+                await self.may_write()
+            return await self._send(op, method, path, body, params, headers, idempotent)
 
+    async def _send(self, op: str, method: str, path: str, body: Any, params: Mapping[str, str] | None,
+                    headers: Mapping[str, str] | None, idempotent: bool) -> Answer:
         async def attempt() -> Answer:
             try:
                 return await self._send_once(op, method, path, body, params, headers)
@@ -118,7 +134,7 @@ class PbxConnection:
         all_headers = {"Authorization": f"Bearer {self._token}", "Accept": SCIM_JSON, **(headers or {})}
         data = None
         if body is not None:
-            data = json.dumps(body, ensure_ascii=False).encode()
+            data = encoded_body(body)
             all_headers["Content-Type"] = SCIM_JSON
         transport = self.transport
         metrics, tenant = transport.metrics, transport.tenant
