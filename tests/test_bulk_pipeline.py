@@ -303,3 +303,11 @@ async def test_creates_come_before_the_memberships_that_name_them_and_deletes_la
     assert proxy.ended_before_started("PATCH Users", "PATCH Groups")
     assert proxy.ended_before_started("PATCH Groups", "DELETE Users")  # deletes last
     assert set(await sync_env.pbx_users()) == set(members) - set(members[15:25])
+
+
+async def test_a_full_bulk_request_waits_longer_for_its_answer_than_one_object(pbx: PbxEnv) -> None:
+    single = pbx.client.timeout
+    full = pbx.client.bulk_timeout(1000)  # two of them in flight: the second waits behind the first
+    assert single.total and full.total and full.total == 5 * single.total
+    assert single.sock_read and full.sock_read and full.sock_read == 5 * single.sock_read
+    assert full.sock_connect == single.sock_connect  # reaching the PBX takes no longer

@@ -302,7 +302,8 @@ class PbxClient(PbxConnection):
     async def _bulk(self, chunk: Sequence[PbxOperation]) -> AsyncIterator[PbxOutcome]:
         config = await self.discover()
         try:
-            answer = await self._request("bulk", "POST", "/Bulk", body=bulk_body(chunk, config.etag), idempotent=False)
+            answer = await self._request("bulk", "POST", "/Bulk", body=bulk_body(chunk, config.etag), idempotent=False,
+                                         timeout=self.bulk_timeout(len(chunk)))
         except AnswerLost as lost:
             log.info("the PBX's answer to a bulk request was lost; resolving each write by reading",
                      operations=len(chunk), reason=lost.failure.reason)
