@@ -74,7 +74,7 @@ class Applier:
     report: ReportSink
     progress: Progress | None = None
     photos: PhotoSource | None = None  # without it, writes that carry a photo send none
-    chunk_size: int | None = None  # None: as many as one request of the PBX carries (see chunk_limit)
+    chunk_size: int | None = None  # None: as many as one request of the PBX carries (operations_per_request)
     in_flight: int = REQUESTS_IN_FLIGHT
     _user_ids: dict[str, str] | None = field(default=None, init=False, repr=False)  # looked up once per apply
 
