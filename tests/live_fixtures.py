@@ -47,6 +47,17 @@ _pbx_tenants = itertools.count(1)
 SMALL_BULK = {**NO_BULK, "bulk": {"supported": True, "maxOperations": 2, "maxPayloadSize": 1048576}}
 
 
+FULL_BULK_OPERATIONS = 25
+FULL_BULK = {**NO_BULK, "bulk": {"supported": True, "maxOperations": FULL_BULK_OPERATIONS, "maxPayloadSize": 1048576}}
+
+
+@pytest.fixture(scope="session")
+def scim_server_full_bulk() -> Iterator[ScimServer]:
+    """A PBX with /Bulk of 25 operations: an initial run of 200 users is a few full-size, pipelined requests."""
+    with ScimServer(service_provider_config=FULL_BULK) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def scim_server_one_by_one() -> Iterator[ScimServer]:
     """A PBX without /Bulk, so that every object is its own write."""
@@ -157,8 +168,9 @@ class LiveEnv:
 
 @asynccontextmanager
 async def started_live_env(tmp_path: Path, scim: ScimServer, tenant_settings: str = "",
-                           tenant_sections: str = "") -> AsyncIterator[LiveEnv]:
-    """The fake world with the PBX behind a kill proxy, and the daemon's config written."""
+                           tenant_sections: str = "", state_url: str | None = None) -> AsyncIterator[LiveEnv]:
+    """The fake world with the PBX behind a kill proxy, and the daemon's config written
+    (its state in ``state_url``, a PostgreSQL database, when given; else a SQLite file)."""
     pbx_tenant = f"live{next(_pbx_tenants)}"
     proxy = KillProxy(scim.url(pbx_tenant))
     app = web.Application()
@@ -172,6 +184,12 @@ async def started_live_env(tmp_path: Path, scim: ScimServer, tenant_settings: st
                             tenant_settings=tenant_settings, tenant_sections=tenant_sections).start()
     assert world.sim is not None and world.config_path is not None
     write_secret(tmp_path / "admin-token", ADMIN_TOKEN)
+    if state_url is not None:
+        write_secret(tmp_path / "state-key", "a-key-of-the-live-tests-shared-state-0123456789")
+        text = world.config_path.read_text()
+        assert 'path = "state.db"' in text
+        world.config_path.write_text(text.replace(
+            'path = "state.db"', f'url = "{state_url}"\nencryption_key_file = "state-key"'))
     env = LiveEnv(tmp_path, world.sim, world.tenant, world.idp, scim, proxy, world.config_path, pbx_tenant, proxy_url)
     try:
         yield env
@@ -184,6 +202,11 @@ async def started_live_env(tmp_path: Path, scim: ScimServer, tenant_settings: st
 async def live_env(tmp_path: Path, scim_server_one_by_one: ScimServer) -> AsyncIterator[LiveEnv]:
     async with started_live_env(tmp_path, scim_server_one_by_one) as env:
         yield env
+
+
+def state_url_of(request: pytest.FixtureRequest, backend: str) -> str | None:
+    """A new PostgreSQL database's URL for ``postgresql``; None (a SQLite file) for ``sqlite``."""
+    return str(request.getfixturevalue("pg_url")) if backend == "postgresql" else None
 
 
 @asynccontextmanager

@@ -1,6 +1,7 @@
 """SIGKILL the daemon right after its k-th PBX write, during one run that
 creates, updates and deletes users, groups and contacts, against a PBX with
-/Bulk and one without. A normal rerun must leave exactly the expected PBX
+/Bulk and one without (two requests in flight either way), on both state
+backends. A normal rerun must leave exactly the expected PBX
 (no duplicate by externalId or extension number, nothing missing), with no
 failure, and the run after that must write nothing."""
 
@@ -13,12 +14,14 @@ import pytest
 
 import scenario
 from daemon.pbx.schema import PBX_GROUP, PBX_USER
-from live_fixtures import LiveEnv, started_live_env
+from live_fixtures import LiveEnv, started_live_env, state_url_of
 from sim.pbx import ScimServer
 
 HIRES = 8  # n of scenario.working_day: 6n + 3 writes one by one
 WRITES = {"one-by-one": 6 * HIRES + 3, "bulk": 26}  # the bulk PBX takes 2 operations per request
 KILL_POINTS = 25
+KILL_POINTS_POSTGRESQL = 9  # the same code path as SQLite's 25; the backend's own part is the journal's commit
+BACKENDS = ("sqlite", "postgresql")
 
 
 def spread(total: int, count: int = KILL_POINTS) -> list[int]:
@@ -29,9 +32,11 @@ def spread(total: int, count: int = KILL_POINTS) -> list[int]:
 @pytest.fixture
 async def kinds_env(request: pytest.FixtureRequest, tmp_path: object, scim_server_one_by_one: ScimServer,
                     scim_server_small_bulk: ScimServer) -> AsyncIterator[tuple[LiveEnv, scenario.Scenario]]:
-    server = scim_server_small_bulk if request.param == "bulk" else scim_server_one_by_one
+    mode, backend = request.param
+    server = scim_server_small_bulk if mode == "bulk" else scim_server_one_by_one
     settings, sections = scenario.config_toml()
-    async with started_live_env(tmp_path, server, settings, sections) as env:  # type: ignore[arg-type]
+    async with started_live_env(tmp_path, server, settings, sections,  # type: ignore[arg-type]
+                                state_url=state_url_of(request, backend)) as env:
         world = scenario.build(env.tenant, users=40, contact_owners=10)
         code, out, err = await env.sync()
         assert code == 0 and "failed" not in out, out + err
@@ -69,7 +74,9 @@ async def converges(env: LiveEnv, world: scenario.Scenario) -> None:
 
 
 @pytest.mark.parametrize(("kinds_env", "kill_after"),
-                         [(mode, k) for mode in WRITES for k in spread(WRITES[mode])], indirect=["kinds_env"])
+                         [((mode, backend), k) for mode in WRITES for backend in BACKENDS
+                          for k in spread(WRITES[mode], KILL_POINTS if backend == "sqlite" else KILL_POINTS_POSTGRESQL)],
+                         indirect=["kinds_env"])
 async def test_run_of_every_kind_killed_after_write_k_converges(
         kinds_env: tuple[LiveEnv, scenario.Scenario], kill_after: int) -> None:
     env, world = kinds_env
@@ -80,18 +87,18 @@ async def test_run_of_every_kind_killed_after_write_k_converges(
     await converges(env, world)
 
 
-@pytest.mark.parametrize("kinds_env", list(WRITES), indirect=True)
+@pytest.mark.parametrize("kinds_env", [(mode, "sqlite") for mode in WRITES], indirect=True)
 async def test_the_killed_run_is_as_long_as_the_kill_points_say(kinds_env: tuple[LiveEnv, scenario.Scenario],
                                                                 request: pytest.FixtureRequest) -> None:
     env, world = kinds_env
     scenario.working_day(world, HIRES)
     before = env.proxy.writes
     await converges(env, world)
-    mode = request.node.callspec.params["kinds_env"]
+    mode, _ = request.node.callspec.params["kinds_env"]
     assert env.proxy.writes - before == WRITES[mode]
 
 
-@pytest.mark.parametrize("kinds_env", list(WRITES), indirect=True)
+@pytest.mark.parametrize("kinds_env", [(mode, "sqlite") for mode in WRITES], indirect=True)  # deletes the SQLite file
 async def test_a_deleted_state_database_adopts_every_object(kinds_env: tuple[LiveEnv, scenario.Scenario]) -> None:
     env, world = kinds_env
     for suffix in ("", "-wal", "-shm"):

@@ -2,16 +2,19 @@
 simulator and scim2-server behind a recording proxy per daemon: one daemon
 is SIGKILLed in the middle of its runs (or its lease session is cut); the other takes its tenants over
 within one lease interval, no tenant is ever written by both daemons at
-once, and every PBX ends with exactly the users it must have."""
+once, and every PBX ends with exactly the users it must have. The PBX writes
+one object per request, or takes /Bulk (two requests in flight either way)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -59,6 +62,7 @@ class Recorder:
     writes: list[Write] = field(default_factory=list)
     after: dict[str, tuple[int, Callable[[], Awaitable[None]]]] = field(default_factory=dict)  # daemon -> (k, action)
     acted_at: dict[str, float] = field(default_factory=dict)
+    requests: Counter[str] = field(default_factory=Counter)  # write requests per daemon (the k of ``after``)
 
     def handler(self, daemon: str) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -73,15 +77,26 @@ class Recorder:
                 response = web.Response(status=answer.status, body=payload, headers={
                     k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "etag", "location")})
             if request.method in WRITES:
-                self.writes.append(Write(tenant, daemon, started, time.monotonic(),
-                                         f"{request.method} /{rest} {answer.status}"))
+                ended = time.monotonic()
+                self.writes += [Write(tenant, daemon, started, ended, what)
+                                for what in written(request.method, rest, answer.status, body, payload)]
+                self.requests[daemon] += 1
                 count, action = self.after.get(daemon, (0, None))
-                if action is not None and sum(1 for w in self.writes if w.daemon == daemon) == count:
+                if action is not None and self.requests[daemon] == count:
                     await action()  # before the daemon reads this answer
                     self.acted_at[daemon] = time.monotonic()
             return response
 
         return handle
+
+
+def written(method: str, rest: str, status: int, body: bytes, answer: bytes) -> list[str]:
+    """``POST /Users 201``: each write of a request, the operations of a /Bulk one by one with their results."""
+    if rest != "Bulk" or status != 200:
+        return [f"{method} /{rest} {status}"]
+    operations, results = json.loads(body)["Operations"], json.loads(answer)["Operations"]
+    assert len(results) == len(operations)  # scim2-server answers every operation, in order
+    return [f"{op['method']} {op['path']} {result['status']}" for op, result in zip(operations, results, strict=True)]
 
 
 def config_text(world_config: str, *, port: int, proxy_port: int, pg_url: str, instance: str) -> str:
@@ -208,12 +223,16 @@ async def terminate_lease_session(pg_url: str, instance: str) -> None:
         await admin.close()
 
 
+@pytest.mark.parametrize("pbx_mode", ["one-by-one", "bulk"])
 @pytest.mark.parametrize("how", ["sigkill", "cut connection"])
 async def test_a_lost_daemons_tenants_are_taken_over_without_a_duplicate_or_a_lost_change(
-        tmp_path: Path, scim_server_one_by_one: ScimServer, pg_url: str, how: str) -> None:
+        tmp_path: Path, scim_server_one_by_one: ScimServer, scim_server_small_bulk: ScimServer, pg_url: str, how: str,
+        pbx_mode: str) -> None:
     """``sigkill``: daemon a dies mid-run. ``cut connection``: PostgreSQL ends a's lease session
     (pg_terminate_backend) mid-run; a stops writing, b takes over, then a reconnects and gets its share back."""
-    async with two_daemons(tmp_path, scim_server_one_by_one, pg_url) as (world, recorder, (a, b)):
+    scim = scim_server_small_bulk if pbx_mode == "bulk" else scim_server_one_by_one
+    per_tenant = USERS // 2 if pbx_mode == "bulk" else USERS  # write requests of one tenant's first run
+    async with two_daemons(tmp_path, scim, pg_url) as (world, recorder, (a, b)):
         async with aiohttp.ClientSession() as session:
             async def settled() -> bool:
                 try:
@@ -235,7 +254,7 @@ async def test_a_lost_daemons_tenants_are_taken_over_without_a_duplicate_or_a_lo
             async def cut() -> None:
                 await terminate_lease_session(pg_url, "a")
 
-            recorder.after["a"] = (2 * USERS + 5, kill if how == "sigkill" else cut)  # in the middle of a's third tenant
+            recorder.after["a"] = (2 * per_tenant + 5, kill if how == "sigkill" else cut)  # in the middle of a's third tenant
             for tenant in TENANTS:  # every request goes to b: a's tenants are forwarded to a
                 answer = await api(session, b, "POST", f"/api/tenants/{tenant}/sync")
                 assert answer["run_id"]

@@ -1,7 +1,8 @@
 """Lost answers: the PBX applies a write, then the daemon sees a 502, a dropped
 connection or a timeout. For POST, PATCH and DELETE, one by one and inside
-/Bulk, the run still converges: no duplicate, nothing missing, no failure, and
-the next run writes nothing."""
+/Bulk (full-size requests, two in flight), on both state backends, the run
+still converges: no duplicate, nothing missing, no failure, and the next run
+writes nothing."""
 
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5, sock_read=0.5)
 @pytest.fixture(params=["bulk", "one-by-one"])
 async def lossy_env(request: pytest.FixtureRequest, graph_env: GraphEnv, pbx: PbxEnv, tmp_path: Path,
                     scim_server_one_by_one: ScimServer,
-                    lossy_proxy: Callable[[str], Awaitable[tuple[LostAnswerProxy, str]]],
+                    lossy_proxy: Callable[[str], Awaitable[tuple[LostAnswerProxy, str]]], sync_backend: str,
                     ) -> AsyncIterator[tuple[SyncEnv, LostAnswerProxy]]:
     server = pbx.server if request.param == "bulk" else scim_server_one_by_one
     proxy, url = await lossy_proxy(server.url(pbx.tenant))
     client = pbx.client
     pbx.client = PbxClient(client.transport, url, server.token, CLIENT_TIMEOUT)
-    db = await open_database(tmp_path / "state.db")
+    db = await open_database(request.getfixturevalue("pg_url") if sync_backend == "postgresql" else tmp_path / "state.db")
     store = Store(db, clock=graph_env.clock.time)
     await store.register_tenant("t", "d", "a")
     env = SyncEnv(graph_env, pbx, db, store, SyncStore(db, clock=graph_env.clock.time), tmp_path,

@@ -8,17 +8,23 @@ is refused by SCIM servers with 400).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from daemon.pbx.connection import pbx_link
+from daemon.pbx.connection import encoded_body, pbx_link
 from daemon.pbx.schema import BULK_REQUEST, ENDPOINTS, PATCH_OP
 from daemon.pbx.types import Answer, PbxOperation, ProviderConfig, required_payload, scim_int, valid_pbx_id
 
-ENVELOPE_BYTES = len(json.dumps({"schemas": [BULK_REQUEST], "Operations": []}).encode())
+
+def encoded_size(value: Any) -> int:
+    """Bytes of ``value`` as the connection sends it as a body."""
+    return len(encoded_body(value))
+
+
+ENVELOPE_BYTES = encoded_size({"schemas": [BULK_REQUEST], "Operations": []})
+SEPARATOR_BYTES = len(", ")  # between two entries of the Operations list
 
 
 def bulk_entry(index: int, operation: PbxOperation, etag_supported: bool) -> dict[str, Any]:
@@ -42,22 +48,33 @@ def bulk_body(chunk: Sequence[PbxOperation], etag_supported: bool) -> dict[str, 
 
 
 def chunks(operations: Sequence[PbxOperation], config: ProviderConfig) -> list[list[PbxOperation]]:
-    """Split into bulk requests within maxOperations and maxPayloadSize."""
+    """Split into bulk requests within maxOperations and maxPayloadSize.
+
+    Sizes are those of the body as sent (:func:`encoded_size`: each entry with
+    its own ``bulkId`` and the separator before it), so a request is never
+    over the announced size by a byte; an operation over it alone goes alone."""
     out: list[list[PbxOperation]] = []
     current: list[PbxOperation] = []
     size = ENVELOPE_BYTES
+    limit = config.bulk_max_payload_size
     for operation in operations:
-        entry_size = len(json.dumps(bulk_entry(len(current), operation, config.etag), ensure_ascii=False).encode()) + 1
+        entry_size = _entry_bytes(len(current), operation, config.etag)
         too_many = len(current) >= config.bulk_max_operations
-        too_big = config.bulk_max_payload_size and size + entry_size > config.bulk_max_payload_size
+        too_big = bool(limit) and size + entry_size > limit
         if current and (too_many or too_big):
             out.append(current)
             current, size = [], ENVELOPE_BYTES
+            entry_size = _entry_bytes(0, operation, config.etag)
         current.append(operation)
         size += entry_size
     if current:
         out.append(current)
     return out
+
+
+def _entry_bytes(index: int, operation: PbxOperation, etag_supported: bool) -> int:
+    separator = SEPARATOR_BYTES if index else 0
+    return encoded_size(bulk_entry(index, operation, etag_supported)) + separator
 
 
 @dataclass(frozen=True)

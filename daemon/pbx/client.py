@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from daemon.errors import PbxConflict, PbxRequestFailed
 from daemon.logging import get_logger
 from daemon.pbx.bulk import bulk_body, bulk_results, chunks
-from daemon.pbx.connection import DEFAULT_TIMEOUT, RETRYABLE_STATUSES, AnswerLost, PbxConnection
+from daemon.pbx.connection import DEFAULT_TIMEOUT, RETRYABLE_STATUSES, WRITES_IN_FLIGHT, AnswerLost, PbxConnection
 from daemon.pbx.mapping import PatchOperation, Payload, managed_view, patch_operations
 from daemon.pbx.schema import ENDPOINTS, EXTENSION_NUMBER_PATHS, PATCH_OP
 from daemon.pbx.types import (
@@ -35,6 +36,7 @@ from daemon.pbx.types import (
     without_photos,
 )
 from daemon.retry import RetryableFailure
+from daemon.window import run_windowed
 
 log = get_logger(__name__)
 
@@ -99,11 +101,17 @@ class PbxClient(PbxConnection):
             return await self._update(operation)
         return await self._delete(operation)
 
+    async def operations_per_request(self) -> int:
+        config = await self.discover()
+        return config.bulk_max_operations if config.bulk else 1
+
     async def execute_many(self, operations: Sequence[PbxOperation]) -> AsyncIterator[PbxOutcome]:
         """Apply many writes, through ``/Bulk`` when the PBX announces it.
 
         Updates with nothing to send are done without a request; writes that may
-        already be applied go one by one, because they need a read first."""
+        already be applied go one by one, because they need a read first. Where
+        the announced payload size splits them into several requests, up to
+        ``WRITES_IN_FLIGHT`` are in flight; the outcomes come in request order."""
         config = await self.discover()
         pending: list[PbxOperation] = []
         for operation in operations:
@@ -117,11 +125,20 @@ class PbxClient(PbxConnection):
                 yield await self.execute(operation)
         if len(bulkable) < 2:
             return
-        for chunk in chunks(bulkable, config):
-            if len(chunk) == 1:
-                yield await self.execute(chunk[0])
-                continue
-            async for outcome in self._bulk(chunk):
+        requests = chunks(bulkable, config)
+        answered: list[list[PbxOutcome]] = [[] for _ in requests]
+
+        async def send(index: int) -> None:
+            request = requests[index]
+            if len(request) == 1:
+                answered[index] = [await self.execute(request[0])]
+            else:
+                answered[index] = [outcome async for outcome in self._bulk(request)]
+
+        # several requests (over the announced payload size): the next is sent while the PBX works on one
+        await run_windowed([partial(send, index) for index in range(len(requests))], WRITES_IN_FLIGHT)
+        for outcomes in answered:
+            for outcome in outcomes:
                 yield outcome
 
     async def _create(self, operation: PbxOperation) -> PbxOutcome:
@@ -293,7 +310,8 @@ class PbxClient(PbxConnection):
     async def _bulk(self, chunk: Sequence[PbxOperation]) -> AsyncIterator[PbxOutcome]:
         config = await self.discover()
         try:
-            answer = await self._request("bulk", "POST", "/Bulk", body=bulk_body(chunk, config.etag), idempotent=False)
+            answer = await self._request("bulk", "POST", "/Bulk", body=bulk_body(chunk, config.etag), idempotent=False,
+                                         timeout=self.bulk_timeout(len(chunk)))
         except AnswerLost as lost:
             log.info("the PBX's answer to a bulk request was lost; resolving each write by reading",
                      operations=len(chunk), reason=lost.failure.reason)

@@ -8,6 +8,7 @@ failure raises :class:`AnswerLost` for the writer to resolve by reading.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -34,6 +35,8 @@ log = get_logger(__name__)
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10, sock_read=30)
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_PAGE_SIZE = 1000  # the inventory's page size: the PBX's filter.maxResults, up to this
+WRITES_IN_FLIGHT = 2  # write requests sent before the first is answered, at most
+BULK_OPERATIONS_PER_TIMEOUT = 500  # a /Bulk request gets one more timeout per this many operations waiting
 
 
 class AnswerLost(Exception):
@@ -44,6 +47,11 @@ class AnswerLost(Exception):
     def __init__(self, failure: RetryableFailure) -> None:
         super().__init__(failure.reason)
         self.failure = failure
+
+
+def encoded_body(body: Any) -> bytes:
+    """A request's body as sent (``/Bulk`` sizes its requests by this very encoding)."""
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 def pbx_link(url: str, base_url: str, what: str) -> str:
@@ -75,6 +83,9 @@ class PbxConnection:
         # A shared state: raises LeaseLost once this daemon lost the tenant, asked of the lease
         # session right before each write request (the one place writes are checked).
         self.may_write: Callable[[], Awaitable[None]] | None = None
+        # Write requests in flight at once, whoever sends them (the applier's chunks, the requests
+        # of one chunk): the next is sent while the PBX works on one, and no more pile up.
+        self.write_slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
 
     # --- transport ---
 
@@ -88,17 +99,25 @@ class PbxConnection:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> Answer:
         """Send with the retry policy; any answer that is not retryable is returned.
 
         A request that is not idempotent is retried only on 429 (refused before
         it was applied); any other retryable failure raises :class:`AnswerLost`."""
-        if method != "GET" and self.may_write is not None:
-            await self.may_write()
+        if method == "GET":
+            return await self._send(op, method, path, body, params, headers, idempotent, timeout)
+        async with self.write_slots:
+            if self.may_write is not None:  # in its slot, right before it is sent
+                await self.may_write()
+            return await self._send(op, method, path, body, params, headers, idempotent, timeout)
 
+    async def _send(self, op: str, method: str, path: str, body: Any, params: Mapping[str, str] | None,
+                    headers: Mapping[str, str] | None, idempotent: bool,
+                    timeout: aiohttp.ClientTimeout | None) -> Answer:
         async def attempt() -> Answer:
             try:
-                return await self._send_once(op, method, path, body, params, headers)
+                return await self._send_once(op, method, path, body, params, headers, timeout or self.timeout)
             except RetryableFailure as failure:
                 if not idempotent and failure.lost:
                     raise AnswerLost(failure) from failure
@@ -113,19 +132,19 @@ class PbxConnection:
             raise self._unavailable(op, failure) from failure
 
     async def _send_once(self, op: str, method: str, path: str, body: Any, params: Mapping[str, str] | None,
-                         headers: Mapping[str, str] | None) -> Answer:
+                         headers: Mapping[str, str] | None, timeout: aiohttp.ClientTimeout) -> Answer:
         url = pbx_link(path, self.base_url, "URL") if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
         all_headers = {"Authorization": f"Bearer {self._token}", "Accept": SCIM_JSON, **(headers or {})}
         data = None
         if body is not None:
-            data = json.dumps(body, ensure_ascii=False).encode()
+            data = encoded_body(body)
             all_headers["Content-Type"] = SCIM_JSON
         transport = self.transport
         metrics, tenant = transport.metrics, transport.tenant
         started = transport.clock.monotonic()
         try:
             async with transport.session.request(method, url, data=data, params=params, headers=all_headers,
-                                                 ssl=transport.ssl, timeout=self.timeout,
+                                                 ssl=transport.ssl, timeout=timeout,
                                                  allow_redirects=False) as response:
                 raw = await response.read()
                 answer = Answer(response.status, dict(response.headers), _json_or_none(raw))
@@ -146,6 +165,15 @@ class PbxConnection:
                                    retry_after=retry_after_seconds(answer.headers), lost=answer.status != 429,
                                    detail=answer.detail)
         return answer
+
+    def bulk_timeout(self, operations: int) -> aiohttp.ClientTimeout:
+        """The timeout of a ``/Bulk`` request of ``operations``: the PBX works through each, and
+        the request may wait behind the one sent before it, so a full request of 1,000 may take
+        several single requests' time before its answer counts as lost (then resolved by reading)."""
+        factor = 1 + operations * WRITES_IN_FLIGHT / BULK_OPERATIONS_PER_TIMEOUT
+        base = self.timeout
+        return aiohttp.ClientTimeout(total=base.total and base.total * factor, connect=base.connect,
+                                     sock_connect=base.sock_connect, sock_read=base.sock_read and base.sock_read * factor)
 
     def _unavailable(self, op: str, failure: RetryableFailure) -> PbxUnavailable:
         if failure.status is None:

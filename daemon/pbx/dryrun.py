@@ -32,6 +32,9 @@ class DryRunPbxClient:
         for operation in operations:
             yield await self.execute(operation)
 
+    async def operations_per_request(self) -> int:
+        return 1  # it sends nothing: the applier's own chunk size
+
     def plan(self) -> list[str]:
         """What would have been sent, one line per operation."""
         return list(self.described)

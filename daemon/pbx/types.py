@@ -145,6 +145,10 @@ class PbxWriter(Protocol):
 
     def execute_many(self, operations: Sequence[PbxOperation]) -> AsyncIterator[PbxOutcome]: ...
 
+    async def operations_per_request(self) -> int:
+        """How many writes one request carries: ``bulk.maxOperations`` where the PBX has ``/Bulk``, else 1."""
+        ...
+
 
 @dataclass
 class Answer:

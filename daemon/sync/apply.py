@@ -1,7 +1,13 @@
 """The one applier: every kind's changes go to the PBX here, and nowhere else.
 
 Phases run in order (creates and updates, memberships, disables, group
-deletes, user deletes), each in chunks of ``WRITE_CHUNK`` changes:
+deletes, user deletes), each in chunks as large as one request of the PBX
+(its ``bulk.maxOperations``; ``WRITE_CHUNK`` changes where it has no
+``/Bulk``). Within a phase up to ``REQUESTS_IN_FLIGHT`` chunks are in flight
+(``window``): the next chunk is built and sent while the PBX works on the
+one before. A phase starts once every chunk of the one before is answered
+and recorded, so a group or contact names the PBX ids of users created
+earlier in the run, and deletes come last. Each chunk:
 
 1. the chunk is materialized, its typed references resolved in one step
    (``materialize``): deferred creates get their payloads from the stored
@@ -11,7 +17,8 @@ deletes, user deletes), each in chunks of ``WRITE_CHUNK`` changes:
 2. its creates (and the numbers they take) are journaled in one transaction,
    so after a crash they are looked up by externalId instead of sent again;
 3. the writer sends it (``/Bulk`` where the PBX supports it, never an empty
-   PATCH; lost answers are resolved by the PBX client);
+   PATCH; lost answers are resolved by the PBX client, which asks the lease
+   before each write request);
 4. its bookkeeping, and each written object's history entry, is recorded in
    one transaction (history older than ``[state] history_days`` is pruned
    once per apply).
@@ -24,21 +31,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Protocol
 
 from daemon.errors import reason_of
 from daemon.logging import get_logger
+from daemon.pbx.connection import WRITES_IN_FLIGHT
 from daemon.pbx.types import PbxOutcome, PbxWriter
 from daemon.sync.changes import Change, Phase, Plan, failure_text
 from daemon.sync.history import history_entry
 from daemon.sync.materialize import build_deferred, resolve_users, with_photo
+from daemon.window import run_windowed
 from state.history import HistoryEntry
 from state.pushed import Bookkeeping, BusyPushed, Failed, Pushed
 from state.sync_store import SyncStore
 
 log = get_logger(__name__)
 
-WRITE_CHUNK = 50
+WRITE_CHUNK = 50  # changes per chunk without /Bulk: one bookkeeping transaction each
+MAX_CHUNK = 5000  # a PBX announcing more still gets chunks of this many: one chunk's payloads are held at once
+REQUESTS_IN_FLIGHT = WRITES_IN_FLIGHT  # chunks in flight; the PBX client holds its requests to the same bound
 
 Progress = Callable[[str, int, int], None]
 
@@ -63,7 +75,8 @@ class Applier:
     report: ReportSink
     progress: Progress | None = None
     photos: PhotoSource | None = None  # without it, writes that carry a photo send none
-    chunk_size: int = WRITE_CHUNK
+    chunk_size: int | None = None  # None: as many as one request of the PBX carries (operations_per_request)
+    in_flight: int = REQUESTS_IN_FLIGHT
     _user_ids: dict[str, str] | None = field(default=None, init=False, repr=False)  # looked up once per apply
 
     async def apply(self, plan: Plan) -> None:
@@ -79,15 +92,24 @@ class Applier:
             await self.sync_store.prune_history()
         ordered = plan.ordered()
         self._user_ids = None
-        done = 0
+        if not ordered:
+            return
+        size = self.chunk_size or min(MAX_CHUNK, max(WRITE_CHUNK, await self.writer.operations_per_request()))
+        done = [0, len(ordered)]
         for phase in Phase:
             changes = [c for c in ordered if c.phase == phase]
-            for start in range(0, len(changes), self.chunk_size):
-                chunk = changes[start : start + self.chunk_size]
-                done += len(chunk)
-                await self._apply_chunk(await self._materialize(chunk))
-                if self.progress is not None:
-                    self.progress("apply", done, len(ordered))
+            if self._user_ids is None and any(c.refs.pending_users for c in changes):
+                # once per run, after the creates' phase was answered and recorded: every user create is done
+                self._user_ids = await self.sync_store.pbx_ids(self.tenant, "user")
+            chunks = [changes[start : start + size] for start in range(0, len(changes), size)]
+            await run_windowed([partial(self._chunk, chunk, done) for chunk in chunks], self.in_flight)
+
+    async def _chunk(self, chunk: list[Change], done: list[int]) -> None:
+        """One chunk, start to end: materialized, journaled, sent, recorded."""
+        await self._apply_chunk(await self._materialize(chunk))
+        done[0] += len(chunk)
+        if self.progress is not None:
+            self.progress("apply", done[0], done[1])
 
     async def _materialize(self, chunk: list[Change]) -> list[Change]:
         """The chunk as it is sent: every typed reference resolved (see ``materialize``)."""
@@ -97,11 +119,10 @@ class Applier:
             chunk = build_deferred(chunk, await self.sync_store.graph_copies(self.tenant, "user", deferred), failed)
             await self._record_failed([(change, failure_text(error)) for change, error in failed])
         if any(c.refs.pending_users for c in chunk):
-            if self._user_ids is None:  # once per run: creates come first, so every user create is done by now
-                self._user_ids = await self.sync_store.pbx_ids(self.tenant, "user")
+            user_ids = self._user_ids or {}  # looked up by apply before this phase
             resolved = []
             for change in chunk:
-                done = resolve_users(change, self._user_ids)
+                done = resolve_users(change, user_ids)
                 if done is None:
                     log.info("left for the next run: its user was not created", kind=change.kind, object=change.label)
                 else:
