@@ -27,6 +27,14 @@ def copy_with_synced(row: Any) -> tuple[GraphCopy, SyncedRow | None]:
     """A row of ``COPY_WITH_SYNCED``, decoded."""
     return GraphCopy(row[0], json.loads(row[1]), row[2], row[1]), (synced_row(row[3:]) if row[3] is not None else None)
 
+# Each found by its index (tests/test_query_plans.py holds them to it).
+DIRTY_IDS = "SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND dirty = 1"
+CLEAR_DIRTY = "UPDATE graph_objects SET dirty = 0 WHERE tenant = ? AND kind = ? AND dirty = 1"
+FAILED_OBJECTS = ("SELECT graph_id, retry_at, quarantine_fingerprint FROM synced_objects"
+                  " WHERE tenant = ? AND kind = ? AND retry_at IS NOT NULL")
+OUT_OF_SCOPE_BEFORE = "SELECT graph_id FROM synced_objects WHERE tenant = ? AND kind = ? AND out_of_scope_since <= ?"
+PHOTO_CHECKS_DUE = "SELECT user_id FROM photo_checks WHERE tenant = ? AND due_at <= ?"
+
 
 class DueQueries:
     db: Database
@@ -51,7 +59,7 @@ class DueQueries:
         return {
             row[0]
             for row in await self.db.fetchall(
-                "SELECT id FROM graph_objects WHERE tenant = ? AND kind = ? AND dirty = 1", (tenant, kind)
+                DIRTY_IDS, (tenant, kind)
             )
         }
 
@@ -70,18 +78,14 @@ class DueQueries:
                     (tenant, name, value),
                 )
             for kind in planned:
-                await conn.execute(
-                    "UPDATE graph_objects SET dirty = 0 WHERE tenant = ? AND kind = ? AND dirty = 1", (tenant, kind)
-                )
+                await conn.execute(CLEAR_DIRTY, (tenant, kind))
 
     async def failed_objects(self, tenant: str, kind: str) -> list[tuple[str, float, bool]]:
         """(graph id, retry at, quarantined) of every object whose last attempt failed."""
         return [
             (row[0], float(row[1]), row[2] is not None)
             for row in await self.db.fetchall(
-                "SELECT graph_id, retry_at, quarantine_fingerprint FROM synced_objects"
-                " WHERE tenant = ? AND kind = ? AND retry_at IS NOT NULL",
-                (tenant, kind),
+                FAILED_OBJECTS, (tenant, kind)
             )
         ]
 
@@ -90,8 +94,7 @@ class DueQueries:
         return {
             row[0]
             for row in await self.db.fetchall(
-                "SELECT graph_id FROM synced_objects WHERE tenant = ? AND kind = ? AND out_of_scope_since <= ?",
-                (tenant, kind, before),
+                OUT_OF_SCOPE_BEFORE, (tenant, kind, before)
             )
         }
 
@@ -99,7 +102,7 @@ class DueQueries:
         return {
             row[0]
             for row in await self.db.fetchall(
-                "SELECT user_id FROM photo_checks WHERE tenant = ? AND due_at <= ?", (tenant, now)
+                PHOTO_CHECKS_DUE, (tenant, now)
             )
         }
 

@@ -78,8 +78,8 @@ async def needs_full_plan(tenant: TenantConfig, sync_store: SyncStore, fingerpri
 
 async def select_users(tenant: TenantConfig, sync_store: SyncStore, snapshot: Snapshot, *, full: bool) -> UserSelection:
     """Changed users plus those whose timers are due, each set from an index."""
-    if full:
-        return UserSelection(True)
+    if full or not tenant.users.enabled:  # users off: the planner touches nobody either way
+        return UserSelection(full)
     name, now = tenant.name, snapshot.now
     ids = await sync_store.dirty_ids(name, "user")
     held_back: list[tuple[str, bool]] = []
