@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from daemon.config import TenantConfig
 from daemon.graph.client import GraphClient
@@ -35,10 +36,8 @@ from daemon.sync.changes import Change, Plan
 from daemon.sync.guard import guard, held_rows
 from daemon.sync.intake import describe
 from daemon.sync.photos import PhotoBytes, photo_check_due, photo_due_at, photo_versions
-from daemon.sync.plan_contacts import ContactPlanner, Mailbox
 from daemon.sync.plan_groups import plan_groups
 from daemon.sync.plan_users import PlanInputs, UserPlanner
-from daemon.sync.read_contacts import ContactsRead, ContactsReader
 from daemon.sync.read_groups import GroupsRead, read_groups
 from daemon.sync.read_mailboxes import shared_mailboxes, unreadable_settings
 from daemon.sync.read_users import read_users
@@ -47,6 +46,10 @@ from daemon.sync.scope import decide
 from daemon.sync.snapshot import Inventory, Snapshot, read_inventory, take_snapshot, with_inventory
 from state.store import Store
 from state.sync_store import SyncStore
+
+if TYPE_CHECKING:  # the contacts modules are imported by a run that has contacts to sync
+    from daemon.sync.plan_contacts import Mailbox
+    from daemon.sync.read_contacts import ContactsRead
 
 log = get_logger(__name__)
 
@@ -191,6 +194,8 @@ class TenantSync:
 
     def _mailboxes(self, users: UserPlanner, snapshot: Snapshot) -> dict[str, Mailbox]:
         """Whose contacts go to the PBX: users active after this run, and shared mailboxes."""
+        from daemon.sync.plan_contacts import Mailbox
+
         mailboxes: dict[str, Mailbox] = {}
         if self.tenant.personal_contacts.enabled:
             for user_id, (upn, pbx_id) in sorted(users.active.items()):
@@ -202,6 +207,8 @@ class TenantSync:
         return mailboxes
 
     async def _read_contacts(self, users: UserPlanner, snapshot: Snapshot, report: RunReport) -> ContactsRead:
+        from daemon.sync.read_contacts import ContactsReader
+
         row = await self.store.tenant(self.tenant.name)
         reader = ContactsReader(self.tenant, self.store, self.sync_store, self.graph,
                                 authorized_at=row.auth_changed_at if row is not None else None, now=self.now())
@@ -216,6 +223,8 @@ class TenantSync:
 
     async def _plan_contacts(self, users: UserPlanner, snapshot: Snapshot, read: ContactsRead,
                              report: RunReport) -> Plan:
+        from daemon.sync.plan_contacts import ContactPlanner
+
         on_pbx: dict[str, str] = {}
         if read.full_rounds:  # folders read from scratch: their contacts may be on the PBX, unrecorded
             on_pbx = (await read_inventory(self.pbx, contacts=True)).contacts
