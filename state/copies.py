@@ -8,7 +8,7 @@ a scan of every copy of the tenant.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,14 @@ ID_CHUNK = 500  # ids per IN (...) list, well below SQLite's variable limit
 # Kinds planned by change: a merged or removed copy of these is marked ``dirty``
 # until a plan that saw it was applied (``state.due``).
 PLANNED_BY_CHANGE = frozenset({"user"})
+
+
+def id_chunks(ids: Iterable[str]) -> Iterator[tuple[list[str], str]]:
+    """``ids`` in chunks of ``ID_CHUNK``, each with its ``?, ?, ...`` placeholders for an IN list."""
+    wanted = list(ids)
+    for start in range(0, len(wanted), ID_CHUNK):
+        chunk = wanted[start : start + ID_CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 @dataclass(frozen=True)
@@ -100,11 +108,8 @@ class CopyQueries:
 
     async def known_ids(self, tenant: str, kind: str, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` have a stored copy (one indexed look-up per 500 ids)."""
-        wanted = list(ids)
         known: set[str] = set()
-        for start in range(0, len(wanted), ID_CHUNK):
-            chunk = wanted[start : start + ID_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in id_chunks(ids):
             known.update(
                 row[0]
                 for row in await self.db.fetchall(

@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
-from state.copies import ID_CHUNK, GraphCopy
+from state.copies import GraphCopy, id_chunks
 from state.db import Database
 from state.pushed import SYNCED_COLUMNS, SyncedRow, synced_row
 from state.store import Clock, write_delta_links
@@ -110,10 +110,7 @@ class DueQueries:
         self, tenant: str, kind: str, ids: Iterable[str]
     ) -> AsyncIterator[tuple[GraphCopy, SyncedRow | None]]:
         """The Graph copies of ``ids`` joined with their pushed state, in id order (one query per 500)."""
-        wanted = sorted(set(ids))
-        for start in range(0, len(wanted), ID_CHUNK):
-            chunk = wanted[start : start + ID_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in id_chunks(sorted(set(ids))):
             for row in await self.db.fetchall(
                 f"{COPY_WITH_SYNCED} WHERE g.tenant = ? AND g.kind = ? AND g.id IN ({marks}) ORDER BY g.id",
                 (tenant, kind, *chunk),
@@ -122,11 +119,8 @@ class DueQueries:
 
     async def photo_checked(self, tenant: str, user_ids: Iterable[str]) -> set[str]:
         """Which of ``user_ids`` had their photo checked before (one indexed look-up per 500)."""
-        wanted = sorted(set(user_ids))
         checked: set[str] = set()
-        for start in range(0, len(wanted), ID_CHUNK):
-            chunk = wanted[start : start + ID_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in id_chunks(set(user_ids)):
             checked.update(
                 row[0]
                 for row in await self.db.fetchall(
