@@ -1,5 +1,9 @@
 """Operator commands that work on the state database: sync once (or dry-run),
-explain one user, approve held deprovisions."""
+explain one user, approve held deprovisions.
+
+What only one command needs (the status report, explain's scope rules, the
+history view, the copy of a shared state) is imported by that command, so
+``sync --once`` does not pay for it at start-up."""
 
 from __future__ import annotations
 
@@ -17,22 +21,15 @@ from typing import TextIO
 
 import aiohttp
 
-from daemon import status as status_module
 from daemon.auth.manager import AuthManager
 from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import ConfigError, ConfigProblem, StateError
-from daemon.history_view import EXPLAIN_ENTRIES, history_lines, object_history
 from daemon.metrics import Metrics
-from daemon.pbx.schema import PBX_USER
 from daemon.redact import redact_text, redact_value
 from daemon.sealer import sealer_for
-from daemon.sync.plan_users import settings_fingerprint
-from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, shared_detection_note
+from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX
 from daemon.sync.report import describe_counts
 from daemon.sync.runner import PHOTOS_SUFFIX, RunResult, TenantRunner
-from daemon.sync.scope import matches, sso_flags
-from daemon.sync.user_scope import decide_stored
-from state.copy import copy_database
 from state.db import Database
 from state.open import open_database
 from state.sqlite import state_access_error
@@ -65,6 +62,8 @@ async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = 
         scratch = tempfile.TemporaryDirectory(prefix="m365sync-dry-run-")
         copy = Path(scratch.name) / "state.db"
         if config.state.shared:
+            from state.copy import copy_database
+
             await copy_database(config.state.target, copy, password_file=config.state.password_file)
         elif _state_file_exists(config.state.path):
             _backup(config.state.path, copy)
@@ -191,6 +190,13 @@ def print_result(result: RunResult, dry_run: bool, out: TextIO) -> None:
 
 async def explain_user(config: Config, tenant_name: str, reference: str, out: TextIO = sys.stdout) -> int:
     """``m365sync explain``: why a user is or is not synced, and what the PBX has."""
+    from daemon.history_view import EXPLAIN_ENTRIES, history_lines
+    from daemon.pbx.schema import PBX_USER
+    from daemon.sync.plan_users import settings_fingerprint
+    from daemon.sync.read_mailboxes import shared_detection_note
+    from daemon.sync.scope import matches, sso_flags
+    from daemon.sync.user_scope import decide_stored
+
     tenant = config.tenant(tenant_name)
     async with open_stores(config, Metrics()) as stores:
         copy = await stores.sync.find_user(tenant.name, reference)
@@ -246,6 +252,8 @@ async def explain_user(config: Config, tenant_name: str, reference: str, out: Te
 
 async def history(config: Config, tenant_name: str, reference: str, out: TextIO = sys.stdout) -> int:
     """``m365sync history``: every write to one user or group, oldest first, kept for [state] history_days."""
+    from daemon.history_view import history_lines, object_history
+
     tenant = config.tenant(tenant_name)
     async with open_stores(config, Metrics()) as stores:
         found = await object_history(stores.sync, tenant.name, reference)
@@ -277,6 +285,8 @@ async def status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int
     It reads a copy: the real file is neither created (before the daemon's
     first start) nor migrated nor written, whoever runs the command. A shared
     PostgreSQL state is read where it is, and nothing is registered."""
+    from daemon import status as status_module
+
     async with open_stores(config, Metrics(), scratch_copy=True, read_only=True) as stores:
         reports = await status_module.collect(config, stores.store, stores.sync)
     if as_json:

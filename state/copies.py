@@ -8,7 +8,7 @@ a scan of every copy of the tenant.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,17 @@ from state.db import Database
 from state.store import Clock
 
 ID_CHUNK = 500  # ids per IN (...) list, well below SQLite's variable limit
+# Kinds planned by change: a merged or removed copy of these is marked ``dirty``
+# until a plan that saw it was applied (``state.due``).
+PLANNED_BY_CHANGE = frozenset({"user"})
+
+
+def id_chunks(ids: Iterable[str]) -> Iterator[tuple[list[str], str]]:
+    """``ids`` in chunks of ``ID_CHUNK``, each with its ``?, ?, ...`` placeholders for an IN list."""
+    wanted = list(ids)
+    for start in range(0, len(wanted), ID_CHUNK):
+        chunk = wanted[start : start + ID_CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class CopyQueries:
         if not changes:
             return
         now = self.clock()
+        dirty = int(kind in PLANNED_BY_CHANGE)
         async with self.db.transaction() as conn:
             existing = await self._existing(conn, tenant, kind, [str(c["id"]) for c in changes])
             rows: list[tuple[Any, ...]] = []
@@ -61,16 +73,17 @@ class CopyQueries:
                             now,
                             owner,
                             folder,
+                            dirty,
                         )
                     )
                     continue
                 data.update({k: v for k, v in change.items() if not k.startswith("@")})
-                rows.append((tenant, kind, id_, json.dumps(data), None, now, owner, folder))
+                rows.append((tenant, kind, id_, json.dumps(data), None, now, owner, folder, dirty))
                 existing[id_] = data
             await conn.executemany(
-                "INSERT INTO graph_objects (tenant, kind, id, data, removed, updated_at, owner, folder)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, kind, id) DO UPDATE SET data = excluded.data,"
-                " removed = excluded.removed, updated_at = excluded.updated_at,"
+                "INSERT INTO graph_objects (tenant, kind, id, data, removed, updated_at, owner, folder, dirty)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, kind, id) DO UPDATE SET data = excluded.data,"
+                " removed = excluded.removed, updated_at = excluded.updated_at, dirty = excluded.dirty,"
                 " owner = coalesce(excluded.owner, graph_objects.owner),"
                 " folder = coalesce(excluded.folder, graph_objects.folder)",
                 rows,
@@ -95,11 +108,8 @@ class CopyQueries:
 
     async def known_ids(self, tenant: str, kind: str, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` have a stored copy (one indexed look-up per 500 ids)."""
-        wanted = list(ids)
         known: set[str] = set()
-        for start in range(0, len(wanted), ID_CHUNK):
-            chunk = wanted[start : start + ID_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in id_chunks(ids):
             known.update(
                 row[0]
                 for row in await self.db.fetchall(
@@ -136,8 +146,8 @@ class CopyQueries:
     async def _mark_removed(self, tenant: str, kind: str, ids: list[str], reason: str) -> None:
         async with self.db.transaction() as conn:
             await conn.executemany(
-                "UPDATE graph_objects SET removed = ?, updated_at = ? WHERE tenant = ? AND kind = ? AND id = ?",
-                [(reason, self.clock(), tenant, kind, id_) for id_ in ids],
+                "UPDATE graph_objects SET removed = ?, updated_at = ?, dirty = ? WHERE tenant = ? AND kind = ? AND id = ?",
+                [(reason, self.clock(), int(kind in PLANNED_BY_CHANGE), tenant, kind, id_) for id_ in ids],
             )
 
     async def remove_folder_copies(self, tenant: str, kind: str, owner: str, folder: str) -> None:

@@ -36,7 +36,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "runs": ("id", "tenant", "trigger", "started_at", "finished_at", "result", "summary", "error"),
     "token_cache": ("tenant", "cache", "updated_at"),
     "auth_attempts": ("id", "tenant", "purpose", "created_at", "expires_at", "used_at", "data"),
-    "graph_objects": ("tenant", "kind", "id", "data", "removed", "updated_at", "owner", "folder"),
+    "graph_objects": ("tenant", "kind", "id", "data", "removed", "updated_at", "owner", "folder", "dirty"),
     "group_members": ("tenant", "group_id", "member_id"),
     "held_deprovisions": ("tenant", "graph_id", "action", "held_at", "approved", "kind"),
     "tenant_sync_state": ("tenant", "name", "value"),
@@ -44,7 +44,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "contact_folders": ("tenant", "user_id", "folder_id"),
     "calendar_state": ("tenant", "user_id", "window_day", "busy_fingerprint"),
     "pending_creates": ("tenant", "kind", "graph_id", "since"),
-    "photo_checks": ("tenant", "user_id", "checked_at"),
+    "photo_checks": ("tenant", "user_id", "checked_at", "due_at"),
     "object_history": ("tenant", "kind", "graph_id", "at", "run_id", "action", "attributes", "changed_values", "reason"),
 }
 NOT_COPIED = frozenset({"run_leases", "instances"})  # a process's own run locks; the daemons of a shared state

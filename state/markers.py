@@ -3,7 +3,7 @@ folders, calendar windows and busy fingerprints, and the run lease."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from state.db import Database
 from state.store import Clock
@@ -109,12 +109,13 @@ class MarkerQueries:
             )
         }
 
-    async def set_photo_checks(self, tenant: str, user_ids: Iterable[str]) -> None:
+    async def set_photo_checks(self, tenant: str, due: Mapping[str, float]) -> None:
+        """Users checked now, each with when its next check is due (found by ``photo_checks_due``)."""
         async with self.db.transaction() as conn:
             await conn.executemany(
-                "INSERT INTO photo_checks (tenant, user_id, checked_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (tenant, user_id) DO UPDATE SET checked_at = excluded.checked_at",
-                [(tenant, u, self.clock()) for u in user_ids],
+                "INSERT INTO photo_checks (tenant, user_id, checked_at, due_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (tenant, user_id) DO UPDATE SET checked_at = excluded.checked_at, due_at = excluded.due_at",
+                [(tenant, u, self.clock(), due_at) for u, due_at in due.items()],
             )
 
     # --- the run lease ---

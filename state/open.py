@@ -1,14 +1,13 @@
 """Opening the state database: the one place that chooses the backend, so
-:mod:`state.db` (the interface both backends implement) imports neither."""
+:mod:`state.db` (the interface both backends implement) imports neither; and
+only the backend in use is imported (asyncpg costs start-up time)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from state.db import Database
-from state.postgres import open_postgres
 from state.schema import Migration
-from state.sqlite import open_sqlite
 
 
 def is_postgres_url(target: str | Path) -> bool:
@@ -21,5 +20,9 @@ async def open_database(target: Path | str, migrations: list[Migration] | None =
     ``postgresql://`` URL (its password from ``password_file`` or libpq's own
     ``PGPASSFILE``/``~/.pgpass``, never in the URL)."""
     if is_postgres_url(target):
+        from state.postgres import open_postgres
+
         return await open_postgres(str(target), migrations, password_file=password_file)
+    from state.sqlite import open_sqlite
+
     return await open_sqlite(Path(str(target).removeprefix("sqlite:")), migrations)

@@ -4,12 +4,11 @@ bookkeeping of an applied chunk (one transaction), and the create journal."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from daemon.redact import short_reason
-from state.copies import GraphCopy
 from state.db import Database
 from state.history import HistoryEntry, record_history
 from state.store import Clock
@@ -139,26 +138,6 @@ Bookkeeping = Pushed | Removed | Failed | Tracked | Remembered | BusyPushed
 class PushedQueries:
     db: Database
     clock: Clock
-
-    async def iter_with_synced(
-        self, tenant: str, kind: str
-    ) -> AsyncIterator[tuple[GraphCopy | None, SyncedRow | None]]:
-        """Every Graph copy joined with its pushed state, then pushed objects without a copy."""
-        async for row in self.db.stream(
-            f"SELECT g.id, g.data, g.removed, {', '.join('s.' + c.strip() for c in SYNCED_COLUMNS.split(','))}"
-            " FROM graph_objects g LEFT JOIN synced_objects s"
-            " ON s.tenant = g.tenant AND s.kind = g.kind AND s.graph_id = g.id"
-            " WHERE g.tenant = ? AND g.kind = ? ORDER BY g.id",
-            (tenant, kind),
-        ):
-            copy = GraphCopy(row[0], json.loads(row[1]), row[2], row[1])
-            yield copy, (synced_row(row[3:]) if row[3] is not None else None)
-        async for row in self.db.stream(
-            f"SELECT {SYNCED_COLUMNS} FROM synced_objects s WHERE s.tenant = ? AND s.kind = ? AND NOT EXISTS"
-            " (SELECT 1 FROM graph_objects g WHERE g.tenant = s.tenant AND g.kind = s.kind AND g.id = s.graph_id)",
-            (tenant, kind),
-        ):
-            yield None, synced_row(row)
 
     async def synced(self, tenant: str, kind: str, graph_id: str) -> SyncedRow | None:
         row = await self.db.fetchone(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,11 +195,7 @@ class Store:
     async def save_delta_links(self, tenant: str, resource: str, links: dict[str, str]) -> None:
         """Commit many keys' links in one transaction."""
         async with self.db.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO delta_links (tenant, resource, key, link, updated_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (tenant, resource, key) DO UPDATE SET link = excluded.link, updated_at = excluded.updated_at",
-                [(tenant, resource, key, link, self.clock()) for key, link in links.items()],
-            )
+            await write_delta_links(conn, tenant, resource, links, self.clock())
 
     async def drop_delta_links(
         self, tenant: str, resource: str, keep: list[str] | None = None, keys: list[str] | None = None
@@ -290,6 +286,15 @@ TENANT_ROWS = (
     " c.tenant IS NOT NULL, t.auth_reason, t.auth_changed_at FROM tenants t"
     " LEFT JOIN token_cache c ON c.tenant = t.name"
 )
+
+
+async def write_delta_links(conn: Any, tenant: str, resource: str, links: Mapping[str, str], now: float) -> None:
+    """Inside the caller's transaction: a resource's deltaLinks, by key."""
+    await conn.executemany(
+        "INSERT INTO delta_links (tenant, resource, key, link, updated_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (tenant, resource, key) DO UPDATE SET link = excluded.link, updated_at = excluded.updated_at",
+        [(tenant, resource, key, link, now) for key, link in links.items()],
+    )
 
 
 def _tenant_row(r: Any) -> TenantRow:

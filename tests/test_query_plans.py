@@ -14,6 +14,7 @@ from datetime import timedelta
 import scenario
 from daemon.sync.calendar import CalendarSync
 from daemon.sync.report import RunReport
+from state.due import CLEAR_DIRTY, DIRTY_IDS, FAILED_OBJECTS, OUT_OF_SCOPE_BEFORE, PHOTO_CHECKS_DUE
 from state.history import PRUNE_HISTORY
 from sync_fixtures import SyncEnv
 
@@ -120,3 +121,25 @@ async def test_the_history_retention_delete_and_an_objects_history_use_their_ind
               " ORDER BY at DESC LIMIT 5")
     assert await plan_of(sync_env, lookup) == [
         "SEARCH object_history USING INDEX object_history_object (tenant=? AND kind=? AND graph_id=?)"]
+
+
+async def test_what_a_run_plans_besides_its_delta_is_found_by_index(sync_env: SyncEnv) -> None:
+    """A run that plans only what changed finds the rest of its work (changed copies, due retries, ended
+    grace periods, due photo checks) by index: none of these reads every copy or pushed object."""
+    def bound(sql: str, *values: str) -> str:
+        for value in values:
+            sql = sql.replace("?", value, 1)
+        return sql
+
+    expected = {
+        bound(DIRTY_IDS, "'t'", "'user'"): r"SEARCH graph_objects USING (COVERING )?INDEX graph_objects_dirty \(tenant=\? AND kind=\?\)",
+        bound(CLEAR_DIRTY, "'t'", "'user'"): r"SEARCH graph_objects USING (COVERING )?INDEX graph_objects_dirty \(tenant=\? AND kind=\?\)",
+        bound(FAILED_OBJECTS, "'t'", "'user'"):
+            r"SEARCH synced_objects USING INDEX synced_objects_retry \(tenant=\? AND kind=\? AND retry_at>\?\)",
+        bound(OUT_OF_SCOPE_BEFORE, "'t'", "'user'", "1.0"):
+            r"SEARCH synced_objects USING INDEX synced_objects_out_of_scope \(tenant=\? AND kind=\? AND out_of_scope_since<\?\)",
+        bound(PHOTO_CHECKS_DUE, "'t'", "1.0"): r"SEARCH photo_checks USING INDEX photo_checks_due \(tenant=\? AND due_at<\?\)",
+    }
+    for sql, pattern in expected.items():
+        (step,) = await plan_of(sync_env, sql)
+        assert re.fullmatch(pattern, step), (sql, step)

@@ -19,8 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msal
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from daemon.auth.explain import DEAD_GRANT_CODES, AuthContext, aadsts_code, explain, redirect_uris
 from daemon.auth.platform import IdentityHttpClient, bounded
@@ -244,6 +242,9 @@ def _credential(tenant: TenantConfig) -> str | dict[str, str]:
         except OSError as err:
             raise AuthorizationRequired(f"cannot read {tenant.client_certificate_file}: {err.strerror}") from err
         key_pem = read_secret(tenant.client_private_key_file)
+        from cryptography import x509  # certificate credentials only: not imported by every process
+        from cryptography.hazmat.primitives import serialization
+
         certificate = x509.load_pem_x509_certificate(cert_pem)
         thumbprint = hashlib.sha1(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
         return {"private_key": key_pem, "thumbprint": thumbprint}

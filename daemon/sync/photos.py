@@ -25,12 +25,21 @@ from daemon.retry import header
 MAX_PHOTO_BYTES = 256 * 1024
 
 
+def _interval(user_id: str, hours: int) -> float:
+    """Seconds between two checks of this user's photo: ``hours`` scaled by a stable factor in [0.5, 1]."""
+    return hours * 3600 * (0.5 + 0.5 * (zlib.crc32(user_id.encode()) / 0xFFFFFFFF))
+
+
 def photo_check_due(user_id: str, checked_at: float | None, now: float, hours: int) -> bool:
     """Whether this run checks this user's photo (see the module docstring)."""
     if checked_at is None or hours == 0:
         return True
-    spread = 0.5 + 0.5 * (zlib.crc32(user_id.encode()) / 0xFFFFFFFF)
-    return now - checked_at >= hours * 3600 * spread
+    return now - checked_at >= _interval(user_id, hours)
+
+
+def photo_due_at(user_id: str, checked_at: float, hours: int) -> float:
+    """When the next check of a photo checked at ``checked_at`` is due (stored, so due checks are an index search)."""
+    return checked_at + _interval(user_id, hours)
 
 
 async def photo_versions(graph: GraphClient, user_ids: Iterable[str]) -> dict[str, str | None]:

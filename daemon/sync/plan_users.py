@@ -244,6 +244,19 @@ class UserPlanner:
         self.plan.changes.append(Change("user", "delete", Phase.USER_DELETE, operation,
                                         Removed("user", user_id, purge_copy), upn, reason, fingerprint))
 
+    def matches(self) -> list[str]:
+        """The settings entries some planned user matched (``section\0entry``), kept between runs that
+        plan only some users, so an entry matched by a user not planned is not reported as matching nobody."""
+        return sorted({f"users\0{r}" for r in self._matched} | {f"{s}\0{r}" for s, r in self._sso_matched})
+
+    def seed_matches(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            section, _, reference = key.partition("\0")
+            if section == "users":
+                self._matched.add(reference)
+            else:
+                self._sso_matched.add((section, reference))
+
     def _note_matches(self, data: Mapping[str, Any]) -> None:
         for reference in self.tenant.users.selected_users:
             if matches(data, [reference]):

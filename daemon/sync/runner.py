@@ -29,7 +29,6 @@ from daemon.graph.clouds import graph_base_url
 from daemon.logging import bind, get_logger, unbind
 from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
-from daemon.pbx.dryrun import DryRunPbxClient
 from daemon.retry import Clock, GraphBudget, Transport
 from daemon.sync.apply import Progress
 from daemon.sync.kinds import RUN_KINDS, Clients, SyncRequest, build_pipelines
@@ -109,7 +108,11 @@ class TenantRunner:
         """The tenant's Graph and PBX clients, for every pipeline of one request."""
         graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.tokens.token_provider(self.tenant.name))
         pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
-        return Clients(graph, pbx, DryRunPbxClient() if self.dry_run else self._guarded(pbx))
+        if self.dry_run:
+            from daemon.pbx.dryrun import DryRunPbxClient  # only a dry run's process needs it
+
+            return Clients(graph, pbx, DryRunPbxClient())
+        return Clients(graph, pbx, self._guarded(pbx))
 
     async def sync(self, request: SyncRequest, progress: Progress | None = None,
                    run_id: str | None = None) -> RunResult:

@@ -5,7 +5,8 @@
    it is needed (a full round, numbers to allocate, or the daily
    reconciliation that catches changes made by hand on the PBX);
 2. **snapshot** (``snapshot``): what the planners read, taken once;
-3. **plan** (``plan_*``), pure: users first (they decide whose mailboxes are
+3. **plan** (``plan_*``), pure: users first (every user, or only those
+   changed or due: ``changed``) (they decide whose mailboxes are
    read), then the contacts of those mailboxes are read, then groups and
    contacts are planned; one number pool for users and groups, one guard
    (``guard``) for everything that disables or deletes;
@@ -19,8 +20,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from daemon.config import TenantConfig
 from daemon.graph.client import GraphClient
@@ -28,14 +31,13 @@ from daemon.logging import get_logger
 from daemon.pbx.client import PbxClient
 from daemon.pbx.types import PbxWriter
 from daemon.sync.apply import Applier, Progress
+from daemon.sync.changed import PLAN_INPUTS, UserSelection, needs_full_plan, plan_inputs_fingerprint, select_users
 from daemon.sync.changes import Change, Plan
 from daemon.sync.guard import guard, held_rows
 from daemon.sync.intake import describe
-from daemon.sync.photos import PhotoBytes, photo_check_due, photo_versions
-from daemon.sync.plan_contacts import ContactPlanner, Mailbox
+from daemon.sync.photos import PhotoBytes, photo_check_due, photo_due_at, photo_versions
 from daemon.sync.plan_groups import plan_groups
 from daemon.sync.plan_users import PlanInputs, UserPlanner
-from daemon.sync.read_contacts import ContactsRead, ContactsReader
 from daemon.sync.read_groups import GroupsRead, read_groups
 from daemon.sync.read_mailboxes import shared_mailboxes, unreadable_settings
 from daemon.sync.read_users import read_users
@@ -45,9 +47,14 @@ from daemon.sync.snapshot import Inventory, Snapshot, read_inventory, take_snaps
 from state.store import Store
 from state.sync_store import SyncStore
 
+if TYPE_CHECKING:  # the contacts modules are imported by a run that has contacts to sync
+    from daemon.sync.plan_contacts import Mailbox
+    from daemon.sync.read_contacts import ContactsRead
+
 log = get_logger(__name__)
 
 INVENTORY_READ_AT = "inventory-read-at"
+PLAN_MATCHES = "plan-matches"  # settings entries matched by some user, carried between partial plans
 RECONCILE_SECONDS = 86400.0  # the PBX inventory is read at least daily
 
 
@@ -85,13 +92,17 @@ class TenantSync:
             report.contacts.settings_unreadable = await unreadable_settings(self.sync_store, name)
         reconcile = users_read.full_round or await self._reconciliation_due()
         inventory = await self._read_inventory() if reconcile else None
+        members = await self.sync_store.members_of(name, tenant.groups) if tenant.groups else set()
+        inputs = plan_inputs_fingerprint(tenant, members, shared)
+        full = await needs_full_plan(tenant, self.sync_store, inputs, reconcile=reconcile, all_photos=self.all_photos)
         snapshot = await take_snapshot(tenant, self.sync_store, inventory, self.now(), shared=shared,
-                                       photos=await self._photo_versions(shared))
+                                       photos=await self._photo_versions(shared, members, full))
+        selection = await select_users(tenant, self.sync_store, snapshot, full=full)
 
-        plan, users = await self._plan_users(snapshot, report)
+        plan, users = await self._plan_users(snapshot, report, selection)
         if inventory is None and await self._needs_numbers(plan):  # plan again, knowing the numbers
             snapshot = await with_inventory(snapshot, self.sync_store, await self._read_inventory())
-            plan, users = await self._plan_users(snapshot, report)
+            plan, users = await self._plan_users(snapshot, report, selection)
         # turned off with contacts still on the PBX: no mailbox is read, so the planner deletes them (guarded)
         if tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled or \
                 await self.sync_store.count_synced(name, "contact"):
@@ -104,7 +115,7 @@ class TenantSync:
 
         photos = PhotoBytes(tenant, self.graph) if tenant.users.sync_photo else None
         await Applier(name, self.sync_store, self.writer, report, self.progress, photos).apply(plan)
-        await self._commit()
+        await self._commit(users, inputs)
         if plan.held:
             report.result = "deprovisions_held"
             log.warning("deprovisions held by the mass-deletion guard", tenant=name, held=len(plan.held),
@@ -136,7 +147,8 @@ class TenantSync:
 
     # --- planning ---
 
-    async def _plan_users(self, snapshot: Snapshot, report: RunReport) -> tuple[Plan, UserPlanner]:
+    async def _plan_users(self, snapshot: Snapshot, report: RunReport,
+                          selection: UserSelection) -> tuple[Plan, UserPlanner]:
         inputs = PlanInputs(
             tenant=self.tenant, now=snapshot.now, group_members=snapshot.members_in_scope,
             pbx_numbers=frozenset(snapshot.inventory.numbers), pbx_by_external_id=snapshot.inventory.users,
@@ -144,10 +156,22 @@ class TenantSync:
             shared_mailboxes=frozenset(snapshot.shared_mailboxes),
             pending_creates=snapshot.pending_creates.get("user", frozenset()),
         )
+        name = self.tenant.name
         planner = UserPlanner(inputs, track_active=self.tenant.personal_contacts.enabled)
-        async for copy, synced in self.sync_store.iter_with_synced(self.tenant.name, "user"):
-            planner.add(copy, synced)
+        if selection.full:
+            async for copy, synced in self.sync_store.iter_with_synced(name, "user"):
+                planner.add(copy, synced)
+        else:
+            planner.seed_matches(json.loads(await self.sync_store.value(name, PLAN_MATCHES) or "[]"))
+            if planner.track_active:  # users not planned stay as they are on the PBX
+                planner.active.update({graph_id: (upn, pbx_id)
+                                       for graph_id, pbx_id, upn in await self.sync_store.active_users(name)})
+            async for copy, synced in self.sync_store.iter_with_synced_of(name, "user", selection.ids):
+                planner.active.pop(copy.id, None)
+                planner.add(copy, synced)
         plan = planner.finish()
+        for graph_id, quarantined in selection.held_back:
+            (plan.quarantined if quarantined else plan.waiting).append(("user", graph_id))
         report.unmatched_selected = planner.unmatched_selected
         # Users first: a held disable keeps its user (and so its mailbox) active.
         guard(plan, self.tenant, snapshot.synced_counts, snapshot.approved, kinds=("user",))
@@ -170,6 +194,8 @@ class TenantSync:
 
     def _mailboxes(self, users: UserPlanner, snapshot: Snapshot) -> dict[str, Mailbox]:
         """Whose contacts go to the PBX: users active after this run, and shared mailboxes."""
+        from daemon.sync.plan_contacts import Mailbox
+
         mailboxes: dict[str, Mailbox] = {}
         if self.tenant.personal_contacts.enabled:
             for user_id, (upn, pbx_id) in sorted(users.active.items()):
@@ -181,6 +207,8 @@ class TenantSync:
         return mailboxes
 
     async def _read_contacts(self, users: UserPlanner, snapshot: Snapshot, report: RunReport) -> ContactsRead:
+        from daemon.sync.read_contacts import ContactsReader
+
         row = await self.store.tenant(self.tenant.name)
         reader = ContactsReader(self.tenant, self.store, self.sync_store, self.graph,
                                 authorized_at=row.auth_changed_at if row is not None else None, now=self.now())
@@ -195,6 +223,8 @@ class TenantSync:
 
     async def _plan_contacts(self, users: UserPlanner, snapshot: Snapshot, read: ContactsRead,
                              report: RunReport) -> Plan:
+        from daemon.sync.plan_contacts import ContactPlanner
+
         on_pbx: dict[str, str] = {}
         if read.full_rounds:  # folders read from scratch: their contacts may be on the PBX, unrecorded
             on_pbx = (await read_inventory(self.pbx, contacts=True)).contacts
@@ -205,21 +235,26 @@ class TenantSync:
         report.contacts.skipped_without_phone = planner.skipped_without_phone
         return planner.finish()
 
-    async def _photo_versions(self, shared: dict[str, str]) -> dict[str, str | None]:
-        """mediaEtags of the users in scope whose check is due (only when photos are synced)."""
+    async def _photo_versions(self, shared: dict[str, str], members: set[str], full: bool) -> dict[str, str | None]:
+        """mediaEtags of the users in scope whose check is due (only when photos are synced): found
+        among every copy in a full plan, else among the checks due and the changed users never checked."""
         tenant = self.tenant
         if not (tenant.users.sync_photo and tenant.users.enabled):
             return {}
-        members = await self.sync_store.members_of(tenant.name, tenant.groups)
-        checked = await self.sync_store.photo_checks(tenant.name)
         now, hours = self.now(), 0 if self.all_photos else tenant.users.photo_check_hours
-        candidates = []
-        async for copy in self.sync_store.iter_copies(tenant.name, "user"):
-            if photo_check_due(copy.id, checked.get(copy.id), now, hours) and \
-                    decide(copy.data, copy.removed, tenant, members, frozenset(shared)).active:
-                candidates.append(copy.id)
+        if full or hours == 0:
+            checked = await self.sync_store.photo_checks(tenant.name)
+            copies = self.sync_store.iter_copies(tenant.name, "user")
+            due = [copy async for copy in copies if photo_check_due(copy.id, checked.get(copy.id), now, hours)]
+        else:
+            dirty = await self.sync_store.dirty_ids(tenant.name, "user")
+            ids = await self.sync_store.photo_checks_due(tenant.name, now)
+            ids |= dirty - await self.sync_store.photo_checked(tenant.name, dirty)
+            due = list((await self.sync_store.graph_copies(tenant.name, "user", sorted(ids))).values())
+        candidates = [copy.id for copy in due
+                      if decide(copy.data, copy.removed, tenant, members, frozenset(shared)).active]
         versions = await photo_versions(self.graph, candidates)
-        await self.sync_store.set_photo_checks(tenant.name, versions)
+        await self.sync_store.set_photo_checks(tenant.name, {user: photo_due_at(user, now, hours) for user in versions})
         return versions
 
     def _summarize(self, plan: Plan, report: RunReport) -> None:
@@ -234,13 +269,14 @@ class TenantSync:
 
     # --- commit ---
 
-    async def _commit(self) -> None:
-        """The deltaLinks, once every write of the run was tried."""
+    async def _commit(self, users: UserPlanner, inputs: str) -> None:
+        """The deltaLinks, once every write of the run was tried, with what its user plan was made from
+        (``changed``): the users it planned are no longer dirty, its inputs are the next run's baseline."""
         by_resource: dict[str, dict[str, str]] = {}
         for (resource, key), link in self.links.items():
             by_resource.setdefault(resource, {})[key] = link
-        for resource, links in by_resource.items():
-            await self.store.save_delta_links(self.tenant.name, resource, links)
+        values = {PLAN_MATCHES: json.dumps(users.matches()), PLAN_INPUTS: inputs}
+        await self.sync_store.commit_run(self.tenant.name, by_resource, values, planned=["user"])
         self.links.clear()
 
 
