@@ -127,6 +127,9 @@ class UsersConfig(_Section):
 class PersonalContactsConfig(_Section):
     enabled: bool = False
     require_phone: bool = True
+    # Each mailbox's contact folders (shared mailboxes' too) are listed again about this often, spread over
+    # the runs; their contacts come every run (daemon/sync/folder_schedule.py). 0: every run.
+    folder_refresh_hours: int = Field(default=24, ge=0, le=24 * 30)
 
 
 ShowAs = Literal["busy", "oof", "tentative", "workingElsewhere", "free", "unknown"]

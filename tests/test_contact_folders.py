@@ -44,7 +44,10 @@ async def test_a_reordered_listing_deletes_nothing(sync_env: SyncEnv) -> None:
     _, expected = await synced_folders(sync_env)
     writes = sync_env.pbx_writes()
     sync_env.graph.sim.api.settings.folders_reversed = True  # other folders on the first page now
+    sync_env.configure(personal_contacts={"enabled": True, "folder_refresh_hours": 0})  # listed again this run
+    listings = sync_env.graph_requests(r"/contactFolders$")
     report = await sync_env.run()
+    assert sync_env.graph_requests(r"/contactFolders$") == listings + 2
     assert report.result == "success" and report.contacts.counts == {}
     assert sync_env.pbx_writes() == writes and set(await sync_env.pbx_contacts()) == expected
 

@@ -68,7 +68,8 @@ async def test_a_new_folder_is_read_by_the_next_run_and_a_removed_one_takes_its_
     await sync_env.run()
     sync_env.graph.tenant.add_folder(owner, "folder-suppliers", "Suppliers")
     contact(sync_env, owner, "c-supplier", folder="folder-suppliers")
-    assert (await sync_env.run()).contacts.counts == {"create": 1}  # folders are listed every run (Sync now too)
+    sync_env.graph.clock.advance(24 * 3600)  # the mailbox's folder refresh is due (folder_refresh_hours)
+    assert (await sync_env.run()).contacts.counts == {"create": 1}
     sync_env.graph.tenant.delete_folder(owner, "folder-suppliers")
     assert (await sync_env.run()).contacts.counts == {"delete": 1}
     assert set(await sync_env.pbx_contacts()) == {"c-default"}
@@ -125,10 +126,12 @@ async def test_no_change_pass_at_1000_users_costs_one_batch_item_per_folder_and_
     await sync_env.run()
     mailboxes = len(made.members)
     batches, writes = sync_env.graph_requests(r"^/\$batch$"), sync_env.pbx_writes()
+    listings = sync_env.graph_requests(r"/contactFolders$")
     report = await sync_env.run()
     assert report.contacts.counts == {}
-    # per mailbox: one folder listing (new folders are found every run) and one delta per folder
-    assert sync_env.graph_requests(r"^/\$batch$") - batches <= math.ceil(mailboxes * (1 + 1) / 20)
+    # per mailbox: one delta per folder, and no folder listing (folders are listed on their own cadence)
+    assert sync_env.graph_requests(r"^/\$batch$") - batches <= math.ceil(mailboxes * 1 / 20)
+    assert sync_env.graph_requests(r"/contactFolders$") == listings
     assert sync_env.pbx_writes() == writes
 
 
