@@ -61,6 +61,9 @@ class AcceptingPbx:
         for _ in ():
             yield
 
+    async def operations_per_request(self) -> int:
+        return 1000  # as a PBX announcing bulk.maxOperations = 1000
+
 
 async def _token(*, force_refresh: bool = False) -> str:
     return "bench-token"
