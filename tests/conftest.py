@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # Fixture modules shared by several test files.
-pytest_plugins = ["graph_fixtures", "pbx_fixtures", "auth_fixtures", "sync_fixtures", "live_fixtures", "pg_fixtures"]
+pytest_plugins = ["graph_fixtures", "pbx_fixtures", "auth_fixtures", "sync_fixtures", "live_fixtures", "pg_fixtures",
+                  "notify_fixtures"]
 
 DIRECTORY_ID = "11111111-2222-3333-4444-555555555555"
 APPLICATION_ID = "66666666-7777-8888-9999-000000000000"
