@@ -68,13 +68,13 @@ def with_public_url(path: Path, public_url: str | None = None) -> Path:
     return path
 
 
-async def start_notified(folder: Path, scim: ScimServer, public_url: str | None = None) -> Notified:
+async def start_notified(folder: Path, scim: ScimServer, public_url: str | None = None, sections: str = "") -> Notified:
     clock = ManualClock()
     tenant = SimTenant(clock)
     build(tenant, users=6, contacts_per_user=1, contact_owners=2)
-    settings, sections = config_toml()
+    settings, more = config_toml()
     world = await FakeWorld(folder, users=0, scim=scim, sync_photo=False, tenant=tenant,
-                            tenant_settings=settings, tenant_sections=sections).start()
+                            tenant_settings=settings, tenant_sections=more + sections).start()
     assert world.config_path is not None
     service = Service(load_config(with_public_url(world.config_path, public_url)), environ={}, clock=clock)
     await service.start()

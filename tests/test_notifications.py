@@ -6,6 +6,7 @@ and polling goes on."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import aiohttp
 
 from conftest import until
 from daemon.notify.subscriptions import HANDSHAKE_RETRY_SECONDS, NOTIFY_PATH
+from daemon.pbx.schema import PBX_USER
 from notify_fixtures import TENANT, Notified, start_notified
 from scenario import user_id
 from sim.pbx import ScimServer
@@ -177,3 +179,46 @@ async def test_a_failed_handshake_is_reported_polling_goes_on_and_it_is_tried_ag
     finally:
         await setup.service.stop()
         await setup.world.stop()
+
+
+async def test_a_calendar_change_is_read_at_once_as_busy_windows(tmp_path: Path, scim_server_one_by_one: ScimServer
+                                                                 ) -> None:
+    setup = await start_notified(tmp_path / "world", scim_server_one_by_one,
+                                 sections="\n[tenants.events]\nenabled = true\n")
+    try:
+        async def subscribed() -> bool:
+            await setup.clock.settle()
+            return f"users/{user_id(1)}/events" in setup.resource_ids()
+
+        await until(subscribed, 30, "the calendar subscriptions")
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)  # the calendar window is the runner's
+        setup.world.tenant.put_event(user_id(1), "meeting", subject="private", showAs="busy", isCancelled=False,
+                                     isAllDay=False,
+                                     start={"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"},
+                                     end={"dateTime": (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S.0000000"),
+                                          "timeZone": "UTC"})
+        assert {d.status for d in await setup.graph.deliver()} == {202}
+        await setup.settle_window()
+
+        async def busy_written() -> bool:
+            await setup.clock.settle()
+            return _metric(setup, "m365sync_freshness_seconds_count", tenant=TENANT, kind="busy",
+                           trigger="notification") == 1
+
+        await until(busy_written, 30, "the notified calendar read")
+        assert await setup.runs("notification") == []  # a busy read, not a directory run
+        assert await _busy(setup, user_id(1)) == [start.strftime("%Y-%m-%dT%H:%M")]
+    finally:
+        await setup.service.stop()
+        await setup.world.stop()
+
+
+async def _busy(setup: Notified, user: str) -> list[str]:
+    """The starts (to the minute) of the user's busy windows on the PBX."""
+    assert setup.world.pbx is not None
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{setup.world.pbx.url(setup.world.pbx_tenant)}/Users?count=1000",
+            headers={"Authorization": f"Bearer {setup.world.pbx.token}"}) as response:
+        body: dict[str, Any] = await response.json(content_type=None)
+    (found,) = [r for r in body["Resources"] if r.get("externalId") == user]
+    return [str(window["start"])[:16] for window in found.get(PBX_USER, {}).get("busy", [])]
