@@ -174,8 +174,8 @@ class Service:
         ownership = supervisor.ownership
         daemon = NotifiedDaemon(lambda: supervisor.config, ownership.holds, ownership.forward_notified,
                                 supervisor.graph_for, supervisor.read_now)
-        notifications = Notifications(daemon, NotifyStore(db, self.clock.time), supervisor.sync_store, auth.sealer,
-                                      self.metrics, self.clock)
+        notifications = Notifications(daemon, NotifyStore(db, self.clock.time), supervisor.store, supervisor.sync_store,
+                                      auth.sealer, self.metrics, self.clock)
         ownership.on_notified = notifications.notified
         supervisor.on_run_finished = notifications.run_finished
         return notifications

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from conftest import until
+from daemon.auth.states import DISCONNECTED
 from daemon.notify.subscriptions import HANDSHAKE_RETRY_SECONDS, NOTIFY_PATH
 from daemon.pbx.schema import PBX_USER
 from notify_fixtures import TENANT, Notified, start_notified
@@ -222,3 +223,14 @@ async def _busy(setup: Notified, user: str) -> list[str]:
         body: dict[str, Any] = await response.json(content_type=None)
     (found,) = [r for r in body["Resources"] if r.get("externalId") == user]
     return [str(window["start"])[:16] for window in found.get(PBX_USER, {}).get("busy", [])]
+
+
+async def test_a_disconnected_tenants_subscriptions_are_deleted(notified: Notified) -> None:
+    assert notified.world.sim is not None and notified.service.notifications is not None
+    count = len(notified.graph.subscriptions)
+    await notified.service.store.set_auth_state(TENANT, DISCONNECTED, reason="m365sync disconnect")
+    await notified.service.notifications.keep(TENANT)
+    assert notified.graph.subscriptions == {}
+    deleted = [r for r in notified.world.sim.requests("^/subscriptions/") if r.method == "DELETE"]
+    assert len(deleted) == count and {r.status for r in deleted} == {204}
+    assert await NotifyStore(notified.service.store.db, notified.clock.time).subscriptions(TENANT) == []

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from daemon.auth.states import DISCONNECTED
 from daemon.config import Config, TenantConfig
 from daemon.errors import M365SyncError
 from daemon.graph.client import GraphClient
@@ -19,10 +20,11 @@ from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.notify.debounce import DEFAULT_WINDOW_SECONDS, Debouncer, reads_of
 from daemon.notify.mode import notifications_wanted
-from daemon.notify.subscriptions import SubscriptionKeeper, delete_all
+from daemon.notify.subscriptions import SubscriptionKeeper
 from daemon.scheduler import SchedulerClock
 from state.notify_store import NotifyStore
 from state.sealing import Sealer
+from state.store import Store
 from state.sync_store import SyncStore
 
 log = get_logger(__name__)
@@ -42,9 +44,10 @@ class Daemon:
 
 
 class Notifications:
-    def __init__(self, daemon: Daemon, store: NotifyStore, sync_store: SyncStore, sealer: Sealer, metrics: Metrics,
-                 clock: SchedulerClock, *, window: float = DEFAULT_WINDOW_SECONDS) -> None:
+    def __init__(self, daemon: Daemon, store: NotifyStore, tenants: Store, sync_store: SyncStore, sealer: Sealer,
+                 metrics: Metrics, clock: SchedulerClock, *, window: float = DEFAULT_WINDOW_SECONDS) -> None:
         self.daemon = daemon
+        self.tenants = tenants
         self.store = store
         self.sync_store = sync_store
         self.sealer = sealer
@@ -119,8 +122,10 @@ class Notifications:
             return
         keeper = SubscriptionKeeper(configured, config.server.public_url or "", graph, self.store, self.sync_store,
                                     self.sealer, self.clock.time)
+        row = await self.tenants.tenant(tenant)
+        connected = row is None or row.auth_state != DISCONNECTED  # disconnected: its subscriptions go
         try:
-            round_ = await keeper.keep(enabled=notifications_wanted(config, configured))
+            round_ = await keeper.keep(enabled=connected and notifications_wanted(config, configured))
         except M365SyncError as err:
             log.warning("could not keep the change-notification subscriptions", tenant=tenant, error=str(err))
             return
@@ -150,10 +155,6 @@ class Notifications:
                 await self.keep(tenant.name)
             except M365SyncError as err:
                 log.warning("notifications round failed", tenant=tenant.name, error=str(err))
-
-    async def forget(self, tenant: str, graph: GraphClient) -> int:
-        """A tenant disconnected: its subscriptions go."""
-        return await delete_all(graph, self.store, tenant)
 
     # --- start and stop ---
 

@@ -206,19 +206,6 @@ class SubscriptionKeeper:
         await self.store.drop_subscription(self.tenant.name, subscription.id)
 
 
-async def delete_all(graph: GraphClient, store: NotifyStore, tenant: str) -> int:
-    """Every subscription of a tenant that is disconnected (each answered or not)."""
-    count = 0
-    for subscription in await store.subscriptions(tenant):
-        try:
-            await graph.request("DELETE", f"/subscriptions/{quote(subscription.id)}")
-        except GraphError:
-            pass
-        await store.drop_subscription(tenant, subscription.id)
-        count += 1
-    return count
-
-
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
 
