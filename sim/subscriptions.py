@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from sim.answers import SimResponse, graph_error
+from sim.calendar import parse_instant
 from sim.store import SimTenant
 
 # Maximum lifetimes, in minutes (https://learn.microsoft.com/graph/api/resources/subscription,
@@ -245,13 +246,13 @@ def _acceptable_url(url: str) -> bool:
 
 
 def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
+    """An expirationDateTime; a missing offset or zone is refused (Graph's are UTC, written with Z)."""
+    if not isinstance(value, str) or not value.endswith(("Z", "+00:00")):
         return None
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_instant(value)
     except ValueError:
         return None
-    return moment if moment.tzinfo is not None else None
 
 
 def _iso(moment: datetime) -> str:

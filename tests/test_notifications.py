@@ -28,14 +28,18 @@ def _metric(setup: Notified, name: str, **labels: str) -> float:
     return value or 0.0
 
 
-async def _pbx_names(setup: Notified, endpoint: str) -> set[str]:
-    """The display names of the PBX's users or contacts."""
+async def _pbx_resources(setup: Notified, endpoint: str) -> list[dict[str, Any]]:
+    """The PBX's users or contacts, as SCIM lists them."""
     assert setup.world.pbx is not None
     async with aiohttp.ClientSession() as session, session.get(
             f"{setup.world.pbx.url(setup.world.pbx_tenant)}/{endpoint}?count=1000",
             headers={"Authorization": f"Bearer {setup.world.pbx.token}"}) as response:
         body: dict[str, Any] = await response.json(content_type=None)
-    return {str(r.get("displayName")) for r in body.get("Resources", [])}
+    return list(body.get("Resources", []))
+
+
+async def _pbx_names(setup: Notified, endpoint: str) -> set[str]:
+    return {str(r.get("displayName")) for r in await _pbx_resources(setup, endpoint)}
 
 
 async def test_the_handshake_answers_the_decoded_token_and_every_subscription_was_validated(
@@ -216,12 +220,7 @@ async def test_a_calendar_change_is_read_at_once_as_busy_windows(tmp_path: Path,
 
 async def _busy(setup: Notified, user: str) -> list[str]:
     """The starts (to the minute) of the user's busy windows on the PBX."""
-    assert setup.world.pbx is not None
-    async with aiohttp.ClientSession() as session, session.get(
-            f"{setup.world.pbx.url(setup.world.pbx_tenant)}/Users?count=1000",
-            headers={"Authorization": f"Bearer {setup.world.pbx.token}"}) as response:
-        body: dict[str, Any] = await response.json(content_type=None)
-    (found,) = [r for r in body["Resources"] if r.get("externalId") == user]
+    (found,) = [r for r in await _pbx_resources(setup, "Users") if r.get("externalId") == user]
     return [str(window["start"])[:16] for window in found.get(PBX_USER, {}).get("busy", [])]
 
 

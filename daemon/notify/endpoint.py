@@ -30,7 +30,7 @@ from daemon.config import TenantConfig
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.notify.subscriptions import LIFECYCLE_PATH, NOTIFY_PATH
-from state.notify_store import REAUTHORIZE, REMOVED, NotifyStore
+from state.notify_store import REAUTHORIZE, REMOVED, NotifyStore, StoredSubscription
 from state.sealing import Sealer
 
 log = get_logger(__name__)
@@ -124,14 +124,12 @@ async def _accepted_marks(sink: NotificationSink, tenant: TenantConfig, items: l
                           ) -> set[tuple[str, str | None]]:
     """The reads the genuine items ask for; every other item is counted as rejected."""
     marks: set[tuple[str, str | None]] = set()
-    secrets: dict[str, bytes | None] = {}  # subscription id -> its secret (None: not ours), per request
+    known: dict[str, StoredSubscription | None] = {}  # subscription id -> ours (None: not ours), per request
     for item in items:
-        reason = await _check(sink, tenant.name, item, secrets)
-        if reason is not None:
+        subscription, reason = await _check(sink, tenant.name, item, known)
+        if subscription is None:
             sink.metrics.notifications_rejected.labels(tenant.name, reason).inc()
             continue
-        subscription = await sink.store.subscription(tenant.name, str(item["subscriptionId"]))
-        assert subscription is not None  # _check found it
         event = item.get("lifecycleEvent")
         if event is not None:
             sink.metrics.notifications_received.labels(tenant.name, "lifecycle").inc()
@@ -150,23 +148,26 @@ async def _accepted_marks(sink: NotificationSink, tenant: TenantConfig, items: l
     return marks
 
 
-async def _check(sink: NotificationSink, tenant: str, item: Any, secrets: dict[str, bytes | None]) -> str | None:
-    """None when ``item`` comes from one of this tenant's subscriptions with its secret, else why not."""
+async def _check(sink: NotificationSink, tenant: str, item: Any, known: dict[str, StoredSubscription | None]
+                 ) -> tuple[StoredSubscription | None, str]:
+    """The subscription ``item`` comes from when it is one of this tenant's and carries its
+    secret; else None and why not."""
     if not isinstance(item, dict) or not isinstance(item.get("subscriptionId"), str):
-        return "malformed"
+        return None, "malformed"
     subscription_id = item["subscriptionId"]
-    if subscription_id not in secrets:
-        if len(secrets) >= 100:  # a post naming many subscriptions is not Graph's
-            return "unknown"
-        stored = await sink.store.subscription(tenant, subscription_id) if len(subscription_id) <= 100 else None
-        secrets[subscription_id] = None if stored is None else sink.sealer.open(stored.sealed_state)
-    secret = secrets[subscription_id]
-    if secret is None:
-        return "unknown"
+    if subscription_id not in known:
+        if len(known) >= 100:  # a post naming many subscriptions is not Graph's
+            return None, "unknown"
+        known[subscription_id] = (await sink.store.subscription(tenant, subscription_id)
+                                  if len(subscription_id) <= 100 else None)
+    subscription = known[subscription_id]
+    if subscription is None:
+        return None, "unknown"
     offered = item.get("clientState")
+    secret = sink.sealer.open(subscription.sealed_state)
     if not isinstance(offered, str) or not hmac.compare_digest(offered.encode("utf-8", "replace"), secret):
-        return "client_state"
-    return None
+        return None, "client_state"
+    return subscription, ""
 
 
 def _object_id(item: dict[str, Any]) -> str | None:
