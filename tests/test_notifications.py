@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from conftest import until
+from daemon import status
 from daemon.auth.states import DISCONNECTED
 from daemon.notify.subscriptions import HANDSHAKE_RETRY_SECONDS, NOTIFY_PATH
 from daemon.pbx.schema import PBX_USER
@@ -57,6 +58,11 @@ async def test_the_handshake_answers_the_decoded_token_and_every_subscription_wa
             assert answer.status == 400  # only printable tokens are echoed
     fresh = (await notified.service.supervisor.status_reports())[0].freshness
     assert fresh["mode"] == "push" and fresh["subscriptions"] == len(resources)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {notified.world.admin_token}"}) as session:
+        async with session.get(f"{notified.base()}/") as page:
+            assert f"push ({len(resources)} subscriptions" in await page.text()
+    assert _metric(notified, "m365sync_subscriptions", tenant=TENANT, state="active") == len(resources)
+    assert _metric(notified, "m365sync_notifications_reachable", tenant=TENANT) == 1
 
 
 async def test_a_forged_or_unknown_client_state_is_rejected_and_nothing_is_read(notified: Notified) -> None:
@@ -173,6 +179,7 @@ async def test_a_failed_handshake_is_reported_polling_goes_on_and_it_is_tried_ag
         report = (await setup.service.supervisor.status_reports())[0]
         assert report.freshness["mode"] == "schedule" and report.freshness["reachable"] is False
         assert "/api/graph/" in report.freshness["reason"]
+        assert "freshness: schedule: Graph could not validate" in status.as_text([report])  # m365sync status
         assert _metric(setup, "m365sync_notifications_reachable", tenant=TENANT) == 0
         attempts = len(setup.world.sim.requests("^/subscriptions$"))
         await setup.service.notifications.keep(TENANT)
