@@ -142,7 +142,7 @@ def _unreachable_notifications(config: Config, tenant: TenantConfig, at: str) ->
     try:
         private = ipaddress.ip_address(host).is_private
     except ValueError:
-        private = host == "localhost" or host.endswith((".local", ".internal", ".lan"))
+        private = host == "localhost"  # a name may resolve to anything: only addresses are judged
     if not private:
         return []
     return [ConfigProblem(f"{at}.notifications.enabled",

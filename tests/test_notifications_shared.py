@@ -50,11 +50,13 @@ async def test_a_notification_received_by_the_non_owner_is_read_by_the_owner(
             return len(runs) > before and all(r.finished_at is not None for r in runs)
 
         await until(read_by_owner, 30, "the owner's notified read")
-        owner_sample = owner.metrics.registry.get_sample_value(
-            "m365sync_freshness_seconds_count", {"tenant": "contoso", "kind": "user", "trigger": "notification"})
-        other_sample = other.metrics.registry.get_sample_value(
-            "m365sync_freshness_seconds_count", {"tenant": "contoso", "kind": "user", "trigger": "notification"})
-        assert owner_sample == 1 and other_sample is None  # the owner read it; the other only persisted it
+        labels = {"tenant": "contoso", "kind": "user", "trigger": "notification"}
+
+        async def observed() -> bool:  # once the owner's reader has the run's result back
+            return owner.metrics.registry.get_sample_value("m365sync_freshness_seconds_count", labels) == 1
+
+        await until(observed, 10, "the owner's freshness observation")
+        assert other.metrics.registry.get_sample_value("m365sync_freshness_seconds_count", labels) is None
         assert other.metrics.registry.get_sample_value(
             "m365sync_notifications_received_total", {"tenant": "contoso", "kind": "user"}) == 1
         assert world.pbx is not None
