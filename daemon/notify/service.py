@@ -90,6 +90,8 @@ class Notifications:
 
     async def _keep_quietly(self, tenant: str) -> None:
         try:
+            if self.tenant(tenant) is None and not await self.store.subscriptions(tenant):
+                return  # notifications off, and nothing to delete: no work after the run
             await self.keep(tenant)
         except Exception as err:  # the next round tries again
             log.warning("could not keep the change-notification subscriptions", tenant=tenant, error=str(err))
