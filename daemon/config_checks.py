@@ -12,6 +12,7 @@ so an upgrade never stops a daemon that ran before.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import tomllib
 from pathlib import Path
@@ -50,6 +51,7 @@ def findings(config: Config, account: Account | None = None) -> list[ConfigProbl
         at = f"tenants[{index}]"
         problems += _include_without_anybody(tenant, at)
         problems += _delegated_limits(tenant, at)
+        problems += _unreachable_notifications(config, tenant, at)
         if tenant.enabled:
             target = (tenant.directory_id, _normalized(tenant.pbx.scim_url))
             if target in seen:
@@ -128,6 +130,25 @@ def _include_without_anybody(tenant: TenantConfig, at: str) -> list[ConfigProble
         '"INCLUDE" with no users.selected_users and no groups syncs nobody (and would deprovision the users '
         "synced so far, as far as the mass-deletion guard lets it); list users in users.selected_users "
         'or Entra group IDs in groups, or set sync_type = "ALL"')]
+
+
+def _unreachable_notifications(config: Config, tenant: TenantConfig, at: str) -> list[ConfigProblem]:
+    """Graph posts change notifications from the internet: a public_url on a private or loopback
+    address fails its handshake (the daemon keeps polling, and says so)."""
+    url = config.server.public_url
+    if url is None or not tenant.enabled or not tenant.notifications.enabled:
+        return []
+    host = urlsplit(url).hostname or ""
+    try:
+        private = ipaddress.ip_address(host).is_private
+    except ValueError:
+        private = host == "localhost"  # a name may resolve to anything: only addresses are judged
+    if not private:
+        return []
+    return [ConfigProblem(f"{at}.notifications.enabled",
+                          f"Graph cannot post change notifications to {url}/api/graph/ (not reachable from the "
+                          "internet): changes wait for the polls and sync_time; expose /api/graph/ on a public "
+                          "https address (contrib/proxy), or set notifications.enabled = false", is_warning=True)]
 
 
 def _delegated_limits(tenant: TenantConfig, at: str) -> list[ConfigProblem]:

@@ -146,6 +146,11 @@ class EventsConfig(_Section):
     show_as: list[ShowAs] = Field(default_factory=_default_show_as)
 
 
+class NotificationsConfig(_Section):
+    # Graph change notifications trigger the reads (issue 25): on whenever [server] public_url is set.
+    enabled: bool = True
+
+
 class SharedMailboxConfig(_Section):
     enabled: bool = False
     mailboxes: list[UserReference] = Field(default_factory=list)
@@ -185,6 +190,7 @@ class TenantConfig(_Section):
     personal_contacts: PersonalContactsConfig = PersonalContactsConfig()
     shared_mailbox: SharedMailboxConfig = SharedMailboxConfig()
     events: EventsConfig = EventsConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     sign_in_as_administrator: SignInAsAdministratorConfig = SignInAsAdministratorConfig()
     sign_in_as_standard_user: SignInAsStandardUserConfig = SignInAsStandardUserConfig()
 

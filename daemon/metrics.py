@@ -166,6 +166,37 @@ class Metrics:
             "Tenant leases this daemon lost (its PostgreSQL session ended): their runs stopped writing.",
             registry=self.registry,
         )
+        self.subscriptions = Gauge(
+            "m365sync_subscriptions",
+            "Graph change-notification subscriptions, by state (active, reauthorize, removed).",
+            ["tenant", "state"],
+            registry=self.registry,
+        )
+        self.notifications_received = Counter(
+            "m365sync_notifications_received",
+            "Change and lifecycle notifications accepted, by kind (user, group, contact, busy, lifecycle).",
+            ["tenant", "kind"],
+            registry=self.registry,
+        )
+        self.notifications_rejected = Counter(
+            "m365sync_notifications_rejected",
+            "Notification requests or items refused (unknown subscription, client_state, malformed, rate).",
+            ["tenant", "reason"],
+            registry=self.registry,
+        )
+        self.notifications_reachable = Gauge(
+            "m365sync_notifications_reachable",
+            "1 when Graph validated the notification address, 0 when its handshake failed (polling goes on).",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.freshness = Histogram(
+            "m365sync_freshness_seconds",
+            "From a change's notification (or its detection by a poll) to its PBX write, by kind.",
+            ["tenant", "kind", "trigger"],
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600, 21600),
+            registry=self.registry,
+        )
         self.owns: Callable[[str], bool] = lambda tenant: True  # a shared state: the tenants this daemon owns
 
     def render(self) -> bytes:

@@ -58,6 +58,7 @@ class Ownership:
         self.schedules = schedules
         self.forget_tokens = forget_tokens  # the owner reloads a token cache another daemon wrote
         self.forwarded: dict[str, str] = {}  # run id -> tenant, asked here, run by the owner
+        self.on_notified: Callable[[str], None] = lambda tenant: None  # another daemon persisted notifications
         self.leases = leases(self)
         self.metrics.owns = self.holds
 
@@ -94,6 +95,10 @@ class Ownership:
             self.forwarded.pop(next(iter(self.forwarded)))
         return run_id
 
+    async def forward_notified(self, tenant: str) -> bool:
+        """Tell the tenant's owner that notifications of it wait in the shared state."""
+        return self.shared and await self.leases.forward(tenant, {"kind": "notified"})
+
     def forwarded_status(self, tenant: str, run_id: str) -> dict[str, Any] | None:
         if self.forwarded.get(run_id) != tenant:
             return None
@@ -127,6 +132,9 @@ class Ownership:
 
     def message(self, message: Mapping[str, Any]) -> None:
         tenant, trigger, run_id = message.get("tenant"), message.get("trigger"), message.get("run_id")
+        if message.get("kind") == "notified" and isinstance(tenant, str):
+            self.on_notified(tenant)  # the marks are in the shared state; the owner drains them
+            return
         if message.get("kind") != "sync" or not isinstance(tenant, str) or not isinstance(trigger, str):
             return
         schedule = self.schedules.get(tenant)

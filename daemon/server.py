@@ -27,6 +27,7 @@ from daemon.history_view import ObjectHistory
 from daemon.http_guard import MAX_BODY_BYTES, ConnectionGuard
 from daemon.logging import get_logger
 from daemon.metrics import CONTENT_TYPE, Metrics
+from daemon.notify.endpoint import NotificationSink, RateLimit, add_routes
 from daemon.redact import redact_text, redact_value
 from daemon.status import TenantReport
 from daemon.status_page import DaemonInfo, render
@@ -77,6 +78,7 @@ def build_app(
     control: Control | None = None,
     guard: ConnectionGuard | None = None,
     instance: str | None = None,
+    notifications: NotificationSink | None = None,
 ) -> web.Application:
     """The application with every route of the daemon; ``guard``, the listening
     socket's connection guard, learns which connections are in a request."""
@@ -93,6 +95,8 @@ def build_app(
         app[AUTH_KEY] = auth
         app.router.add_get(START_PATH, auth_start)
         app.router.add_get(CALLBACK_PATH, auth_callback)
+    if notifications is not None:  # Graph's change notifications, under /api/graph/
+        add_routes(app, notifications, RateLimit(monotonic=time.monotonic))
     if control is not None:
         app[CONTROL_KEY] = control
         app.router.add_post("/api/tenants/{name}/sync", sync_now)

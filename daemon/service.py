@@ -23,6 +23,8 @@ from daemon.http_guard import ConnectionGuard, GuardedServer
 from daemon.leases import default_instance_name
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
+from daemon.notify.service import Daemon as NotifiedDaemon
+from daemon.notify.service import Notifications
 from daemon.ownership import leases_for
 from daemon.reload import reload_config
 from daemon.scheduler import SchedulerClock
@@ -31,6 +33,7 @@ from daemon.sealer import sealer_for
 from daemon.server import build_app
 from daemon.supervisor import Supervisor
 from state.db import Database
+from state.notify_store import NotifyStore
 from state.open import open_database
 from state.store import Store
 from state.sync_store import SyncStore
@@ -68,6 +71,7 @@ class Service:
         self._http: GuardedServer | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self.notifications: Notifications | None = None
         self.bound_port: int | None = None
 
     @property
@@ -104,6 +108,7 @@ class Service:
         self._supervisor = supervisor = Supervisor(
             self.config, store, sync_store, auth, self._session, self.metrics, self.clock,
             run_timeout=self.run_timeout, schedule=self.schedule, leases=leases_for(self.config, self.clock))
+        self.notifications = notifications = self._notifications(supervisor, auth, db)
         await supervisor.register_tenants()
         for row in await store.tenants():
             auth.publish_state(row.name, row.auth_state)
@@ -115,7 +120,8 @@ class Service:
         guard = ConnectionGuard()
         self._http = GuardedServer(build_app(supervisor, self.metrics, auth, _admin_token(self.config), supervisor, guard,
                                              instance=self.config.state.instance_name
-                                             or default_instance_name(self.config.server.port)),
+                                             or default_instance_name(self.config.server.port),
+                                             notifications=notifications),
                                    guard, SHUTDOWN_TIMEOUT_SECONDS)
         server = self.config.server
         try:
@@ -128,6 +134,8 @@ class Service:
                 hint="change [server] listen, or stop the process using that port",
             ) from err
         supervisor.start_tenants()
+        if self.schedule:
+            notifications.start()
         self.notifier.notify("READY=1\nSTATUS=serving")
         self._watchdog = asyncio.create_task(self.notifier.watchdog(), name="sd-watchdog")
         statuses = await supervisor.tenant_statuses()
@@ -141,6 +149,8 @@ class Service:
     async def stop(self) -> None:
         """Close the server and the database; safe to call more than once."""
         self.notifier.notify("STOPPING=1")
+        if self.notifications is not None:
+            await self.notifications.stop()
         if self._supervisor is not None:
             await self._supervisor.stop()
         if self._session is not None:
@@ -157,6 +167,18 @@ class Service:
             await self._db.close()
             self._db = None
             self._store = None
+
+    def _notifications(self, supervisor: Supervisor, auth: AuthManager, db: Database) -> Notifications:
+        """Change notifications, wired to the supervisor: reads through its one entry point, the
+        owner told through its ownership (the forwarding Sync now uses)."""
+        ownership = supervisor.ownership
+        daemon = NotifiedDaemon(lambda: supervisor.config, ownership.holds, ownership.forward_notified,
+                                supervisor.graph_for, supervisor.read_now)
+        notifications = Notifications(daemon, NotifyStore(db, self.clock.time), supervisor.store, supervisor.sync_store,
+                                      auth.sealer, self.metrics, self.clock)
+        ownership.on_notified = notifications.notified
+        supervisor.on_run_finished = notifications.run_finished
+        return notifications
 
     def request_stop(self) -> None:
         self._stop.set()

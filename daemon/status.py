@@ -14,9 +14,11 @@ from daemon.auth.explain import redirect_uris
 from daemon.auth.manager import START_PATH
 from daemon.config import Config, TenantConfig
 from daemon.health import TenantStatus, tenant_status
+from daemon.notify.mode import freshness
 from daemon.secrets import is_empty_secret, secret_file_problem
 from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, unreadable_settings
 from daemon.sync.report import describe_counts
+from state.notify_store import NotifyStore
 from state.store import RunRow, Store
 from state.sync_store import SyncStore
 
@@ -59,6 +61,7 @@ class TenantReport:
     redirect_uris: list[tuple[str, str]] = field(default_factory=list)  # label, URI: guide step 5
     authorize_url: str = ""  # guide step 8, for an admin signed in to the status page
     runs: list[dict[str, Any]] = field(default_factory=list)  # the last runs, newest first
+    freshness: dict[str, Any] = field(default_factory=dict)  # push | poll | schedule, why, the last notification
 
 
 async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs: dict[str, float] | None = None,
@@ -116,6 +119,7 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             schedule=f"{tenant.sync_time} ({tenant.timezone})", timezone=tenant.timezone, cloud=tenant.national_cloud,
             features=features(tenant), redirect_uris=redirect_uris(config.server),
             authorize_url=authorize_url(tenant.name), runs=[_run_json(r) for r in recent],
+            freshness=(await freshness(config, tenant, NotifyStore(store.db, store.clock))).as_json(),
         ))
     configured = {t.name for t in config.tenants}
     for name, row in sorted(rows.items()):
@@ -199,6 +203,8 @@ def as_text(reports: list[TenantReport]) -> str:
         else:
             lines.append("  last run: never")
         lines.append(f"  next run: {_when(r.next_run)}")
+        if r.freshness:
+            lines.append(f"  freshness: {describe_freshness(r.freshness)}")
         lines.append(f"  held deprovisions: {len(r.held)}" + (" (approve with: m365sync approve --tenant " + r.tenant + ")" if r.held else ""))
         for item in r.held[:20]:
             lines.append(f"    {item['action']} {item['name']}")
@@ -218,6 +224,14 @@ def as_text(reports: list[TenantReport]) -> str:
         for note in r.selects_nobody:
             lines.append(f"  selects nobody: {note}")
     return "\n".join(lines)
+
+
+def describe_freshness(fresh: dict[str, Any]) -> str:
+    """``push (12 subscriptions, last notification ...)`` or ``poll: why``."""
+    last = f", last notification {_when(fresh.get('last_notification'))}" if fresh.get("last_notification") else ""
+    if fresh.get("mode") == "push":
+        return f"push ({fresh.get('subscriptions', 0)} subscriptions{last})"
+    return f"{fresh.get('mode')}: {fresh.get('reason')}{last}"
 
 
 def _name(data: dict[str, Any], fallback: str) -> str:

@@ -12,7 +12,7 @@ from html import escape
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from daemon.status import HISTORY_RUNS, TenantReport
+from daemon.status import HISTORY_RUNS, TenantReport, describe_freshness
 from daemon.sync.report import describe_counts
 
 RESULT_COLOURS = {"success": "#2e7d32", "partial": "#ef6c00", "deprovisions_held": "#ef6c00", "running": "#1565c0"}
@@ -81,6 +81,7 @@ def _tenant(r: TenantReport) -> str:
         ("Last error", "last-error", escape(r.last_run["error"])) if r.last_run and r.last_run.get("error") else None,
         ("Next run", "next-run", escape(_when(r.next_run)) + _local(r.next_run, r.timezone)),
         ("Schedule", "schedule", f"<code>{escape(r.schedule)}</code>"),
+        ("Freshness", "freshness", escape(describe_freshness(r.freshness))) if r.freshness else None,
         ("Cloud", "cloud", escape(r.cloud)),
         ("Features", "features", escape(", ".join(r.features)) or "none enabled"),
         ("Pushed to the PBX", "synced", escape(", ".join(f"{n} {kind}s" for kind, n in r.synced.items())) or "-"),

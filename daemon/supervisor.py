@@ -21,6 +21,7 @@ from daemon.auth.manager import AuthManager
 from daemon.auth.states import AUTHORIZED
 from daemon.config import Config, TenantConfig
 from daemon.errors import M365SyncError, NoLeaseHolder
+from daemon.graph.client import GraphClient
 from daemon.health import TenantStatus, tenant_status
 from daemon.history_view import ObjectHistory, object_history
 from daemon.leases import LeaseEvents, Leases, LocalLeases
@@ -68,6 +69,7 @@ class Supervisor:
         self.pending_syncs: set[str] = set()
         self.ownership = Ownership(metrics, self.schedules, auth.forget_tokens, leases)
         self._requests: set[asyncio.Task[str | None]] = set()
+        self.on_run_finished: Callable[[str], None] = lambda tenant: None  # change notifications keep subscriptions
 
     # --- start and stop ---
 
@@ -198,6 +200,23 @@ class Supervisor:
         await self._record_run(result, time.monotonic() - started, progress)
         return result.result
 
+    async def read_now(self, tenant: str, kinds: frozenset[str], trigger: str) -> str:
+        """Sync ``kinds`` now and wait for the result (a change notification): a run is queued on the
+        tenant's schedule, which coalesces it with one already queued; a calendar read is a poll."""
+        schedule = self.schedules.get(tenant)
+        request = SyncRequest(tenant, kinds, trigger)
+        if schedule is None or not request.is_run:
+            return await self.sync_now(request)
+        progress = await schedule.wait(schedule.request(trigger))
+        return progress.result or "finished"
+
+    async def graph_for(self, tenant: str) -> GraphClient | None:
+        """The tenant's Graph client while this daemon may sync it, else None."""
+        config = self._tenant(tenant)
+        if config is None or await self._skip_reason(config) is not None:
+            return None
+        return self._tenant_runner(config).graph_client()
+
     async def _skip_reason(self, tenant: TenantConfig | None) -> str | None:
         """The one gate of runs and polls: None when this daemon may sync the tenant now."""
         if tenant is None:
@@ -291,6 +310,7 @@ class Supervisor:
                 elif action != "quarantined":
                     metrics.objects_changed.labels(tenant, kind, action).inc(amount)
         metrics.deprovisions_held.labels(tenant).set(len(report.held))
+        self.on_run_finished(tenant)
         try:
             for kind in ("user", "group", "contact"):
                 metrics.synced_objects.labels(tenant, kind).set(await self.sync_store.count_synced(tenant, kind))

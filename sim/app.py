@@ -17,6 +17,7 @@ from aiohttp import web
 
 from sim.graph import GraphApi, SimRequest, SimResponse, SimSettings, graph_error
 from sim.store import SimTenant
+from sim.subscriptions import SubscriptionsApi
 
 MAX_BATCH_REQUESTS = 20
 
@@ -86,6 +87,7 @@ class Simulator:
     ) -> None:
         self.tenant = tenant or SimTenant()
         self.api = GraphApi(self.tenant, settings)
+        self.subscriptions = SubscriptionsApi(self.tenant)
         self.accepted_tokens = accepted_tokens
         self.faults = Faults()
         self.log: list[LoggedRequest] = []
@@ -119,6 +121,8 @@ class Simulator:
         if response is None:
             if path == "/$batch" and request.method == "POST":
                 response = await self._batch(request)
+            elif path.startswith("/subscriptions"):
+                response = await self.subscriptions.handle(request.method, path, await _json_or_none(request))
             else:
                 response = self.api.dispatch(self._sim_request(request.method, path, dict(request.query), dict(request.headers), request))
                 response = self._rewrite_links(path, f"{request.scheme}://{request.host}{request.path_qs}", response)
@@ -243,6 +247,13 @@ class Simulator:
             response = self._rewrite_links(path, own_url, response)
         self._record(method, path, response.status, True)
         return response
+
+
+async def _json_or_none(request: web.Request) -> object:
+    try:
+        return await request.json() if request.can_read_body else None
+    except ValueError:
+        return None
 
 
 def _mailbox_of(url: str) -> str | None:

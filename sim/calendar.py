@@ -21,14 +21,14 @@ GRAPH_DATETIME = "%Y-%m-%dT%H:%M:%S.0000000"
 
 def parse_window(query: dict[str, str]) -> list[str] | SimResponse:
     try:
-        start = _parse_instant(query["startDateTime"])
-        end = _parse_instant(query["endDateTime"])
+        start = parse_instant(query["startDateTime"])
+        end = parse_instant(query["endDateTime"])
     except (KeyError, ValueError):
         return graph_error(400, "ErrorInvalidParameter", "This request requires a time window specified by startDateTime and endDateTime.")
     return [start.isoformat(), end.isoformat()]
 
 
-def _parse_instant(value: str) -> datetime:
+def parse_instant(value: str) -> datetime:
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -120,6 +120,13 @@ class SimTenant:
         self.photos: dict[str, Photo] = {}
         self.mailbox_purpose: dict[str, str] = {}  # user id -> userPurpose; absent: no mailbox
         self.mailbox_time_zone: dict[str, str] = {}  # user id -> mailboxSettings.timeZone (default UTC)
+        # Told (resource, changeType, object id) of every change, as Graph's change notifications are
+        # (sim/subscriptions.py): "users", "groups", "users/{id}/contacts", "users/{id}/events".
+        self.listeners: list[Callable[[str, str, str], None]] = []
+
+    def _changed(self, resource: str, change_type: str, object_id: str) -> None:
+        for listener in list(self.listeners):
+            listener(resource, change_type, object_id)
 
     def _next(self) -> int:
         self.seq += 1
@@ -133,6 +140,7 @@ class SimTenant:
     def add_user(self, id_: str, mailbox: str | None = "user", **properties: Any) -> Record:
         properties.setdefault("createdDateTime", self.timestamp())
         record = self.users.put(self._next(), id_, properties)
+        self._changed("users", "updated", id_)  # creation comes as "updated" on /users (graph-facts)
         if mailbox is not None:
             self.mailbox_purpose[id_] = mailbox
             self.contacts.setdefault((id_, DEFAULT_CONTACT_FOLDER), Collection())
@@ -143,16 +151,21 @@ class SimTenant:
     def change_user(self, id_: str, **properties: Any) -> Record:
         if self.users.live(id_) is None:
             raise KeyError(f"no live user {id_}")
-        return self.users.put(self._next(), id_, properties)
+        record = self.users.put(self._next(), id_, properties)
+        self._changed("users", "updated", id_)
+        return record
 
     def soft_delete_user(self, id_: str) -> None:
         self.users.remove(self._next(), id_, "changed")
+        self._changed("users", "updated", id_)  # soft deletion is an update
 
     def restore_user(self, id_: str) -> None:
         self.users.restore(self._next(), id_)
+        self._changed("users", "updated", id_)
 
     def hard_delete_user(self, id_: str) -> None:
         self.users.remove(self._next(), id_, "deleted")
+        self._changed("users", "deleted", id_)
         for members in self.members.values():
             if id_ in members.current:
                 del members.current[id_]
@@ -164,25 +177,31 @@ class SimTenant:
         properties.setdefault("createdDateTime", self.timestamp())
         record = self.groups.put(self._next(), id_, properties)
         self.members[id_] = GroupMembers({m: self.seq for m in members or []})
+        self._changed("groups", "updated", id_)
         return record
 
     def change_group(self, id_: str, **properties: Any) -> Record:
-        return self.groups.put(self._next(), id_, properties)
+        record = self.groups.put(self._next(), id_, properties)
+        self._changed("groups", "updated", id_)
+        return record
 
     def add_member(self, group_id: str, user_id: str) -> None:
         seq = self._next()
         membership = self.members[group_id]
         membership.current[user_id] = seq
         membership.removed.pop(user_id, None)
+        self._changed("groups", "updated", group_id)
 
     def remove_member(self, group_id: str, user_id: str) -> None:
         seq = self._next()
         membership = self.members[group_id]
         if membership.current.pop(user_id, None) is not None:
             membership.removed[user_id] = seq
+        self._changed("groups", "updated", group_id)
 
     def delete_group(self, id_: str) -> None:
         self.groups.remove(self._next(), id_, "deleted")
+        self._changed("groups", "deleted", id_)
 
     # --- contacts ---
 
@@ -205,10 +224,16 @@ class SimTenant:
         properties["lastModifiedDateTime"] = now
         properties["parentFolderId"] = folder_id
         properties["changeKey"] = _change_key(contact_id, self.seq + 1)
-        return collection.put(self._next(), contact_id, properties)
+        created = contact_id not in collection.records
+        record = collection.put(self._next(), contact_id, properties)
+        if folder_id == DEFAULT_CONTACT_FOLDER:  # /users/{id}/contacts is the default folder's (subscription docs)
+            self._changed(f"users/{user_id}/contacts", "created" if created else "updated", contact_id)
+        return record
 
     def delete_contact(self, user_id: str, contact_id: str, folder_id: str = DEFAULT_CONTACT_FOLDER) -> None:
         self.contacts[(user_id, folder_id)].remove(self._next(), contact_id, "deleted")
+        if folder_id == DEFAULT_CONTACT_FOLDER:
+            self._changed(f"users/{user_id}/contacts", "deleted", contact_id)
 
     # --- events ---
 
@@ -219,10 +244,14 @@ class SimTenant:
             properties.setdefault("createdDateTime", now)
         properties["lastModifiedDateTime"] = now
         properties["changeKey"] = _change_key(event_id, self.seq + 1)
-        return collection.put(self._next(), event_id, properties)
+        created = event_id not in collection.records
+        record = collection.put(self._next(), event_id, properties)
+        self._changed(f"users/{user_id}/events", "created" if created else "updated", event_id)
+        return record
 
     def delete_event(self, user_id: str, event_id: str) -> None:
         self.events[user_id].remove(self._next(), event_id, "deleted")
+        self._changed(f"users/{user_id}/events", "deleted", event_id)
 
     # --- photos (not part of users delta, exactly like Graph) ---
 

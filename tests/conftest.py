@@ -16,7 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # Fixture modules shared by several test files.
-pytest_plugins = ["graph_fixtures", "pbx_fixtures", "auth_fixtures", "sync_fixtures", "live_fixtures", "pg_fixtures"]
+pytest_plugins = ["graph_fixtures", "pbx_fixtures", "auth_fixtures", "sync_fixtures", "live_fixtures", "pg_fixtures",
+                  "notify_fixtures"]
 
 # The tests' state folders are this process's: check them as this user, whether or
 # not the machine has the unit's m365sync account (an installed package creates it).

@@ -209,3 +209,13 @@ def test_listed_shared_mailboxes_need_no_detection(write_config: WriteConfig) ->
     sections = '[tenants.shared_mailbox]\nenabled = true\nmailboxes = ["reception@contoso.com"]\n'
     config = load_config(write_config(basic_config(tenant_toml() + sections, server=REAL_HOST)))
     assert findings(config) == []
+
+
+def test_notifications_to_an_address_graph_cannot_reach_are_warned_about(write_config: WriteConfig) -> None:
+    intranet = load_config(write_config(basic_config(tenant_toml(), server='public_url = "https://10.0.0.5:8887"')))
+    (problem,) = findings(intranet)
+    assert problem.path == "tenants[0].notifications.enabled" and problem.is_warning
+    assert "/api/graph/" in problem.message and "notifications.enabled = false" in problem.message
+    assert findings(load_config(write_config(basic_config(tenant_toml(), server=REAL_HOST)))) == []
+    off = tenant_toml() + "[tenants.notifications]\nenabled = false\n"
+    assert findings(load_config(write_config(basic_config(off, server='public_url = "https://10.0.0.5:8887"')))) == []

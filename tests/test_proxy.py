@@ -1,5 +1,5 @@
 """The nginx snippet (contrib/proxy/) in front of the daemon, in the real nginx
-from Debian's package: only /api/auth/* is exposed on public_url, and the
+from Debian's package: only /api/auth/* (and /api/graph/*, Graph's notifications) is exposed on public_url, and the
 admin's whole OAuth flow completes through it in headless Chromium."""
 
 from __future__ import annotations
@@ -125,3 +125,18 @@ async def test_only_the_oauth_pages_are_exposed_and_the_flow_completes(
     assert row is not None and row.auth_state == "authorized"
     log = (tmp_path / "access.log").read_text()
     assert "GET /api/auth/start/ms365" in log and "GET /api/auth/callback/ms365" in log
+
+
+async def test_graph_reaches_the_notification_endpoint_through_the_proxy_over_https(
+        proxied: tuple[Service, FakeIdentityProvider, str], tmp_path: Path) -> None:
+    """The validation handshake Graph sends to {public_url}/api/graph/..., answered through nginx over TLS."""
+    _, _, public_url = proxied
+    trust = ssl.create_default_context(cafile=str(tmp_path / "idp-ca.pem"))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{public_url}/api/graph/notifications/contoso?validationToken=Validation%3A%20ok%2B1",
+                                ssl=trust) as answer:
+            assert (answer.status, answer.content_type, await answer.text()) == (200, "text/plain", "Validation: ok+1")
+        async with session.post(f"{public_url}/api/graph/notifications/contoso", data=b"x" * 70_000,
+                                ssl=trust) as answer:
+            assert answer.status == 413  # the body limit holds at the proxy as at the daemon
+    assert "POST /api/graph/notifications/contoso" in (tmp_path / "access.log").read_text()

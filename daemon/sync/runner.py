@@ -104,9 +104,13 @@ class TenantRunner:
         return Transport(self.session, self.tenant.name, self.metrics,
                          ssl_context=client_ssl_context(self.tenant.ca_file), clock=self.clock, budget=self.budget)
 
+    def graph_client(self) -> GraphClient:
+        """The tenant's Graph client, for work outside a pipeline (its change-notification subscriptions)."""
+        return GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.tokens.token_provider(self.tenant.name))
+
     def _clients(self) -> Clients:
         """The tenant's Graph and PBX clients, for every pipeline of one request."""
-        graph = GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.tokens.token_provider(self.tenant.name))
+        graph = self.graph_client()
         pbx = PbxClient(self._transport(), self.tenant.pbx.scim_url, read_secret(self.tenant.pbx.token_file))
         if self.dry_run:
             from daemon.pbx.dryrun import DryRunPbxClient  # only a dry run's process needs it

@@ -1,0 +1,182 @@
+"""Change notifications in the running daemon: what the endpoint persists
+wakes the tenant's reader here, or, when another daemon of a shared state
+owns the tenant, is forwarded to that owner (the forwarding Sync now uses);
+the owner drains the marks, debounced, into reads through the one pipeline
+entry point, and keeps the tenant's subscriptions every
+:data:`KEEP_SECONDS` (also sweeping marks whose forwarding was lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from daemon.auth.states import DISCONNECTED
+from daemon.config import Config, TenantConfig
+from daemon.errors import M365SyncError
+from daemon.graph.client import GraphClient
+from daemon.logging import get_logger
+from daemon.metrics import Metrics
+from daemon.notify.debounce import DEFAULT_WINDOW_SECONDS, Debouncer, reads_of
+from daemon.notify.mode import notifications_wanted
+from daemon.notify.subscriptions import SubscriptionKeeper
+from daemon.scheduler import SchedulerClock
+from state.notify_store import NotifyStore
+from state.sealing import Sealer
+from state.store import Store
+from state.sync_store import SyncStore
+
+log = get_logger(__name__)
+
+KEEP_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """What notifications need of the rest of the daemon (the supervisor answers)."""
+
+    config: Callable[[], Config]
+    holds: Callable[[str], bool]  # this daemon owns the tenant
+    forward: Callable[[str], Awaitable[bool]]  # tell the owner; False: no owner now
+    graph: Callable[[str], Awaitable[GraphClient | None]]  # None: not now (not owner, not authorized)
+    read: Callable[[str, frozenset[str], str], Awaitable[str]]  # (tenant, kinds, trigger) -> result
+
+
+class Notifications:
+    def __init__(self, daemon: Daemon, store: NotifyStore, tenants: Store, sync_store: SyncStore, sealer: Sealer,
+                 metrics: Metrics, clock: SchedulerClock, *, window: float = DEFAULT_WINDOW_SECONDS) -> None:
+        self.daemon = daemon
+        self.tenants = tenants
+        self.store = store
+        self.sync_store = sync_store
+        self.sealer = sealer
+        self.metrics = metrics
+        self.clock = clock
+        self.debouncer = Debouncer(clock, self.drain, window)
+        self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # --- the endpoint's side (NotificationSink) ---
+
+    def tenant(self, name: str) -> TenantConfig | None:
+        config = self.daemon.config()
+        tenant = next((t for t in config.tenants if t.name == name), None)
+        return tenant if tenant is not None and notifications_wanted(config, tenant) else None
+
+    async def persisted(self, tenant: str) -> None:
+        if self.daemon.holds(tenant):
+            self.debouncer.wake(tenant)
+            return
+        try:
+            sent = await self.daemon.forward(tenant)
+        except Exception as err:  # the marks stay persisted: the owner's sweep reads them
+            log.warning("could not tell the tenant's owner about a notification", tenant=tenant, error=str(err))
+            sent = False
+        if not sent:
+            log.info("no daemon owns the tenant now; its notified reads wait in the state", tenant=tenant)
+
+    def notified(self, tenant: str) -> None:
+        """Another daemon persisted notifications of a tenant this one owns."""
+        if self.daemon.holds(tenant):
+            self.debouncer.wake(tenant)
+
+    def run_finished(self, tenant: str) -> None:
+        """A run of an owned tenant ended: its subscriptions follow what it now syncs (the first run
+        with a public address creates them; later ones add the new mailboxes)."""
+        task = asyncio.ensure_future(self._keep_quietly(tenant))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _keep_quietly(self, tenant: str) -> None:
+        try:
+            if self.tenant(tenant) is None and not await self.store.subscriptions(tenant):
+                return  # notifications off, and nothing to delete: no work after the run
+            await self.keep(tenant)
+        except Exception as err:  # the next round tries again
+            log.warning("could not keep the change-notification subscriptions", tenant=tenant, error=str(err))
+
+    # --- the owner's side ---
+
+    async def drain(self, tenant: str) -> None:
+        """Read what was marked due, once: a directory run and/or a calendar read."""
+        if not self.daemon.holds(tenant):
+            return  # the marks stay for the owner
+        reads = reads_of(await self.store.take_due(tenant))
+        if reads.keep:
+            await self.keep(tenant)
+        for kinds, wanted in ((frozenset({"user", "group", "contact"}), reads.directory),
+                              (frozenset({"busy"}), reads.busy)):
+            if not wanted:
+                continue
+            result = await self.daemon.read(tenant, kinds, "notification")
+            now = self.clock.time()
+            for kind in kinds & reads.since.keys():
+                self.metrics.freshness.labels(tenant, kind, "notification").observe(max(0.0, now - reads.since[kind]))
+            log.info("notified read done", tenant=tenant, kinds=sorted(kinds & reads.since.keys()), result=result)
+
+    async def keep(self, tenant: str) -> None:
+        """One keeper round for an owned tenant (subscriptions to match its settings)."""
+        config = self.daemon.config()
+        configured = next((t for t in config.tenants if t.name == tenant), None)
+        graph = await self.daemon.graph(tenant)
+        if configured is None or graph is None:
+            return
+        keeper = SubscriptionKeeper(configured, config.server.public_url or "", graph, self.store, self.sync_store,
+                                    self.sealer, self.clock.time)
+        row = await self.tenants.tenant(tenant)
+        connected = row is None or row.auth_state != DISCONNECTED  # disconnected: its subscriptions go
+        try:
+            round_ = await keeper.keep(enabled=connected and notifications_wanted(config, configured))
+        except M365SyncError as err:
+            log.warning("could not keep the change-notification subscriptions", tenant=tenant, error=str(err))
+            return
+        await self.publish(tenant)
+        if round_.created or round_.renewed or round_.deleted or round_.reauthorized:
+            log.info("subscriptions kept", tenant=tenant, created=round_.created, renewed=round_.renewed,
+                     deleted=round_.deleted, reauthorized=round_.reauthorized)
+
+    async def publish(self, tenant: str) -> None:
+        """The subscription and reachability gauges of a tenant."""
+        states: dict[str, int] = {"active": 0, "reauthorize": 0, "removed": 0}
+        for subscription in await self.store.subscriptions(tenant):
+            states[subscription.state] = states.get(subscription.state, 0) + 1
+        for state, count in states.items():
+            self.metrics.subscriptions.labels(tenant, state).set(count)
+        handshake = await self.store.handshake(tenant)
+        if handshake is not None:
+            self.metrics.notifications_reachable.labels(tenant).set(1 if handshake.ok else 0)
+
+    async def round(self) -> None:
+        """Every owned tenant: sweep marks left by lost forwards, then keep its subscriptions."""
+        for tenant in self.daemon.config().tenants:
+            if not self.daemon.holds(tenant.name):
+                continue
+            try:
+                await self.drain(tenant.name)
+                await self.keep(tenant.name)
+            except M365SyncError as err:
+                log.warning("notifications round failed", tenant=tenant.name, error=str(err))
+
+    # --- start and stop ---
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="notifications")
+
+    async def _loop(self) -> None:
+        while True:
+            await self.clock.sleep(KEEP_SECONDS)
+            try:
+                await self.round()
+            except Exception as err:  # one failed round must not end them
+                log.exception("notifications round failed", error=str(err))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.debouncer.stop()
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
