@@ -122,11 +122,16 @@ class UsersConfig(_Section):
     extension_reuse_days: int = Field(default=90, ge=0)
     delete_after_days: int = Field(default=30, ge=0)
     max_deprovisions_per_run: int | None = Field(default=None, ge=0)
+    # The fast poll of the users and groups deltas (one request each when nothing changed),
+    # between the full runs of sync_time; a new hire or a leaver reaches the PBX within it.
+    poll_seconds: int = Field(default=60, ge=10)
 
 
 class PersonalContactsConfig(_Section):
     enabled: bool = False
     require_phone: bool = True
+    # The mailbox backstop: every mailbox's contacts delta this often (besides every full run).
+    poll_seconds: int = Field(default=1800, ge=60)
 
 
 ShowAs = Literal["busy", "oof", "tentative", "workingElsewhere", "free", "unknown"]
@@ -141,6 +146,14 @@ class EventsConfig(_Section):
     window_days: int = Field(default=14, ge=1, le=60)
     poll_seconds: int = Field(default=60, ge=10)
     show_as: list[ShowAs] = Field(default_factory=_default_show_as)
+
+
+class PresenceConfig(_Section):
+    """Teams presence to the PBX's ``pbx:presence``, polled with getPresencesByUserId
+    (650 users a request); the PBX routes calls by it like a busy window."""
+
+    enabled: bool = False
+    poll_seconds: int = Field(default=30, ge=5)
 
 
 class SharedMailboxConfig(_Section):
@@ -182,6 +195,7 @@ class TenantConfig(_Section):
     personal_contacts: PersonalContactsConfig = PersonalContactsConfig()
     shared_mailbox: SharedMailboxConfig = SharedMailboxConfig()
     events: EventsConfig = EventsConfig()
+    presence: PresenceConfig = PresenceConfig()
     sign_in_as_administrator: SignInAsAdministratorConfig = SignInAsAdministratorConfig()
     sign_in_as_standard_user: SignInAsStandardUserConfig = SignInAsStandardUserConfig()
 

@@ -120,7 +120,10 @@ class Simulator:
             if path == "/$batch" and request.method == "POST":
                 response = await self._batch(request)
             else:
-                response = self.api.dispatch(self._sim_request(request.method, path, dict(request.query), dict(request.headers), request))
+                sim_request = self._sim_request(request.method, path, dict(request.query), dict(request.headers), request)
+                if request.method == "POST":
+                    sim_request.body = await _json_body(request)
+                response = self.api.dispatch(sim_request)
                 response = self._rewrite_links(path, f"{request.scheme}://{request.host}{request.path_qs}", response)
         self._record(request.method, path, response.status, False)
         return _to_http(response)
@@ -243,6 +246,13 @@ class Simulator:
             response = self._rewrite_links(path, own_url, response)
         self._record(method, path, response.status, True)
         return response
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        return None
 
 
 def _mailbox_of(url: str) -> str | None:

@@ -120,6 +120,7 @@ class SimTenant:
         self.photos: dict[str, Photo] = {}
         self.mailbox_purpose: dict[str, str] = {}  # user id -> userPurpose; absent: no mailbox
         self.mailbox_time_zone: dict[str, str] = {}  # user id -> mailboxSettings.timeZone (default UTC)
+        self.presences: dict[str, tuple[str, str]] = {}  # user id -> Teams (availability, activity)
 
     def _next(self) -> int:
         self.seq += 1

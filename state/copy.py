@@ -43,6 +43,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "unreadable_mailboxes": ("tenant", "user_id", "resource", "since"),
     "contact_folders": ("tenant", "user_id", "folder_id"),
     "calendar_state": ("tenant", "user_id", "window_day", "busy_fingerprint"),
+    "presence_state": ("tenant", "user_id", "availability", "activity"),
     "pending_creates": ("tenant", "kind", "graph_id", "since"),
     "photo_checks": ("tenant", "user_id", "checked_at"),
     "object_history": ("tenant", "kind", "graph_id", "at", "run_id", "action", "attributes", "changed_values", "reason"),

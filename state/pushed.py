@@ -132,7 +132,15 @@ class BusyPushed:
     fingerprint: str
 
 
-Bookkeeping = Pushed | Removed | Failed | Tracked | Remembered | BusyPushed
+@dataclass(frozen=True)
+class PresencePushed:
+    """The presence now on the PBX for a user; ``None``: removed from it."""
+
+    user_id: str
+    presence: tuple[str, str] | None  # (availability, activity)
+
+
+Bookkeeping = Pushed | Removed | Failed | Tracked | Remembered | BusyPushed | PresencePushed
 
 
 class PushedQueries:
@@ -275,6 +283,7 @@ class PushedQueries:
             await _record_tracked(conn, tenant, by_type.get(Tracked, []))
             await _record_remembered(conn, tenant, by_type.get(Remembered, []))
             await _record_busy(conn, tenant, by_type.get(BusyPushed, []))
+            await _record_presence(conn, tenant, by_type.get(PresencePushed, []))
             return await _record_failed(conn, tenant, by_type.get(Failed, []), now)
 
 
@@ -353,6 +362,19 @@ async def _record_busy(conn: Any, tenant: str, entries: list[BusyPushed]) -> Non
         "INSERT INTO calendar_state (tenant, user_id, busy_fingerprint) VALUES (?, ?, ?)"
         " ON CONFLICT (tenant, user_id) DO UPDATE SET busy_fingerprint = excluded.busy_fingerprint",
         [(tenant, e.user_id, e.fingerprint) for e in entries],
+    )
+
+
+async def _record_presence(conn: Any, tenant: str, entries: list[PresencePushed]) -> None:
+    await conn.executemany(
+        "INSERT INTO presence_state (tenant, user_id, availability, activity) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (tenant, user_id) DO UPDATE SET availability = excluded.availability,"
+        " activity = excluded.activity",
+        [(tenant, e.user_id, *e.presence) for e in entries if e.presence is not None],
+    )
+    await conn.executemany(
+        "DELETE FROM presence_state WHERE tenant = ? AND user_id = ?",
+        [(tenant, e.user_id) for e in entries if e.presence is None],
     )
 
 
