@@ -58,11 +58,12 @@ def tenant_polls(tenant: TenantConfig, schedule: TenantSchedule | None, sync_now
     if schedule is not None:
         loops.append(PollLoop(f"users-{name}", tenant.users.poll_seconds,
                               queued(USERS_POLL, USERS_POLL_KINDS, schedule), clock,
-                              metrics.directory_polls_skipped.labels(name, "users").inc))
+                              metrics.directory_polls_skipped.labels(name, "users").inc, first_after_interval=True))
         if tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled:
             loops.append(PollLoop(f"mailboxes-{name}", tenant.personal_contacts.poll_seconds,
                                   queued(MAILBOX_POLL, RUN_KINDS, schedule), clock,
-                                  metrics.directory_polls_skipped.labels(name, "mailboxes").inc))
+                                  metrics.directory_polls_skipped.labels(name, "mailboxes").inc,
+                                  first_after_interval=True))
     return loops
 
 

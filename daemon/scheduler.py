@@ -249,12 +249,15 @@ class PollLoop:
         poll: Callable[[], Awaitable[None]],
         clock: SchedulerClock,
         on_skipped: Callable[[int], None] | None = None,
+        *,
+        first_after_interval: bool = False,
     ) -> None:
         self.name = name
         self.interval = interval
         self.poll = poll
         self.clock = clock
         self.on_skipped = on_skipped
+        self.first_after_interval = first_after_interval  # the start-up run already did the first one
         self.polls = 0
         self.skipped = 0
         self._task: asyncio.Task[None] | None = None
@@ -269,6 +272,8 @@ class PollLoop:
             self._task = None
 
     async def _loop(self) -> None:
+        if self.first_after_interval:
+            await self.clock.sleep(self.interval)
         while True:
             started = self.clock.monotonic()
             try:

@@ -248,6 +248,11 @@ class Store:
                 (self.clock(), result, json.dumps(redact_value(summary, limit=REASON_LIMIT), sort_keys=True), short_reason(error), run_id),
             )
 
+    async def forget_run(self, run_id: str) -> None:
+        """Drop a run's record: a users poll (every minute) that changed nothing is no history."""
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
     async def close_abandoned_runs(self, tenant: str, reason: str) -> int:
         """Close the tenant's runs left ``running`` as ``interrupted`` (with the reason);
         called by the holder of the tenant's run lock, so none of them can still be running."""
