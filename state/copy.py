@@ -26,7 +26,7 @@ BATCH = 500
 # both backends' schemas by tests/test_state_backends.py).
 TABLES: dict[str, tuple[str, ...]] = {
     "tenants": ("name", "directory_id", "application_id", "created_at", "auth_state", "auth_owner",
-                "auth_changed_at", "auth_reason"),
+                "auth_changed_at", "auth_reason", "auth_scopes"),
     "daemon_secrets": ("name", "value"),
     "delta_links": ("tenant", "resource", "key", "link", "updated_at"),
     "synced_objects": ("tenant", "kind", "graph_id", "pbx_id", "payload_hash", "etag", "updated_at", "payload",

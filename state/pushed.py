@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.redact import short_reason
+from state.attributes import BusyPushed, PresencePushed, record_busy, record_presence
 from state.copies import GraphCopy
 from state.db import Database
 from state.history import HistoryEntry, record_history
@@ -124,20 +125,6 @@ class Remembered:
     kind: str
     graph_id: str
     input_hash: str
-
-
-@dataclass(frozen=True)
-class BusyPushed:
-    user_id: str
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class PresencePushed:
-    """The presence now on the PBX for a user; ``None``: removed from it."""
-
-    user_id: str
-    presence: tuple[str, str] | None  # (availability, activity)
 
 
 Bookkeeping = Pushed | Removed | Failed | Tracked | Remembered | BusyPushed | PresencePushed
@@ -282,8 +269,8 @@ class PushedQueries:
             await _record_removed(conn, tenant, by_type.get(Removed, []), now)
             await _record_tracked(conn, tenant, by_type.get(Tracked, []))
             await _record_remembered(conn, tenant, by_type.get(Remembered, []))
-            await _record_busy(conn, tenant, by_type.get(BusyPushed, []))
-            await _record_presence(conn, tenant, by_type.get(PresencePushed, []))
+            await record_busy(conn, tenant, by_type.get(BusyPushed, []))
+            await record_presence(conn, tenant, by_type.get(PresencePushed, []))
             return await _record_failed(conn, tenant, by_type.get(Failed, []), now)
 
 
@@ -354,27 +341,6 @@ async def _record_remembered(conn: Any, tenant: str, entries: list[Remembered]) 
     await conn.executemany(
         "UPDATE synced_objects SET input_hash = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
         [(e.input_hash, tenant, e.kind, e.graph_id) for e in entries],
-    )
-
-
-async def _record_busy(conn: Any, tenant: str, entries: list[BusyPushed]) -> None:
-    await conn.executemany(
-        "INSERT INTO calendar_state (tenant, user_id, busy_fingerprint) VALUES (?, ?, ?)"
-        " ON CONFLICT (tenant, user_id) DO UPDATE SET busy_fingerprint = excluded.busy_fingerprint",
-        [(tenant, e.user_id, e.fingerprint) for e in entries],
-    )
-
-
-async def _record_presence(conn: Any, tenant: str, entries: list[PresencePushed]) -> None:
-    await conn.executemany(
-        "INSERT INTO presence_state (tenant, user_id, availability, activity) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (tenant, user_id) DO UPDATE SET availability = excluded.availability,"
-        " activity = excluded.activity",
-        [(tenant, e.user_id, *e.presence) for e in entries if e.presence is not None],
-    )
-    await conn.executemany(
-        "DELETE FROM presence_state WHERE tenant = ? AND user_id = ?",
-        [(tenant, e.user_id) for e in entries if e.presence is None],
     )
 
 

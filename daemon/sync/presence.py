@@ -27,7 +27,7 @@ from daemon.pbx.types import PbxOperation, PbxWriter
 from daemon.sync.apply import Applier
 from daemon.sync.changes import Change, Phase, Plan
 from daemon.sync.report import RunReport
-from state.pushed import PresencePushed
+from state.attributes import PresencePushed
 from state.sync_store import SyncStore
 
 log = get_logger(__name__)

@@ -8,3 +8,9 @@ CREATE TABLE presence_state (
     activity     TEXT NOT NULL,
     PRIMARY KEY (tenant, user_id)
 );
+
+-- The delegated scopes the integration owner was asked for at the last sign-in
+-- (space-separated; NULL: signed in before this was kept, or application mode),
+-- so status can say when the configuration now needs more (presence.enabled
+-- adds Presence.Read.All) and the owner must sign in again.
+ALTER TABLE tenants ADD COLUMN auth_scopes TEXT;
