@@ -5,18 +5,23 @@ the PBX on the next presence poll, through the one entry point."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from daemon.clock import ManualClock
 from daemon.config import load_config
+from daemon.metrics import Metrics
 from daemon.pbx.schema import PBX_USER
-from daemon.polls import USERS_POLL
+from daemon.polls import USERS_POLL, tenant_polls
 from daemon.scheduler import RunProgress, TenantSchedule
 from daemon.service import Service
+from daemon.sync.kinds import RUN_KINDS, USERS_POLL_KINDS, SyncRequest
 from live_fixtures import LiveEnv, started_live_env
 from sim.pbx import ScimServer
+from sync_fixtures import tenant_config
 
 SECTIONS = """poll_seconds = 60
 
@@ -84,19 +89,69 @@ async def test_a_presence_change_reaches_the_pbx_on_the_next_presence_poll(
     clock = ManualClock()
     async with started_live_env(tmp_path, scim_server_one_by_one, tenant_sections=SECTIONS) as env:
         alice = add_user(env, 1)
-        async with daemon(env, clock):
+        async with daemon(env, clock) as (service, _):
             assert env.sim is not None
             env.sim.api.presence.set(alice, "Busy", "InACall")
             calls = len(env.sim.requests(r"^/communications/getPresencesByUserId$"))
             await clock.advance_async(30)  # the presence poll's interval
-            await until_written(env, clock, alice, {"availability": "Busy", "activity": "InACall"})
+            written = 'm365sync_presence_writes_total{action="update",tenant="contoso"} 1.0'
+
+            async def polled() -> bool:  # the poll's metrics, counted once it returned
+                return written in service.metrics.render().decode()
+
+            await until(polled, clock, "the presence poll to finish")
+            assert (await env.pbx_users())[alice][PBX_USER]["presence"] == {"availability": "Busy", "activity": "InACall"}
             assert len(env.sim.requests(r"^/communications/getPresencesByUserId$")) > calls
+            assert 'm365sync_presence_polls_total{result="success",tenant="contoso"}' in service.metrics.render().decode()
 
 
-async def until_written(env: LiveEnv, clock: ManualClock, user: str, presence: dict[str, str]) -> None:
-    """The poll's HTTP round trips are real I/O: let the loop run until it wrote (bounded)."""
-    for _ in range(200):
-        if (await env.pbx_users())[user].get(PBX_USER, {}).get("presence") == presence:
+async def until(done: Callable[[], Awaitable[bool]], clock: ManualClock, what: str) -> None:
+    """The poll's HTTP round trips are real I/O: let the loop run until ``done`` (no sleep; a minute
+    of real time at most, for a loaded machine)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if await done():
             return
         await clock.settle()
-    raise AssertionError(f"presence {presence} never reached the PBX")
+    raise AssertionError(f"waited in vain for {what}")
+
+
+async def test_a_request_joining_a_queued_users_poll_widens_it_to_a_whole_run(tmp_path: Path) -> None:
+    clock = ManualClock()
+    started: list[tuple[str, frozenset[str]]] = []
+    hold = asyncio.Event()
+
+    async def run(trigger: str, run_id: str, progress: RunProgress) -> str:
+        started.append((trigger, progress.kinds))
+        await hold.wait()
+        return "success"
+
+    schedule = TenantSchedule(tenant_config(tmp_path), run, clock)
+    schedule.start()
+    await clock.settle()  # the start-up run is running (held)
+    first = schedule.request(USERS_POLL, kinds=USERS_POLL_KINDS)
+    assert schedule.request(USERS_POLL, kinds=USERS_POLL_KINDS) == first  # a second poll joins the first
+    assert schedule.queued is not None and schedule.queued.kinds == USERS_POLL_KINDS
+    assert schedule.request("sync-now") == first  # Sync now joins it too, and it becomes a whole run
+    assert schedule.queued.kinds == RUN_KINDS and schedule.queued.trigger == "sync-now"
+    hold.set()
+    await schedule.wait(first)
+    assert started == [("startup", RUN_KINDS), ("sync-now", RUN_KINDS)]
+    await schedule.stop()
+
+
+def test_the_polls_a_tenant_gets_follow_its_settings(tmp_path: Path) -> None:
+    def names(**sections: object) -> list[str]:
+        tenant = tenant_config(tmp_path, **sections)
+        schedule = TenantSchedule(tenant, lambda *args: asyncio.sleep(0, "success"), ManualClock())
+
+        async def sync_now(request: SyncRequest) -> str:
+            return "success"
+
+        return [loop.name.split("-")[0] for loop in tenant_polls(tenant, schedule, sync_now, ManualClock(), Metrics())]
+
+    assert names() == ["users"]
+    assert names(events={"enabled": True}, presence={"enabled": True}, personal_contacts={"enabled": True}) == [
+        "calendar", "presence", "users", "mailboxes"]
+    assert names(shared_mailbox={"enabled": True}) == ["users", "mailboxes"]
+    assert names(presence={"enabled": True}, national_cloud="CHINA") == ["users"]  # no presence API there
