@@ -12,21 +12,16 @@ from daemon.sync.kinds import PRESENCE_KINDS, RUN_KINDS, Clients, PresenceCleari
 from daemon.sync.presence import IDS_PER_CALL, PresenceSync, parse_presences
 from daemon.sync.report import RunReport
 from sync_fixtures import SyncEnv, add_user, on_both_backends  # noqa: F401  (every test here runs on both backends)
+from test_kinds_turned_off import directory_run
 
 PRESENCE_CALL = r"^/communications/getPresencesByUserId$"
 
 
-async def build_and_run(env: SyncEnv, kinds: frozenset[str]) -> RunReport:
-    """The pipelines the daemon builds for ``kinds``, run into one report."""
-    report = RunReport()
-    clients = Clients(env.graph.client, env.pbx.client, env.pbx.client)
-    for pipeline in build_pipelines(kinds, env.tenant, env.store, env.sync_store, clients, env.graph.clock.time):
-        await pipeline.run(report)
-    return report
-
-
 async def presence_poll(env: SyncEnv) -> RunReport:
-    return await build_and_run(env, PRESENCE_KINDS)
+    """A presence poll as the daemon builds it (the one factory)."""
+    clients = Clients(env.graph.client, env.pbx.client, env.pbx.client)
+    (pipeline,) = build_pipelines(PRESENCE_KINDS, env.tenant, env.store, env.sync_store, clients, env.graph.clock.time)
+    return await pipeline.run()
 
 
 async def on_pbx(env: SyncEnv) -> dict[str, Any]:
@@ -37,7 +32,7 @@ async def on_pbx(env: SyncEnv) -> dict[str, Any]:
 async def setup(env: SyncEnv, users: int) -> list[str]:
     ids = [add_user(env, index) for index in range(1, users + 1)]
     env.configure(presence={"enabled": True})
-    await build_and_run(env, RUN_KINDS)
+    await directory_run(env)
     return ids
 
 
@@ -85,11 +80,11 @@ async def test_turning_presence_off_removes_it_from_the_pbx(sync_env: SyncEnv) -
     assert not any(isinstance(p, PresenceSync) for p in built)  # off: never read
     assert any(isinstance(p, PresenceClearing) for p in built)  # a run clears what was pushed
     calls = sync_env.graph_requests(PRESENCE_CALL)
-    report = await build_and_run(sync_env, RUN_KINDS)
+    report = await directory_run(sync_env)
     assert await on_pbx(sync_env) == {alice: None, bob: None}
     assert report.presence.counts == {"update": 2} and await sync_env.sync_store.presence_states("t") == {}
     writes = sync_env.pbx_writes()
-    await build_and_run(sync_env, RUN_KINDS)
+    await directory_run(sync_env)
     assert sync_env.pbx_writes() == writes  # cleared once
     assert sync_env.graph_requests(PRESENCE_CALL) == calls  # and Graph's presence was not asked
 
