@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from daemon.accounts import Account, daemon_account
 from daemon.config import CALLBACK_PATH, Config, TenantConfig, secret_files
 from daemon.errors import ConfigProblem
+from daemon.graph.clouds import cloud_of
 from daemon.logging import get_logger
 from daemon.secrets import is_empty_secret
 from daemon.setup import example_config
@@ -52,6 +53,7 @@ def findings(config: Config, account: Account | None = None) -> list[ConfigProbl
         problems += _include_without_anybody(tenant, at)
         problems += _delegated_limits(tenant, at)
         problems += _unreachable_notifications(config, tenant, at)
+        problems += _presence_unavailable(tenant, at)
         if tenant.enabled:
             target = (tenant.directory_id, _normalized(tenant.pbx.scim_url))
             if target in seen:
@@ -170,6 +172,16 @@ def _delegated_limits(tenant: TenantConfig, at: str) -> list[ConfigProblem]:
                 f"every other user's {what} answer 403 and are skipped; to read every user's {what}, "
                 'use auth_mode = "application"', is_warning=True))
     return problems
+
+
+def _presence_unavailable(tenant: TenantConfig, at: str) -> list[ConfigProblem]:
+    """Teams presence exists in the global and US government clouds only."""
+    if not tenant.presence.enabled or cloud_of(tenant).presence:
+        return []
+    return [ConfigProblem(
+        f"{at}.presence.enabled",
+        f"Teams presence is not available in national_cloud = {json.dumps(tenant.national_cloud)} (21Vianet's "
+        "Graph has no getPresencesByUserId and no presence subscriptions); set presence.enabled = false")]
 
 
 def _state_path(config: Config, account: Account) -> list[ConfigProblem]:

@@ -122,6 +122,9 @@ class UsersConfig(_Section):
     extension_reuse_days: int = Field(default=90, ge=0)
     delete_after_days: int = Field(default=30, ge=0)
     max_deprovisions_per_run: int | None = Field(default=None, ge=0)
+    # The fast poll of the users and groups deltas (one request each when nothing changed),
+    # between the full runs of sync_time; a new hire or a leaver reaches the PBX within it.
+    poll_seconds: int = Field(default=60, ge=10)
 
 
 class PersonalContactsConfig(_Section):
@@ -130,6 +133,8 @@ class PersonalContactsConfig(_Section):
     # Each mailbox's contact folders (shared mailboxes' too) are listed again about this often, spread over
     # the runs; their contacts come every run (daemon/sync/folder_schedule.py). 0: every run.
     folder_refresh_hours: int = Field(default=24, ge=0, le=24 * 30)
+    # The mailbox backstop: every mailbox's contacts delta this often (besides every full run).
+    poll_seconds: int = Field(default=1800, ge=60)
 
 
 ShowAs = Literal["busy", "oof", "tentative", "workingElsewhere", "free", "unknown"]
@@ -149,6 +154,14 @@ class EventsConfig(_Section):
 class NotificationsConfig(_Section):
     # Graph change notifications trigger the reads (issue 25): on whenever [server] public_url is set.
     enabled: bool = True
+
+
+class PresenceConfig(_Section):
+    """Teams presence to the PBX's ``pbx:presence``, polled with getPresencesByUserId
+    (650 users a request); the PBX routes calls by it like a busy window."""
+
+    enabled: bool = False
+    poll_seconds: int = Field(default=30, ge=5)
 
 
 class SharedMailboxConfig(_Section):
@@ -191,6 +204,7 @@ class TenantConfig(_Section):
     shared_mailbox: SharedMailboxConfig = SharedMailboxConfig()
     events: EventsConfig = EventsConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    presence: PresenceConfig = PresenceConfig()
     sign_in_as_administrator: SignInAsAdministratorConfig = SignInAsAdministratorConfig()
     sign_in_as_standard_user: SignInAsStandardUserConfig = SignInAsStandardUserConfig()
 

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from daemon.auth.scopes import delegated_scopes
 from daemon.auth.states import AUTHORIZED
 from daemon.config import TenantConfig, secret_file_problem
 from daemon.redact import redact_text
@@ -60,4 +61,19 @@ def tenant_status(tenant: TenantConfig, row: TenantRow | None, config_file: str)
         else:
             detail = f"waiting for the integration owner to sign in; run: {command}"
         return TenantStatus(tenant.name, True, False, state, detail)
+    missing = missing_scopes(tenant, row)
+    if missing:
+        command = f"m365sync authorize --config {config_file} --tenant {tenant.name}"
+        return TenantStatus(tenant.name, True, False, "reauthorization_required",
+                            f"the configuration now needs {', '.join(missing)}, which the owner's last sign-in did not "
+                            f"consent to (e.g. presence.enabled adds Presence.Read.All); the owner signs in again: "
+                            f"{command}")
     return TenantStatus(tenant.name, True, True, "ready", "authorized")
+
+
+def missing_scopes(tenant: TenantConfig, row: TenantRow | None) -> list[str]:
+    """Delegated scopes the settings need beyond those asked at the last sign-in (by name)."""
+    if tenant.auth_mode != "delegated" or row is None or row.auth_scopes is None:
+        return []
+    asked = {scope.rsplit("/", 1)[-1] for scope in row.auth_scopes.split()}
+    return [name for name in (scope.rsplit("/", 1)[-1] for scope in delegated_scopes(tenant)) if name not in asked]

@@ -149,6 +149,36 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.presence_polls = Counter(
+            "m365sync_presence_polls", "Teams presence polls, by result.", ["tenant", "result"], registry=self.registry
+        )
+        self.presence_polls_skipped = Counter(
+            "m365sync_presence_polls_skipped",
+            "Presence polls skipped because the previous poll overran its interval.",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.presence_writes = Counter(
+            "m365sync_presence_writes",
+            "Presence values written to the PBX (only changed ones are), by action (update, failed).",
+            ["tenant", "action"],
+            registry=self.registry,
+        )
+        self.presence_poll_duration = Histogram(
+            "m365sync_presence_poll_seconds",
+            "One presence poll, from its first Graph request to its last PBX write: a change waits at most "
+            "presence.poll_seconds plus this.",
+            ["tenant"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.directory_polls_skipped = Counter(
+            "m365sync_directory_polls_skipped",
+            "Users polls and mailbox backstop polls skipped because the previous one overran its interval.",
+            ["tenant", "poll"],
+            registry=self.registry,
+        )
+
         self.run_lateness = Histogram(
             "m365sync_run_start_lateness_seconds",
             "How late scheduled runs start after their crontab fired (waiting for a place included).",

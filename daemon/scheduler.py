@@ -23,6 +23,7 @@ from croniter import croniter
 
 from daemon.config import TenantConfig
 from daemon.logging import get_logger
+from daemon.sync.kinds import RUN_KINDS
 
 log = get_logger(__name__)
 
@@ -67,6 +68,7 @@ class RunProgress:
     due_at: float | None = None  # a scheduled run: when its crontab fired
     lateness: float | None = None  # a scheduled run: seconds from due to started (a wait for a place included)
     details: dict[str, Any] = field(default_factory=dict)
+    kinds: frozenset[str] = RUN_KINDS  # a users poll syncs fewer; requests merged into it widen them
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def update(self, phase: str, done: int, total: int) -> None:
@@ -127,11 +129,15 @@ class TenantSchedule:
             await self.current.finished.wait()
         await self.stop()
 
-    def request(self, trigger: str, run_id: str | None = None) -> str:
-        """Ask for a run now; returns its id (``run_id``: one handed out by another
-        daemon, which forwarded the request here). During a run, exactly one more is queued."""
+    def request(self, trigger: str, run_id: str | None = None, kinds: frozenset[str] = RUN_KINDS) -> str:
+        """Ask for a run of ``kinds`` now; returns its id (``run_id``: one handed out by another
+        daemon, which forwarded the request here). During a run, exactly one more is queued; a
+        request while one is queued joins it, which then syncs the kinds of both."""
         if self.queued is None:
-            self.queued = RunProgress(run_id or new_run_id(), trigger)
+            self.queued = RunProgress(run_id or new_run_id(), trigger, kinds=kinds)
+        elif not kinds <= self.queued.kinds:
+            self.queued.kinds |= kinds
+            self.queued.trigger = trigger  # the record says why it syncs more than it was queued for
         self._wake.set()
         return self.queued.run_id
 
@@ -233,7 +239,7 @@ def new_run_id() -> str:
 
 
 class PollLoop:
-    """A fixed-interval poll (the calendar): one poll at a time; a poll that
+    """A fixed-interval poll (the calendar, presence, the users and the mailbox backstop): one poll at a time; a poll that
     overruns its interval makes the missed ticks skipped and counted, never stacked."""
 
     def __init__(
@@ -243,12 +249,15 @@ class PollLoop:
         poll: Callable[[], Awaitable[None]],
         clock: SchedulerClock,
         on_skipped: Callable[[int], None] | None = None,
+        *,
+        first_after_interval: bool = False,
     ) -> None:
         self.name = name
         self.interval = interval
         self.poll = poll
         self.clock = clock
         self.on_skipped = on_skipped
+        self.first_after_interval = first_after_interval  # the start-up run already did the first one
         self.polls = 0
         self.skipped = 0
         self._task: asyncio.Task[None] | None = None
@@ -263,6 +272,8 @@ class PollLoop:
             self._task = None
 
     async def _loop(self) -> None:
+        if self.first_after_interval:
+            await self.clock.sleep(self.interval)
         while True:
             started = self.clock.monotonic()
             try:

@@ -28,11 +28,12 @@ from daemon.leases import LeaseEvents, Leases, LocalLeases
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.ownership import Ownership
+from daemon.polls import poll_settings, tenant_polls
 from daemon.progress import ProgressLog
 from daemon.retry import GraphBudget
 from daemon.scheduler import PollLoop, RunProgress, SchedulerClock, TenantSchedule, schedule_interval
 from daemon.status import NEXT_RUN_KEY, TenantReport
-from daemon.sync.kinds import POLL_KINDS, RUN_KINDS, SyncRequest
+from daemon.sync.kinds import PRESENCE, SyncRequest
 from daemon.sync.run_backlog import RunBacklog
 from daemon.sync.runner import RunResult, TenantRunner
 from state.store import Store
@@ -63,7 +64,7 @@ class Supervisor:
         self.schedule = schedule  # False: nothing runs by itself (tests, and runs driven by the caller)
         self.run_slots = asyncio.Semaphore(config.runs.max_concurrent)  # [runs] max_concurrent, across tenants
         self.schedules: dict[str, TenantSchedule] = {}
-        self.polls: dict[str, PollLoop] = {}
+        self.polls: dict[str, list[PollLoop]] = {}  # per tenant: calendar, presence, users, mailboxes
         self.budgets: dict[str, GraphBudget] = {}  # one Graph budget per tenant, shared by runs and polls
         self.backlogs: dict[str, RunBacklog] = {}  # per tenant: run results and locks a store outage left unwritten
         self.pending_syncs: set[str] = set()
@@ -101,9 +102,8 @@ class Supervisor:
 
     async def stop(self) -> None:
         await self.ownership.leases.stop()
-        for poll in self.polls.values():
-            await poll.stop()
-        self.polls.clear()
+        for name in list(self.polls):
+            await self._stop_polls(name)
         for schedule in self.schedules.values():
             await schedule.stop()
         self.schedules.clear()
@@ -138,7 +138,7 @@ class Supervisor:
             schedule = self.schedules.get(name)
             if schedule is not None:
                 schedule.reschedule(after[name])
-            if before[name].events != after[name].events:
+            if poll_settings(before[name]) != poll_settings(after[name]):
                 await self._stop_polls(name)
                 if self.schedule:
                     self._start_polls(after[name])
@@ -177,7 +177,8 @@ class Supervisor:
 
         Called by the tenant's schedule for a run of every run kind (its crontab, the start-up
         run, and the runs :meth:`request` queued: Sync now, an authorization, a takeover), by the
-        calendar poll for ``busy``, and by whatever comes next (change notifications) with the
+        calendar poll for ``busy``, the presence poll for ``presence``, the users poll and the
+        mailbox backstop (queued on the schedule), and by whatever comes next (change notifications) with the
         kinds it names. It passes the one gate first (:meth:`_skip_reason`); a skipped sync
         returns why ("not_owner", "not_authorized"), anything else the run's or poll's result."""
         tenant = self._tenant(request.tenant)
@@ -246,25 +247,19 @@ class Supervisor:
 
     def _run_of(self, tenant: str) -> Callable[[str, str, RunProgress], Awaitable[str]]:
         async def run(trigger: str, run_id: str, progress: RunProgress) -> str:
-            return await self.sync_now(SyncRequest(tenant, RUN_KINDS, trigger), run_id, progress)
+            return await self.sync_now(SyncRequest(tenant, progress.kinds, trigger), run_id, progress)
 
         return run
 
     def _start_polls(self, tenant: TenantConfig) -> None:
-        if tenant.events.enabled:
-            request = SyncRequest(tenant.name, POLL_KINDS, "poll")
-
-            async def poll() -> None:
-                await self.sync_now(request)
-
-            loop = PollLoop(f"calendar-{tenant.name}", tenant.events.poll_seconds, poll, self.clock,
-                            self.metrics.calendar_polls_skipped.labels(tenant.name).inc)
-            self.polls[tenant.name] = loop
+        """The tenant's polls (``daemon.polls``): calendar, presence, users, and the mailbox backstop."""
+        loops = tenant_polls(tenant, self.schedules.get(tenant.name), self.sync_now, self.clock, self.metrics)
+        self.polls[tenant.name] = loops
+        for loop in loops:
             loop.start()
 
     async def _stop_polls(self, name: str) -> None:
-        poll = self.polls.pop(name, None)
-        if poll is not None:
+        for poll in self.polls.pop(name, []):
             await poll.stop()
 
     async def _next_run(self, tenant: str, when: float) -> None:
@@ -282,13 +277,20 @@ class Supervisor:
 
     async def _poll(self, runner: TenantRunner, request: SyncRequest) -> str:
         name = request.tenant
+        presence = PRESENCE in request.kinds
+        polls = self.metrics.presence_polls if presence else self.metrics.calendar_polls
+        started = self.clock.monotonic()
         try:
             result = await runner.sync(request)
         except M365SyncError as err:
-            self.metrics.calendar_polls.labels(name, "failed").inc()
-            log.warning("calendar poll failed", tenant=name, error=str(err))
+            polls.labels(name, "failed").inc()
+            log.warning(f"{'presence' if presence else 'calendar'} poll failed", tenant=name, error=str(err))
             return "failed"
-        self.metrics.calendar_polls.labels(name, result.result).inc()
+        polls.labels(name, result.result).inc()
+        if presence:
+            self.metrics.presence_poll_duration.labels(name).observe(self.clock.monotonic() - started)
+            for action, amount in result.report.presence.counts.items():
+                self.metrics.presence_writes.labels(name, action).inc(amount)
         if result.report.busy.unreadable:
             self.metrics.calendar_unreadable.labels(name).inc(len(result.report.busy.unreadable))
         return result.result

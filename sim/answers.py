@@ -22,6 +22,7 @@ class SimRequest:
     query: dict[str, str]
     headers: dict[str, str]  # lower-case names
     base_url: str  # scheme://host:port, for nextLink and deltaLink
+    body: Any = None  # a POST's JSON body (getPresencesByUserId)
 
 
 @dataclass

@@ -122,9 +122,12 @@ class Simulator:
             if path == "/$batch" and request.method == "POST":
                 response = await self._batch(request)
             elif path.startswith("/subscriptions"):
-                response = await self.subscriptions.handle(request.method, path, await _json_or_none(request))
+                response = await self.subscriptions.handle(request.method, path, await _json_body(request))
             else:
-                response = self.api.dispatch(self._sim_request(request.method, path, dict(request.query), dict(request.headers), request))
+                sim_request = self._sim_request(request.method, path, dict(request.query), dict(request.headers), request)
+                if request.method == "POST":
+                    sim_request.body = await _json_body(request)
+                response = self.api.dispatch(sim_request)
                 response = self._rewrite_links(path, f"{request.scheme}://{request.host}{request.path_qs}", response)
         self._record(request.method, path, response.status, False)
         return _to_http(response)
@@ -249,7 +252,8 @@ class Simulator:
         return response
 
 
-async def _json_or_none(request: web.Request) -> object:
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON, or None when it has no body or the body is not JSON."""
     try:
         return await request.json() if request.can_read_body else None
     except ValueError:

@@ -22,6 +22,7 @@ from sim.answers import (
     render,
 )
 from sim.outlook import OutlookApi
+from sim.presence import PresenceApi
 from sim.rounds import Rounds, jitter
 from sim.store import Collection, GroupMembers, Record, SimTenant
 from sim.tokens import BadToken, TokenCodec
@@ -45,6 +46,7 @@ class GraphApi:
         self.codec = codec or TokenCodec()
         self.rounds = Rounds(tenant, self.codec)
         self.outlook = OutlookApi(tenant, self.settings, self.rounds, self._find_user)
+        self.presence = PresenceApi(tenant)
         routes: list[tuple[str, Callable[..., SimResponse]]] = [
             (r"/users", self.list_users),
             (r"/users/delta", self.users_delta),
@@ -61,6 +63,8 @@ class GraphApi:
         self.rounds.expire(style)
 
     def dispatch(self, request: SimRequest) -> SimResponse:
+        if request.method == "POST" and request.path == "/communications/getPresencesByUserId":
+            return self.presence.get_presences(request)
         if request.method != "GET":
             return graph_error(405, "Request_BadRequest", f"{request.method} is not supported here")
         for pattern, handler in self._routes:

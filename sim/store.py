@@ -120,6 +120,7 @@ class SimTenant:
         self.photos: dict[str, Photo] = {}
         self.mailbox_purpose: dict[str, str] = {}  # user id -> userPurpose; absent: no mailbox
         self.mailbox_time_zone: dict[str, str] = {}  # user id -> mailboxSettings.timeZone (default UTC)
+        self.presences: dict[str, tuple[str, str]] = {}  # user id -> Teams (availability, activity)
         # Told (resource, changeType, object id) of every change, as Graph's change notifications are
         # (sim/subscriptions.py): "users", "groups", "users/{id}/contacts", "users/{id}/events".
         self.listeners: list[Callable[[str, str, str], None]] = []

@@ -26,7 +26,7 @@ BATCH = 500
 # both backends' schemas by tests/test_state_backends.py).
 TABLES: dict[str, tuple[str, ...]] = {
     "tenants": ("name", "directory_id", "application_id", "created_at", "auth_state", "auth_owner",
-                "auth_changed_at", "auth_reason"),
+                "auth_changed_at", "auth_reason", "auth_scopes"),
     "daemon_secrets": ("name", "value"),
     "delta_links": ("tenant", "resource", "key", "link", "updated_at"),
     "synced_objects": ("tenant", "kind", "graph_id", "pbx_id", "payload_hash", "etag", "updated_at", "payload",
@@ -43,6 +43,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "unreadable_mailboxes": ("tenant", "user_id", "resource", "since"),
     "contact_folders": ("tenant", "user_id", "folder_id"),
     "calendar_state": ("tenant", "user_id", "window_day", "busy_fingerprint"),
+    "presence_state": ("tenant", "user_id", "availability", "activity"),
     "pending_creates": ("tenant", "kind", "graph_id", "since"),
     "photo_checks": ("tenant", "user_id", "checked_at", "due_at"),
     "object_history": ("tenant", "kind", "graph_id", "at", "run_id", "action", "attributes", "changed_values", "reason"),

@@ -98,6 +98,17 @@ class MarkerQueries:
                 [(tenant, u, day) for u in user_ids],
             )
 
+    # --- Teams presence ---
+
+    async def presence_states(self, tenant: str) -> dict[str, tuple[str, str]]:
+        """user id -> the (availability, activity) last pushed to the PBX."""
+        return {
+            row[0]: (row[1], row[2])
+            for row in await self.db.fetchall(
+                "SELECT user_id, availability, activity FROM presence_state WHERE tenant = ?", (tenant,)
+            )
+        }
+
     # --- photo checks ---
 
     async def photo_checks(self, tenant: str) -> dict[str, float]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.redact import short_reason
+from state.attributes import BusyPushed, PresencePushed, record_busy, record_presence
 from state.db import Database
 from state.history import HistoryEntry, record_history
 from state.store import Clock
@@ -125,14 +126,7 @@ class Remembered:
     input_hash: str
 
 
-@dataclass(frozen=True)
-class BusyPushed:
-    user_id: str
-    fingerprint: str
-    pbx_id: str | None = None  # set when the write found the user under another id than the one recorded
-
-
-Bookkeeping = Pushed | Removed | Failed | Tracked | Remembered | BusyPushed
+Bookkeeping = Pushed | Removed | Failed | Tracked | Remembered | BusyPushed | PresencePushed
 
 
 class PushedQueries:
@@ -254,7 +248,8 @@ class PushedQueries:
             await _record_removed(conn, tenant, by_type.get(Removed, []), now)
             await _record_tracked(conn, tenant, by_type.get(Tracked, []))
             await _record_remembered(conn, tenant, by_type.get(Remembered, []))
-            await _record_busy(conn, tenant, by_type.get(BusyPushed, []))
+            await record_busy(conn, tenant, by_type.get(BusyPushed, []))
+            await record_presence(conn, tenant, by_type.get(PresencePushed, []))
             return await _record_failed(conn, tenant, by_type.get(Failed, []), now)
 
 
@@ -326,16 +321,6 @@ async def _record_remembered(conn: Any, tenant: str, entries: list[Remembered]) 
         "UPDATE synced_objects SET input_hash = ? WHERE tenant = ? AND kind = ? AND graph_id = ?",
         [(e.input_hash, tenant, e.kind, e.graph_id) for e in entries],
     )
-
-
-async def _record_busy(conn: Any, tenant: str, entries: list[BusyPushed]) -> None:
-    await conn.executemany(
-        "INSERT INTO calendar_state (tenant, user_id, busy_fingerprint) VALUES (?, ?, ?)"
-        " ON CONFLICT (tenant, user_id) DO UPDATE SET busy_fingerprint = excluded.busy_fingerprint",
-        [(tenant, e.user_id, e.fingerprint) for e in entries],
-    )
-    if moved := [(e.pbx_id, tenant, e.user_id) for e in entries if e.pbx_id is not None]:
-        await conn.executemany("UPDATE synced_objects SET pbx_id = ? WHERE tenant = ? AND kind = 'user' AND graph_id = ?", moved)
 
 
 async def _record_failed(conn: Any, tenant: str, entries: list[Failed], now: float) -> set[str]:

@@ -24,6 +24,7 @@ class TenantRow:
     has_token_cache: bool
     auth_reason: str | None = None
     auth_changed_at: float | None = None  # when the authorization state last changed (e.g. re-authorized)
+    auth_scopes: str | None = None  # delegated: the scopes asked at the owner's last sign-in (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ class Store:
                 " auth_reason = ?, auth_changed_at = ? WHERE name = ?",
                 (state, owner, short_reason(reason), self.clock(), tenant),
             )
+
+    async def set_auth_scopes(self, tenant: str, scopes: list[str]) -> None:
+        """The scopes the owner consented to at this sign-in (delegated mode)."""
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE tenants SET auth_scopes = ? WHERE name = ?", (" ".join(scopes), tenant))
 
     async def forget_tenant(self, tenant: str) -> None:
         """Everything kept for a tenant goes (every table refers to it ON DELETE CASCADE)."""
@@ -253,6 +259,11 @@ class Store:
                 (self.clock(), result, json.dumps(redact_value(summary, limit=REASON_LIMIT), sort_keys=True), short_reason(error), run_id),
             )
 
+    async def forget_run(self, run_id: str) -> None:
+        """Drop a run's record: a users poll (every minute) that changed nothing is no history."""
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
     async def close_abandoned_runs(self, tenant: str, reason: str) -> int:
         """Close the tenant's runs left ``running`` as ``interrupted`` (with the reason);
         called by the holder of the tenant's run lock, so none of them can still be running."""
@@ -292,7 +303,7 @@ class Store:
 
 TENANT_ROWS = (
     "SELECT t.name, t.directory_id, t.application_id, t.auth_state, t.auth_owner,"
-    " c.tenant IS NOT NULL, t.auth_reason, t.auth_changed_at FROM tenants t"
+    " c.tenant IS NOT NULL, t.auth_reason, t.auth_changed_at, t.auth_scopes FROM tenants t"
     " LEFT JOIN token_cache c ON c.tenant = t.name"
 )
 
@@ -307,7 +318,7 @@ async def write_delta_links(conn: Any, tenant: str, resource: str, links: Mappin
 
 
 def _tenant_row(r: Any) -> TenantRow:
-    return TenantRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7])
+    return TenantRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8])
 
 
 def _run_row(row: Any) -> RunRow:

@@ -16,7 +16,7 @@ import structlog
 from daemon.logging import configure_logging
 from daemon.pbx.schema import PBX_USER
 from daemon.sync.calendar import CalendarSync
-from daemon.sync.kinds import ALL_KINDS, POLL_KINDS, RUN_KINDS, BusyClearing, Clients, build_pipelines
+from daemon.sync.kinds import ALL_KINDS, POLL_KINDS, RUN_KINDS, BusyClearing, Clients, PresenceClearing, build_pipelines
 from daemon.sync.report import RunReport
 from daemon.sync.tenant import TenantSync
 from sim.generator import generate_tenant
@@ -195,8 +195,9 @@ async def test_busy_windows_are_built_by_the_one_factory_and_log_their_plan(sync
         return [type(p) for p in build_pipelines(kinds, env.tenant, env.store, env.sync_store, clients,
                                                  env.graph.clock.time)]
 
-    assert built(POLL_KINDS) == [CalendarSync] and built(RUN_KINDS) == [TenantSync]
-    assert built(ALL_KINDS) == [TenantSync, CalendarSync]
+    # presence is off: a run clears what it may have pushed (test_presence.py)
+    assert built(POLL_KINDS) == [CalendarSync] and built(RUN_KINDS) == [TenantSync, PresenceClearing]
+    assert built(ALL_KINDS) == [TenantSync, CalendarSync, PresenceClearing]
     out = io.StringIO()
     configure_logging("info", "json", stream=out)
     try:
@@ -210,4 +211,4 @@ async def test_busy_windows_are_built_by_the_one_factory_and_log_their_plan(sync
     plans = [line for line in map(json.loads, out.getvalue().splitlines()) if line["event"] == "sync plan"]
     assert [(p["kinds"], p["changes"], p["writes"]) for p in plans] == [(["busy"], {"busy": {"update": 1}}, 1)]
     env.configure(events={"enabled": False})
-    assert built(POLL_KINDS) == [] and built(ALL_KINDS) == [TenantSync, BusyClearing]  # no calendar read; runs clear
+    assert built(POLL_KINDS) == [] and built(ALL_KINDS) == [TenantSync, BusyClearing, PresenceClearing]  # no calendar read; runs clear

@@ -128,3 +128,38 @@ def test_photo_sizes_larger_than_the_uploaded_photo_answer_404(graph_env: GraphE
     too_large = ask(graph_env, f"/users/{user}/photos/240x240/$value")
     assert too_large.status == 404 and body(too_large)["error"]["code"] == "ImageNotFound"
     assert ask(graph_env, f"/users/{user}/photo/$value").body == b"\xff\xd8\xffJPEG"
+
+
+def presences(env: GraphEnv, ids: Any) -> SimResponse:
+    """``POST /communications/getPresencesByUserId`` with ``{"ids": ids}``."""
+    return env.sim.api.dispatch(SimRequest("POST", "/communications/getPresencesByUserId", {}, {}, BASE,
+                                           body={"ids": ids}))
+
+
+def test_presence_answers_up_to_650_ids_a_call_and_400_above(graph_env: GraphEnv) -> None:
+    users = [mailbox(graph_env, f"p{index:03d}") for index in range(651)]
+    answer = presences(graph_env, users[:650])
+    assert answer.status == 200 and len(body(answer)["value"]) == 650
+    too_many = presences(graph_env, users)
+    assert too_many.status == 400 and body(too_many)["error"]["code"] == "BadRequest"
+    assert presences(graph_env, "p000").status == 400  # ids is a collection
+
+
+def test_presence_is_unknown_until_set_and_changes_on_demand(graph_env: GraphEnv) -> None:
+    alice, bob = mailbox(graph_env, "alice"), mailbox(graph_env, "bob")
+    assert body(presences(graph_env, [alice, bob, "no-such-user"]))["value"] == [
+        {"id": alice, "availability": "PresenceUnknown", "activity": "PresenceUnknown"},
+        {"id": bob, "availability": "PresenceUnknown", "activity": "PresenceUnknown"},
+    ]
+    graph_env.sim.api.presence.set(alice, "Busy", "InAMeeting")
+    assert body(presences(graph_env, [alice]))["value"] == [{"id": alice, "availability": "Busy", "activity": "InAMeeting"}]
+    assert presences(graph_env, ["alice@contoso.example"]).body == {"value": []}  # object ids, not UPNs
+
+
+def test_presence_allows_1500_calls_in_30_seconds_then_429_with_retry_after(graph_env: GraphEnv) -> None:
+    alice = mailbox(graph_env, "alice")
+    assert all(presences(graph_env, [alice]).status == 200 for _ in range(1500))
+    throttled = presences(graph_env, [alice])
+    assert throttled.status == 429 and 1 <= int(throttled.headers["Retry-After"]) <= 31
+    graph_env.clock.advance(30)
+    assert presences(graph_env, [alice]).status == 200

@@ -138,6 +138,17 @@ async def test_every_emitted_object_matches_the_v1_schema(graph_env: GraphEnv) -
     assert isinstance(contact["businessPhones"], list)
 
 
+async def test_presence_objects_match_the_v1_schema(graph_env: GraphEnv) -> None:
+    made = generate_tenant(graph_env.tenant, users=20, photo_fraction=0)
+    graph_env.sim.api.presence.set(made.members[0], "DoNotDisturb", "Presenting")
+    answer = await graph_env.client.request("POST", "/communications/getPresencesByUserId", json_body={"ids": made.members})
+    items = answer.body["value"]
+    problems: list[str] = []
+    for index, item in enumerate(items):
+        check_object("microsoft.graph.presence", item, f"presence[{index}]", problems)
+    assert problems == [] and len(items) == len(made.members)
+
+
 def test_the_checker_catches_wrong_names_and_shapes() -> None:
     problems: list[str] = []
     check_object("microsoft.graph.user", {"id": "x", "businessPhones": "+1 555", "displayname": "lower", "accountEnabled": "yes"}, "user", problems)

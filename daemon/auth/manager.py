@@ -192,6 +192,7 @@ class AuthManager:
         owner = str(claims.get("preferred_username") or claims.get("name") or "unknown account")
         await self._keep_only_account(app, str(claims.get("oid", "")))
         await self.tokens.persist_cache(tenant)
+        await self.store.set_auth_scopes(tenant.name, delegated_scopes(tenant))  # what status compares later
         await self.states.record(tenant.name, AUTHORIZED, owner=owner, reason=None)
         if self.on_authorized is not None:
             self.on_authorized(tenant.name)

@@ -19,6 +19,8 @@ def delegated_scopes(tenant: TenantConfig) -> list[str]:
         names += ["MailboxSettings.Read", "Contacts.Read.Shared"]
     if tenant.groups:
         names.append("Group.Read.All")
+    if tenant.presence.enabled:  # added only when enabled: an owner authorized before consents again
+        names.append("Presence.Read.All")
     base = graph_base_url(tenant)
     return [f"{base}/{name}" for name in dict.fromkeys(names)]
 

@@ -20,12 +20,14 @@ class Cloud:
     # stored copies, on this slower cadence instead of every run.
     contacts_delta: bool = True
     contacts_listing_seconds: float = 0.0
+    # Teams presence (getPresencesByUserId) does not exist in 21Vianet's Graph.
+    presence: bool = True
 
 
 CLOUDS = {
     "GLOBAL": Cloud("login.microsoftonline.com", "graph.microsoft.com"),
     "CHINA": Cloud("login.chinacloudapi.cn", "microsoftgraph.chinacloudapi.cn", contacts_delta=False,
-                   contacts_listing_seconds=CHINA_CONTACTS_LISTING_SECONDS),
+                   contacts_listing_seconds=CHINA_CONTACTS_LISTING_SECONDS, presence=False),
     "USGOV": Cloud("login.microsoftonline.us", "graph.microsoft.us"),
     "USGOV_DOD": Cloud("login.microsoftonline.us", "dod-graph.microsoft.us"),
 }

@@ -38,12 +38,13 @@ from daemon.errors import reason_of
 from daemon.logging import get_logger
 from daemon.pbx.connection import WRITES_IN_FLIGHT
 from daemon.pbx.types import PbxOutcome, PbxWriter
-from daemon.sync.changes import Change, Phase, Plan, failure_text
+from daemon.sync.changes import POLLED_ATTRIBUTES, Change, Phase, Plan, failure_text
 from daemon.sync.history import history_entry
 from daemon.sync.materialize import build_deferred, resolve_users, with_photo
 from daemon.window import run_windowed
+from state.attributes import BusyPushed
 from state.history import HistoryEntry
-from state.pushed import Bookkeeping, BusyPushed, Failed, Pushed
+from state.pushed import Bookkeeping, Failed, Pushed
 from state.sync_store import SyncStore
 
 log = get_logger(__name__)
@@ -140,7 +141,7 @@ class Applier:
             self.report.fail(change.kind, f"{change.label}: {text}")
             log.error("object cannot be synced", kind=change.kind, object=change.label, problem=text)
         await self.sync_store.apply_bookkeeping(
-            self.tenant, [Failed(c.kind, c.graph_id, text, c.fingerprint) for c, text in failed if c.kind != "busy"])
+            self.tenant, [Failed(c.kind, c.graph_id, text, c.fingerprint) for c, text in failed if c.kind not in POLLED_ATTRIBUTES])
 
     async def _apply_chunk(self, chunk: list[Change]) -> None:
         await self.sync_store.journal_creates(
@@ -156,7 +157,7 @@ class Applier:
                 entries.append(entry)
             if outcome.ok:
                 self.report.count(change.kind, change.action)
-                if change.kind != "busy":  # a busy list is no object anyone asks the history of
+                if change.kind not in POLLED_ATTRIBUTES:  # no object anyone asks the history of
                     history.append(history_entry(change))
             else:
                 self.report.fail(change.kind, f"{change.label}: {reason_of(outcome.error)}")
@@ -168,7 +169,7 @@ class Applier:
     @staticmethod
     def _bookkeeping(change: Change, outcome: PbxOutcome) -> Bookkeeping | None:
         if not outcome.ok:
-            if change.kind == "busy":
+            if change.kind in POLLED_ATTRIBUTES:
                 return None  # the next poll tries again; nothing to quarantine
             return Failed(change.kind, change.graph_id, reason_of(outcome.error), change.fingerprint)
         entry = change.on_success

@@ -23,7 +23,10 @@ from daemon.pbx.types import PbxOperation
 from state.copies import GraphCopy
 from state.pushed import Bookkeeping, Failed
 
-ObjectKind = Literal["user", "group", "contact", "busy"]
+ObjectKind = Literal["user", "group", "contact", "busy", "presence"]
+# One attribute of a user, rewritten by its own poll: a failure is retried by the next
+# poll (never quarantined), and no write of them goes into the objects' history.
+POLLED_ATTRIBUTES = frozenset({"busy", "presence"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +132,11 @@ class Plan:
 
     def fail(self, kind: ObjectKind, graph_id: str, label: str, error: BaseException | str,
              fingerprint: str = "") -> None:
-        """One object could not be planned: it alone fails, recorded with its reason (busy lists are
-        retried by the next poll, so they are only reported)."""
+        """One object could not be planned: it alone fails, recorded with its reason (busy lists and
+        presence are retried by the next poll, so they are only reported)."""
         text = failure_text(error)
         self.failures.append((kind, f"{clean_text(label)}: {text}"))
-        if kind != "busy":
+        if kind not in POLLED_ATTRIBUTES:
             self.bookkeeping.append(Failed(kind, graph_id, text, fingerprint))
 
     def extend(self, other: Plan) -> None:

@@ -8,8 +8,10 @@ tenant's Graph and PBX clients (:class:`Clients`).
 
 Kinds: ``user``, ``group`` and ``contact`` are one pipeline (the users decide
 whose mailboxes are read and which numbers are free), so a request for any of
-them syncs all three; ``busy`` (calendar busy windows) is its own, and only
-for a tenant with ``[tenants.events] enabled``.
+them syncs all three, but a request without ``contact`` (the users poll,
+``users.poll_seconds``) reads no mailbox; ``busy`` (calendar busy windows) is
+its own, and only for a tenant with ``[tenants.events] enabled``; so is
+``presence`` (Teams presence), with ``[tenants.presence] enabled``.
 """
 
 from __future__ import annotations
@@ -20,22 +22,29 @@ from typing import Protocol
 
 from daemon.config import TenantConfig
 from daemon.graph.client import GraphClient
+from daemon.graph.clouds import cloud_of
 from daemon.pbx.client import PbxClient
 from daemon.pbx.types import PbxWriter
 from daemon.sync.apply import Progress
 from daemon.sync.calendar import CalendarSync
+from daemon.sync.presence import PresenceSync
 from daemon.sync.report import RunReport
 from daemon.sync.tenant import build_tenant_sync
 from state.store import Store
 from state.sync_store import SyncStore
 
 BUSY = "busy"
+PRESENCE = "presence"
 DIRECTORY_KINDS = frozenset({"user", "group", "contact"})
-ALL_KINDS = DIRECTORY_KINDS | {BUSY}
-# What a run syncs (the crontab, Sync now, an authorization, a takeover): busy windows are
-# kept fresh by their own poll every ``poll_seconds``, never by two syncs of a tenant at once.
+ALL_KINDS = DIRECTORY_KINDS | {BUSY, PRESENCE}
+# What a run syncs (the crontab, Sync now, an authorization, a takeover): busy windows and
+# presence are kept fresh by their own polls, never by two syncs of a tenant at once.
 RUN_KINDS = DIRECTORY_KINDS
 POLL_KINDS = frozenset({BUSY})
+PRESENCE_KINDS = frozenset({PRESENCE})
+# The users poll (``users.poll_seconds``): the users and groups deltas, no mailbox read; a
+# run (locked, recorded) since it writes users, queued on the tenant's schedule like any run.
+USERS_POLL_KINDS = frozenset({"user", "group"})
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,8 @@ class SyncRequest:
 
     @property
     def is_run(self) -> bool:
-        """A run (locked, recorded in the run history) rather than a calendar poll:
-        polls come every minute, also during a run, and write only busy lists."""
+        """A run (locked, recorded in the run history) rather than a calendar or presence
+        poll: those come every minute or faster, also during a run, and write one attribute."""
         return bool(self.kinds & DIRECTORY_KINDS)
 
 
@@ -65,6 +74,21 @@ class Clients:
 
 class Pipeline(Protocol):
     async def run(self, report: RunReport | None = None) -> RunReport: ...
+
+
+@dataclass(frozen=True)
+class PresenceClearing:
+    """The presence a disabled presence sync left on the PBX, removed by a run."""
+
+    presence: PresenceSync
+
+    async def run(self, report: RunReport | None = None) -> RunReport:
+        return await self.presence.clear(report)
+
+
+def presence_available(tenant: TenantConfig) -> bool:
+    """Presence is on, in a cloud that has it (check-config refuses it elsewhere)."""
+    return tenant.presence.enabled and cloud_of(tenant).presence
 
 
 @dataclass(frozen=True)
@@ -84,10 +108,15 @@ def build_pipelines(kinds: frozenset[str], tenant: TenantConfig, store: Store, s
     pipelines: list[Pipeline] = []
     if kinds & DIRECTORY_KINDS:
         pipelines.append(build_tenant_sync(tenant, store, sync_store, clients.graph, clients.pbx, clients.writer,
-                                           now, progress, all_photos=all_photos))
+                                           now, progress, all_photos=all_photos, mailboxes="contact" in kinds))
     calendar = CalendarSync(tenant, store, sync_store, clients.graph, clients.writer, now)
     if BUSY in kinds and tenant.events.enabled:
         pipelines.append(calendar)
     elif kinds & DIRECTORY_KINDS and not tenant.events.enabled:  # turned off: what it pushed goes
         pipelines.append(BusyClearing(calendar))
+    presence = PresenceSync(tenant, sync_store, clients.graph, clients.writer)
+    if PRESENCE in kinds and presence_available(tenant):
+        pipelines.append(presence)
+    elif kinds & DIRECTORY_KINDS and not tenant.presence.enabled:  # turned off: what it pushed goes
+        pipelines.append(PresenceClearing(presence))
     return pipelines

@@ -18,7 +18,7 @@ from daemon.pbx.schema import PBX_USER
 from daemon.pbx.types import PbxOperation
 from daemon.sync.changes import Change, Phase, Plan
 from daemon.sync.zones import AllDayPlacer
-from state.pushed import BusyPushed
+from state.attributes import BusyPushed
 
 
 def busy_windows(events: Sequence[Mapping[str, Any]], show_as: list[str], now: datetime, window_end: datetime,

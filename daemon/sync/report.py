@@ -42,6 +42,17 @@ class BusyReport(KindReport):
 
 
 @dataclass
+class PresenceReport(KindReport):
+    polled: int = 0  # users whose presence Graph was asked for
+    requests: int = 0  # getPresencesByUserId calls (650 users each)
+
+    @property
+    def written(self) -> int:
+        """Presence values written to (or removed from) the PBX."""
+        return sum(amount for action, amount in self.counts.items() if action != "failed")
+
+
+@dataclass
 class RunReport:
     """The whole run. ``counts`` and ``failures`` are the users' and, for
     failures, every kind's (one list for the operator); ``groups``,
@@ -60,6 +71,7 @@ class RunReport:
     groups: GroupReport = field(default_factory=GroupReport)
     contacts: ContactReport = field(default_factory=ContactReport)
     busy: BusyReport = field(default_factory=BusyReport)
+    presence: PresenceReport = field(default_factory=PresenceReport)
 
     def add(self, kind: str, amount: int = 1) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + amount
@@ -68,12 +80,14 @@ class RunReport:
         """Every kind's applied writes, as each outlet reports them (kinds without any left out):
         a run that creates 6 users and 8 contacts says both, a contact-only change is not ``{}``."""
         kinds = {"user": self.counts, "group": self.groups.counts, "contact": self.contacts.counts,
-                 "busy": self.busy.counts}
+                 "busy": self.busy.counts, "presence": self.presence.counts}
         return {kind: dict(sorted(counts.items())) for kind, counts in kinds.items() if counts}
 
     def count(self, kind: str, action: str) -> None:
-        """One applied write of ``kind`` (user, group, contact, busy)."""
-        if kind == "group":
+        """One applied write of ``kind`` (user, group, contact, busy, presence)."""
+        if kind == "presence":
+            self.presence.add(action)
+        elif kind == "group":
             self.groups.add(action)
         elif kind == "contact":
             self.contacts.add(action)
@@ -88,6 +102,11 @@ class RunReport:
             self.failures.append(f"busy list of {text}")
             self.busy.add("failed")
             self.busy.failures.append(text)
+            return
+        if kind == "presence":
+            self.failures.append(f"presence of {text}")
+            self.presence.add("failed")
+            self.presence.failures.append(text)
             return
         self.failures.append(text if kind == "user" else f"{kind} {text}")
         if kind == "group":

@@ -21,6 +21,7 @@ class UnrecordedRun:
     result: str
     summary: dict[str, Any]
     error: str | None
+    quiet: bool = False  # a users poll that found nothing to do: its record goes instead
 
 
 @dataclass
@@ -50,7 +51,10 @@ class RunBacklog:
         """Write what is owed, oldest first; raises (and keeps the rest) while the store is down."""
         while store is not None and self.runs:
             run = self.runs[0]
-            await store.finish_run(run.run_id, run.result, run.summary, run.error)
+            if run.quiet:
+                await store.forget_run(run.run_id)
+            else:
+                await store.finish_run(run.run_id, run.result, run.summary, run.error)
             self.runs.pop(0)
         if sync_store is not None and self.lock_owner is not None:
             await sync_store.unlock(tenant, self.lock_owner)

@@ -31,7 +31,7 @@ from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.retry import Clock, GraphBudget, Transport
 from daemon.sync.apply import Progress
-from daemon.sync.kinds import RUN_KINDS, Clients, SyncRequest, build_pipelines
+from daemon.sync.kinds import RUN_KINDS, USERS_POLL_KINDS, Clients, SyncRequest, build_pipelines
 from daemon.sync.report import RunReport
 from daemon.sync.run_backlog import RunBacklog, UnrecordedRun
 from daemon.tls import client_ssl_context
@@ -185,7 +185,8 @@ class TenantRunner:
             log.error("sync run could not start", error=report.error)
             return RunResult(run_id, name, report.result, report)
         try:
-            log.info("sync run started", trigger=trigger, dry_run=self.dry_run)
+            (log.debug if request.kinds == USERS_POLL_KINDS else log.info)(  # a users poll comes every minute
+                "sync run started", trigger=trigger, dry_run=self.dry_run)
             await self._sync(request.kinds, report, progress, all_photos=trigger.endswith(PHOTOS_SUFFIX))
         except asyncio.CancelledError:  # the run time limit or a shutdown: recorded with the counts reached
             report.result, report.error = "interrupted", "stopped by the run time limit or a shutdown"
@@ -201,20 +202,25 @@ class TenantRunner:
         except Exception as err:  # a run never ends without a record
             report.result, report.error = "failed", unexpected_reason(err)
             log.debug("sync run failed with an unexpected error", exc_info=True)
-        await self._record(run_id, report)
+        quiet = request.kinds == USERS_POLL_KINDS and report.result == "success" and not report.counts_by_kind() \
+            and not report.failures and not report.held
+        await self._record(run_id, report, quiet=quiet)
+        if quiet:  # every minute: a users poll that changed nothing is logged at debug and leaves no record
+            log.debug("users poll found nothing to do", seconds=round(time.monotonic() - started, 2))
+            return RunResult(run_id, name, report.result, report)
         log_method = log.info if report.result == "success" else log.warning
         log_method("sync run finished", result=report.result, counts=report.counts_by_kind(),
                    seconds=round(time.monotonic() - started, 2), error=report.error)
         return RunResult(run_id, name, report.result, report)
 
-    async def _record(self, run_id: str, report: RunReport) -> None:
+    async def _record(self, run_id: str, report: RunReport, *, quiet: bool = False) -> None:
         summary = {"counts": report.counts_by_kind(), "group_counts": report.groups.counts, "missing_groups": report.groups.missing,
                    "contact_counts": report.contacts.counts, "unreadable_mailboxes": report.contacts.unreadable,
                    "unreadable_mailbox_settings": report.contacts.settings_unreadable,
                    "held": len(report.held), "failures": report.failures[:50],
                    "unmatched_selected": report.unmatched_selected, "selects_nobody": report.selects_nobody,
                    "full_round": report.full_round}
-        await self.backlog.record(self.store, UnrecordedRun(run_id, report.result, summary, report.error))
+        await self.backlog.record(self.store, UnrecordedRun(run_id, report.result, summary, report.error, quiet))
 
     async def _sync(self, kinds: frozenset[str], report: RunReport, progress: Progress | None, *,
                     all_photos: bool = False) -> None:

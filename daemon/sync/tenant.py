@@ -69,6 +69,7 @@ class TenantSync:
     now: Callable[[], float]
     progress: Progress | None = None
     all_photos: bool = False  # check every photo this run (sync --photos), not only those due
+    mailboxes: bool = True  # read and plan contacts; False: the users poll, the deltas of users and groups only
     links: dict[tuple[str, str], str] = field(default_factory=dict)  # (resource, key) -> link to commit
 
     async def run(self, report: RunReport | None = None) -> RunReport:
@@ -104,8 +105,9 @@ class TenantSync:
             snapshot = await with_inventory(snapshot, self.sync_store, await self._read_inventory())
             plan, users = await self._plan_users(snapshot, report, selection)
         # turned off with contacts still on the PBX: no mailbox is read, so the planner deletes them (guarded)
-        if tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled or \
-                await self.sync_store.count_synced(name, "contact"):
+        # the users poll reads no mailbox: contacts wait for a run or the mailbox backstop
+        if self.mailboxes and (tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled or
+                               await self.sync_store.count_synced(name, "contact")):
             contacts_read = await self._read_contacts(users, snapshot, report)
             plan.extend(await self._plan_contacts(users, snapshot, contacts_read, report))
         plan.extend(await self._plan_groups(users, snapshot, plan))
@@ -282,9 +284,9 @@ class TenantSync:
 
 def build_tenant_sync(tenant: TenantConfig, store: Store, sync_store: SyncStore, graph: GraphClient, pbx: PbxClient,
                       writer: PbxWriter, now: Callable[[], float], progress: Progress | None = None, *,
-                      all_photos: bool = False) -> TenantSync:
+                      all_photos: bool = False, mailboxes: bool = True) -> TenantSync:
     """The one way to get a run's pipeline (runner, CLI, daemon and tests)."""
-    return TenantSync(tenant, store, sync_store, graph, pbx, writer, now, progress, all_photos)
+    return TenantSync(tenant, store, sync_store, graph, pbx, writer, now, progress, all_photos, mailboxes)
 
 
 __all__ = ["Change", "TenantSync", "build_tenant_sync"]

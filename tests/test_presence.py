@@ -1,0 +1,123 @@
+"""Teams presence to the PBX's ``pbx:presence``: a change lands on the next
+poll, an unchanged presence writes nothing, turning presence off removes it,
+and a poll asks Graph once per 650 users."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from daemon.pbx.schema import PBX_USER
+from daemon.sync.kinds import PRESENCE_KINDS, RUN_KINDS, Clients, PresenceClearing, build_pipelines
+from daemon.sync.presence import IDS_PER_CALL, PresenceSync, parse_presences
+from daemon.sync.report import RunReport
+from sync_fixtures import SyncEnv, add_user, on_both_backends  # noqa: F401  (every test here runs on both backends)
+from test_kinds_turned_off import directory_run
+
+PRESENCE_CALL = r"^/communications/getPresencesByUserId$"
+
+
+async def presence_poll(env: SyncEnv) -> RunReport:
+    """A presence poll as the daemon builds it (the one factory)."""
+    clients = Clients(env.graph.client, env.pbx.client, env.pbx.client)
+    (pipeline,) = build_pipelines(PRESENCE_KINDS, env.tenant, env.store, env.sync_store, clients, env.graph.clock.time)
+    return await pipeline.run()
+
+
+async def on_pbx(env: SyncEnv) -> dict[str, Any]:
+    """Each PBX user's ``pbx:presence`` (None where it has none)."""
+    return {external: data.get(PBX_USER, {}).get("presence") for external, data in (await env.pbx_users()).items()}
+
+
+async def setup(env: SyncEnv, users: int) -> list[str]:
+    ids = [add_user(env, index) for index in range(1, users + 1)]
+    env.configure(presence={"enabled": True})
+    await directory_run(env)
+    return ids
+
+
+async def test_a_presence_change_lands_on_the_next_poll(sync_env: SyncEnv) -> None:
+    alice, bob, carol = await setup(sync_env, 3)
+    sync_env.graph.sim.api.presence.set(alice, "Busy", "InACall")
+    sync_env.graph.sim.api.presence.set(bob, "DoNotDisturb", "Presenting")
+    report = await presence_poll(sync_env)
+    assert await on_pbx(sync_env) == {
+        alice: {"availability": "Busy", "activity": "InACall"},
+        bob: {"availability": "DoNotDisturb", "activity": "Presenting"},
+        carol: {"availability": "PresenceUnknown", "activity": "PresenceUnknown"},  # never set: Graph says unknown
+    }
+    assert report.presence.counts == {"update": 3} and report.presence.requests == 1 and report.failures == []
+    sync_env.graph.sim.api.presence.set(alice, "Available", "Available")  # the call ended
+    report = await presence_poll(sync_env)
+    assert (await on_pbx(sync_env))[alice] == {"availability": "Available", "activity": "Available"}
+    assert report.presence.counts == {"update": 1}  # only alice changed
+    assert await sync_env.sync_store.presence_states("t") == {
+        alice: ("Available", "Available"), bob: ("DoNotDisturb", "Presenting"),
+        carol: ("PresenceUnknown", "PresenceUnknown")}
+
+
+async def test_an_unchanged_presence_writes_nothing(sync_env: SyncEnv) -> None:
+    (alice,) = await setup(sync_env, 1)
+    sync_env.graph.sim.api.presence.set(alice, "Away", "Away")
+    await presence_poll(sync_env)
+    writes = sync_env.pbx_writes()
+    for _ in range(3):
+        report = await presence_poll(sync_env)
+        assert report.presence.written == 0 and report.presence.requests == 1
+    assert sync_env.pbx_writes() == writes  # three polls, no PBX request that writes
+    assert sync_env.graph_requests(PRESENCE_CALL) == 4
+
+
+async def test_turning_presence_off_removes_it_from_the_pbx(sync_env: SyncEnv) -> None:
+    alice, bob = await setup(sync_env, 2)
+    sync_env.graph.sim.api.presence.set(alice, "Busy", "InAMeeting")
+    await presence_poll(sync_env)
+    assert (await on_pbx(sync_env))[alice] == {"availability": "Busy", "activity": "InAMeeting"}
+    sync_env.configure(presence={"enabled": False})
+    clients = Clients(sync_env.graph.client, sync_env.pbx.client, sync_env.pbx.client)
+    built = build_pipelines(PRESENCE_KINDS | RUN_KINDS, sync_env.tenant, sync_env.store, sync_env.sync_store, clients,
+                            sync_env.graph.clock.time)
+    assert not any(isinstance(p, PresenceSync) for p in built)  # off: never read
+    assert any(isinstance(p, PresenceClearing) for p in built)  # a run clears what was pushed
+    calls = sync_env.graph_requests(PRESENCE_CALL)
+    report = await directory_run(sync_env)
+    assert await on_pbx(sync_env) == {alice: None, bob: None}
+    assert report.presence.counts == {"update": 2} and await sync_env.sync_store.presence_states("t") == {}
+    writes = sync_env.pbx_writes()
+    await directory_run(sync_env)
+    assert sync_env.pbx_writes() == writes  # cleared once
+    assert sync_env.graph_requests(PRESENCE_CALL) == calls  # and Graph's presence was not asked
+
+
+async def test_1300_users_make_two_presence_calls_a_poll(sync_env: SyncEnv) -> None:
+    await setup(sync_env, 1300)
+    users = await sync_env.sync_store.active_users("t")
+    assert len(users) == 1300
+    for user_id, _, _ in users[::100]:
+        sync_env.graph.sim.api.presence.set(user_id, "Busy", "InACall")
+    first = await presence_poll(sync_env)
+    assert first.presence.requests == math.ceil(len(users) / IDS_PER_CALL) == 2
+    assert first.presence.counts == {"update": len(users)}  # the first poll pushes everybody's
+    calls, writes = sync_env.graph_requests(PRESENCE_CALL), sync_env.pbx_writes()
+    changed = [user_id for user_id, _, _ in users[5::100]]
+    for user_id in changed:
+        sync_env.graph.sim.api.presence.set(user_id, "Away", "Away")
+    second = await presence_poll(sync_env)
+    assert sync_env.graph_requests(PRESENCE_CALL) - calls == 2
+    assert second.presence.counts == {"update": len(changed)}  # only the users whose presence changed
+    assert sync_env.pbx_writes() - writes <= math.ceil(len(changed) / 100)  # in /Bulk requests
+    assert sync_env.graph.sim.api.presence.throttled == 0
+
+
+def test_answers_of_another_shape_leave_that_user_alone() -> None:
+    body = {"value": [
+        {"id": "a", "availability": "Busy", "activity": "InACall"},
+        {"id": "b", "availability": 7, "activity": "Away"},  # not a string
+        {"id": "c"},  # no values
+        {"id": "stranger", "availability": "Busy", "activity": "Busy"},  # not asked about
+        "junk",
+        {"id": "d", "availability": "Busy\u0000" + "x" * 500, "activity": "NewActivityGraphAdds"},
+    ]}
+    found = parse_presences(body, ["a", "b", "c", "d"])
+    assert set(found) == {"a", "d"}
+    assert found["d"][1] == "NewActivityGraphAdds" and len(found["d"][0]) <= 64 and "\u0000" not in found["d"][0]
