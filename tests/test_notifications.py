@@ -1,7 +1,7 @@
 """Graph change notifications trigger the reads, on the simulator (issue 25):
 the handshake; forged or unknown clientStates read nothing; a burst is one
 read; renewals come before expiry; each lifecycle event is handled; a lost
-notification is caught by the scheduled run; a failed handshake is reported
+notification is caught by the users poll; a failed handshake is reported
 and polling goes on."""
 
 from __future__ import annotations
@@ -148,18 +148,18 @@ async def test_lifecycle_events_reauthorize_recreate_and_read(notified: Notified
     assert len(await notified.runs("notification")) == 1  # removed + missed: one read
 
 
-async def test_a_lost_notification_is_caught_by_the_scheduled_run(notified: Notified) -> None:
+async def test_a_lost_notification_is_caught_by_the_users_poll(notified: Notified) -> None:
     notified.world.tenant.change_user(user_id(4), displayName="Renamed While Unheard")
     assert notified.graph.drop_pending() == 1  # Graph gave up delivering it
     await notified.settle_window()
     assert await notified.runs("notification") == []
-    await notified.clock.advance_async(6 * 3600)  # sync_time "0 */6 * * *": the backstop run
+    await notified.clock.advance_async(60)  # [tenants.users] poll_seconds: the backstop poll
 
-    async def scheduled() -> bool:
+    async def polled() -> bool:
         await notified.clock.settle()
-        return await notified.finished_runs("schedule") >= 1
+        return await notified.finished_runs("users-poll") >= 1
 
-    await until(scheduled, 30, "the scheduled run")
+    await until(polled, 30, "the users poll")
     assert "Renamed While Unheard" in await _pbx_names(notified, "Users")
 
 
@@ -177,9 +177,9 @@ async def test_a_failed_handshake_is_reported_polling_goes_on_and_it_is_tried_ag
         await until(tried, 30, "a subscription attempt")
         assert setup.graph.subscriptions == {}
         report = (await setup.service.supervisor.status_reports())[0]
-        assert report.freshness["mode"] == "schedule" and report.freshness["reachable"] is False
+        assert report.freshness["mode"] == "poll" and report.freshness["reachable"] is False  # the users poll goes on
         assert "/api/graph/" in report.freshness["reason"]
-        assert "freshness: schedule: Graph could not validate" in status.as_text([report])  # m365sync status
+        assert "freshness: poll: Graph could not validate" in status.as_text([report])  # m365sync status
         assert _metric(setup, "m365sync_notifications_reachable", tenant=TENANT) == 0
         attempts = len(setup.world.sim.requests("^/subscriptions$"))
         await setup.service.notifications.keep(TENANT)

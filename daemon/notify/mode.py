@@ -33,7 +33,7 @@ def notifications_wanted(config: Config, tenant: TenantConfig) -> bool:
 
 
 def _polled(tenant: TenantConfig) -> bool:
-    return tenant.events.enabled or getattr(tenant.users, "poll_seconds", None) is not None
+    return tenant.events.enabled or tenant.users.poll_seconds > 0
 
 
 async def freshness(config: Config, tenant: TenantConfig, store: NotifyStore) -> Freshness:
