@@ -29,7 +29,7 @@ from typing import Protocol
 from daemon.logging import get_logger
 from daemon.pbx.types import PbxOutcome, PbxWriter
 from daemon.sync.changes import Change, Phase, Plan, failure_text
-from daemon.sync.history import history_entry
+from daemon.sync.history import current_run_id, history_entry
 from daemon.sync.materialize import build_deferred, resolve_users, with_photo
 from state.history import HistoryEntry
 from state.pushed import Bookkeeping, Failed, Pushed
@@ -127,6 +127,7 @@ class Applier:
         entries: list[Bookkeeping] = []
         history: list[HistoryEntry] = []
         failed: dict[str, Change] = {}
+        run_id = current_run_id()
         async for outcome in self.writer.execute_many([c.operation for c in chunk]):
             change = by_operation[id(outcome.operation)]
             entry = self._bookkeeping(change, outcome)
@@ -135,7 +136,7 @@ class Applier:
             if outcome.ok:
                 self.report.count(change.kind, change.action)
                 if change.kind != "busy":  # a busy list is no object anyone asks the history of
-                    history.append(history_entry(change))
+                    history.append(history_entry(change, run_id))
             else:
                 self.report.fail(change.kind, f"{change.label}: {outcome.error}")
                 failed[change.graph_id] = change
