@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from state.db import Database
-from state.postgres import open_postgres
 from state.schema import Migration
 from state.sqlite import open_sqlite
 
@@ -21,5 +20,7 @@ async def open_database(target: Path | str, migrations: list[Migration] | None =
     ``postgresql://`` URL (its password from ``password_file`` or libpq's own
     ``PGPASSFILE``/``~/.pgpass``, never in the URL)."""
     if is_postgres_url(target):
+        from state.postgres import open_postgres  # asyncpg is imported only by those who use it
+
         return await open_postgres(str(target), migrations, password_file=password_file)
     return await open_sqlite(Path(str(target).removeprefix("sqlite:")), migrations)
