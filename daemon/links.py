@@ -10,6 +10,7 @@ with a userinfo part, or with a port that is not a number, is refused.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -22,16 +23,22 @@ def origin(url: str) -> tuple[str, str, int] | None:
         port = parts.port
     except ValueError:  # a port that is not a number, a malformed IPv6 host
         return None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+    scheme, host = parts.scheme.lower(), parts.hostname  # each property parses the netloc again: read once
+    if scheme not in DEFAULT_PORTS or not host or "@" in parts.netloc:
         return None
-    return scheme, parts.hostname.lower().rstrip("."), port if port is not None else DEFAULT_PORTS[scheme]
+    return scheme, host.lower().rstrip("."), port if port is not None else DEFAULT_PORTS[scheme]
+
+
+@lru_cache(maxsize=64)
+def _configured_origin(base_url: str) -> tuple[str, str, int] | None:
+    """The origin of a configured base URL, parsed once: a first run checks one link per created object."""
+    return origin(base_url)
 
 
 def same_origin(url: str, base_url: str) -> bool:
     """True when ``url`` is an absolute URL on ``base_url``'s scheme, host and port."""
     theirs = origin(url)
-    return theirs is not None and theirs == origin(base_url)
+    return theirs is not None and theirs == _configured_origin(base_url)
 
 
 def shown_origin(url: str) -> str:

@@ -34,7 +34,9 @@ class SqliteTransaction:
         return int(cursor.rowcount)
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        await self.conn.executemany(sql, rows)
+        batch = list(rows)
+        if batch:  # as the PostgreSQL side does: no round trip to the database's thread for nothing
+            await self.conn.executemany(sql, batch)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         async with self.conn.execute(sql, params) as cursor:

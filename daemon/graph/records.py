@@ -43,11 +43,14 @@ def clean_text(value: str) -> str:
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
+    if type(value) is str:  # nearly always: a few calls per property of every object read
+        text = clean_text(value)
+    elif value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"expected text, got {type(value).__name__}")
-    text = clean_text(value) if isinstance(value, str) else str(value)
+    else:
+        text = clean_text(value) if isinstance(value, str) else str(value)
     if len(text) > MAX_TEXT:
         raise ValueError(f"text of {len(text)} characters, more than {MAX_TEXT}")
     return text
@@ -183,6 +186,9 @@ MODELS: dict[RecordKind, type[Record]] = {"user": UserRecord, "group": GroupReco
                                           "event": EventRecord}
 
 
+_FIELDS: dict[RecordKind, frozenset[str]] = {kind: frozenset(model.model_fields) for kind, model in MODELS.items()}
+
+
 @dataclass(frozen=True)
 class Rejected:
     """An object a read could not keep: its id (None when it had no usable one) and why."""
@@ -227,7 +233,8 @@ def parse(kind: RecordKind, item: Any) -> dict[str, Any] | Rejected:
     except ValidationError as error:
         return Rejected(kind, id_, _label(item, id_), _reason(error))
     kept = record.model_dump(exclude_unset=True)
-    kept.update({key: value for key, value in item.items() if key.startswith("_")})
+    if item.keys() - _FIELDS[kind]:  # keys no field has (one set difference, not a test per key): in their order
+        kept.update({key: value for key, value in item.items() if key.startswith("_")})
     return kept
 
 

@@ -112,13 +112,15 @@ def bulk_results(body: Any, chunk: Sequence[PbxOperation], base_url: str) -> lis
         return None
     results = [r for r in listed if isinstance(r, Mapping)]
     by_bulk_id = {str(r["bulkId"]): r for r in results if r.get("bulkId")}
-    by_target = {(str(r.get("method") or "").upper(), _target(r)): r for r in results if _target(r)}
+    by_target: dict[tuple[str, str], Mapping[str, Any]] | None = None  # parsed only when a bulkId is missing
     in_order = len(results) == len(chunk) and all(
         str(r.get("method") or "").upper() in ("", METHODS[op.action]) for r, op in zip(results, chunk, strict=True))
     out = []
     for index, operation in enumerate(chunk):
         result = by_bulk_id.get(f"op{index}")
         if result is None and operation.action != "create":
+            if by_target is None:
+                by_target = _by_target(results)
             result = by_target.get((METHODS[operation.action], f"{ENDPOINTS[operation.kind]}/{operation.pbx_id}"))
         if result is None and in_order and not results[index].get("bulkId"):
             result = results[index]
@@ -142,6 +144,16 @@ def _result(result: Mapping[str, Any] | None, operation: PbxOperation, base_url:
     if not version and isinstance(response, Mapping) and isinstance(response.get("meta"), Mapping):
         version = response["meta"].get("version")  # the object as it is now, when the server shows it
     return BulkResult(status, pbx_id, str(version) if version else None, detail, Answer(status, {}, response))
+
+
+def _by_target(results: list[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """Results by (method, ``/Users/<id>``), for those a server answered without their ``bulkId``."""
+    by_target: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for result in results:
+        target = _target(result)
+        if target:
+            by_target[(str(result.get("method") or "").upper(), target)] = result
+    return by_target
 
 
 def _target(result: Mapping[str, Any]) -> str | None:

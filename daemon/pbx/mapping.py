@@ -130,18 +130,22 @@ def has_phone_number(contact: Mapping[str, Any]) -> bool:
     return bool(_strings(contact.get("businessPhones")) or _strings(contact.get("homePhones")) or _text(contact.get("mobilePhone")))
 
 
+_NOT_PATCHED = frozenset({"schemas", "id", "meta"})
+
+
 def flatten(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """Payload as PATCH paths: ``name.givenName``, ``urn:...:User:extensionNumber``, lists whole."""
+    """Payload as PATCH paths: ``name.givenName``, ``urn:...:User:extensionNumber``, lists whole.
+
+    Called for every applied write (its history entry) and every changed object: the
+    ``dict`` test comes first because the ``Mapping`` one goes through the ABC machinery."""
     flat: dict[str, Any] = {}
     for key, value in payload.items():
-        if key in ("schemas", "id", "meta"):
+        if key in _NOT_PATCHED:
             continue
-        if key.startswith("urn:") and isinstance(value, Mapping):
+        if (key == "name" or key.startswith("urn:")) and (isinstance(value, dict) or isinstance(value, Mapping)):
+            prefix = "name." if key == "name" else f"{key}:"
             for sub, sub_value in value.items():
-                flat[f"{key}:{sub}"] = sub_value
-        elif key == "name" and isinstance(value, Mapping):
-            for sub, sub_value in value.items():
-                flat[f"name.{sub}"] = sub_value
+                flat[prefix + sub] = sub_value
         else:
             flat[key] = value
     return flat

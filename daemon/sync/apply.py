@@ -39,7 +39,7 @@ from daemon.logging import get_logger
 from daemon.pbx.connection import WRITES_IN_FLIGHT
 from daemon.pbx.types import PbxOutcome, PbxWriter
 from daemon.sync.changes import POLLED_ATTRIBUTES, Change, Phase, Plan, failure_text
-from daemon.sync.history import history_entry
+from daemon.sync.history import current_run_id, history_entry
 from daemon.sync.materialize import build_deferred, resolve_users, with_photo
 from daemon.window import run_windowed
 from state.attributes import BusyPushed
@@ -150,6 +150,7 @@ class Applier:
         entries: list[Bookkeeping] = []
         history: list[HistoryEntry] = []
         failed: dict[str, Change] = {}
+        run_id = current_run_id()
         async for outcome in self.writer.execute_many([c.operation for c in chunk]):
             change = by_operation[id(outcome.operation)]
             entry = self._bookkeeping(change, outcome)
@@ -158,7 +159,7 @@ class Applier:
             if outcome.ok:
                 self.report.count(change.kind, change.action)
                 if change.kind not in POLLED_ATTRIBUTES:  # no object anyone asks the history of
-                    history.append(history_entry(change))
+                    history.append(history_entry(change, run_id))
             else:
                 self.report.fail(change.kind, f"{change.label}: {reason_of(outcome.error)}")
                 failed[change.graph_id] = change
