@@ -244,11 +244,14 @@ class Config:
     warnings: tuple[ConfigProblem, ...] = ()
     runs: RunsConfig = RunsConfig()
 
+    def find_tenant(self, name: str) -> TenantConfig | None:
+        """The tenant called ``name``, or None (a name from a URL, a message or the state)."""
+        return next((t for t in self.tenants if t.name == name), None)
+
     def tenant(self, name: str) -> TenantConfig:
         """The tenant called ``name``; a ConfigError naming the known ones if absent."""
-        for tenant in self.tenants:
-            if tenant.name == name:
-                return tenant
+        if (tenant := self.find_tenant(name)) is not None:
+            return tenant
         known = ", ".join(t.name for t in self.tenants) or "none"
         raise ConfigError([ConfigProblem("", f'no tenant named "{name}" (known: {known})')])
 

@@ -38,7 +38,7 @@ from state.sync_store import SyncStore
 
 
 async def disconnect(config: Config, name: str, deprovision: bool, delete: bool, out: TextIO = sys.stdout) -> int:
-    tenant = next((t for t in config.tenants if t.name == name), None)
+    tenant = config.find_tenant(name)
     async with open_stores(config, Metrics()) as stores:
         if await stores.store.tenant(name) is None:
             print(f"m365sync: error: no tenant named {name!r} in the configuration or the state", file=sys.stderr)

@@ -232,7 +232,7 @@ class Supervisor:
     def _tenant(self, name: str) -> TenantConfig | None:
         """The tenant's settings as configured now (a reload may have changed them); a tenant a
         reload removed keeps its last ones for the run it finishes."""
-        configured = next((t for t in self.config.tenants if t.name == name), None)
+        configured = self.config.find_tenant(name)
         schedule = self.schedules.get(name)
         return configured or (schedule.tenant if schedule is not None else None)
 

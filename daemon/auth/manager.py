@@ -94,7 +94,7 @@ class AuthManager:
     # --- the start page ---
 
     async def begin(self, tenant_name: str, link: str | None, admin: bool, via: str = "pbx") -> PageResult:
-        tenant = next((t for t in self.config.tenants if t.name == tenant_name), None)
+        tenant = self.config.find_tenant(tenant_name)
         if tenant is None:
             return PageResult(404, pages.refused_page("Unknown tenant", "No tenant of that name is configured."))
         if not admin:
@@ -140,7 +140,7 @@ class AuthManager:
     async def complete(self, query: dict[str, str]) -> PageResult:
         state = query.get("state", "")
         tenant_name, _, token = state.partition(".")
-        tenant = next((t for t in self.config.tenants if t.name == tenant_name), None)
+        tenant = self.config.find_tenant(tenant_name)
         refused = PageResult(400, pages.refused_page(
             "Authorization not accepted",
             "This sign-in response does not belong to a current authorization attempt (unknown, expired, "

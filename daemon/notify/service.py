@@ -18,7 +18,7 @@ from daemon.errors import M365SyncError
 from daemon.graph.client import GraphClient
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
-from daemon.notify.debounce import DEFAULT_WINDOW_SECONDS, Debouncer, reads_of
+from daemon.notify.debounce import DEFAULT_WINDOW_SECONDS, DIRECTORY, Debouncer, reads_of
 from daemon.notify.mode import notifications_wanted
 from daemon.notify.subscriptions import SubscriptionKeeper
 from daemon.scheduler import SchedulerClock
@@ -61,7 +61,7 @@ class Notifications:
 
     def tenant(self, name: str) -> TenantConfig | None:
         config = self.daemon.config()
-        tenant = next((t for t in config.tenants if t.name == name), None)
+        tenant = config.find_tenant(name)
         return tenant if tenant is not None and notifications_wanted(config, tenant) else None
 
     async def persisted(self, tenant: str) -> None:
@@ -105,7 +105,7 @@ class Notifications:
         reads = reads_of(await self.store.take_due(tenant))
         if reads.keep:
             await self.keep(tenant)
-        for kinds, wanted in ((frozenset({"user", "group", "contact"}), reads.directory),
+        for kinds, wanted in ((DIRECTORY, reads.directory),
                               (frozenset({"busy"}), reads.busy)):
             if not wanted:
                 continue
@@ -118,7 +118,7 @@ class Notifications:
     async def keep(self, tenant: str) -> None:
         """One keeper round for an owned tenant (subscriptions to match its settings)."""
         config = self.daemon.config()
-        configured = next((t for t in config.tenants if t.name == tenant), None)
+        configured = config.find_tenant(tenant)
         graph = await self.daemon.graph(tenant)
         if configured is None or graph is None:
             return
