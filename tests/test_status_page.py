@@ -36,6 +36,8 @@ ADMIN_TOKEN = "status-page-admin-token"
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = Path("/etc/m365sync/m365sync.toml")
 TENANTS = ("contoso", "fabrikam", "northwind", "tailspin")
+# fabrikam's PBX token file was never written; a production path, so the committed screenshot shows no test folder
+MISSING_TOKEN = Path("/etc/m365sync/fabrikam-pbx-token")
 
 
 class Clock:
@@ -109,8 +111,10 @@ async def page_base(tmp_path: Path) -> AsyncIterator[str]:
     db = await open_database(tmp_path / "state.db")
     store, sync_store = Store(db, clock=clock), SyncStore(db, clock=clock)
     tenants = (tenant(tmp_path, "contoso", groups=["aaaaaaaa-0000-4000-8000-000000000001"]),
-               tenant(tmp_path, "fabrikam"), tenant(tmp_path, "northwind", auth_mode="delegated"),
+               tenant(tmp_path, "fabrikam", pbx={"scim_url": "https://pbx.example.com/scim/v2", "token_file": str(MISSING_TOKEN)}),
+               tenant(tmp_path, "northwind", auth_mode="delegated"),
                tenant(tmp_path, "tailspin", national_cloud="USGOV", timezone="America/New_York"))
+    assert not MISSING_TOKEN.exists()
     for name in TENANTS:
         await store.register_tenant(name, "d", "a")
         if name != "fabrikam":  # fabrikam's PBX token file was never written
@@ -210,7 +214,7 @@ async def test_the_status_page_says_per_tenant_what_is_wrong_and_the_fix(page_ba
     missing = texts["fabrikam"]
     assert "Not ready: secret_file_unusable" in missing
     assert "fabrikam-pbx-token does not exist yet" in missing
-    assert f"install -m 640 -g m365sync /dev/stdin {tmp_path / 'fabrikam-pbx-token'}" in missing
+    assert f"install -m 640 -g m365sync /dev/stdin {MISSING_TOKEN}" in missing
     assert "authorized as pbx-sync@fabrikam.example" in missing and "7 users" in missing
 
     needs_auth = texts["northwind"]
