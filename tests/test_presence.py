@@ -11,8 +11,8 @@ from typing import Any
 import structlog
 
 from daemon.pbx.schema import PBX_USER
-from daemon.sync.kinds import PRESENCE_KINDS, RUN_KINDS, Clients, PresenceClearing, build_pipelines
 from daemon.status import TenantReport, as_text
+from daemon.sync.kinds import PRESENCE_KINDS, RUN_KINDS, Clients, PresenceClearing, build_pipelines
 from daemon.sync.presence import IDS_PER_CALL, PresenceSync, parse_presences, presence_denied
 from daemon.sync.report import RunReport
 from sync_fixtures import SyncEnv, add_user, on_both_backends  # noqa: F401  (every test here runs on both backends)
