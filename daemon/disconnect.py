@@ -3,7 +3,8 @@ tenant and forget its authorization.
 
 The tenant's tokens are dropped and its state becomes ``disconnected``:
 scheduled runs and calendar polls skip it (application mode included) until
-an admin authorizes it again. With ``--deprovision``, what the daemon made on
+an admin authorizes it again, and the Teams presence pushed to its users is
+removed from the PBX (nothing would keep it current). With ``--deprovision``, what the daemon made on
 the PBX is undone first, through the same applier and mass-deletion guard as
 a run: its users are disabled (or deleted with ``--delete``), its groups and
 contacts deleted; past the guard's threshold they are held, and
@@ -30,6 +31,7 @@ from daemon.retry import Transport
 from daemon.sync.apply import Applier
 from daemon.sync.changes import Change, Phase, Plan
 from daemon.sync.guard import guard, held_rows
+from daemon.sync.presence import clear_presence
 from daemon.sync.report import RunReport
 from daemon.sync.runner import LOCK_OWNER, RUN_LOCK_SECONDS, _process_alive
 from daemon.tls import client_ssl_context
@@ -56,9 +58,12 @@ async def disconnect(config: Config, name: str, deprovision: bool, delete: bool,
             print(f"m365sync: error: {holder} is syncing {name}; try again when it finishes", file=sys.stderr)
             return 1
         try:
-            result = "success"
-            if deprovision:
-                result = await _deprovision(tenant, stores.sync, delete, out)
+            async with aiohttp.ClientSession() as session:
+                transport = Transport(session, name, Metrics(), ssl_context=client_ssl_context(tenant.ca_file))
+                pbx = PbxClient(transport, tenant.pbx.scim_url, read_secret(tenant.pbx.token_file))
+                result = await _clear_presence(tenant, stores.sync, pbx, out)
+                if deprovision:
+                    result = _worse(result, await _deprovision(tenant, stores.sync, pbx, delete, out))
             await stores.store.drop_token_cache(name)
             await stores.store.set_auth_state(name, DISCONNECTED, reason="m365sync disconnect")
         finally:
@@ -68,7 +73,25 @@ async def disconnect(config: Config, name: str, deprovision: bool, delete: bool,
     return RESULT_EXIT_CODES.get(result, 1)
 
 
-async def _deprovision(tenant: TenantConfig, sync_store: SyncStore, delete: bool, out: TextIO) -> str:
+def _worse(first: str, second: str) -> str:
+    """The result of two steps: the second's, unless the first was partial and the second a success."""
+    return first if second == "success" else second
+
+
+async def _clear_presence(tenant: TenantConfig, sync_store: SyncStore, pbx: PbxClient, out: TextIO) -> str:
+    """The Teams presence pushed to the tenant's users goes: nobody reads it any more, and a stale
+    "Busy" would keep routing calls."""
+    report = await clear_presence(tenant.name, sync_store, pbx, "the tenant is disconnected")
+    cleared = report.presence.written
+    if cleared or report.failures:
+        print(f"{tenant.name}: presence cleared from {cleared} user(s)", file=out)
+    for line in report.failures:
+        print(f"  failed: {line}", file=out)
+    return "partial" if report.failures else "success"
+
+
+async def _deprovision(tenant: TenantConfig, sync_store: SyncStore, pbx: PbxClient, delete: bool,
+                       out: TextIO) -> str:
     """Disable (or delete) the tenant's users and delete its groups and contacts, through the guard."""
     name = tenant.name
     plan = Plan()
@@ -90,10 +113,7 @@ async def _deprovision(tenant: TenantConfig, sync_store: SyncStore, delete: bool
     guard(plan, tenant, counts, {i for i, (_, _, approved) in held.items() if approved})
     await sync_store.hold(name, held_rows(plan.held))
     report = RunReport()
-    async with aiohttp.ClientSession() as session:
-        transport = Transport(session, name, Metrics(), ssl_context=client_ssl_context(tenant.ca_file))
-        pbx = PbxClient(transport, tenant.pbx.scim_url, read_secret(tenant.pbx.token_file))
-        await Applier(name, sync_store, pbx, report).apply(plan)
+    await Applier(name, sync_store, pbx, report).apply(plan)
     done = ", ".join(f"{k} {v}" for kind in (report.counts, report.groups.counts, report.contacts.counts)
                      for k, v in sorted(kind.items())) or "nothing"
     print(f"{name}: deprovisioned: {done}", file=out)

@@ -49,6 +49,22 @@ def reason_of(error: BaseException | str | None) -> str:
     return redact_text(str(error))
 
 
+def error_code(error: BaseException) -> str:
+    """A short name for an error in a log line: Graph's code, else an HTTP status, else its type."""
+    for attribute in ("code", "status"):
+        value = getattr(error, attribute, None)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+            return redact_text(str(value))[:64]
+    return type(error).__name__
+
+
+def log_fields(error: BaseException) -> dict[str, str]:
+    """An error as one log line's fields, for loops that must go on (no traceback): its code and,
+    for a typed one, its reason (our words and codes); an untyped one's text may quote any input."""
+    reason = error.reason if isinstance(error, M365SyncError) else "unexpected error"
+    return {"error": reason.splitlines()[0][:300] if reason else "", "code": error_code(error)}
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One problem found in the configuration, located by a dotted field path."""

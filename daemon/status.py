@@ -16,6 +16,7 @@ from daemon.config import Config, TenantConfig
 from daemon.health import TenantStatus, tenant_status
 from daemon.notify.mode import freshness
 from daemon.secrets import is_empty_secret, secret_file_problem
+from daemon.sync.presence import presence_denied
 from daemon.sync.read_mailboxes import SHARED_DETECTION_FIX, unreadable_settings
 from daemon.sync.report import describe_counts
 from state.notify_store import NotifyStore
@@ -62,6 +63,7 @@ class TenantReport:
     authorize_url: str = ""  # guide step 8, for an admin signed in to the status page
     runs: list[dict[str, Any]] = field(default_factory=list)  # the last runs, newest first
     freshness: dict[str, Any] = field(default_factory=dict)  # push | poll | schedule, why, the last notification
+    presence_denied: dict[str, Any] | None = None  # since when and why Graph refuses presence (403)
 
 
 async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs: dict[str, float] | None = None,
@@ -120,6 +122,7 @@ async def collect(config: Config, store: Store, sync_store: SyncStore, next_runs
             features=features(tenant), redirect_uris=redirect_uris(config.server),
             authorize_url=authorize_url(tenant.name), runs=[_run_json(r) for r in recent],
             freshness=(await freshness(config, tenant, NotifyStore(store.db, store.clock))).as_json(),
+            presence_denied=await presence_denied(sync_store, tenant.name) if tenant.presence.enabled else None,
         ))
     configured = {t.name for t in config.tenants}
     for name, row in sorted(rows.items()):
@@ -218,6 +221,9 @@ def as_text(reports: list[TenantReport]) -> str:
         if r.unreadable_calendars or r.unreadable_mailboxes:
             lines.append(f"  calendars not readable (403): {', '.join(r.unreadable_calendars) or 'none'}")
             lines.append(f"  mailboxes not readable (403): {', '.join(r.unreadable_mailboxes) or 'none'}")
+        if r.presence_denied:
+            lines.append(f"  presence not permitted (403) since {_when(r.presence_denied.get('since'))}: "
+                         f"{r.presence_denied.get('reason')}; grant Presence.Read.All")
         if r.unreadable_mailbox_settings:
             lines.append(f"  mailbox settings not readable (403): {len(r.unreadable_mailbox_settings)} mailbox(es), "
                          f"not known to be shared; {r.shared_detection_fix}")

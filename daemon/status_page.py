@@ -89,6 +89,8 @@ def _tenant(r: TenantReport) -> str:
         ("Held deprovisions", "held", _held(r)),
         ("Quarantined", "quarantined", _listed(len(r.quarantined), [f"{q['name']}: {q['error']}" for q in r.quarantined])),
         _unreadable(r),
+        ("Presence", "presence-denied", f"not permitted (403) since {escape(_when(r.presence_denied.get('since')))}: "
+         f"{escape(str(r.presence_denied.get('reason')))}; grant Presence.Read.All") if r.presence_denied else None,
         ("Shared-mailbox detection", "unreadable-settings",
          f"mailbox settings not readable (403): {len(r.unreadable_mailbox_settings)} mailbox(es), not known to be shared; "
          f"{escape(r.shared_detection_fix or '')}") if r.unreadable_mailbox_settings else None,

@@ -71,6 +71,8 @@ class Supervisor:
         self.ownership = Ownership(metrics, self.schedules, auth.forget_tokens, leases)
         self._requests: set[asyncio.Task[str | None]] = set()
         self.on_run_finished: Callable[[str], None] = lambda tenant: None  # change notifications keep subscriptions
+        # Change notifications delete the subscriptions of tenants a reload removes.
+        self.on_tenants_removed: Callable[[list[str]], Awaitable[None]] | None = None
 
     # --- start and stop ---
 
@@ -118,6 +120,8 @@ class Supervisor:
         settings."""
         before = {t.name: t for t in self.config.tenants if t.enabled}
         after = {t.name: t for t in config.tenants if t.enabled}
+        if self.on_tenants_removed is not None and before.keys() - after.keys():
+            await self.on_tenants_removed(sorted(before.keys() - after.keys()))  # their settings still apply here
         self.config = self.auth.config = config
         self.ownership.leases.set_tenants(after)  # a shared state: leases of removed tenants go at the next round
         await self.register_tenants()

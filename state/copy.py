@@ -46,6 +46,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "presence_state": ("tenant", "user_id", "availability", "activity"),
     "pending_creates": ("tenant", "kind", "graph_id", "since"),
     "photo_checks": ("tenant", "user_id", "checked_at", "due_at"),
+    "folder_listings": ("tenant", "user_id", "listed_at", "started_at", "relist"),
+    "notify_subscriptions": ("tenant", "id", "kind", "resource", "mailbox", "expires_at", "client_state", "state",
+                             "reason"),
+    "notify_due": ("tenant", "kind", "mailbox", "since"),
+    "notify_tenants": ("tenant", "handshake_ok", "handshake_at", "handshake_reason", "last_notified_at"),
     "object_history": ("tenant", "kind", "graph_id", "at", "run_id", "action", "attributes", "changed_values", "reason"),
 }
 NOT_COPIED = frozenset({"run_leases", "instances"})  # a process's own run locks; the daemons of a shared state

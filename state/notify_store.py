@@ -3,32 +3,28 @@ subscriptions (their ``clientState`` sealed like the tokens), the reads
 notifications asked for and no daemon has done yet, whether Graph could
 reach the public address, and when the last notification came.
 
-It lives in the shared per-tenant key/value table (``tenant_sync_state``),
-under ``notify:`` names, so any daemon of a shared state can persist a
-notification and the tenant's owner reads it; the due reads are keyed by
-kind and mailbox, so a burst of notifications for one mailbox is one row.
+Typed tables (``notify_subscriptions``, ``notify_due``, ``notify_tenants``,
+migration 0014), shared by every daemon of a shared state, so any daemon can
+persist a notification and the tenant's owner reads it; a due read is one
+row per kind and mailbox, so a burst of notifications for one mailbox is one
+row.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from state.db import Database
 from state.store import Clock
 
-DUE = "notify:due:"  # + kind + ":" + mailbox ("" for the whole tenant) -> when first asked for
-SUBSCRIPTION = "notify:sub:"  # + Graph's subscription id -> JSON
-HANDSHAKE = "notify:handshake"  # JSON {ok, at, reason}: the last attempt to create a subscription
-LAST = "notify:last"  # when the last accepted notification arrived
 ACTIVE, REAUTHORIZE, REMOVED = "active", "reauthorize", "removed"
-
-
-def _range(prefix: str) -> tuple[str, str]:
-    """Names starting with ``prefix`` as a key range (uses the primary key on both backends)."""
-    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+_COLUMNS = "id, kind, resource, mailbox, expires_at, client_state, state, reason"
+# The endpoint's lookup (the primary key) and the renewals' (notify_subscriptions_expiry).
+SUBSCRIPTION_BY_ID = f"SELECT {_COLUMNS} FROM notify_subscriptions WHERE tenant = ? AND id = ?"
+EXPIRING = f"SELECT {_COLUMNS} FROM notify_subscriptions WHERE tenant = ? AND expires_at < ? ORDER BY expires_at"
 
 
 @dataclass(frozen=True)
@@ -47,17 +43,17 @@ class StoredSubscription:
     expires_at: float
     sealed_state: bytes  # the clientState, sealed
     state: str = ACTIVE
+    reason: str | None = None  # why it left ACTIVE (a lifecycle event), when it did
 
-    def to_json(self) -> str:
-        return json.dumps({"kind": self.kind, "resource": self.resource, "mailbox": self.mailbox,
-                           "expires_at": self.expires_at, "state": self.state,
-                           "secret": base64.b64encode(self.sealed_state).decode()})
+    def row(self, tenant: str) -> tuple[Any, ...]:
+        return (tenant, self.id, self.kind, self.resource, self.mailbox, self.expires_at,
+                base64.b64encode(self.sealed_state).decode(), self.state, self.reason)
 
     @classmethod
-    def from_json(cls, id_: str, text: str) -> StoredSubscription:
-        data = json.loads(text)
-        return cls(id_, str(data["kind"]), str(data["resource"]), data.get("mailbox"), float(data["expires_at"]),
-                   base64.b64decode(data["secret"]), str(data.get("state", ACTIVE)))
+    def from_row(cls, row: Any) -> StoredSubscription:
+        id_, kind, resource, mailbox, expires_at, client_state, state, reason = row
+        return cls(str(id_), str(kind), str(resource), mailbox, float(expires_at), base64.b64decode(client_state),
+                   str(state), reason)
 
 
 @dataclass(frozen=True)
@@ -76,70 +72,68 @@ class NotifyStore:
 
     async def mark_due(self, tenant: str, marks: Iterable[tuple[str, str | None]], at: float) -> None:
         """Persist "read kind K (of mailbox M)"; a mark already there keeps its earlier time."""
-        rows = {(tenant, f"{DUE}{kind}:{mailbox or ''}", repr(at)) for kind, mailbox in marks}
+        rows = sorted({(tenant, kind, mailbox or "", at) for kind, mailbox in marks})
         async with self.db.transaction() as conn:
-            await conn.executemany("INSERT INTO tenant_sync_state (tenant, name, value) VALUES (?, ?, ?)"
-                                   " ON CONFLICT (tenant, name) DO NOTHING", sorted(rows))
-            await conn.execute("INSERT INTO tenant_sync_state (tenant, name, value) VALUES (?, ?, ?)"
-                               " ON CONFLICT (tenant, name) DO UPDATE SET value = excluded.value",
-                               (tenant, LAST, repr(at)))
+            await conn.executemany("INSERT INTO notify_due (tenant, kind, mailbox, since) VALUES (?, ?, ?, ?)"
+                                   " ON CONFLICT (tenant, kind, mailbox) DO NOTHING", rows)
+            await conn.execute("INSERT INTO notify_tenants (tenant, last_notified_at) VALUES (?, ?)"
+                               " ON CONFLICT (tenant) DO UPDATE SET last_notified_at = excluded.last_notified_at",
+                               (tenant, at))
 
     async def take_due(self, tenant: str) -> list[Due]:
         """The due reads, removed in the same transaction (the one daemon that reads takes them)."""
-        low, high = _range(DUE)
         async with self.db.transaction() as conn:
-            rows = await conn.fetchall("SELECT name, value FROM tenant_sync_state WHERE tenant = ? AND name >= ?"
-                                       " AND name < ?", (tenant, low, high))
-            await conn.execute("DELETE FROM tenant_sync_state WHERE tenant = ? AND name >= ? AND name < ?",
-                               (tenant, low, high))
-        due = []
-        for name, value in rows:
-            kind, _, mailbox = str(name)[len(DUE):].partition(":")
-            due.append(Due(kind, mailbox or None, float(value)))
-        return due
+            rows = await conn.fetchall("SELECT kind, mailbox, since FROM notify_due WHERE tenant = ?"
+                                       " ORDER BY kind, mailbox", (tenant,))
+            await conn.execute("DELETE FROM notify_due WHERE tenant = ?", (tenant,))
+        return [Due(str(kind), mailbox or None, float(since)) for kind, mailbox, since in rows]
 
     async def last_notification(self, tenant: str) -> float | None:
-        row = await self.db.fetchone("SELECT value FROM tenant_sync_state WHERE tenant = ? AND name = ?",
-                                     (tenant, LAST))
-        return None if row is None else float(row[0])
+        row = await self.db.fetchone("SELECT last_notified_at FROM notify_tenants WHERE tenant = ?", (tenant,))
+        return None if row is None or row[0] is None else float(row[0])
 
     # --- subscriptions ---
 
     async def subscriptions(self, tenant: str) -> list[StoredSubscription]:
-        low, high = _range(SUBSCRIPTION)
-        rows = await self.db.fetchall("SELECT name, value FROM tenant_sync_state WHERE tenant = ? AND name >= ?"
-                                      " AND name < ?", (tenant, low, high))
-        return [StoredSubscription.from_json(str(name)[len(SUBSCRIPTION):], str(value)) for name, value in rows]
+        rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM notify_subscriptions WHERE tenant = ? ORDER BY id",
+                                      (tenant,))
+        return [StoredSubscription.from_row(row) for row in rows]
+
+    async def expiring(self, tenant: str, before: float) -> list[StoredSubscription]:
+        """The tenant's subscriptions that expire before ``before`` (by index: renewals)."""
+        rows = await self.db.fetchall(EXPIRING, (tenant, before))
+        return [StoredSubscription.from_row(row) for row in rows]
 
     async def subscription(self, tenant: str, subscription_id: str) -> StoredSubscription | None:
-        row = await self.db.fetchone("SELECT value FROM tenant_sync_state WHERE tenant = ? AND name = ?",
-                                     (tenant, SUBSCRIPTION + subscription_id))
-        return None if row is None else StoredSubscription.from_json(subscription_id, str(row[0]))
+        row = await self.db.fetchone(SUBSCRIPTION_BY_ID, (tenant, subscription_id))
+        return None if row is None else StoredSubscription.from_row(row)
 
     async def put_subscription(self, tenant: str, subscription: StoredSubscription) -> None:
         async with self.db.transaction() as conn:
-            await conn.execute("INSERT INTO tenant_sync_state (tenant, name, value) VALUES (?, ?, ?)"
-                               " ON CONFLICT (tenant, name) DO UPDATE SET value = excluded.value",
-                               (tenant, SUBSCRIPTION + subscription.id, subscription.to_json()))
+            await conn.execute(
+                "INSERT INTO notify_subscriptions (tenant, id, kind, resource, mailbox, expires_at, client_state,"
+                " state, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, id) DO UPDATE SET"
+                " kind = excluded.kind, resource = excluded.resource, mailbox = excluded.mailbox,"
+                " expires_at = excluded.expires_at, client_state = excluded.client_state, state = excluded.state,"
+                " reason = excluded.reason", subscription.row(tenant))
 
     async def drop_subscription(self, tenant: str, subscription_id: str) -> None:
         async with self.db.transaction() as conn:
-            await conn.execute("DELETE FROM tenant_sync_state WHERE tenant = ? AND name = ?",
-                               (tenant, SUBSCRIPTION + subscription_id))
+            await conn.execute("DELETE FROM notify_subscriptions WHERE tenant = ? AND id = ?", (tenant, subscription_id))
 
     # --- whether Graph reaches the public address ---
 
     async def set_handshake(self, tenant: str, ok: bool, reason: str | None = None) -> None:
-        value = json.dumps({"ok": ok, "at": self.clock(), "reason": reason})
         async with self.db.transaction() as conn:
-            await conn.execute("INSERT INTO tenant_sync_state (tenant, name, value) VALUES (?, ?, ?)"
-                               " ON CONFLICT (tenant, name) DO UPDATE SET value = excluded.value",
-                               (tenant, HANDSHAKE, value))
+            await conn.execute(
+                "INSERT INTO notify_tenants (tenant, handshake_ok, handshake_at, handshake_reason) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (tenant) DO UPDATE SET handshake_ok = excluded.handshake_ok,"
+                " handshake_at = excluded.handshake_at, handshake_reason = excluded.handshake_reason",
+                (tenant, int(ok), self.clock(), reason))
 
     async def handshake(self, tenant: str) -> Handshake | None:
-        row = await self.db.fetchone("SELECT value FROM tenant_sync_state WHERE tenant = ? AND name = ?",
-                                     (tenant, HANDSHAKE))
-        if row is None:
+        row = await self.db.fetchone("SELECT handshake_ok, handshake_at, handshake_reason FROM notify_tenants"
+                                     " WHERE tenant = ?", (tenant,))
+        if row is None or row[0] is None:
             return None
-        data = json.loads(str(row[0]))
-        return Handshake(bool(data.get("ok")), float(data.get("at", 0.0)), data.get("reason"))
+        return Handshake(bool(row[0]), float(row[1] or 0.0), row[2])

@@ -198,15 +198,6 @@ class Store:
             )
         }
 
-    async def delta_links_saved_at(self, tenant: str, resource: str) -> dict[str, float]:
-        """When each key's link of a resource was last saved (a per-mailbox read's age), in one query."""
-        return {
-            row[0]: float(row[1])
-            for row in await self.db.fetchall(
-                "SELECT key, updated_at FROM delta_links WHERE tenant = ? AND resource = ?", (tenant, resource)
-            )
-        }
-
     async def save_delta_links(self, tenant: str, resource: str, links: dict[str, str]) -> None:
         """Commit many keys' links in one transaction."""
         async with self.db.transaction() as conn:

@@ -1,7 +1,7 @@
 """The sync engine's state, one facade over focused query modules: Graph
 copies (``state.copies``), pushed objects and bookkeeping (``state.pushed``),
 typed markers and the run lease (``state.markers``), what is due
-(``state.due``); and here extension
+(``state.due``), folder listings (``state.listings``); and here extension
 allocations, held deprovisions and group membership."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from state.copies import CopyQueries, GraphCopy
 from state.db import Database
 from state.due import DueQueries
 from state.history import DEFAULT_HISTORY_DAYS, HistoryQueries
+from state.listings import FolderListingQueries
 from state.markers import MarkerQueries
 from state.pushed import FAILURES_BEFORE_QUARANTINE, PushedQueries, SyncedRow
 from state.store import Clock
@@ -20,7 +21,7 @@ from state.store import Clock
 __all__ = ["FAILURES_BEFORE_QUARANTINE", "GraphCopy", "SyncStore", "SyncedRow"]
 
 
-class SyncStore(CopyQueries, PushedQueries, MarkerQueries, HistoryQueries, DueQueries):
+class SyncStore(CopyQueries, PushedQueries, MarkerQueries, HistoryQueries, DueQueries, FolderListingQueries):
     def __init__(self, db: Database, clock: Clock = time.time, history_days: int = DEFAULT_HISTORY_DAYS) -> None:
         self.db = db
         self.clock = clock

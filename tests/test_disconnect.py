@@ -1,4 +1,5 @@
-"""`m365sync disconnect`: tokens forgotten and runs stopped; with --deprovision
+"""`m365sync disconnect`: tokens forgotten, runs stopped and the presence it
+pushed cleared; with --deprovision
 the tenant's objects are undone on the PBX through the guard; a tenant gone
 from the configuration is listed until it is disconnected, then forgotten."""
 
@@ -11,8 +12,14 @@ import aiohttp
 import pytest
 
 import scenario
+from daemon.commands import open_stores
 from daemon.config import load_config
+from daemon.metrics import Metrics
+from daemon.pbx.schema import PBX_USER
 from daemon.service import Service
+from daemon.sync.apply import Applier
+from daemon.sync.presence import plan_presence
+from daemon.sync.report import RunReport
 from live_fixtures import LiveEnv, started_live_env
 from sim.pbx import ScimServer
 
@@ -85,3 +92,26 @@ async def test_a_tenant_gone_from_the_configuration_is_listed_until_disconnected
     assert code == 0 and "forgotten" in out
     code, out, _ = await env.m365sync("status")
     assert "contoso" not in out
+
+
+async def pbx_presences(env: LiveEnv) -> dict[str, object]:
+    """Each PBX user's pbx:presence, by externalId (users without one left out)."""
+    async with aiohttp.ClientSession() as session:
+        client = await env.pbx_client(session)
+        return {str(o.data.get("externalId")): o.data[PBX_USER]["presence"] async for o in client.iter_objects("User")
+                if o.data.get(PBX_USER, {}).get("presence")}
+
+
+async def test_disconnect_clears_the_presence_pushed_to_the_tenants_users(
+        synced: tuple[LiveEnv, scenario.Scenario]) -> None:
+    env, _ = synced
+    async with open_stores(load_config(env.config), Metrics()) as stores, aiohttp.ClientSession() as session:
+        users = (await stores.sync.active_users("contoso"))[:2]  # pushed as a presence poll pushes it
+        plan = plan_presence(users, {u: ("Busy", "InACall") for u, _, _ in users}, {})
+        await Applier("contoso", stores.sync, await env.pbx_client(session), RunReport()).apply(plan)
+    assert len(await pbx_presences(env)) == 2
+    code, out, _ = await env.m365sync("disconnect", "--tenant", "contoso")
+    assert code == 0 and "presence cleared from 2 user(s)" in out and "disconnected" in out
+    assert await pbx_presences(env) == {}
+    async with open_stores(load_config(env.config), Metrics()) as stores:
+        assert await stores.sync.presence_states("contoso") == {}

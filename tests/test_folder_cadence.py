@@ -1,8 +1,9 @@
 """Each mailbox's contact-folder list on its own, slower cadence: a run with
 nothing changed reads one ``$batch`` item per delta link and lists no folder;
 a new folder arrives once its mailbox's refresh is due; a folder whose delta
-answers 404 or 410 has its mailbox listed again in the same run; and a change
-notification can ask for a listing (``relist_folders``). Graph simulator to a
+answers 404 or 410 has its mailbox listed again in the same run; a change
+notification can ask for a listing (``relist_folders``), and neither such a
+request made during a listing nor an interrupted listing is lost. Graph simulator to a
 real SCIM server, on both state backends."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from collections import Counter
 
 from daemon.sync.calendar import CalendarSync
-from daemon.sync.folder_schedule import listing_due, relist_folders
+from daemon.sync.folder_schedule import begin_listing, listing_due, relist_folders, remember_listed
 from daemon.sync.report import RunReport
 from sim.generator import generate_tenant
 from sync_fixtures import SyncEnv, on_both_backends  # noqa: F401  (the fixture: every test here runs on both backends)
@@ -126,7 +127,7 @@ async def test_a_notification_hook_makes_a_mailbox_due(sync_env: SyncEnv) -> Non
     sync_env.graph.tenant.add_folder(owner, "f-new", "New")
     contact(sync_env, owner, "c-new", folder="f-new")
     assert (await sync_env.run()).contacts.counts == {}
-    await relist_folders(sync_env.store, "t", [owner])
+    await relist_folders(sync_env.sync_store, "t", [owner])
     assert (await sync_env.run()).contacts.counts == {"create": 1}
 
 
@@ -154,3 +155,29 @@ def test_refreshes_spread_over_the_cycle_and_none_waits_longer_than_a_cycle_and_
             listed[mailbox] = now
     assert max(per_run) <= 2 * 1000 / 24 and sum(per_run[24:]) == 2 * 1000  # spread; once a cycle after the first
     assert max(gaps) <= 25 * HOUR and max(now - t for t in listed.values()) <= 25 * HOUR
+
+
+async def test_an_interrupted_listing_is_repeated_by_the_next_run(sync_env: SyncEnv) -> None:
+    owner = await one_mailbox_with_a_folder(sync_env)
+    sync_env.graph.tenant.add_folder(owner, "f-new", "New")
+    contact(sync_env, owner, "c-new", folder="f-new")
+    await begin_listing(sync_env.sync_store, "t", [owner], sync_env.graph.clock.time())  # then the process died
+    listings = sync_env.graph_requests(LISTINGS)
+    assert (await sync_env.run()).contacts.counts == {"create": 1}
+    assert sync_env.graph_requests(LISTINGS) > listings
+    assert (await sync_env.sync_store.folder_listings("t"))[owner].pending is False  # completed now
+    listings = sync_env.graph_requests(LISTINGS)
+    await sync_env.run()
+    assert sync_env.graph_requests(LISTINGS) == listings
+
+
+async def test_a_relist_asked_for_during_a_listing_is_not_lost(sync_env: SyncEnv) -> None:
+    owner = await one_mailbox_with_a_folder(sync_env)
+    store, now = sync_env.sync_store, sync_env.graph.clock.time()
+    await begin_listing(store, "t", [owner], now)
+    await relist_folders(store, "t", [owner])  # a notification, while the listing's requests are out
+    await remember_listed(store, "t", [owner])  # that listing completes
+    assert (await store.folder_listings("t"))[owner].pending
+    sync_env.graph.tenant.add_folder(owner, "f-new", "New")
+    contact(sync_env, owner, "c-new", folder="f-new")
+    assert (await sync_env.run()).contacts.counts == {"create": 1}  # listed again

@@ -6,15 +6,18 @@ and polling goes on."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import structlog
 
 from conftest import until
 from daemon import status
 from daemon.auth.states import DISCONNECTED
+from daemon.errors import GraphUnavailable
 from daemon.notify.subscriptions import HANDSHAKE_RETRY_SECONDS, NOTIFY_PATH
 from daemon.pbx.schema import PBX_USER
 from notify_fixtures import TENANT, Notified, start_notified
@@ -240,3 +243,36 @@ async def test_a_disconnected_tenants_subscriptions_are_deleted(notified: Notifi
     deleted = [r for r in notified.world.sim.requests("^/subscriptions/") if r.method == "DELETE"]
     assert len(deleted) == count and {r.status for r in deleted} == {204}
     assert await NotifyStore(notified.service.store.db, notified.clock.time).subscriptions(TENANT) == []
+
+
+async def test_a_removed_tenants_subscriptions_are_deleted_at_graph(notified: Notified) -> None:
+    assert notified.world.sim is not None and notified.service.notifications is not None
+    count = len(notified.graph.subscriptions)
+    config = notified.service.supervisor.config
+    await notified.service.supervisor.apply(replace(config, tenants=()))  # what a reload without it does
+
+    async def deleted() -> bool:
+        await notified.clock.settle()
+        return notified.graph.subscriptions == {}
+
+    await until(deleted, 30, "the removed tenant's subscriptions deleted")
+    deletes = [r for r in notified.world.sim.requests("^/subscriptions/") if r.method == "DELETE"]
+    assert len(deletes) == count and {r.status for r in deletes} == {204}
+    assert await NotifyStore(notified.service.store.db, notified.clock.time).subscriptions(TENANT) == []
+
+
+async def test_a_failing_notified_read_logs_one_line_with_its_code_and_no_traceback(notified: Notified) -> None:
+    assert notified.service.notifications is not None
+    service = notified.service.notifications
+
+    async def failing(tenant: str) -> None:
+        raise GraphUnavailable("Graph did not answer", status=503, code="ServiceUnavailable", upstream="\n".join(
+            ["a body that spans", "lines"]))
+
+    service.debouncer.drain = failing
+    with structlog.testing.capture_logs() as logs:
+        service.debouncer.wake(TENANT)
+        await notified.settle_window()
+    (line,) = [e for e in logs if e["event"] == "a notified read failed"]
+    assert line["log_level"] == "warning" and line["code"] == "ServiceUnavailable"
+    assert "exc_info" not in line and "\n" not in line["error"] and "spans" not in line["error"]

@@ -1,15 +1,19 @@
 """Teams presence to the PBX's ``pbx:presence``: a change lands on the next
 poll, an unchanged presence writes nothing, turning presence off removes it,
-and a poll asks Graph once per 650 users."""
+a poll asks Graph once per 650 users, and a missing permission is warned
+about once per change (status shows it meanwhile)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import structlog
+
 from daemon.pbx.schema import PBX_USER
+from daemon.status import TenantReport, as_text
 from daemon.sync.kinds import PRESENCE_KINDS, RUN_KINDS, Clients, PresenceClearing, build_pipelines
-from daemon.sync.presence import IDS_PER_CALL, PresenceSync, parse_presences
+from daemon.sync.presence import IDS_PER_CALL, PresenceSync, parse_presences, presence_denied
 from daemon.sync.report import RunReport
 from sync_fixtures import SyncEnv, add_user, on_both_backends  # noqa: F401  (every test here runs on both backends)
 from test_kinds_turned_off import directory_run
@@ -121,3 +125,28 @@ def test_answers_of_another_shape_leave_that_user_alone() -> None:
     found = parse_presences(body, ["a", "b", "c", "d"])
     assert set(found) == {"a", "d"}
     assert found["d"][1] == "NewActivityGraphAdds" and len(found["d"][0]) <= 64 and "\u0000" not in found["d"][0]
+
+
+async def test_a_missing_permission_warns_once_per_change_and_status_shows_it(sync_env: SyncEnv) -> None:
+    (alice,) = await setup(sync_env, 1)
+    sync_env.graph.sim.fail_next(403, count=3, path_pattern=PRESENCE_CALL, code="Forbidden")
+    with structlog.testing.capture_logs() as logs:
+        reports = [await presence_poll(sync_env) for _ in range(3)]
+    assert all(r.presence.written == 0 and r.failures for r in reports)  # each poll says so in its result
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1 and warnings[0]["code"] == "Forbidden"  # once, not every poll
+    denied = await presence_denied(sync_env.sync_store, "t")
+    assert denied is not None and denied["since"] == sync_env.graph.clock.time() and denied["reason"]
+    text = as_text([TenantReport(tenant="t", enabled=True, auth_state="authorized", auth_owner=None, auth_reason=None,
+                                 last_run=None, next_run=None, presence_denied=denied)])
+    assert "presence not permitted (403)" in text
+    with structlog.testing.capture_logs() as logs:
+        report = await presence_poll(sync_env)  # granted again
+        await presence_poll(sync_env)
+    assert report.failures == [] and report.presence.written == 1
+    assert [e["event"] for e in logs if "presence" in e["event"]] == ["presence readable again"]  # once
+    assert await presence_denied(sync_env.sync_store, "t") is None
+    sync_env.graph.sim.fail_next(403, path_pattern=PRESENCE_CALL, code="Forbidden")
+    with structlog.testing.capture_logs() as logs:
+        await presence_poll(sync_env)
+    assert [e["log_level"] for e in logs if e["log_level"] == "warning"] == ["warning"]  # a new change: warned again

@@ -16,6 +16,7 @@ from daemon.sync.calendar import CalendarSync
 from daemon.sync.report import RunReport
 from state.due import CLEAR_DIRTY, DIRTY_IDS, FAILED_OBJECTS, OUT_OF_SCOPE_BEFORE, PHOTO_CHECKS_DUE
 from state.history import PRUNE_HISTORY
+from state.notify_store import EXPIRING, SUBSCRIPTION_BY_ID
 from sync_fixtures import SyncEnv
 
 GROWING = ("graph_objects", "synced_objects", "group_members", "extension_allocations", "pending_creates",
@@ -143,3 +144,17 @@ async def test_what_a_run_plans_besides_its_delta_is_found_by_index(sync_env: Sy
     for sql, pattern in expected.items():
         (step,) = await plan_of(sync_env, sql)
         assert re.fullmatch(pattern, step), (sql, step)
+
+
+async def test_the_notification_endpoints_and_the_renewals_lookups_use_their_indexes(sync_env: SyncEnv) -> None:
+    """The endpoint finds a subscription by its id (every notification), renewals by expiry; the due marks
+    and the folder listings are read by tenant: none scans another tenant's rows."""
+    by_id = SUBSCRIPTION_BY_ID.replace("?", "'t'", 1).replace("?", "'sub'", 1)
+    assert await plan_of(sync_env, by_id) == [
+        "SEARCH notify_subscriptions USING INDEX sqlite_autoindex_notify_subscriptions_1 (tenant=? AND id=?)"]
+    expiring = EXPIRING.replace("?", "'t'", 1).replace("?", "1.0", 1)
+    assert await plan_of(sync_env, expiring) == [
+        "SEARCH notify_subscriptions USING INDEX notify_subscriptions_expiry (tenant=? AND expires_at<?)"]
+    for table in ("notify_due", "folder_listings"):
+        (step,) = await plan_of(sync_env, f"SELECT * FROM {table} WHERE tenant = 't'")
+        assert re.fullmatch(rf"SEARCH {table} USING INDEX sqlite_autoindex_{table}_1 \(tenant=\?\)", step), step

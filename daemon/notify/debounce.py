@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from daemon.errors import log_fields
 from daemon.logging import get_logger
 from daemon.scheduler import SchedulerClock
 from state.notify_store import Due
@@ -67,7 +68,7 @@ class Debouncer:
             try:
                 await self.drain(tenant)
             except Exception as err:  # one failed read must not end the tenant's reads; the schedule is the backstop
-                log.exception("a notified read failed", tenant=tenant, error=str(err))
+                log.warning("a notified read failed", tenant=tenant, **log_fields(err))
 
     async def stop(self) -> None:
         for task in self._tasks.values():

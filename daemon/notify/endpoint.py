@@ -136,7 +136,7 @@ async def _accepted_marks(sink: NotificationSink, tenant: TenantConfig, items: l
             log.info("lifecycle notification", tenant=tenant.name, lifecycle=str(event)[:40], resource=subscription.resource)
             if event in ("reauthorizationRequired", "subscriptionRemoved"):
                 state = REAUTHORIZE if event == "reauthorizationRequired" else REMOVED
-                await sink.store.put_subscription(tenant.name, replace(subscription, state=state))
+                await sink.store.put_subscription(tenant.name, replace(subscription, state=state, reason=str(event)))
                 marks.add(("keep", None))  # the owner's keeper acts at once
             if event in ("subscriptionRemoved", "missed"):
                 marks.add((subscription.kind, subscription.mailbox))  # what may have been missed: read it

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from daemon.auth.states import DISCONNECTED
 from daemon.config import Config, TenantConfig
-from daemon.errors import M365SyncError
-from daemon.graph.client import GraphClient
+from daemon.errors import M365SyncError, log_fields
+from daemon.graph.client import GraphClient, TokenProvider
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.notify.debounce import DEFAULT_WINDOW_SECONDS, DIRECTORY, Debouncer, reads_of
 from daemon.notify.mode import notifications_wanted
-from daemon.notify.subscriptions import SubscriptionKeeper
+from daemon.notify.subscriptions import SubscriptionKeeper, delete_subscription
 from daemon.scheduler import SchedulerClock
 from state.notify_store import NotifyStore
 from state.sealing import Sealer
@@ -71,7 +71,7 @@ class Notifications:
         try:
             sent = await self.daemon.forward(tenant)
         except Exception as err:  # the marks stay persisted: the owner's sweep reads them
-            log.warning("could not tell the tenant's owner about a notification", tenant=tenant, error=str(err))
+            log.warning("could not tell the tenant's owner about a notification", tenant=tenant, **log_fields(err))
             sent = False
         if not sent:
             log.info("no daemon owns the tenant now; its notified reads wait in the state", tenant=tenant)
@@ -94,7 +94,36 @@ class Notifications:
                 return  # notifications off, and nothing to delete: no work after the run
             await self.keep(tenant)
         except Exception as err:  # the next round tries again
-            log.warning("could not keep the change-notification subscriptions", tenant=tenant, error=str(err))
+            log.warning("could not keep the change-notification subscriptions", tenant=tenant, **log_fields(err))
+
+    async def tenants_removed(self, names: list[str]) -> None:
+        """A reload removes (or disables) these tenants: the subscriptions of those this daemon owns are
+        deleted at Graph rather than left to expire (days), while their token can still be had: one is
+        taken now, before the new configuration (without their settings) applies; the deletes follow."""
+        for name in names:
+            try:
+                if not self.daemon.holds(name) or not await self.store.subscriptions(name):
+                    continue
+                graph = await self.daemon.graph(name)
+                if graph is None:  # not authorized: they expire by themselves
+                    continue
+                token = await graph.token_provider()
+            except Exception as err:  # they expire by themselves
+                log.warning("could not delete a removed tenant's subscriptions", tenant=name, **log_fields(err))
+                continue
+            graph.token_provider = _fixed_token(token)  # the settings that could refresh it are going
+            task = asyncio.ensure_future(self._delete_all(name, graph))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _delete_all(self, tenant: str, graph: GraphClient) -> None:
+        try:
+            subscriptions = await self.store.subscriptions(tenant)
+            for subscription in subscriptions:
+                await delete_subscription(graph, self.store, tenant, subscription)
+            log.info("a removed tenant's subscriptions deleted", tenant=tenant, deleted=len(subscriptions))
+        except Exception as err:  # what is left expires by itself
+            log.warning("could not delete a removed tenant's subscriptions", tenant=tenant, **log_fields(err))
 
     # --- the owner's side ---
 
@@ -129,7 +158,7 @@ class Notifications:
         try:
             round_ = await keeper.keep(enabled=connected and notifications_wanted(config, configured))
         except M365SyncError as err:
-            log.warning("could not keep the change-notification subscriptions", tenant=tenant, error=str(err))
+            log.warning("could not keep the change-notification subscriptions", tenant=tenant, **log_fields(err))
             return
         await self.publish(tenant)
         if round_.created or round_.renewed or round_.deleted or round_.reauthorized:
@@ -156,7 +185,7 @@ class Notifications:
                 await self.drain(tenant.name)
                 await self.keep(tenant.name)
             except M365SyncError as err:
-                log.warning("notifications round failed", tenant=tenant.name, error=str(err))
+                log.warning("notifications round failed", tenant=tenant.name, **log_fields(err))
 
     # --- start and stop ---
 
@@ -169,7 +198,7 @@ class Notifications:
             try:
                 await self.round()
             except Exception as err:  # one failed round must not end them
-                log.exception("notifications round failed", error=str(err))
+                log.warning("notifications round failed", **log_fields(err))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -180,3 +209,10 @@ class Notifications:
         for task in list(self._pending):
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def _fixed_token(token: str) -> TokenProvider:
+    async def provide(*, force_refresh: bool = False) -> str:
+        return token
+
+    return provide

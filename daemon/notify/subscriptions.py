@@ -197,13 +197,19 @@ class SubscriptionKeeper:
         await self.store.put_subscription(self.tenant.name, replace(subscription, state=ACTIVE))
 
     async def _delete(self, subscription: StoredSubscription) -> None:
-        try:
-            await self.graph.request("DELETE", f"/subscriptions/{quote(subscription.id)}")
-        except GraphNotFound:
-            pass
-        except GraphError as err:  # it expires by itself; forgetting it here drops its notifications
-            log.warning("could not delete a subscription", tenant=self.tenant.name, error=str(err))
-        await self.store.drop_subscription(self.tenant.name, subscription.id)
+        await delete_subscription(self.graph, self.store, self.tenant.name, subscription)
+
+
+async def delete_subscription(graph: GraphClient, store: NotifyStore, tenant: str,
+                              subscription: StoredSubscription) -> None:
+    """Delete it at Graph, then forget it (a refusal leaves it to expire; its notifications are dropped)."""
+    try:
+        await graph.request("DELETE", f"/subscriptions/{quote(subscription.id)}")
+    except GraphNotFound:
+        pass
+    except GraphError as err:
+        log.warning("could not delete a subscription", tenant=tenant, error=str(err))
+    await store.drop_subscription(tenant, subscription.id)
 
 
 def _iso(moment: float) -> str:

@@ -6,9 +6,10 @@ own delta, so listing every mailbox's folders on every run (one or more
 more than the deltas themselves. A mailbox's folders are listed:
 
 - when they were never listed (a new mailbox, or one retried after a 403);
-- when asked to (:func:`relist_folders`): a folder's delta answered 404 or
-  410 (the folder went), the last listing did not complete, or a change
-  notification said the folder list changed;
+- when the last listing did not complete (incomplete, or interrupted);
+- when asked to (:func:`relist_folders`): a change notification said the
+  folder list changed (a folder's delta that answers 404 or 410 lists its
+  mailbox again in the same run);
 - otherwise once per ``personal_contacts.folder_refresh_hours``: at the
   first run after a moment of the mailbox's own in each cycle (a stable hash
   of its id). So the mailboxes spread evenly over the cycle's runs instead of
@@ -17,10 +18,11 @@ more than the deltas themselves. A mailbox's folders are listed:
   the last run / the cycle, and no mailbox waits longer than a cycle plus
   the time between two runs.
 
-A completed listing is remembered like a delta link (resource
-``contact-folders``, key the mailbox's user id, the listing's URL as the
-link): its ``updated_at`` says when it was listed, and dropping it makes the
-mailbox due, which is all :func:`relist_folders` does.
+Each mailbox's listings are kept in ``folder_listings`` (``state.listings``):
+a listing is begun before its first request and completed once it read every
+folder, so one that was interrupted (the process died) or incomplete leaves
+its mailbox due, and a request (:func:`relist_folders`) made while a listing
+runs is not taken by it: the mailbox is listed again.
 """
 
 from __future__ import annotations
@@ -28,11 +30,8 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable
-from urllib.parse import quote
 
-from state.store import Store
-
-FOLDER_LISTINGS = "contact-folders"  # the delta_links resource that remembers each mailbox's last listing
+from state.sync_store import SyncStore
 
 
 def listing_due(user_id: str, listed_at: float | None, now: float, hours: int) -> bool:
@@ -44,21 +43,30 @@ def listing_due(user_id: str, listed_at: float | None, now: float, hours: int) -
     return math.floor((now - moment) / cycle) > math.floor((listed_at - moment) / cycle)  # its moment passed
 
 
-async def due_mailboxes(store: Store, tenant: str, user_ids: Iterable[str], now: float, hours: int) -> set[str]:
+async def due_mailboxes(store: SyncStore, tenant: str, user_ids: Iterable[str], now: float, hours: int) -> set[str]:
     """The mailboxes among ``user_ids`` whose folders this run lists."""
-    listed = await store.delta_links_saved_at(tenant, FOLDER_LISTINGS)
-    return {u for u in user_ids if listing_due(u, listed.get(u), now, hours)}
+    listings = await store.folder_listings(tenant)
+    due = set()
+    for user_id in user_ids:
+        listing = listings.get(user_id)
+        if listing is None or listing.pending or listing_due(user_id, listing.listed_at, now, hours):
+            due.add(user_id)
+    return due
 
 
-async def remember_listed(store: Store, tenant: str, user_ids: Iterable[str]) -> None:
-    """These mailboxes' listings completed now."""
-    await store.save_delta_links(tenant, FOLDER_LISTINGS,
-                                 {u: f"/users/{quote(u, safe='')}/contactFolders" for u in user_ids})
+async def begin_listing(store: SyncStore, tenant: str, user_ids: Iterable[str], now: float) -> None:
+    """These mailboxes are listed now (before the first request: an interruption leaves them due)."""
+    await store.begin_listings(tenant, user_ids, now)
 
 
-async def relist_folders(store: Store, tenant: str, user_ids: Iterable[str]) -> None:
+async def remember_listed(store: SyncStore, tenant: str, user_ids: Iterable[str]) -> None:
+    """These mailboxes' listings completed (as of when they began)."""
+    await store.complete_listings(tenant, user_ids)
+
+
+async def relist_folders(store: SyncStore, tenant: str, user_ids: Iterable[str]) -> None:
     """List these mailboxes' folders at the next run (or later in this one).
 
     The hook for change notifications: a notification saying a mailbox's
-    contact folders changed calls ``relist_folders(store, tenant, [user_id])``."""
-    await store.drop_delta_links(tenant, FOLDER_LISTINGS, keys=list(dict.fromkeys(user_ids)))
+    contact folders changed calls ``relist_folders(sync_store, tenant, [user_id])``."""
+    await store.request_listings(tenant, user_ids)

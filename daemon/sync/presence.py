@@ -7,18 +7,24 @@ A poll is the one pipeline shape: read (``getPresencesByUserId``, 650 users a
 call, within the 1,500 requests per 30 s of one app and tenant), plan (a
 PATCH of that one attribute for the users whose presence changed since the
 last push, which ``presence_state`` remembers), the plan summary logged, and
-the one applier (``/Bulk`` where the PBX supports it). Turned off, what was
-pushed is removed (:meth:`PresenceSync.clear`).
+the one applier (``/Bulk`` where the PBX supports it). Turned off, or the
+tenant disconnected, what was pushed is removed (:func:`clear_presence`).
+
+A 403 (the app lacks ``Presence.Read.All``, or its consent was withdrawn) is
+remembered (:data:`PRESENCE_DENIED`, shown by ``status``) and warned about
+once, when it starts; its end is logged once too. A poll every 30 s does not
+repeat the warning.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import TenantConfig
-from daemon.errors import GraphPayloadError
+from daemon.errors import AccessDenied, GraphPayloadError
 from daemon.graph.client import GraphClient
 from daemon.graph.records import MAX_ID, clean_text
 from daemon.logging import get_logger
@@ -36,6 +42,7 @@ PRESENCE_PATH = "/communications/getPresencesByUserId"
 IDS_PER_CALL = 650  # "a maximum of 650 user IDs" per request (the API page's request body)
 MAX_VALUE = 64  # availability and activity are short names; Graph adds new ones (open strings)
 PRESENCE_ATTRIBUTE = f"{PBX_USER}:presence"
+PRESENCE_DENIED = "presence-denied"  # tenant_sync_state: since when, and why, Graph refuses presence (403)
 
 Presence = tuple[str, str]  # (availability, activity)
 
@@ -110,7 +117,15 @@ class PresenceSync:
         report = report if report is not None else RunReport()
         name = self.tenant.name
         users = await self.sync_store.active_users(name)
-        presences: Mapping[str, Presence | None] = await read_presences(self.graph, [u[0] for u in users], report)
+        try:
+            presences: Mapping[str, Presence | None] = await read_presences(self.graph, [u[0] for u in users], report)
+        except AccessDenied as err:
+            await self._denied(err)
+            report.failures.append(f"presence: not permitted (403): {err.reason}")
+            return report
+        if await self.sync_store.value(name, PRESENCE_DENIED):
+            await self.sync_store.set_value(name, PRESENCE_DENIED, "")
+            log.info("presence readable again", tenant=name)
         plan = plan_presence(users, presences, await self.sync_store.presence_states(name))
         writes = len(plan.changes)
         # Logged like a run's plan; at debug when it writes nothing, since a poll comes every 30 s.
@@ -119,20 +134,40 @@ class PresenceSync:
         await Applier(name, self.sync_store, self.writer, report).apply(plan)
         return report
 
-    async def clear(self, report: RunReport | None = None) -> RunReport:
-        """``presence.enabled`` turned off: remove what was pushed, so no call is routed by a
-        presence no longer read. Only users with a pushed presence are written."""
-        report = report if report is not None else RunReport()
+    async def _denied(self, err: AccessDenied) -> None:
+        """Remember the refusal; warn only when it starts (the poll comes every few seconds)."""
         name = self.tenant.name
-        pushed = await self.sync_store.presence_states(name)
-        if not pushed:
-            return report
-        pbx_ids = await self.sync_store.pbx_ids(name, "user")
-        labels = {user_id: upn for user_id, _, upn in await self.sync_store.active_users(name)}
-        users = [(u, pbx_ids[u], labels.get(u, u)) for u in sorted(pushed) if u in pbx_ids]
-        plan = plan_presence(users, dict.fromkeys(pushed), pushed)
-        plan.bookkeeping += [PresencePushed(u, None) for u in pushed if u not in pbx_ids]  # gone from the PBX
-        log.info("presence cleared: presence.enabled is off", tenant=name, users=len(plan.changes))
-        await Applier(name, self.sync_store, self.writer, report).apply(plan)
+        if await self.sync_store.value(name, PRESENCE_DENIED):
+            return
+        await self.sync_store.set_value(name, PRESENCE_DENIED, json.dumps({"since": self.sync_store.clock(),
+                                                                           "reason": err.reason}))
+        log.warning("presence not permitted (403): grant Presence.Read.All; polls go on, and status shows it "
+                    "until Graph allows it", tenant=name, code=err.code or "403")
+
+    async def clear(self, report: RunReport | None = None) -> RunReport:
+        return await clear_presence(self.tenant.name, self.sync_store, self.writer, "presence.enabled is off", report)
+
+
+async def clear_presence(name: str, sync_store: SyncStore, writer: PbxWriter, why: str,
+                         report: RunReport | None = None) -> RunReport:
+    """Remove the presence pushed to the tenant's users (turned off, or the tenant disconnected), so no
+    call is routed by a presence no longer read. Only users with a pushed presence are written."""
+    report = report if report is not None else RunReport()
+    pushed = await sync_store.presence_states(name)
+    if not pushed:
         return report
+    pbx_ids = await sync_store.pbx_ids(name, "user")
+    labels = {user_id: upn for user_id, _, upn in await sync_store.active_users(name)}
+    users = [(u, pbx_ids[u], labels.get(u, u)) for u in sorted(pushed) if u in pbx_ids]
+    plan = plan_presence(users, dict.fromkeys(pushed), pushed)
+    plan.bookkeeping += [PresencePushed(u, None) for u in pushed if u not in pbx_ids]  # gone from the PBX
+    log.info(f"presence cleared: {why}", tenant=name, users=len(plan.changes))
+    await Applier(name, sync_store, writer, report).apply(plan)
+    return report
+
+
+async def presence_denied(sync_store: SyncStore, name: str) -> dict[str, Any] | None:
+    """Since when and why Graph refuses the tenant's presence (None: it does not)."""
+    stored = await sync_store.value(name, PRESENCE_DENIED)
+    return json.loads(stored) if stored else None
 

@@ -32,7 +32,7 @@ from daemon.graph.listing import BatchedListings
 from daemon.graph.records import Rejected
 from daemon.logging import get_logger
 from daemon.sync.contact_folders import DEFAULT_FOLDER, list_folders
-from daemon.sync.folder_schedule import due_mailboxes, relist_folders, remember_listed
+from daemon.sync.folder_schedule import begin_listing, due_mailboxes, remember_listed
 from daemon.sync.intake import merge_checked, unidentified
 from daemon.sync.plan_contacts import Mailbox
 from state.store import Store
@@ -111,7 +111,7 @@ class ContactsReader:
         """Each readable mailbox's folders: listed where due, else as stored (a 403 leaves its mailbox out)."""
         name = self.tenant.name
         retried = set(await self.sync_store.unreadable(name, "contacts")) & set(mailboxes)  # a 403 a day ago: list
-        due = retried | await due_mailboxes(self.store, name, (u for u in mailboxes if u not in retried), self.now,
+        due = retried | await due_mailboxes(self.sync_store, name, (u for u in mailboxes if u not in retried), self.now,
                                             self.tenant.personal_contacts.folder_refresh_hours)
         listed = await self._discover_folders({u: m for u, m in mailboxes.items() if u in due})
         known = await self.sync_store.folders(name) if len(listed) < len(mailboxes) else {}
@@ -124,6 +124,7 @@ class ContactsReader:
         if not mailboxes:
             return {}
         known = await self.sync_store.folders(name)
+        await begin_listing(self.sync_store, name, mailboxes, self.now)
         listing = await list_folders(self.graph, mailboxes)
         for user_id in listing.denied:
             await self._unreadable(mailboxes[user_id])
@@ -141,8 +142,8 @@ class ContactsReader:
         changed = {u: ids for u, ids in listing.folders.items() if ids != known.get(u)}
         await self.sync_store.set_folders(name, changed)
         await self.sync_store.clear_unreadable(name, [u for u in found if u in mailboxes], "contacts")
-        await remember_listed(self.store, name, listing.folders)  # after the folders are stored
-        await relist_folders(self.store, name, listing.incomplete)  # what this listing missed: the next run lists
+        await remember_listed(self.sync_store, name, listing.folders)  # after the folders are stored; the
+        # incomplete listings stay begun and not completed: the next run lists those mailboxes again
         return found
 
     async def _read(self, mailboxes: dict[str, Mailbox], folders: dict[str, list[str]], *, delta: bool) -> set[str]:
