@@ -18,6 +18,7 @@ polling and the schedule go on meanwhile.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -64,6 +65,7 @@ class KeeperRound:
     deleted: int = 0
     reauthorized: int = 0
     handshake_failed: str | None = None  # Graph's reason, when it could not reach us
+    next_at: float = math.inf  # when the next round has work: a renewal, creates left, a handshake retry
 
 
 def notification_urls(public_url: str, tenant: str) -> tuple[str, str]:
@@ -127,15 +129,29 @@ class SubscriptionKeeper:
                 await self._renew(subscription, wanted[resource])
                 round_.renewed += 1
         missing = [w for r, w in sorted(wanted.items()) if r not in stored]
-        if missing and await self._handshake_waits():
-            return round_
-        for want in missing[:CREATES_PER_ROUND]:
-            failure = await self._create(want)
-            if failure is not None:
-                round_.handshake_failed = failure
-                break
-            round_.created += 1
+        if not (missing and await self._handshake_waits()):
+            for want in missing[:CREATES_PER_ROUND]:
+                failure = await self._create(want)
+                if failure is not None:
+                    round_.handshake_failed = failure
+                    break
+                round_.created += 1
+        round_.next_at = await self._next_round(wanted, left=len(missing) - round_.created, created=round_.created)
         return round_
+
+    async def _next_round(self, wanted: dict[str, Wanted], *, left: int, created: int) -> float:
+        """When a round next has work, unless a run changes what is wanted: at once while creates are
+        left (spread over rounds), an hour on when none could be made (or Graph could not reach us),
+        else the earliest renewal."""
+        name = self.tenant.name
+        if left > 0:
+            last = await self.store.handshake(name)
+            if last is not None and not last.ok:
+                return last.at + HANDSHAKE_RETRY_SECONDS
+            return self.now() if created else self.now() + HANDSHAKE_RETRY_SECONDS
+        renewals = [s.expires_at - RENEW_WHEN_LEFT * wanted[s.resource].minutes * 60
+                    for s in await self.store.subscriptions(name) if s.resource in wanted]
+        return min(renewals, default=math.inf)
 
     async def _handshake_waits(self) -> bool:
         """A failed handshake is tried again only after a while (polling goes on meanwhile)."""
