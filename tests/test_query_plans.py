@@ -14,7 +14,7 @@ from datetime import timedelta
 import scenario
 from daemon.sync.calendar import CalendarSync
 from daemon.sync.report import RunReport
-from state.due import CLEAR_DIRTY, DIRTY_IDS, FAILED_OBJECTS, OUT_OF_SCOPE_BEFORE, PHOTO_CHECKS_DUE
+from state.due import CLEAR_DIRTY, DIRTY_IDS, FAILED_OBJECTS, OUT_OF_SCOPE_BEFORE, OWNED_WITH_SYNCED, PHOTO_CHECKS_DUE
 from state.history import PRUNE_HISTORY
 from sync_fixtures import SyncEnv
 
@@ -143,3 +143,12 @@ async def test_what_a_run_plans_besides_its_delta_is_found_by_index(sync_env: Sy
     for sql, pattern in expected.items():
         (step,) = await plan_of(sync_env, sql)
         assert re.fullmatch(pattern, step), (sql, step)
+
+
+async def test_a_notified_mailboxs_contacts_are_found_by_their_owner(sync_env: SyncEnv) -> None:
+    """A notified read plans one mailbox's contacts: found by the owner index, never by reading every contact."""
+    sql = OWNED_WITH_SYNCED.format(marks="'u1', 'u2'").replace("?", "'t'", 1).replace("?", "'contact'", 1)
+    steps = await plan_of(sync_env, sql)
+    assert re.fullmatch(r"SEARCH g USING INDEX graph_objects_by_owner \(tenant=\? AND kind=\? AND owner=\?\)",
+                        steps[0]), steps
+    assert not [step for step in steps if step.startswith("SCAN")], steps
