@@ -178,6 +178,7 @@ class Service:
                                       auth.sealer, self.metrics, self.clock)
         ownership.on_notified = notifications.notified
         supervisor.on_run_finished = notifications.run_finished
+        supervisor.pushed = notifications.pushed
         return notifications
 
     def request_stop(self) -> None:

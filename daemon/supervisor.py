@@ -72,6 +72,7 @@ class Supervisor:
         self._requests: set[asyncio.Task[str | None]] = set()
         # change notifications keep subscriptions: (tenant, the run changed something)
         self.on_run_finished: Callable[[str, bool], None] = lambda tenant, changed: None
+        self.pushed: Callable[[str, str], bool] = lambda tenant, kind: False  # (tenant, kind) notified: polls slow down
 
     # --- start and stop ---
 
@@ -257,7 +258,8 @@ class Supervisor:
 
     def _start_polls(self, tenant: TenantConfig) -> None:
         """The tenant's polls (``daemon.polls``): calendar, presence, users, and the mailbox backstop."""
-        loops = tenant_polls(tenant, self.schedules.get(tenant.name), self.sync_now, self.clock, self.metrics)
+        loops = tenant_polls(tenant, self.schedules.get(tenant.name), self.sync_now, self.clock, self.metrics,
+                             lambda kind: self.pushed(tenant.name, kind))
         self.polls[tenant.name] = loops
         for loop in loops:
             loop.start()

@@ -1,9 +1,10 @@
 """What a change notification costs (issue 25): a contact or calendar
 notification for one mailbox reads that mailbox alone (counted in the
-simulator's ``$batch`` items), a queued run joins the mailboxes of the
-requests it merges, and the subscription keeper runs only after a run that
-changed something, or when a round of its own is due (renewals), never
-after a users poll that found nothing."""
+simulator's ``$batch`` items), the calendar poll falls back to the mailbox
+backstop's interval while every calendar is notified, a queued run joins the
+mailboxes of the requests it merges, and the subscription keeper runs only
+after a run that changed something, or when a round of its own is due
+(renewals), never after a users poll that found nothing."""
 
 from __future__ import annotations
 
@@ -82,6 +83,20 @@ async def test_a_notified_calendar_reads_that_calendar_alone(tmp_path: Path, sci
         await until(read, 30, "the notified calendar read")
         items = [r for r in _graph_reads(setup, since) if r.in_batch]
         assert [r.path.split("?")[0] for r in items] == [f"/users/{user_id(2)}/calendarView/delta"]
+
+        # Every calendar notified: the minute's calendar poll reads nothing; the mailbox backstop still reads all.
+        assert setup.service.notifications is not None and setup.service.notifications.pushed(TENANT, "busy")
+        calendars = len(setup.world.sim.requests("/calendarView/delta$"))
+        await setup.clock.advance_async(60)  # [tenants.events] poll_seconds
+        await setup.clock.settle()
+        assert len(setup.world.sim.requests("/calendarView/delta$")) == calendars
+        await setup.clock.advance_async(1800)  # [tenants.personal_contacts] poll_seconds: the backstop
+
+        async def backstop() -> bool:
+            await setup.clock.settle()
+            return len(setup.world.sim.requests("/calendarView/delta$")) >= calendars + 6
+
+        await until(backstop, 30, "the calendar backstop")
     finally:
         await setup.service.stop()
         await setup.world.stop()

@@ -42,6 +42,7 @@ class Kept:
 
     settings: tuple[object, ...]
     next_at: float
+    covered: frozenset[str] = frozenset()  # kinds whose every subscription is active after it
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,12 @@ class Notifications:
         kept = self._kept.get(tenant)
         return kept is None or kept.settings != self._settings(tenant) or self.clock.time() >= kept.next_at
 
+    def pushed(self, tenant: str, kind: str) -> bool:
+        """Every ``kind`` subscription the tenant wants is active (as of its last keeper round here):
+        its poll may fall back to the backstop's interval."""
+        kept = self._kept.get(tenant)
+        return kept is not None and kind in kept.covered and kept.settings == self._settings(tenant)
+
     def _settings(self, tenant: str) -> tuple[object, ...]:
         config = self.daemon.config()
         return config.server.public_url, config.find_tenant(tenant)
@@ -162,7 +169,7 @@ class Notifications:
         except M365SyncError as err:
             log.warning("could not keep the change-notification subscriptions", tenant=tenant, error=str(err))
             return
-        self._kept[tenant] = Kept(settings, round_.next_at)
+        self._kept[tenant] = Kept(settings, round_.next_at, round_.covered)
         await self.publish(tenant)
         if round_.created or round_.renewed or round_.deleted or round_.reauthorized:
             log.info("subscriptions kept", tenant=tenant, created=round_.created, renewed=round_.renewed,

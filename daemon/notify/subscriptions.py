@@ -66,6 +66,7 @@ class KeeperRound:
     reauthorized: int = 0
     handshake_failed: str | None = None  # Graph's reason, when it could not reach us
     next_at: float = math.inf  # when the next round has work: a renewal, creates left, a handshake retry
+    covered: frozenset[str] = frozenset()  # kinds whose every wanted subscription is active (pushed)
 
 
 def notification_urls(public_url: str, tenant: str) -> tuple[str, str]:
@@ -136,22 +137,25 @@ class SubscriptionKeeper:
                     round_.handshake_failed = failure
                     break
                 round_.created += 1
-        round_.next_at = await self._next_round(wanted, left=len(missing) - round_.created, created=round_.created)
+        kept = [s for s in await self.store.subscriptions(name) if s.resource in wanted]
+        active = {s.resource for s in kept if s.state == ACTIVE}
+        round_.covered = frozenset(w.kind for w in wanted.values()) - {w.kind for r, w in wanted.items()
+                                                                       if r not in active}
+        round_.next_at = await self._next_round(wanted, kept, left=len(missing) - round_.created,
+                                                created=round_.created)
         return round_
 
-    async def _next_round(self, wanted: dict[str, Wanted], *, left: int, created: int) -> float:
+    async def _next_round(self, wanted: dict[str, Wanted], kept: list[StoredSubscription], *, left: int,
+                          created: int) -> float:
         """When a round next has work, unless a run changes what is wanted: at once while creates are
         left (spread over rounds), an hour on when none could be made (or Graph could not reach us),
         else the earliest renewal."""
-        name = self.tenant.name
         if left > 0:
-            last = await self.store.handshake(name)
+            last = await self.store.handshake(self.tenant.name)
             if last is not None and not last.ok:
                 return last.at + HANDSHAKE_RETRY_SECONDS
             return self.now() if created else self.now() + HANDSHAKE_RETRY_SECONDS
-        renewals = [s.expires_at - RENEW_WHEN_LEFT * wanted[s.resource].minutes * 60
-                    for s in await self.store.subscriptions(name) if s.resource in wanted]
-        return min(renewals, default=math.inf)
+        return min((s.expires_at - RENEW_WHEN_LEFT * wanted[s.resource].minutes * 60 for s in kept), default=math.inf)
 
     async def _handshake_waits(self) -> bool:
         """A failed handshake is tried again only after a while (polling goes on meanwhile)."""
