@@ -160,7 +160,7 @@ class Notifications:
         if configured is None or graph is None:
             return
         keeper = SubscriptionKeeper(configured, config.server.public_url or "", graph, self.store, self.sync_store,
-                                    self.sealer, self.clock.time)
+                                    self.sealer, self.clock.time, self.clock.sleep)
         row = await self.tenants.tenant(tenant)
         connected = row is None or row.auth_state != DISCONNECTED  # disconnected: its subscriptions go
         settings = self._settings(tenant)

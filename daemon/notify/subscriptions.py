@@ -18,9 +18,10 @@ polling and the schedule go on meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -43,6 +44,10 @@ DIRECTORY_MINUTES = 41_000
 OUTLOOK_MINUTES = 10_000
 RENEW_WHEN_LEFT = 0.5  # renew once less than half the lifetime is left: days before expiry
 CREATES_PER_ROUND = 1000  # 20k mailbox subscriptions spread over 20 rounds (each run, and every 5 minutes)
+# Each create makes Graph validate our two addresses (notifications and lifecycle), two requests to our own
+# rate-limited endpoint (100 a second): at most CREATES_PER_SECOND, so a round's handshakes take half its rate
+# and leave the rest to notifications (a 429 there is a failed handshake, and an hour without notifications).
+CREATES_PER_SECOND = 25
 HANDSHAKE_RETRY_SECONDS = 3600.0
 NOTIFY_PATH = "/api/graph/notifications/"
 LIFECYCLE_PATH = "/api/graph/lifecycle/"
@@ -102,7 +107,8 @@ class SubscriptionKeeper:
     """One tenant's subscriptions, one :meth:`keep` round at a time (the owner's)."""
 
     def __init__(self, tenant: TenantConfig, public_url: str, graph: GraphClient, store: NotifyStore,
-                 sync_store: SyncStore, sealer: Sealer, now: Callable[[], float]) -> None:
+                 sync_store: SyncStore, sealer: Sealer, now: Callable[[], float],
+                 pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.tenant = tenant
         self.notify_url, self.lifecycle_url = notification_urls(public_url, tenant.name)
         self.graph = graph
@@ -110,6 +116,7 @@ class SubscriptionKeeper:
         self.sync_store = sync_store
         self.sealer = sealer
         self.now = now
+        self.pause = pause
 
     async def keep(self, *, enabled: bool = True) -> KeeperRound:
         """One round: delete the unwanted, act on lifecycle marks, renew, then create (spread)."""
@@ -131,7 +138,9 @@ class SubscriptionKeeper:
                 round_.renewed += 1
         missing = [w for r, w in sorted(wanted.items()) if r not in stored]
         if not (missing and await self._handshake_waits()):
-            for want in missing[:CREATES_PER_ROUND]:
+            for index, want in enumerate(missing[:CREATES_PER_ROUND]):
+                if index and index % CREATES_PER_SECOND == 0:
+                    await self.pause(1.0)
                 failure = await self._create(want)
                 if failure is not None:
                     round_.handshake_failed = failure
