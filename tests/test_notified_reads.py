@@ -16,6 +16,8 @@ import pytest
 
 from conftest import until
 from daemon.clock import ManualClock
+from daemon.notify import subscriptions
+from daemon.notify.subscriptions import SubscriptionKeeper
 from daemon.polls import USERS_POLL
 from daemon.scheduler import RunProgress, TenantSchedule
 from daemon.sync.kinds import RUN_KINDS, USERS_POLL_KINDS
@@ -175,3 +177,23 @@ async def test_a_queued_run_reads_the_mailboxes_of_every_request_it_joins(tmp_pa
     await schedule.wait(second)
     assert started[1:] == [(RUN_KINDS, frozenset({"a", "b"})), (RUN_KINDS, None)]
     await schedule.stop()
+
+
+async def test_creates_are_paced_so_their_handshakes_leave_room_on_the_endpoint(
+        notified: Notified, monkeypatch: pytest.MonkeyPatch) -> None:
+    notifications = notified.service.notifications
+    graph = await notified.service.supervisor.graph_for(TENANT)
+    config = notified.service.config
+    tenant = config.find_tenant(TENANT)
+    assert notifications is not None and graph is not None and tenant is not None
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(subscriptions, "CREATES_PER_SECOND", 3)
+    keeper = SubscriptionKeeper(tenant, config.server.public_url or "", graph, notifications.store,
+                                notifications.sync_store, notifications.sealer, notified.clock.time, pause)
+    assert (await keeper.keep(enabled=False)).deleted == 8 and notified.graph.subscriptions == {}
+    assert (await keeper.keep()).created == 8
+    assert pauses == [1.0, 1.0]  # after the 3rd and the 6th: at most 3 a second
