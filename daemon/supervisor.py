@@ -70,7 +70,7 @@ class Supervisor:
         self.pending_syncs: set[str] = set()
         self.ownership = Ownership(metrics, self.schedules, auth.forget_tokens, leases)
         self._requests: set[asyncio.Task[str | None]] = set()
-        # change notifications keep subscriptions: (tenant, the run changed something)
+        # change notifications keep subscriptions: (tenant, the run changed users, so maybe the mailbox set)
         self.on_run_finished: Callable[[str, bool], None] = lambda tenant, changed: None
         self.pushed: Callable[[str, str], bool] = lambda tenant, kind: False  # (tenant, kind) notified: polls slow down
 
@@ -318,7 +318,7 @@ class Supervisor:
                 elif action != "quarantined":
                     metrics.objects_changed.labels(tenant, kind, action).inc(amount)
         metrics.deprovisions_held.labels(tenant).set(len(report.held))
-        self.on_run_finished(tenant, bool(report.counts_by_kind()) or report.full_round)
+        self.on_run_finished(tenant, bool(report.counts) or report.full_round)  # users changed: maybe the mailboxes
         try:
             for kind in ("user", "group", "contact"):
                 metrics.synced_objects.labels(tenant, kind).set(await self.sync_store.count_synced(tenant, kind))

@@ -98,8 +98,8 @@ class Notifications:
 
     def run_finished(self, tenant: str, changed: bool = True) -> None:
         """A run of an owned tenant ended: its subscriptions follow what it now syncs (the first run
-        with a public address creates them; later ones add the new mailboxes). A run that changed
-        nothing (the users poll, every minute) starts no round unless one is due anyway."""
+        with a public address creates them; later ones add the new mailboxes). A run that changed no
+        user (the users poll every minute, a notified contact) starts no round unless one is due anyway."""
         if not changed and not self._keep_due(tenant):
             return
         task = asyncio.ensure_future(self._keep_quietly(tenant))
