@@ -136,8 +136,7 @@ class Changes:
 
 PUSH_LABELS = {"new user": "user", "leaver": "user", "group membership": "group", "contact": "contact",
                "event": "busy"}
-POLL_SIGNS = {"new user": ("counts", "create"), "leaver": ("counts", "disable"),
-              "group membership": ("group_counts", "update")}
+POLL_SIGNS = {"new user": ("user", "create"), "leaver": ("user", "disable"), "group membership": ("group", "update")}
 
 
 async def _push(service: Service, changes: Changes, args: argparse.Namespace) -> dict[str, list[float]]:
@@ -158,11 +157,11 @@ async def _push(service: Service, changes: Changes, args: argparse.Namespace) ->
     return results
 
 
-async def _poll_run_end(service: Service, changed_at: float, counts: str, action: str) -> float | None:
-    """The end of the first recorded users-poll run after ``changed_at`` that wrote ``action``."""
+async def _poll_run_end(service: Service, changed_at: float, kind: str, action: str) -> float | None:
+    """The end of the first recorded users-poll run after ``changed_at`` that wrote ``action`` to a ``kind``."""
     for run in sorted(await service.store.recent_runs(TENANT, 50), key=lambda r: r.finished_at or 0.0):
         if run.trigger == "users-poll" and run.finished_at is not None and run.finished_at > changed_at \
-                and run.summary.get(counts, {}).get(action):
+                and run.summary.get("counts", {}).get(kind, {}).get(action):
             return run.finished_at
     return None
 
@@ -177,8 +176,8 @@ async def _poll(service: Service, changes: Changes, args: argparse.Namespace) ->
         for kind in POLL_SIGNS:
             changes.make(kind, trial)
         deadline = time.monotonic() + 3 * interval + 60
-        for kind, (counts, action) in POLL_SIGNS.items():
-            while (end := await _poll_run_end(service, changed_at, counts, action)) is None:
+        for kind, (written, action) in POLL_SIGNS.items():
+            while (end := await _poll_run_end(service, changed_at, written, action)) is None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no users poll wrote the {kind}")
                 await asyncio.sleep(0.05)
