@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from conftest import until
+from daemon.auth.states import AUTHORIZED, DISCONNECTED
 from daemon.clock import ManualClock
 from daemon.notify import subscriptions
-from daemon.notify.subscriptions import SubscriptionKeeper
+from daemon.notify.subscriptions import KeeperRound, SubscriptionKeeper
 from daemon.polls import USERS_POLL
 from daemon.scheduler import RunProgress, TenantSchedule
 from daemon.sync.kinds import RUN_KINDS, USERS_POLL_KINDS
@@ -110,13 +111,13 @@ async def test_the_keeper_runs_after_a_change_or_when_due_never_after_a_quiet_po
     assert notifications is not None and sim is not None
     schedule = notified.service.supervisor.schedules[TENANT]
     rounds: list[str] = []
-    keep = notifications.keep
+    keep = SubscriptionKeeper.keep
 
-    async def counted(tenant: str) -> None:
-        rounds.append(tenant)
-        await keep(tenant)
+    async def counted(keeper: SubscriptionKeeper, *, enabled: bool = True) -> KeeperRound:
+        rounds.append(keeper.tenant.name)
+        return await keep(keeper, enabled=enabled)
 
-    monkeypatch.setattr(notifications, "keep", counted)
+    monkeypatch.setattr(SubscriptionKeeper, "keep", counted)
 
     async def users_poll() -> RunProgress:
         await notified.clock.advance_async(60)  # [tenants.users] poll_seconds
@@ -197,3 +198,15 @@ async def test_creates_are_paced_so_their_handshakes_leave_room_on_the_endpoint(
     assert (await keeper.keep(enabled=False)).deleted == 8 and notified.graph.subscriptions == {}
     assert (await keeper.keep()).created == 8
     assert pauses == [1.0, 1.0]  # after the 3rd and the 6th: at most 3 a second
+
+
+async def test_keeper_rounds_of_a_tenant_take_turns(notified: Notified) -> None:
+    notifications = notified.service.notifications
+    assert notifications is not None and notified.world.sim is not None
+    await notified.service.store.set_auth_state(TENANT, DISCONNECTED, reason="m365sync disconnect")
+    await notifications.keep(TENANT)
+    assert notified.graph.subscriptions == {}
+    await notified.service.store.set_auth_state(TENANT, AUTHORIZED)
+    creates = len(notified.world.sim.requests("^/subscriptions$"))
+    await asyncio.gather(notifications.keep(TENANT), notifications.keep(TENANT))  # e.g. a run's end and the loop's
+    assert len(notified.world.sim.requests("^/subscriptions$")) - creates == 8 == len(notified.graph.subscriptions)

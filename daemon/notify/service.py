@@ -71,6 +71,7 @@ class Notifications:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._kept: dict[str, Kept] = {}  # per tenant: what its last keeper round was made from, and its next
+        self._rounds: dict[str, asyncio.Lock] = {}
 
     # --- the endpoint's side (NotificationSink) ---
 
@@ -102,7 +103,7 @@ class Notifications:
         user (the users poll every minute, a notified contact) starts no round unless one is due anyway."""
         if not changed and not self._keep_due(tenant):
             return
-        task = asyncio.ensure_future(self._keep_quietly(tenant))
+        task = asyncio.ensure_future(self._keep_quietly(tenant, changed))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -122,12 +123,15 @@ class Notifications:
         config = self.daemon.config()
         return config.server.public_url, config.find_tenant(tenant)
 
-    async def _keep_quietly(self, tenant: str) -> None:
+    async def _keep_quietly(self, tenant: str, changed: bool) -> None:
         try:
-            if self.tenant(tenant) is None and not await self.store.subscriptions(tenant):
-                self._kept[tenant] = Kept(self._settings(tenant), math.inf)  # until the settings change
-                return  # notifications off, and nothing to delete: no work after the run
-            await self.keep(tenant)
+            async with self._round_lock(tenant):
+                if not changed and not self._keep_due(tenant):
+                    return  # the round this one waited for did it
+                if self.tenant(tenant) is None and not await self.store.subscriptions(tenant):
+                    self._kept[tenant] = Kept(self._settings(tenant), math.inf)  # until the settings change
+                    return  # notifications off, and nothing to delete: no work after the run
+                await self._keep(tenant)
         except Exception as err:  # the next round tries again
             log.warning("could not keep the change-notification subscriptions", tenant=tenant, error=str(err))
 
@@ -152,8 +156,16 @@ class Notifications:
             log.info("notified read done", tenant=tenant, kinds=sorted(kinds & reads.since.keys()),
                      mailboxes=None if mailboxes is None else len(mailboxes), result=result)
 
+    def _round_lock(self, tenant: str) -> asyncio.Lock:
+        """One keeper round of a tenant at a time: two would both create what neither found stored."""
+        return self._rounds.setdefault(tenant, asyncio.Lock())
+
     async def keep(self, tenant: str) -> None:
         """One keeper round for an owned tenant (subscriptions to match its settings)."""
+        async with self._round_lock(tenant):
+            await self._keep(tenant)
+
+    async def _keep(self, tenant: str) -> None:
         config = self.daemon.config()
         configured = config.find_tenant(tenant)
         graph = await self.daemon.graph(tenant)
