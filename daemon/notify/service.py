@@ -53,8 +53,8 @@ class Daemon:
     holds: Callable[[str], bool]  # this daemon owns the tenant
     forward: Callable[[str], Awaitable[bool]]  # tell the owner; False: no owner now
     graph: Callable[[str], Awaitable[GraphClient | None]]  # None: not now (not owner, not authorized)
-    read: Callable[[str, frozenset[str], str, frozenset[str] | None], Awaitable[str]]  # (tenant, kinds, trigger,
-    # mailboxes: None for all) -> result
+    # (tenant, kinds, trigger, mailboxes or None for every one) -> result
+    read: Callable[[str, frozenset[str], str, frozenset[str] | None], Awaitable[str]]
 
 
 class Notifications:
