@@ -1,27 +1,50 @@
-"""Freshness with change notifications: the time from a change in Graph to
-the end of the run that wrote it to the PBX, at N users (default 10,000),
-the simulator notifying at once (``auto_deliver``).
+"""Freshness at N users (default 10,000): the time from a change in Graph to
+the end of the read that wrote it to the PBX, and what the steady state costs.
 
 One daemon (in this process, real clock) against the fake world: the Graph
-simulator, the fake Entra, scim2-server as the PBX. After the start-up run
-and its subscriptions, each trial makes one change (a new user, a leaver, a
-group membership) and waits for the notified run to finish; the figure is
-that run's end minus the change's time, so it includes the delivery, the
-endpoint, the one-second debounce and the whole run (an upper bound of the
-PBX write's time). The scheduled-only design is computed, not measured: a
-change waits for the next ``sync_time`` (every 6 hours in the guide).
+simulator, the fake Entra, scim2-server as the PBX. The config names three
+groups with ``groups_starting_extension_number``, so a membership change is
+a PBX write. Scenarios:
 
-    .venv/bin/python -m bench.freshness --users 10000 --trials 20
+- ``push``: change notifications on, the simulator notifying at once
+  (``auto_deliver``). After the start-up run and once the daemon's keeper
+  says every wanted subscription is active, each trial makes one change at a
+  time (a new user, a leaver, a group membership; with ``--mailboxes`` also
+  a contact and a calendar event) and waits for the notified read's
+  freshness observation (``m365sync_freshness_seconds``), which comes right
+  after the read that wrote it returns.
+- ``poll``: no public address (poll mode), default poll intervals. Each
+  trial waits a random part of ``users.poll_seconds`` (so changes fall
+  anywhere in the interval), makes a new user, a leaver and a group
+  membership at once, and waits for the first recorded users-poll run that
+  wrote each (a users poll that writes nothing leaves no record).
+- ``steady``: push with every mailbox kind on; once subscribed and settled,
+  a window of ``--minutes``: this process's CPU time (the daemon and the
+  simulator answering it: an upper bound of the daemon's) and the Graph
+  requests a minute, subscriptions and presence left out.
+
+The scheduled-only design is computed, not measured: a change waits for the
+next ``sync_time`` (every 6 hours in the guide).
+
+    .venv/bin/python -m bench.freshness --scenario push --users 10000 --trials 5
+    .venv/bin/python -m bench.freshness --scenario push --users 1000 --mailboxes --trials 5
+    .venv/bin/python -m bench.freshness --scenario poll --users 10000 --trials 5
+    .venv/bin/python -m bench.freshness --scenario steady --users 10000 --minutes 5
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import platform
+import random
 import re
 import tempfile
 import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +55,15 @@ from sim.world import FakeWorld
 
 TENANT = "contoso"
 SCHEDULE_HOURS = 6.0
+GROUPS_START = "90001"
+MAILBOX_SECTIONS = """
+[tenants.personal_contacts]
+enabled = true
+
+[tenants.events]
+enabled = true
+"""
+LEFT_OUT = re.compile(r"^/subscriptions|^/communications/")  # renewals and presence: not in the target
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -39,74 +71,193 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
-async def _notified_runs(service: Service) -> list[tuple[str, float | None]]:
-    return [(r.id, r.finished_at) for r in await service.store.recent_runs(TENANT, 200) if r.trigger == "notification"]
+def configure(world: FakeWorld, groups: list[str], *, push: bool, mailboxes: bool) -> None:
+    """The bench's settings: three numbered groups, a public address (push), the mailbox kinds."""
+    assert world.config_path is not None
+    text = world.config_path.read_text()
+    port = re.search(r'^listen = "127\.0\.0\.1:(\d+)"', text, re.M).group(1)  # type: ignore[union-attr]
+    if push:
+        text = text.replace("[server]\n", f'[server]\npublic_url = "http://127.0.0.1:{port}"\n', 1)
+    names = ", ".join(f'"{g}"' for g in groups)
+    text = text.replace('sync_time = "0 */6 * * *"\n', f'sync_time = "0 */6 * * *"\ngroups = [{names}]\n'
+                        f'groups_starting_extension_number = "{GROUPS_START}"\n')
+    world.config_path.write_text(text + (MAILBOX_SECTIONS if mailboxes else ""))
 
 
-async def _wait_for_read(service: Service, known: set[str], limit: float = 120.0) -> float:
-    """The end of the first notified run not in ``known`` (polls the state every 20 ms)."""
+def _observed(service: Service, kind: str) -> float:
+    value = service.metrics.registry.get_sample_value(
+        "m365sync_freshness_seconds_count", {"tenant": TENANT, "kind": kind, "trigger": "notification"})
+    return value or 0.0
+
+
+async def _until(check: Any, limit: float, what: str) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        for run_id, finished in await _notified_runs(service):
-            if run_id not in known and finished is not None:
-                known.add(run_id)
-                return finished
+        if await check():
+            return
         await asyncio.sleep(0.02)
-    raise TimeoutError("no notified run finished")
+    raise TimeoutError(f"waited in vain for {what}")
+
+
+def _event(start: datetime) -> dict[str, Any]:
+    def moment(at: datetime) -> dict[str, str]:
+        return {"dateTime": at.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"}
+
+    return {"showAs": "busy", "isCancelled": False, "isAllDay": False, "start": moment(start),
+            "end": moment(start + timedelta(minutes=30))}
+
+
+class Changes:
+    """One change of each kind per call, to users and groups the generator made."""
+
+    def __init__(self, world: FakeWorld, groups: list[str]) -> None:
+        assert world.made is not None
+        self.world, self.groups = world, groups
+        self.members = list(world.made.members)
+
+    def make(self, kind: str, trial: int) -> None:
+        tenant = self.world.tenant
+        if kind == "new user":
+            tenant.add_user(f"bench-hire-{trial}", displayName=f"Hire {trial}",
+                            userPrincipalName=f"hire{trial}@contoso.example", accountEnabled=True,
+                            userType="Member", mail=f"hire{trial}@contoso.example")
+        elif kind == "leaver":
+            tenant.soft_delete_user(self.members[-1 - trial])
+        elif kind == "group membership":
+            group = self.groups[trial % len(self.groups)]
+            tenant.add_member(group, next(m for m in self.members if m not in tenant.members[group].current))
+        elif kind == "contact":
+            tenant.put_contact(self.members[trial], f"bench-contact-{trial}", displayName=f"Bench {trial}",
+                               mobilePhone=f"+1 555 01{trial:02d}")
+        else:
+            start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+            tenant.put_event(self.members[trial], f"bench-event-{trial}", **_event(start))
+
+
+PUSH_LABELS = {"new user": "user", "leaver": "user", "group membership": "group", "contact": "contact",
+               "event": "busy"}
+POLL_SIGNS = {"new user": ("user", "create"), "leaver": ("user", "disable"), "group membership": ("group", "update")}
+
+
+async def _push(service: Service, changes: Changes, args: argparse.Namespace) -> dict[str, list[float]]:
+    kinds = list(PUSH_LABELS) if args.mailboxes else list(PUSH_LABELS)[:3]
+    results: dict[str, list[float]] = {k: [] for k in kinds}
+    for trial in range(args.trials):
+        for kind in kinds:
+            label = PUSH_LABELS[kind]
+            before = _observed(service, label)
+            changed_at = time.time()
+            changes.make(kind, trial)
+
+            async def read(label: str = label, before: float = before) -> bool:
+                return _observed(service, label) > before
+
+            await _until(read, 300, f"the notified read of a {kind}")
+            results[kind].append(time.time() - changed_at)
+    return results
+
+
+async def _poll_run_end(service: Service, changed_at: float, kind: str, action: str) -> float | None:
+    """The end of the first recorded users-poll run after ``changed_at`` that wrote ``action`` to a ``kind``."""
+    for run in sorted(await service.store.recent_runs(TENANT, 50), key=lambda r: r.finished_at or 0.0):
+        if run.trigger == "users-poll" and run.finished_at is not None and run.finished_at > changed_at \
+                and run.summary.get("counts", {}).get(kind, {}).get(action):
+            return run.finished_at
+    return None
+
+
+async def _poll(service: Service, changes: Changes, args: argparse.Namespace) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {k: [] for k in POLL_SIGNS}
+    interval = service.config.tenants[0].users.poll_seconds
+    rng = random.Random(args.seed)
+    for trial in range(args.trials):
+        await asyncio.sleep(rng.uniform(0, interval))  # the change falls anywhere in the poll's interval
+        changed_at = time.time()
+        for kind in POLL_SIGNS:
+            changes.make(kind, trial)
+        deadline = time.monotonic() + 3 * interval + 60
+        for kind, (written, action) in POLL_SIGNS.items():
+            while (end := await _poll_run_end(service, changed_at, written, action)) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no users poll wrote the {kind}")
+                await asyncio.sleep(0.05)
+            results[kind].append(end - changed_at)
+    return results
+
+
+async def _steady(service: Service, world: FakeWorld, args: argparse.Namespace) -> dict[str, Any]:
+    assert world.sim is not None
+    await asyncio.sleep(args.settle)
+    since, cpu, wall = len(world.sim.log), time.process_time(), time.monotonic()
+    await asyncio.sleep(args.minutes * 60)
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    requests = [r for r in world.sim.log[since:] if not r.in_batch and not LEFT_OUT.search(r.path)]
+    by_path = Counter(re.sub(r"/users/[^/]+/", "/users/{id}/", r.path) for r in requests)
+    return {"cpu_percent": round(100 * cpu / wall, 2), "window_s": round(wall, 1),
+            "graph_requests_per_minute": round(len(requests) * 60 / wall, 2),
+            "by_path": dict(by_path.most_common(10)), "load": os.getloadavg()}
+
+
+async def _subscribed(service: Service, kinds: tuple[str, ...]) -> None:
+    notifications = service.notifications
+    assert notifications is not None
+
+    async def covered() -> bool:
+        return all(notifications.pushed(TENANT, kind) for kind in kinds)
+
+    await _until(covered, 3600, "every wanted subscription")
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    push = args.scenario != "poll"
+    mailboxes = args.mailboxes or args.scenario == "steady"
     with tempfile.TemporaryDirectory(prefix="m365sync-freshness-") as tmp, ScimServer() as scim:
         world = FakeWorld(Path(tmp), users=args.users, scim=scim, sync_photo=False)
         await world.start()
-        assert world.sim is not None and world.config_path is not None and world.made is not None
+        assert world.sim is not None and world.made is not None
         groups = world.made.groups[:3]
-        text = world.config_path.read_text()
-        port = re.search(r'^listen = "127\.0\.0\.1:(\d+)"', text, re.M).group(1)  # type: ignore[union-attr]
-        text = text.replace("[server]\n", f'[server]\npublic_url = "http://127.0.0.1:{port}"\n', 1)
-        text = text.replace('sync_time = "0 */6 * * *"\n', 'sync_time = "0 */6 * * *"\ngroups = [' +
-                            ", ".join(f'"{g}"' for g in groups) + "]\n")
-        world.config_path.write_text(text)
+        configure(world, groups, push=push, mailboxes=mailboxes)
         world.sim.subscriptions.auto_deliver = True
+        assert world.config_path is not None
         service = Service(load_config(world.config_path), environ={})
         started = time.monotonic()
         await service.start()
-        known: set[str] = set()
+        result: dict[str, Any] = {"scenario": args.scenario, "users": args.users, "trials": args.trials,
+                                  "mailboxes": mailboxes}
         try:
-            while {s.resource for s in world.sim.subscriptions.subscriptions.values()} != {"users", "groups"}:
-                await asyncio.sleep(0.2)
-            setup_s = time.monotonic() - started
-            results: dict[str, list[float]] = {"new user": [], "leaver": [], "group membership": []}
-            members = list(world.made.members)
-            for trial in range(args.trials):
-                for kind in results:
-                    changed_at = time.time()
-                    if kind == "new user":
-                        world.tenant.add_user(f"bench-hire-{trial}", displayName=f"Hire {trial}",
-                                              userPrincipalName=f"hire{trial}@contoso.example", accountEnabled=True,
-                                              userType="Member", mail=f"hire{trial}@contoso.example")
-                    elif kind == "leaver":
-                        world.tenant.soft_delete_user(members[-1 - trial])
-                    else:
-                        group = groups[trial % len(groups)]
-                        outsider = next(m for m in members if m not in world.tenant.members[group].current)
-                        world.tenant.add_member(group, outsider)
-                    results[kind].append(await _wait_for_read(service, known) - changed_at)
+            if push:
+                await _subscribed(service, ("user", "group", "contact", "busy") if mailboxes else ("user", "group"))
+            else:
+                await _until(lambda: _startup_done(service), 3600, "the start-up run")
+            result["setup_s"] = round(time.monotonic() - started, 1)
+            result["subscriptions"] = len(world.sim.subscriptions.subscriptions)
+            changes = Changes(world, groups)
+            if args.scenario == "steady":
+                result["steady"] = await _steady(service, world, args)
+            else:
+                seconds = await (_push if push else _poll)(service, changes, args)
+                result["seconds"] = {k: sorted(round(v, 3) for v in values) for k, values in seconds.items()}
+            result["load"] = os.getloadavg()
         finally:
             await service.stop()
             await world.stop()
-    return {"users": args.users, "trials": args.trials, "setup_s": round(setup_s, 1),
-            "seconds": {k: sorted(round(v, 3) for v in values) for k, values in results.items()}}
+    return result
+
+
+async def _startup_done(service: Service) -> bool:
+    return any(r.trigger == "startup" and r.finished_at is not None for r in await service.store.recent_runs(TENANT, 5))
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = [f"# Freshness with change notifications at {result['users']:,} users", "",
-             f"Machine: {platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}; "
-             f"{result['trials']} trials per change, one at a time; the simulator notifies at once. "
-             f"Start-up run and subscriptions: {result['setup_s']} s. Figures: seconds from the change in Graph to "
-             "the end of the notified run that wrote it (delivery, endpoint, 1 s debounce, the run).", "",
-             "| change | p50 s | p99 s | max s | scheduled-only p99 (sync_time every 6 h, computed) |",
-             "|---|---|---|---|---|"]
+    lines = [f"{result['scenario']} at {result['users']:,} users ({platform.machine()}, Python "
+             f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}, load {result['load'][0]:.2f}); "
+             f"start-up and subscriptions ({result['subscriptions']}): {result['setup_s']} s", ""]
+    if "steady" in result:
+        steady = result["steady"]
+        lines += [f"CPU {steady['cpu_percent']} % of one core, {steady['graph_requests_per_minute']} Graph "
+                  f"requests a minute over {steady['window_s']} s: {json.dumps(steady['by_path'])}"]
+        return "\n".join(lines) + "\n"
+    lines += ["| change | p50 s | p99 s | max s | scheduled-only p99 (computed) |", "|---|---|---|---|---|"]
     for kind, values in result["seconds"].items():
         lines.append(f"| {kind} | {percentile(values, 0.5):.2f} | {percentile(values, 0.99):.2f} | {max(values):.2f} "
                      f"| {0.99 * SCHEDULE_HOURS * 3600:,.0f} |")
@@ -114,11 +265,17 @@ def report(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=("push", "poll", "steady"), default="push")
     parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "freshness.md")
-    outcome = asyncio.run(main(parser.parse_args()))
-    text = report(outcome)
-    parser.parse_args().out.write_text(text)
-    print(text)
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--mailboxes", action="store_true", help="push: contacts and calendars on, their rows too")
+    parser.add_argument("--minutes", type=float, default=5.0, help="steady: the measured window")
+    parser.add_argument("--settle", type=float, default=60.0, help="steady: seconds waited before the window")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the raw result here")
+    options = parser.parse_args()
+    outcome = asyncio.run(main(options))
+    if options.json is not None:
+        options.json.write_text(json.dumps(outcome, indent=2) + "\n")
+    print(report(outcome))

@@ -8,7 +8,11 @@ the full reconciliation):
 - **mailboxes** (``personal_contacts.poll_seconds``, 30 min): a whole run,
   contacts included, as the backstop of the mailboxes' contacts;
 - **calendar** (``events.poll_seconds``) and **presence**
-  (``presence.poll_seconds``): one attribute of each user, not runs.
+  (``presence.poll_seconds``): one attribute of each user, not runs. While
+  change notifications cover every calendar (each has an active
+  subscription), a calendar change is read when it is notified, and the
+  calendar poll reads only every ``personal_contacts.poll_seconds``, as the
+  mailboxes' backstop: at 10k users every minute would be 500 ``$batch``es.
 
 Every poll asks the one entry point, ``Supervisor.sync_now``, either directly
 (calendar, presence) or through the schedule's queue (users, mailboxes).
@@ -16,12 +20,21 @@ Every poll asks the one entry point, ``Supervisor.sync_now``, either directly
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 
 from daemon.config import TenantConfig
 from daemon.metrics import Metrics
 from daemon.scheduler import PollLoop, SchedulerClock, TenantSchedule
-from daemon.sync.kinds import POLL_KINDS, PRESENCE_KINDS, RUN_KINDS, USERS_POLL_KINDS, SyncRequest, presence_available
+from daemon.sync.kinds import (
+    BUSY,
+    POLL_KINDS,
+    PRESENCE_KINDS,
+    RUN_KINDS,
+    USERS_POLL_KINDS,
+    SyncRequest,
+    presence_available,
+)
 
 SyncNow = Callable[[SyncRequest], Awaitable[str]]
 
@@ -30,8 +43,9 @@ MAILBOX_POLL = "mailbox-poll"
 
 
 def tenant_polls(tenant: TenantConfig, schedule: TenantSchedule | None, sync_now: SyncNow, clock: SchedulerClock,
-                 metrics: Metrics) -> list[PollLoop]:
-    """The polls ``tenant``'s settings ask for (not started)."""
+                 metrics: Metrics, pushed: Callable[[str], bool] = lambda kind: False) -> list[PollLoop]:
+    """The polls ``tenant``'s settings ask for (not started); ``pushed(kind)``: change notifications
+    cover every mailbox of that kind now."""
     name = tenant.name
     loops: list[PollLoop] = []
 
@@ -47,9 +61,20 @@ def tenant_polls(tenant: TenantConfig, schedule: TenantSchedule | None, sync_now
 
         return poll
 
+    def calendar() -> Callable[[], Awaitable[None]]:
+        last_read = [-math.inf]
+
+        async def poll() -> None:  # pushed: only as the backstop, every personal_contacts.poll_seconds
+            now = clock.monotonic()
+            if pushed(BUSY) and now - last_read[0] < tenant.personal_contacts.poll_seconds:
+                return
+            last_read[0] = now
+            await sync_now(SyncRequest(name, POLL_KINDS, "poll"))
+
+        return poll
+
     if tenant.events.enabled:
-        loops.append(PollLoop(f"calendar-{name}", tenant.events.poll_seconds,
-                              direct(SyncRequest(name, POLL_KINDS, "poll")), clock,
+        loops.append(PollLoop(f"calendar-{name}", tenant.events.poll_seconds, calendar(), clock,
                               metrics.calendar_polls_skipped.labels(name).inc))
     if presence_available(tenant):
         loops.append(PollLoop(f"presence-{name}", tenant.presence.poll_seconds,

@@ -23,7 +23,7 @@ from croniter import croniter
 
 from daemon.config import TenantConfig
 from daemon.logging import get_logger
-from daemon.sync.kinds import RUN_KINDS
+from daemon.sync.kinds import RUN_KINDS, joined_mailboxes, mailboxes_read
 
 log = get_logger(__name__)
 
@@ -69,6 +69,7 @@ class RunProgress:
     lateness: float | None = None  # a scheduled run: seconds from due to started (a wait for a place included)
     details: dict[str, Any] = field(default_factory=dict)
     kinds: frozenset[str] = RUN_KINDS  # a users poll syncs fewer; requests merged into it widen them
+    mailboxes: frozenset[str] | None = None  # whose contacts it reads (a notification's); None: every one
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def update(self, phase: str, done: int, total: int) -> None:
@@ -129,17 +130,23 @@ class TenantSchedule:
             await self.current.finished.wait()
         await self.stop()
 
-    def request(self, trigger: str, run_id: str | None = None, kinds: frozenset[str] = RUN_KINDS) -> str:
-        """Ask for a run of ``kinds`` now; returns its id (``run_id``: one handed out by another
-        daemon, which forwarded the request here). During a run, exactly one more is queued; a
-        request while one is queued joins it, which then syncs the kinds of both."""
-        if self.queued is None:
-            self.queued = RunProgress(run_id or new_run_id(), trigger, kinds=kinds)
-        elif not kinds <= self.queued.kinds:
-            self.queued.kinds |= kinds
-            self.queued.trigger = trigger  # the record says why it syncs more than it was queued for
+    def request(self, trigger: str, run_id: str | None = None, kinds: frozenset[str] = RUN_KINDS,
+                mailboxes: frozenset[str] | None = None) -> str:
+        """Ask for a run of ``kinds`` (contacts of ``mailboxes`` only, when named) now; returns its id
+        (``run_id``: one handed out by another daemon, which forwarded the request here). During a
+        run, exactly one more is queued; a request while one is queued joins it, which then syncs the
+        kinds and the mailboxes of both."""
+        queued = self.queued
+        if queued is None:
+            queued = self.queued = RunProgress(run_id or new_run_id(), trigger, kinds=kinds, mailboxes=mailboxes)
+        else:
+            joined = joined_mailboxes(queued.kinds, queued.mailboxes, kinds, mailboxes)
+            if not kinds <= queued.kinds or joined != mailboxes_read(queued.kinds, queued.mailboxes):
+                queued.kinds |= kinds
+                queued.mailboxes = joined
+                queued.trigger = trigger  # the record says why it syncs more than it was queued for
         self._wake.set()
-        return self.queued.run_id
+        return queued.run_id
 
     async def wait(self, run_id: str) -> RunProgress:
         """Wait until the run with this id (queued, running or done) has finished."""

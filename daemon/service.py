@@ -179,6 +179,7 @@ class Service:
         ownership.on_notified = notifications.notified
         supervisor.on_run_finished = notifications.run_finished
         supervisor.on_tenants_removed = notifications.tenants_removed
+        supervisor.pushed = notifications.pushed
         return notifications
 
     def request_stop(self) -> None:

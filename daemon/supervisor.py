@@ -70,9 +70,11 @@ class Supervisor:
         self.pending_syncs: set[str] = set()
         self.ownership = Ownership(metrics, self.schedules, auth.forget_tokens, leases)
         self._requests: set[asyncio.Task[str | None]] = set()
-        self.on_run_finished: Callable[[str], None] = lambda tenant: None  # change notifications keep subscriptions
         # Change notifications delete the subscriptions of tenants a reload removes.
         self.on_tenants_removed: Callable[[list[str]], Awaitable[None]] | None = None
+        # change notifications keep subscriptions: (tenant, the run changed users, so maybe the mailbox set)
+        self.on_run_finished: Callable[[str, bool], None] = lambda tenant, changed: None
+        self.pushed: Callable[[str, str], bool] = lambda tenant, kind: False  # (tenant, kind) notified: polls slow down
 
     # --- start and stop ---
 
@@ -205,14 +207,16 @@ class Supervisor:
         await self._record_run(result, time.monotonic() - started, progress)
         return result.result
 
-    async def read_now(self, tenant: str, kinds: frozenset[str], trigger: str) -> str:
-        """Sync ``kinds`` now and wait for the result (a change notification): a run is queued on the
-        tenant's schedule, which coalesces it with one already queued; a calendar read is a poll."""
+    async def read_now(self, tenant: str, kinds: frozenset[str], trigger: str,
+                       mailboxes: frozenset[str] | None = None) -> str:
+        """Sync ``kinds`` (of ``mailboxes`` only, when named) now and wait for the result (a change
+        notification): a run is queued on the tenant's schedule, which coalesces it with one already
+        queued; a calendar read is a poll."""
         schedule = self.schedules.get(tenant)
-        request = SyncRequest(tenant, kinds, trigger)
+        request = SyncRequest(tenant, kinds, trigger, mailboxes)
         if schedule is None or not request.is_run:
             return await self.sync_now(request)
-        progress = await schedule.wait(schedule.request(trigger))
+        progress = await schedule.wait(schedule.request(trigger, kinds=kinds, mailboxes=mailboxes))
         return progress.result or "finished"
 
     async def graph_for(self, tenant: str) -> GraphClient | None:
@@ -251,13 +255,15 @@ class Supervisor:
 
     def _run_of(self, tenant: str) -> Callable[[str, str, RunProgress], Awaitable[str]]:
         async def run(trigger: str, run_id: str, progress: RunProgress) -> str:
-            return await self.sync_now(SyncRequest(tenant, progress.kinds, trigger), run_id, progress)
+            return await self.sync_now(SyncRequest(tenant, progress.kinds, trigger, progress.mailboxes), run_id,
+                                       progress)
 
         return run
 
     def _start_polls(self, tenant: TenantConfig) -> None:
         """The tenant's polls (``daemon.polls``): calendar, presence, users, and the mailbox backstop."""
-        loops = tenant_polls(tenant, self.schedules.get(tenant.name), self.sync_now, self.clock, self.metrics)
+        loops = tenant_polls(tenant, self.schedules.get(tenant.name), self.sync_now, self.clock, self.metrics,
+                             lambda kind: self.pushed(tenant.name, kind))
         self.polls[tenant.name] = loops
         for loop in loops:
             loop.start()
@@ -316,7 +322,7 @@ class Supervisor:
                 elif action != "quarantined":
                     metrics.objects_changed.labels(tenant, kind, action).inc(amount)
         metrics.deprovisions_held.labels(tenant).set(len(report.held))
-        self.on_run_finished(tenant)
+        self.on_run_finished(tenant, bool(report.counts) or report.full_round)  # users changed: maybe the mailboxes
         try:
             for kind in ("user", "group", "contact"):
                 metrics.synced_objects.labels(tenant, kind).set(await self.sync_store.count_synced(tenant, kind))

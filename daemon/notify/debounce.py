@@ -4,7 +4,8 @@ go; what arrives while that read runs wakes it again, for one more read.
 
 The marks themselves are persisted by the endpoint and keyed by kind and
 mailbox (``state.notify_store``), so 100 notifications for one mailbox are
-one mark before this even starts.
+one mark before this even starts; a contact or calendar mark reads that
+mailbox alone, never every mailbox of the tenant.
 """
 
 from __future__ import annotations
@@ -16,30 +17,43 @@ from dataclasses import dataclass, field
 from daemon.errors import log_fields
 from daemon.logging import get_logger
 from daemon.scheduler import SchedulerClock
+from daemon.sync.kinds import BUSY, CONTACT, USERS_POLL_KINDS
 from state.notify_store import Due
 
 log = get_logger(__name__)
 
 DEFAULT_WINDOW_SECONDS = 1.0
-DIRECTORY = frozenset({"user", "group", "contact"})
 
 
 @dataclass(frozen=True)
 class Reads:
-    """What one drain reads: the directory pipeline, the calendar poll, the keeper's round;
-    ``since`` holds, per kind, when its earliest notification came (freshness)."""
+    """What one drain reads, through the one entry point: a run of ``directory`` (a user or group
+    mark: the users and groups deltas, as the users poll reads them; a contact mark: the contacts of
+    ``contacts``' mailboxes), the calendars of ``calendars``, the keeper's round; a mailbox set of
+    None reads every mailbox. ``since`` holds, per kind, when its earliest notification came."""
 
-    directory: bool = False
+    directory: frozenset[str] = frozenset()
+    contacts: frozenset[str] | None = None
     busy: bool = False
+    calendars: frozenset[str] | None = None
     keep: bool = False
     since: dict[str, float] = field(default_factory=dict)
+
+
+def _mailboxes(due: list[Due], kind: str) -> frozenset[str] | None:
+    """The mailboxes marked for ``kind``; None when a mark names no mailbox (read them all)."""
+    named = [mark.mailbox for mark in due if mark.kind == kind]
+    return None if None in named else frozenset(m for m in named if m is not None)
 
 
 def reads_of(due: list[Due]) -> Reads:
     since: dict[str, float] = {}
     for mark in due:
         since[mark.kind] = min(mark.at, since.get(mark.kind, mark.at))
-    return Reads(directory=bool(DIRECTORY & since.keys()), busy="busy" in since, keep="keep" in since,
+    directory = (USERS_POLL_KINDS if USERS_POLL_KINDS & since.keys() else frozenset()) | (
+        frozenset({CONTACT}) & since.keys())
+    return Reads(directory=directory, contacts=_mailboxes(due, CONTACT), busy=BUSY in since,
+                 calendars=_mailboxes(due, BUSY), keep="keep" in since,
                  since={k: v for k, v in since.items() if k != "keep"})
 
 

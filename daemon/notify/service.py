@@ -2,13 +2,17 @@
 wakes the tenant's reader here, or, when another daemon of a shared state
 owns the tenant, is forwarded to that owner (the forwarding Sync now uses);
 the owner drains the marks, debounced, into reads through the one pipeline
-entry point, and keeps the tenant's subscriptions every
-:data:`KEEP_SECONDS` (also sweeping marks whose forwarding was lost).
+entry point (a mailbox's mark reads that mailbox alone), and keeps the
+tenant's subscriptions after a run that changed what is synced, and
+otherwise only when a round has work (renewals, creates spread over rounds,
+a retry), checked every :data:`KEEP_SECONDS` (which also sweeps marks whose
+forwarding was lost): a quiet tenant's steady state costs no Graph request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -18,7 +22,7 @@ from daemon.errors import M365SyncError, log_fields
 from daemon.graph.client import GraphClient, TokenProvider
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
-from daemon.notify.debounce import DEFAULT_WINDOW_SECONDS, DIRECTORY, Debouncer, reads_of
+from daemon.notify.debounce import DEFAULT_WINDOW_SECONDS, Debouncer, reads_of
 from daemon.notify.mode import notifications_wanted
 from daemon.notify.subscriptions import SubscriptionKeeper, delete_subscription
 from daemon.scheduler import SchedulerClock
@@ -33,6 +37,15 @@ KEEP_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
+class Kept:
+    """A tenant's last keeper round: the settings it kept to, and when the next one has work."""
+
+    settings: tuple[object, ...]
+    next_at: float
+    covered: frozenset[str] = frozenset()  # kinds whose every subscription is active after it
+
+
+@dataclass(frozen=True)
 class Daemon:
     """What notifications need of the rest of the daemon (the supervisor answers)."""
 
@@ -40,7 +53,8 @@ class Daemon:
     holds: Callable[[str], bool]  # this daemon owns the tenant
     forward: Callable[[str], Awaitable[bool]]  # tell the owner; False: no owner now
     graph: Callable[[str], Awaitable[GraphClient | None]]  # None: not now (not owner, not authorized)
-    read: Callable[[str, frozenset[str], str], Awaitable[str]]  # (tenant, kinds, trigger) -> result
+    # (tenant, kinds, trigger, mailboxes or None for every one) -> result
+    read: Callable[[str, frozenset[str], str, frozenset[str] | None], Awaitable[str]]
 
 
 class Notifications:
@@ -56,6 +70,8 @@ class Notifications:
         self.debouncer = Debouncer(clock, self.drain, window)
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._kept: dict[str, Kept] = {}  # per tenant: what its last keeper round was made from, and its next
+        self._rounds: dict[str, asyncio.Lock] = {}
 
     # --- the endpoint's side (NotificationSink) ---
 
@@ -81,18 +97,41 @@ class Notifications:
         if self.daemon.holds(tenant):
             self.debouncer.wake(tenant)
 
-    def run_finished(self, tenant: str) -> None:
+    def run_finished(self, tenant: str, changed: bool = True) -> None:
         """A run of an owned tenant ended: its subscriptions follow what it now syncs (the first run
-        with a public address creates them; later ones add the new mailboxes)."""
-        task = asyncio.ensure_future(self._keep_quietly(tenant))
+        with a public address creates them; later ones add the new mailboxes). A run that changed no
+        user (the users poll every minute, a notified contact) starts no round unless one is due anyway."""
+        if not changed and not self._keep_due(tenant):
+            return
+        task = asyncio.ensure_future(self._keep_quietly(tenant, changed))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _keep_quietly(self, tenant: str) -> None:
+    def _keep_due(self, tenant: str) -> bool:
+        """Whether a keeper round has work without a change in the synced objects: the first since
+        this daemon owns the tenant, new settings, creates left to spread, a renewal or a retry."""
+        kept = self._kept.get(tenant)
+        return kept is None or kept.settings != self._settings(tenant) or self.clock.time() >= kept.next_at
+
+    def pushed(self, tenant: str, kind: str) -> bool:
+        """Every ``kind`` subscription the tenant wants is active (as of its last keeper round here):
+        its poll may fall back to the backstop's interval."""
+        kept = self._kept.get(tenant)
+        return kept is not None and kind in kept.covered and kept.settings == self._settings(tenant)
+
+    def _settings(self, tenant: str) -> tuple[object, ...]:
+        config = self.daemon.config()
+        return config.server.public_url, config.find_tenant(tenant)
+
+    async def _keep_quietly(self, tenant: str, changed: bool) -> None:
         try:
-            if self.tenant(tenant) is None and not await self.store.subscriptions(tenant):
-                return  # notifications off, and nothing to delete: no work after the run
-            await self.keep(tenant)
+            async with self._round_lock(tenant):
+                if not changed and not self._keep_due(tenant):
+                    return  # the round this one waited for did it
+                if self.tenant(tenant) is None and not await self.store.subscriptions(tenant):
+                    self._kept[tenant] = Kept(self._settings(tenant), math.inf)  # until the settings change
+                    return  # notifications off, and nothing to delete: no work after the run
+                await self._keep(tenant)
         except Exception as err:  # the next round tries again
             log.warning("could not keep the change-notification subscriptions", tenant=tenant, **log_fields(err))
 
@@ -128,38 +167,50 @@ class Notifications:
     # --- the owner's side ---
 
     async def drain(self, tenant: str) -> None:
-        """Read what was marked due, once: a directory run and/or a calendar read."""
+        """Read what was marked due, once: a run (users and groups, and/or the notified mailboxes'
+        contacts) and/or the notified mailboxes' calendars."""
         if not self.daemon.holds(tenant):
             return  # the marks stay for the owner
         reads = reads_of(await self.store.take_due(tenant))
         if reads.keep:
             await self.keep(tenant)
-        for kinds, wanted in ((DIRECTORY, reads.directory),
-                              (frozenset({"busy"}), reads.busy)):
-            if not wanted:
+        for kinds, mailboxes in ((reads.directory, reads.contacts),
+                                 (frozenset({"busy"}) if reads.busy else frozenset(), reads.calendars)):
+            if not kinds:
                 continue
-            result = await self.daemon.read(tenant, kinds, "notification")
+            result = await self.daemon.read(tenant, kinds, "notification", mailboxes)
             now = self.clock.time()
             for kind in kinds & reads.since.keys():
                 self.metrics.freshness.labels(tenant, kind, "notification").observe(max(0.0, now - reads.since[kind]))
-            log.info("notified read done", tenant=tenant, kinds=sorted(kinds & reads.since.keys()), result=result)
+            log.info("notified read done", tenant=tenant, kinds=sorted(kinds & reads.since.keys()),
+                     mailboxes=None if mailboxes is None else len(mailboxes), result=result)
+
+    def _round_lock(self, tenant: str) -> asyncio.Lock:
+        """One keeper round of a tenant at a time: two would both create what neither found stored."""
+        return self._rounds.setdefault(tenant, asyncio.Lock())
 
     async def keep(self, tenant: str) -> None:
         """One keeper round for an owned tenant (subscriptions to match its settings)."""
+        async with self._round_lock(tenant):
+            await self._keep(tenant)
+
+    async def _keep(self, tenant: str) -> None:
         config = self.daemon.config()
         configured = config.find_tenant(tenant)
         graph = await self.daemon.graph(tenant)
         if configured is None or graph is None:
             return
         keeper = SubscriptionKeeper(configured, config.server.public_url or "", graph, self.store, self.sync_store,
-                                    self.sealer, self.clock.time)
+                                    self.sealer, self.clock.time, self.clock.sleep)
         row = await self.tenants.tenant(tenant)
         connected = row is None or row.auth_state != DISCONNECTED  # disconnected: its subscriptions go
+        settings = self._settings(tenant)
         try:
             round_ = await keeper.keep(enabled=connected and notifications_wanted(config, configured))
         except M365SyncError as err:
             log.warning("could not keep the change-notification subscriptions", tenant=tenant, **log_fields(err))
             return
+        self._kept[tenant] = Kept(settings, round_.next_at, round_.covered)
         await self.publish(tenant)
         if round_.created or round_.renewed or round_.deleted or round_.reauthorized:
             log.info("subscriptions kept", tenant=tenant, created=round_.created, renewed=round_.renewed,
@@ -177,13 +228,15 @@ class Notifications:
             self.metrics.notifications_reachable.labels(tenant).set(1 if handshake.ok else 0)
 
     async def round(self) -> None:
-        """Every owned tenant: sweep marks left by lost forwards, then keep its subscriptions."""
+        """Every owned tenant: sweep marks left by lost forwards, then keep its subscriptions when
+        a round is due (a renewal, creates left, a retry): a quiet tenant costs one query."""
         for tenant in self.daemon.config().tenants:
             if not self.daemon.holds(tenant.name):
                 continue
             try:
                 await self.drain(tenant.name)
-                await self.keep(tenant.name)
+                if self._keep_due(tenant.name):
+                    await self.keep(tenant.name)
             except M365SyncError as err:
                 log.warning("notifications round failed", tenant=tenant.name, **log_fields(err))
 

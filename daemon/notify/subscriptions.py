@@ -18,8 +18,10 @@ polling and the schedule go on meanwhile.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -42,6 +44,10 @@ DIRECTORY_MINUTES = 41_000
 OUTLOOK_MINUTES = 10_000
 RENEW_WHEN_LEFT = 0.5  # renew once less than half the lifetime is left: days before expiry
 CREATES_PER_ROUND = 1000  # 20k mailbox subscriptions spread over 20 rounds (each run, and every 5 minutes)
+# Each create makes Graph validate our two addresses (notifications and lifecycle), two requests to our own
+# rate-limited endpoint (100 a second): at most CREATES_PER_SECOND, so a round's handshakes take half its rate
+# and leave the rest to notifications (a 429 there is a failed handshake, and an hour without notifications).
+CREATES_PER_SECOND = 25
 HANDSHAKE_RETRY_SECONDS = 3600.0
 NOTIFY_PATH = "/api/graph/notifications/"
 LIFECYCLE_PATH = "/api/graph/lifecycle/"
@@ -64,6 +70,8 @@ class KeeperRound:
     deleted: int = 0
     reauthorized: int = 0
     handshake_failed: str | None = None  # Graph's reason, when it could not reach us
+    next_at: float = math.inf  # when the next round has work: a renewal, creates left, a handshake retry
+    covered: frozenset[str] = frozenset()  # kinds whose every wanted subscription is active (pushed)
 
 
 def notification_urls(public_url: str, tenant: str) -> tuple[str, str]:
@@ -99,7 +107,8 @@ class SubscriptionKeeper:
     """One tenant's subscriptions, one :meth:`keep` round at a time (the owner's)."""
 
     def __init__(self, tenant: TenantConfig, public_url: str, graph: GraphClient, store: NotifyStore,
-                 sync_store: SyncStore, sealer: Sealer, now: Callable[[], float]) -> None:
+                 sync_store: SyncStore, sealer: Sealer, now: Callable[[], float],
+                 pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.tenant = tenant
         self.notify_url, self.lifecycle_url = notification_urls(public_url, tenant.name)
         self.graph = graph
@@ -107,6 +116,7 @@ class SubscriptionKeeper:
         self.sync_store = sync_store
         self.sealer = sealer
         self.now = now
+        self.pause = pause
 
     async def keep(self, *, enabled: bool = True) -> KeeperRound:
         """One round: delete the unwanted, act on lifecycle marks, renew, then create (spread)."""
@@ -127,15 +137,34 @@ class SubscriptionKeeper:
                 await self._renew(subscription, wanted[resource])
                 round_.renewed += 1
         missing = [w for r, w in sorted(wanted.items()) if r not in stored]
-        if missing and await self._handshake_waits():
-            return round_
-        for want in missing[:CREATES_PER_ROUND]:
-            failure = await self._create(want)
-            if failure is not None:
-                round_.handshake_failed = failure
-                break
-            round_.created += 1
+        if not (missing and await self._handshake_waits()):
+            for index, want in enumerate(missing[:CREATES_PER_ROUND]):
+                if index and index % CREATES_PER_SECOND == 0:
+                    await self.pause(1.0)
+                failure = await self._create(want)
+                if failure is not None:
+                    round_.handshake_failed = failure
+                    break
+                round_.created += 1
+        kept = [s for s in await self.store.subscriptions(name) if s.resource in wanted]
+        active = {s.resource for s in kept if s.state == ACTIVE}
+        round_.covered = frozenset(w.kind for w in wanted.values()) - {w.kind for r, w in wanted.items()
+                                                                       if r not in active}
+        round_.next_at = await self._next_round(wanted, kept, left=len(missing) - round_.created,
+                                                created=round_.created)
         return round_
+
+    async def _next_round(self, wanted: dict[str, Wanted], kept: list[StoredSubscription], *, left: int,
+                          created: int) -> float:
+        """When a round next has work, unless a run changes what is wanted: at once while creates are
+        left (spread over rounds), an hour on when none could be made (or Graph could not reach us),
+        else the earliest renewal."""
+        if left > 0:
+            last = await self.store.handshake(self.tenant.name)
+            if last is not None and not last.ok:
+                return last.at + HANDSHAKE_RETRY_SECONDS
+            return self.now() if created else self.now() + HANDSHAKE_RETRY_SECONDS
+        return min((s.expires_at - RENEW_WHEN_LEFT * wanted[s.resource].minutes * 60 for s in kept), default=math.inf)
 
     async def _handshake_waits(self) -> bool:
         """A failed handshake is tried again only after a while (polling goes on meanwhile)."""

@@ -40,6 +40,7 @@ class CalendarSync:
     graph: GraphClient
     writer: PbxWriter
     now: Callable[[], float] = time.time
+    only: frozenset[str] | None = None  # read only these users' calendars (a change notification's); None: all
 
     async def run(self, report: RunReport | None = None) -> RunReport:
         """One poll of the busy windows; a calendar that cannot be read is reported, never raised."""
@@ -48,7 +49,7 @@ class CalendarSync:
         moment = datetime.fromtimestamp(self.now(), UTC)
         window_start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
         window_end = window_start + timedelta(days=self.tenant.events.window_days)
-        users = await self.sync_store.active_users(name)
+        users = [u for u in await self.sync_store.active_users(name) if self.only is None or u[0] in self.only]
         row = await self.store.tenant(name)
         read = await read_calendars(name, self.store, self.sync_store, self.graph, users, window_start, window_end,
                                     row.auth_changed_at if row is not None else None)

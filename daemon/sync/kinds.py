@@ -34,8 +34,9 @@ from state.store import Store
 from state.sync_store import SyncStore
 
 BUSY = "busy"
+CONTACT = "contact"
 PRESENCE = "presence"
-DIRECTORY_KINDS = frozenset({"user", "group", "contact"})
+DIRECTORY_KINDS = frozenset({"user", "group", CONTACT})
 ALL_KINDS = DIRECTORY_KINDS | {BUSY, PRESENCE}
 # What a run syncs (the crontab, Sync now, an authorization, a takeover): busy windows and
 # presence are kept fresh by their own polls, never by two syncs of a tenant at once.
@@ -50,17 +51,31 @@ USERS_POLL_KINDS = frozenset({"user", "group"})
 @dataclass(frozen=True)
 class SyncRequest:
     """Sync ``kinds`` of ``tenant`` now, because of ``trigger`` (schedule, startup,
-    sync-now, authorized, takeover, poll, and later a change notification)."""
+    sync-now, authorized, takeover, poll, a change notification); a notification names
+    its ``mailboxes``, so only theirs are read."""
 
     tenant: str
     kinds: frozenset[str] = RUN_KINDS
     trigger: str = "sync-now"
+    mailboxes: frozenset[str] | None = None  # whose contacts and calendars are read; None: every synced one
 
     @property
     def is_run(self) -> bool:
         """A run (locked, recorded in the run history) rather than a calendar or presence
         poll: those come every minute or faster, also during a run, and write one attribute."""
         return bool(self.kinds & DIRECTORY_KINDS)
+
+
+def mailboxes_read(kinds: frozenset[str], mailboxes: frozenset[str] | None) -> frozenset[str] | None:
+    """Whose contacts a run of ``kinds`` reads: nobody's without ``contact``; None: every mailbox's."""
+    return mailboxes if CONTACT in kinds else frozenset()
+
+
+def joined_mailboxes(kinds: frozenset[str], mailboxes: frozenset[str] | None, more_kinds: frozenset[str],
+                     more_mailboxes: frozenset[str] | None) -> frozenset[str] | None:
+    """The mailboxes one run reads for two requests joined in the schedule's queue."""
+    first, second = mailboxes_read(kinds, mailboxes), mailboxes_read(more_kinds, more_mailboxes)
+    return None if first is None or second is None else first | second
 
 
 @dataclass(frozen=True)
@@ -103,13 +118,20 @@ class BusyClearing:
 
 def build_pipelines(kinds: frozenset[str], tenant: TenantConfig, store: Store, sync_store: SyncStore,
                     clients: Clients, now: Callable[[], float], progress: Progress | None = None, *,
-                    all_photos: bool = False) -> list[Pipeline]:
-    """The pipelines that sync ``kinds`` of ``tenant``, in the order they run."""
+                    all_photos: bool = False, mailboxes: frozenset[str] | None = None) -> list[Pipeline]:
+    """The pipelines that sync ``kinds`` of ``tenant``, in the order they run; ``mailboxes``
+    narrows the contacts and calendars read to theirs (a change notification's)."""
     pipelines: list[Pipeline] = []
-    if kinds & DIRECTORY_KINDS:
+    if kinds & DIRECTORY_KINDS == {CONTACT} and mailboxes is not None:  # a notified mailbox: its contacts alone
+        from daemon.sync.mailbox_contacts import MailboxContactsSync  # imported by a run that has contacts
+
+        pipelines.append(MailboxContactsSync(tenant, store, sync_store, clients.graph, clients.pbx, clients.writer,
+                                             now, mailboxes))
+    elif kinds & DIRECTORY_KINDS:
         pipelines.append(build_tenant_sync(tenant, store, sync_store, clients.graph, clients.pbx, clients.writer,
-                                           now, progress, all_photos=all_photos, mailboxes="contact" in kinds))
-    calendar = CalendarSync(tenant, store, sync_store, clients.graph, clients.writer, now)
+                                           now, progress, all_photos=all_photos, mailboxes=CONTACT in kinds,
+                                           only=mailboxes))
+    calendar = CalendarSync(tenant, store, sync_store, clients.graph, clients.writer, now, only=mailboxes)
     if BUSY in kinds and tenant.events.enabled:
         pipelines.append(calendar)
     elif kinds & DIRECTORY_KINDS and not tenant.events.enabled:  # turned off: what it pushed goes

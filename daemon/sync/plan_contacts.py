@@ -42,6 +42,21 @@ class Mailbox:
         return NO_REFS
 
 
+def synced_mailboxes(tenant: TenantConfig, active: Mapping[str, tuple[str, str | None]],
+                     shared: Mapping[str, str]) -> dict[str, Mailbox]:
+    """Whose contacts go to the PBX: ``active`` users (id -> (UPN, PBX id)) that are not shared
+    mailboxes, for personal contacts, and the shared mailboxes (id -> UPN), for company ones."""
+    mailboxes: dict[str, Mailbox] = {}
+    if tenant.personal_contacts.enabled:
+        for user_id, (upn, pbx_id) in sorted(active.items()):
+            if user_id not in shared:
+                mailboxes[user_id] = Mailbox(user_id, upn, "personal", pbx_id)
+    if tenant.shared_mailbox.enabled:
+        for user_id, upn in sorted(shared.items()):
+            mailboxes[user_id] = Mailbox(user_id, upn, "company", None)
+    return mailboxes
+
+
 class ContactPlanner:
     def __init__(self, tenant: TenantConfig, mailboxes: Mapping[str, Mailbox], pending_creates: Set[str],
                  on_pbx: Mapping[str, str], now: float | None = None) -> None:

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from daemon.logging import get_logger
+
+if TYPE_CHECKING:
+    from daemon.sync.changes import Plan
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -120,6 +127,17 @@ class RunReport:
 
 
 UserRunReport = RunReport  # the name the first version used
+
+
+def summarize(tenant: str, plan: Plan, report: RunReport) -> None:
+    """A run's plan summary, logged before its first write (and the dry run's lines)."""
+    ordered = plan.ordered()
+    report.plan = [c.describe() for c in ordered]
+    report.held = [c.describe() for c in plan.held]
+    report.selects_nobody = list(plan.notes)
+    for note in plan.notes:
+        log.warning("a setting selects nobody", tenant=tenant, note=note)
+    log.info("sync plan", tenant=tenant, changes=plan.summary(), writes=len(ordered), held=len(plan.held))
 
 
 def describe_counts(counts: Mapping[str, Any]) -> str:

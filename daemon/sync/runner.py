@@ -123,15 +123,15 @@ class TenantRunner:
         """Sync ``request.kinds`` of the tenant: a run (see :meth:`run`), or a calendar poll,
         which is neither locked nor recorded, and raises its errors to the caller."""
         if request.is_run:
-            return await self.run(request.trigger, progress, run_id, kinds=request.kinds)
+            return await self.run(request.trigger, progress, run_id, kinds=request.kinds, mailboxes=request.mailboxes)
         report = RunReport()
         row = await self.store.tenant(self.tenant.name)
         if row is None or row.auth_state != DISCONNECTED:
-            await self._sync(request.kinds, report, progress)
+            await self._sync(request, report, progress)
         return RunResult(run_id or "", self.tenant.name, "partial" if report.failures else "success", report)
 
     async def run(self, trigger: str, progress: Progress | None = None, run_id: str | None = None,
-                  kinds: frozenset[str] = RUN_KINDS) -> RunResult:
+                  kinds: frozenset[str] = RUN_KINDS, mailboxes: frozenset[str] | None = None) -> RunResult:
         """One run of ``kinds``; its record is always finished, whatever happens inside.
 
         A typed error ends the run with its message; any other exception ends it
@@ -142,7 +142,7 @@ class TenantRunner:
         name = self.tenant.name
         bind(tenant=name, run_id=run_id)
         try:
-            return await self._locked_run(SyncRequest(name, kinds, trigger), progress, run_id)
+            return await self._locked_run(SyncRequest(name, kinds, trigger, mailboxes), progress, run_id)
         finally:
             unbind("tenant", "run_id")
 
@@ -187,7 +187,7 @@ class TenantRunner:
         try:
             (log.debug if request.kinds == USERS_POLL_KINDS else log.info)(  # a users poll comes every minute
                 "sync run started", trigger=trigger, dry_run=self.dry_run)
-            await self._sync(request.kinds, report, progress, all_photos=trigger.endswith(PHOTOS_SUFFIX))
+            await self._sync(request, report, progress, all_photos=trigger.endswith(PHOTOS_SUFFIX))
         except asyncio.CancelledError:  # the run time limit or a shutdown: recorded with the counts reached
             report.result, report.error = "interrupted", "stopped by the run time limit or a shutdown"
             await self._record(run_id, report)
@@ -222,11 +222,11 @@ class TenantRunner:
                    "full_round": report.full_round}
         await self.backlog.record(self.store, UnrecordedRun(run_id, report.result, summary, report.error, quiet))
 
-    async def _sync(self, kinds: frozenset[str], report: RunReport, progress: Progress | None, *,
+    async def _sync(self, request: SyncRequest, report: RunReport, progress: Progress | None, *,
                     all_photos: bool = False) -> None:
         clients = self._clients()
-        for pipeline in build_pipelines(kinds, self.tenant, self.store, self.sync_store, clients, self.now, progress,
-                                        all_photos=all_photos):
+        for pipeline in build_pipelines(request.kinds, self.tenant, self.store, self.sync_store, clients, self.now,
+                                        progress, all_photos=all_photos, mailboxes=request.mailboxes):
             await pipeline.run(report)
 
     def _guarded(self, pbx: PbxClient) -> PbxClient:

@@ -41,7 +41,7 @@ from daemon.sync.plan_users import PlanInputs, UserPlanner
 from daemon.sync.read_groups import GroupsRead, read_groups
 from daemon.sync.read_mailboxes import shared_mailboxes, unreadable_settings
 from daemon.sync.read_users import read_users
-from daemon.sync.report import RunReport
+from daemon.sync.report import RunReport, summarize
 from daemon.sync.scope import decide
 from daemon.sync.snapshot import Inventory, Snapshot, read_inventory, take_snapshot, with_inventory
 from state.store import Store
@@ -70,6 +70,7 @@ class TenantSync:
     progress: Progress | None = None
     all_photos: bool = False  # check every photo this run (sync --photos), not only those due
     mailboxes: bool = True  # read and plan contacts; False: the users poll, the deltas of users and groups only
+    only: frozenset[str] | None = None  # read only these mailboxes' contacts (every one is still planned)
     links: dict[tuple[str, str], str] = field(default_factory=dict)  # (resource, key) -> link to commit
 
     async def run(self, report: RunReport | None = None) -> RunReport:
@@ -113,7 +114,7 @@ class TenantSync:
         plan.extend(await self._plan_groups(users, snapshot, plan))
         guard(plan, tenant, snapshot.synced_counts, snapshot.approved, kinds=("group", "contact"))
         await self.sync_store.hold(name, held_rows(plan.held))
-        self._summarize(plan, report)
+        summarize(name, plan, report)
 
         photos = PhotoBytes(tenant, self.graph) if tenant.users.sync_photo else None
         await Applier(name, self.sync_store, self.writer, report, self.progress, photos).apply(plan)
@@ -196,46 +197,26 @@ class TenantSync:
 
     def _mailboxes(self, users: UserPlanner, snapshot: Snapshot) -> dict[str, Mailbox]:
         """Whose contacts go to the PBX: users active after this run, and shared mailboxes."""
-        from daemon.sync.plan_contacts import Mailbox
+        from daemon.sync.plan_contacts import synced_mailboxes
 
-        mailboxes: dict[str, Mailbox] = {}
-        if self.tenant.personal_contacts.enabled:
-            for user_id, (upn, pbx_id) in sorted(users.active.items()):
-                if user_id not in snapshot.shared_mailboxes:
-                    mailboxes[user_id] = Mailbox(user_id, upn, "personal", pbx_id)
-        if self.tenant.shared_mailbox.enabled:
-            for user_id, upn in sorted(snapshot.shared_mailboxes.items()):
-                mailboxes[user_id] = Mailbox(user_id, upn, "company", None)
-        return mailboxes
+        return synced_mailboxes(self.tenant, users.active, snapshot.shared_mailboxes)
 
     async def _read_contacts(self, users: UserPlanner, snapshot: Snapshot, report: RunReport) -> ContactsRead:
-        from daemon.sync.read_contacts import ContactsReader
+        """Every synced mailbox's contacts, or only those of ``only`` (a notified read queued with a run)."""
+        from daemon.sync.mailbox_contacts import read_contacts
 
-        row = await self.store.tenant(self.tenant.name)
-        reader = ContactsReader(self.tenant, self.store, self.sync_store, self.graph,
-                                authorized_at=row.auth_changed_at if row is not None else None, now=self.now())
-        read = await reader(list(self._mailboxes(users, snapshot).values()))
-        report.contacts.unreadable = read.unreadable
-        for failure in read.failures:
-            report.fail("contact", failure)
-        for rejected in read.rejected:
-            report.fail("contact", describe(rejected))
+        mailboxes = [m for m in self._mailboxes(users, snapshot).values() if self.only is None or m.user_id in self.only]
+        read = await read_contacts(self.tenant, self.store, self.sync_store, self.graph, self.now(), mailboxes, report)
         self.links.update({("contacts", key): link for key, link in read.links.items()})
         return read
 
     async def _plan_contacts(self, users: UserPlanner, snapshot: Snapshot, read: ContactsRead,
                              report: RunReport) -> Plan:
-        from daemon.sync.plan_contacts import ContactPlanner
+        from daemon.sync.mailbox_contacts import plan_contacts
 
-        on_pbx: dict[str, str] = {}
-        if read.full_rounds:  # folders read from scratch: their contacts may be on the PBX, unrecorded
-            on_pbx = (await read_inventory(self.pbx, contacts=True)).contacts
-        planner = ContactPlanner(self.tenant, self._mailboxes(users, snapshot),
-                                 snapshot.pending_creates.get("contact", frozenset()), on_pbx, self.now())
-        async for copy, synced in self.sync_store.iter_with_synced(self.tenant.name, "contact"):
-            planner.add(copy, synced)
-        report.contacts.skipped_without_phone = planner.skipped_without_phone
-        return planner.finish()
+        return await plan_contacts(self.tenant, self.pbx, self.now(), self._mailboxes(users, snapshot),
+                                   snapshot.pending_creates.get("contact", frozenset()), read, report,
+                                   self.sync_store.iter_with_synced(self.tenant.name, "contact"))
 
     async def _photo_versions(self, shared: dict[str, str], members: set[str], full: bool) -> dict[str, str | None]:
         """mediaEtags of the users in scope whose check is due (only when photos are synced): found
@@ -259,16 +240,6 @@ class TenantSync:
         await self.sync_store.set_photo_checks(tenant.name, {user: photo_due_at(user, now, hours) for user in versions})
         return versions
 
-    def _summarize(self, plan: Plan, report: RunReport) -> None:
-        """The plan summary, logged before the first write (and the dry run's lines)."""
-        ordered = plan.ordered()
-        report.plan = [c.describe() for c in ordered]
-        report.held = [c.describe() for c in plan.held]
-        report.selects_nobody = list(plan.notes)
-        for note in plan.notes:
-            log.warning("a setting selects nobody", tenant=self.tenant.name, note=note)
-        log.info("sync plan", tenant=self.tenant.name, changes=plan.summary(), writes=len(ordered), held=len(plan.held))
-
     # --- commit ---
 
     async def _commit(self, users: UserPlanner, inputs: str) -> None:
@@ -284,9 +255,10 @@ class TenantSync:
 
 def build_tenant_sync(tenant: TenantConfig, store: Store, sync_store: SyncStore, graph: GraphClient, pbx: PbxClient,
                       writer: PbxWriter, now: Callable[[], float], progress: Progress | None = None, *,
-                      all_photos: bool = False, mailboxes: bool = True) -> TenantSync:
+                      all_photos: bool = False, mailboxes: bool = True, only: frozenset[str] | None = None
+                      ) -> TenantSync:
     """The one way to get a run's pipeline (runner, CLI, daemon and tests)."""
-    return TenantSync(tenant, store, sync_store, graph, pbx, writer, now, progress, all_photos, mailboxes)
+    return TenantSync(tenant, store, sync_store, graph, pbx, writer, now, progress, all_photos, mailboxes, only)
 
 
 __all__ = ["Change", "TenantSync", "build_tenant_sync"]
