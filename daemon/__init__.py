@@ -2,9 +2,9 @@
 
 
 def __getattr__(name: str) -> str:
-    """``__version__``, read from the installed package on first use: importlib.metadata
-    costs every process 30 ms of start-up, and only ``--version``, the metrics and the
-    status API show it."""
+    """``__version__``, read from the installed package's metadata on first use: only
+    ``--version``, a metrics scrape and the status API show it, so a ``sync --once``
+    process does not pay for importlib.metadata's search of the installed packages."""
     if name != "__version__":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from importlib.metadata import PackageNotFoundError, version

@@ -1,7 +1,7 @@
 """An application-mode access token that MSAL would hand out from its cache,
 read without importing MSAL.
 
-MSAL and ``requests`` are a fifth of a ``sync --once`` process's start-up, and
+Importing MSAL and ``requests`` cost a ``sync --once`` process ~0.08 s of CPU, and
 a run in application mode usually finds an unexpired token in the sealed cache
 the last run stored. This reads that cache (MSAL's serialized JSON) with MSAL's
 own rules for a client-credentials token (``ClientApplication.
