@@ -72,6 +72,19 @@ async def test_a_new_process_uses_the_stored_token_without_building_an_msal_app(
     fresh = Tokens(first.config, first.store, first.sealer, first.states)  # as the next sync --once process
     assert await fresh.access_token("fabrikam") == token
     assert fresh._apps == {} and len(auth_env.idp.token_requests) == requests_made
+    reads = 0
+    load = first.store.load_token_cache
+
+    async def counted(name: str) -> bytes | None:
+        nonlocal reads
+        reads += 1
+        return await load(name)
+
+    fresh.store.load_token_cache = counted  # type: ignore[method-assign]
+    assert [await fresh.access_token("fabrikam") for _ in range(3)] == [token] * 3
+    assert reads == 0  # one read per process, not one per Graph request
+    fresh.forget("fabrikam")  # another daemon of a shared state wrote the tokens: read them again
+    assert await fresh.access_token("fabrikam") == token and reads == 1
 
     refreshed = await fresh.access_token("fabrikam", force_refresh=True)  # Graph refused it: MSAL is asked
     assert "fabrikam" in fresh._apps and len(auth_env.idp.token_requests) == requests_made + 1

@@ -115,6 +115,7 @@ class Tokens:
         self._apps: dict[str, msal.ClientApplication] = {}
         self._caches: dict[str, msal.SerializableTokenCache] = {}
         self._http_clients: dict[str, IdentityHttpClient] = {}
+        self._stored: dict[str, dict[str, Any]] = {}  # the stored cache as read, until MSAL takes over
         self._locks: dict[str, asyncio.Lock] = {}
 
     def token_provider(self, tenant_name: str) -> TokenProvider:
@@ -187,16 +188,14 @@ class Tokens:
         (:mod:`daemon.auth.cached`) until this process has built the tenant's MSAL app."""
         if tenant.auth_mode != "application" or tenant.name in self._apps:
             return None
-        sealed = await self.store.load_token_cache(tenant.name)
-        if not sealed:
-            return None
-        cache = parse_cache(self.sealer.open(sealed).decode())
-        token = application_token(cache, tenant.application_id, authority_url(tenant), application_scopes(tenant),
-                                  time.time())
-        if token is not None:
+        cache = self._stored.get(tenant.name)
+        if cache is None:  # read once, not per Graph request
+            sealed = await self.store.load_token_cache(tenant.name)
+            cache = self._stored[tenant.name] = parse_cache(self.sealer.open(sealed).decode()) if sealed else {}
             for secret in cached_secrets(cache):  # as _remember_tokens does when MSAL loads the cache
                 remember_secret(secret, issued=True)
-        return token
+        return application_token(cache, tenant.application_id, authority_url(tenant), application_scopes(tenant),
+                                 time.time())
 
     async def app(self, tenant: TenantConfig) -> msal.ClientApplication:
         app = self._apps.get(tenant.name)
@@ -255,6 +254,7 @@ class Tokens:
     def forget(self, tenant_name: str) -> None:
         """Read the token cache from the state again next time (another daemon of a shared state wrote it)."""
         self._caches.pop(tenant_name, None)
+        self._stored.pop(tenant_name, None)
         self._apps.pop(tenant_name, None)
 
     def forget_app(self, tenant_name: str) -> None:
