@@ -18,7 +18,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from daemon import __version__
 from daemon.errors import ConfigError, M365SyncError
 
 if TYPE_CHECKING:
@@ -63,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="m365sync",
         description="Keeps a VeloPBX phone system in sync with Microsoft 365 / Entra ID.",
     )
-    parser.add_argument("--version", action="version", version=f"m365sync {__version__}")
+    parser.add_argument("--version", action=PrintVersion)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -170,6 +169,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit", action="store_true", help="stop after the scripted part instead of serving")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+class PrintVersion(argparse.Action):
+    """``--version``; the version is read only when asked (see ``daemon.__getattr__``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **_: object) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from daemon import __version__
+
+        print(f"m365sync {__version__}")
+        parser.exit()
 
 
 def load_config(path: Path) -> Config:

@@ -21,7 +21,8 @@ from typing import TextIO
 
 import aiohttp
 
-from daemon.auth.manager import AuthManager
+from daemon.auth.states import AuthStates
+from daemon.auth.tokens import Tokens
 from daemon.config import Config, TenantConfig, read_secret
 from daemon.errors import ConfigError, ConfigProblem, StateError
 from daemon.metrics import Metrics
@@ -44,7 +45,7 @@ class Stores:
     db: Database
     store: Store
     sync: SyncStore
-    auth: AuthManager
+    tokens: Tokens  # not the AuthManager: no command here runs the browser flow
 
 
 @asynccontextmanager
@@ -77,7 +78,8 @@ async def open_stores(config: Config, metrics: Metrics, *, scratch_copy: bool = 
             sealer = sealer_for(config, create=not scratch_copy)  # a dry run or status never creates the key
         except PermissionError as err:  # the key file beside the database
             raise state_access_error(config.state.path, "read", err) from err
-        yield Stores(db, store, SyncStore(db, history_days=config.state.history_days), AuthManager(config, store, metrics, sealer))
+        tokens = Tokens(lambda: config, store, sealer, AuthStates(store, metrics))
+        yield Stores(db, store, SyncStore(db, history_days=config.state.history_days), tokens)
     finally:
         await db.close()
         if scratch is not None:
@@ -149,7 +151,7 @@ async def sync_once(config: Config, tenant_name: str | None, dry_run: bool, out:
     exit_code = 0
     async with open_stores(config, metrics, scratch_copy=dry_run) as stores, aiohttp.ClientSession() as session:
         for tenant in _tenants(config, tenant_name):
-            runner = TenantRunner(tenant, stores.store, stores.sync, stores.auth, session, metrics, dry_run=dry_run)
+            runner = TenantRunner(tenant, stores.store, stores.sync, stores.tokens, session, metrics, dry_run=dry_run)
             trigger = ("cli-dry-run" if dry_run else "cli") + (PHOTOS_SUFFIX if photos else "")
             result = await runner.run(trigger, progress=ProgressPrinter())
             print_result(result, dry_run, out)

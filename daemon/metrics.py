@@ -14,17 +14,31 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Info,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
-
-from daemon import __version__
+from prometheus_client.metrics_core import InfoMetricFamily, Metric
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class BuildInfo:
+    """``m365sync_build_info``, the version read when first scraped: a ``sync --once``
+    process never is, and reading the version costs start-up (see ``daemon.__getattr__``)."""
+
+    NAME = "m365sync_build"
+    DOCUMENTATION = "Version of m365sync and of the Python running it."
+
+    def describe(self) -> Iterator[Metric]:
+        yield InfoMetricFamily(self.NAME, self.DOCUMENTATION)
+
+    def collect(self) -> Iterator[Metric]:
+        from daemon import __version__
+
+        yield InfoMetricFamily(self.NAME, self.DOCUMENTATION,
+                               value={"version": __version__, "python": platform.python_version()})
 
 
 class Metrics:
@@ -34,12 +48,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self.build_info = Info(
-            "m365sync_build",
-            "Version of m365sync and of the Python running it.",
-            registry=self.registry,
-        )
-        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        self.registry.register(BuildInfo())
         self.tenant_ready = Gauge(
             "m365sync_tenant_ready",
             "1 when the tenant can sync (authorized, secrets present), else 0.",

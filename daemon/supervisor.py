@@ -246,7 +246,7 @@ class Supervisor:
 
     def _tenant_runner(self, tenant: TenantConfig) -> TenantRunner:
         guard = self.ownership.write_guard(tenant.name)
-        return TenantRunner(tenant, self.store, self.sync_store, self.auth, self.session, self.metrics,
+        return TenantRunner(tenant, self.store, self.sync_store, self.auth.tokens, self.session, self.metrics,
                             budget=self.budgets.setdefault(tenant.name, GraphBudget()), write_guard=guard,
                             run_lock_alive=_lease_decides if guard is not None else None,
                             backlog=self.backlogs.setdefault(tenant.name, RunBacklog()))

@@ -11,10 +11,12 @@ import ssl
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 from daemon.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    import requests
 
 
 @lru_cache(maxsize=32)
@@ -54,6 +56,8 @@ def ca_bundle_path(ca_file: Path | None = None) -> str | bool:
 
 def msal_http_client(ca_file: Path | None = None) -> requests.Session:
     """The requests session MSAL uses: environment ignored, configured trust only."""
+    import requests  # MSAL's transport: imported with MSAL, when a token must be fetched
+
     session = requests.Session()
     session.trust_env = False  # no proxy or CA variables from the environment
     session.verify = ca_bundle_path(ca_file)

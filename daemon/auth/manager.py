@@ -18,10 +18,8 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-
-import msal
 
 from daemon.auth import pages, signing
 from daemon.auth.explain import AuthContext, AuthProblem, admin_consent_url, explain, redirect_uris
@@ -35,6 +33,9 @@ from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from state.sealing import Sealer
 from state.store import Store
+
+if TYPE_CHECKING:  # the browser flow's msal calls go through Tokens, which imports msal when it builds an app
+    import msal
 
 log = get_logger(__name__)
 

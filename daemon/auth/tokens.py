@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import msal
-
+from daemon.auth.cached import application_token, cached_secrets, parse_cache
 from daemon.auth.explain import DEAD_GRANT_CODES, AuthContext, aadsts_code, explain, redirect_uris
-from daemon.auth.platform import IdentityHttpClient, bounded
 from daemon.auth.scopes import application_scopes, delegated_scopes
 from daemon.auth.states import AUTHORIZATION_REQUIRED, AUTHORIZED, REAUTHORIZATION_REQUIRED, AuthStates
 from daemon.config import Config, TenantConfig, read_secret
@@ -29,9 +28,15 @@ from daemon.errors import AuthorityNotFound, AuthorizationRequired, ConfigError,
 from daemon.graph.client import TokenProvider
 from daemon.graph.clouds import authority_url
 from daemon.redact import remember_secret
-from daemon.tls import msal_http_client
 from state.sealing import Sealer
 from state.store import Store
+
+# msal and requests (~0.08 s of a ``sync --once`` process's start-up) are imported where
+# MSAL is asked for a token; a token still valid in the sealed cache is read without them.
+if TYPE_CHECKING:
+    import msal
+
+    from daemon.auth.platform import IdentityHttpClient
 
 Call = Callable[..., Awaitable[Any]]  # an msal call, bounded in time
 
@@ -56,6 +61,8 @@ class TokenSource(Protocol):
 
 class DelegatedTokens:
     def build(self, tenant: TenantConfig, options: dict[str, Any]) -> msal.ClientApplication:
+        import msal  # only when a token must be fetched: see the note at the imports
+
         return msal.PublicClientApplication(tenant.application_id, **options)
 
     async def acquire(self, app: Any, tenant: TenantConfig, call: Call, *, force_refresh: bool) -> dict[str, Any] | None:
@@ -76,6 +83,8 @@ class DelegatedTokens:
 
 class ApplicationTokens:
     def build(self, tenant: TenantConfig, options: dict[str, Any]) -> msal.ClientApplication:
+        import msal  # only when a token must be fetched: see the note at the imports
+
         return msal.ConfidentialClientApplication(tenant.application_id, client_credential=_credential(tenant), **options)
 
     async def acquire(self, app: Any, tenant: TenantConfig, call: Call, *, force_refresh: bool) -> dict[str, Any] | None:
@@ -106,6 +115,7 @@ class Tokens:
         self._apps: dict[str, msal.ClientApplication] = {}
         self._caches: dict[str, msal.SerializableTokenCache] = {}
         self._http_clients: dict[str, IdentityHttpClient] = {}
+        self._stored: dict[str, dict[str, Any]] = {}  # the stored cache as read, until MSAL takes over
         self._locks: dict[str, asyncio.Lock] = {}
 
     def token_provider(self, tenant_name: str) -> TokenProvider:
@@ -118,6 +128,8 @@ class Tokens:
 
     async def call(self, msal_call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """An msal call off the loop, within ``[runs] identity_timeout_seconds``."""
+        from daemon.auth.platform import bounded  # imports requests, which only msal's calls need
+
         return await bounded(self.config().runs.identity_timeout_seconds, msal_call, *args, **kwargs)
 
     async def access_token(self, tenant_name: str, *, force_refresh: bool = False) -> str:
@@ -126,6 +138,10 @@ class Tokens:
         tenant = self.config().tenant(tenant_name)
         source = SOURCES[tenant.auth_mode]
         async with self._locks.setdefault(tenant.name, asyncio.Lock()):
+            stored = None if force_refresh else await self._token_from_store(tenant)
+            if stored is not None:
+                await self.states.record(tenant.name, AUTHORIZED, owner=source.owner(tenant), reason=None)
+                return stored
             try:
                 app = await self.app(tenant)
             except ValueError as err:  # MSAL could not read the authority: unknown directory or wrong cloud
@@ -167,6 +183,20 @@ class Tokens:
 
     # --- apps and caches ---
 
+    async def _token_from_store(self, tenant: TenantConfig) -> str | None:
+        """Application mode's token still valid in the stored cache, read without MSAL
+        (:mod:`daemon.auth.cached`) until this process has built the tenant's MSAL app."""
+        if tenant.auth_mode != "application" or tenant.name in self._apps:
+            return None
+        cache = self._stored.get(tenant.name)
+        if cache is None:  # read once, not per Graph request
+            sealed = await self.store.load_token_cache(tenant.name)
+            cache = self._stored[tenant.name] = parse_cache(self.sealer.open(sealed).decode()) if sealed else {}
+            for secret in cached_secrets(cache):  # as _remember_tokens does when MSAL loads the cache
+                remember_secret(secret, issued=True)
+        return application_token(cache, tenant.application_id, authority_url(tenant), application_scopes(tenant),
+                                 time.time())
+
     async def app(self, tenant: TenantConfig) -> msal.ClientApplication:
         app = self._apps.get(tenant.name)
         if app is not None:
@@ -185,6 +215,9 @@ class Tokens:
 
     def _http_client(self, tenant: TenantConfig) -> IdentityHttpClient:
         """One per trusted CA file, shared by the tenants' apps (see IdentityHttpClient)."""
+        from daemon.auth.platform import IdentityHttpClient  # imports requests, which only msal's calls need
+        from daemon.tls import msal_http_client
+
         key = str(tenant.ca_file) if tenant.ca_file else ""
         if key not in self._http_clients:
             self._http_clients[key] = IdentityHttpClient(
@@ -195,6 +228,8 @@ class Tokens:
     async def _cache(self, tenant: TenantConfig) -> msal.SerializableTokenCache:
         cache = self._caches.get(tenant.name)
         if cache is None:
+            import msal  # only when a token must be fetched: see the note at the imports
+
             cache = msal.SerializableTokenCache()
             stored = await self.store.load_token_cache(tenant.name)
             if stored:
@@ -219,6 +254,7 @@ class Tokens:
     def forget(self, tenant_name: str) -> None:
         """Read the token cache from the state again next time (another daemon of a shared state wrote it)."""
         self._caches.pop(tenant_name, None)
+        self._stored.pop(tenant_name, None)
         self._apps.pop(tenant_name, None)
 
     def forget_app(self, tenant_name: str) -> None:
@@ -228,7 +264,7 @@ class Tokens:
 
 def _remember_tokens(cache: msal.SerializableTokenCache) -> None:
     """Every token the cache holds is redacted from all the process emits."""
-    kinds = msal.TokenCache.CredentialType
+    kinds = cache.CredentialType
     for kind in (kinds.ACCESS_TOKEN, kinds.REFRESH_TOKEN, kinds.ID_TOKEN):
         for entry in cache.search(kind):
             remember_secret(entry.get("secret"), issued=True)

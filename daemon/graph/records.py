@@ -118,7 +118,8 @@ Id = Annotated[str, BeforeValidator(_id)]
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # defer_build: a run that reads nothing (an empty delta) does not build the validators
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     id: Id
 
@@ -144,7 +145,8 @@ class GroupRecord(Record):
 
 
 class EmailAddress(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # defer_build: a run that reads nothing (an empty delta) does not build the validators
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     address: Text = None
     name: Text = None
@@ -163,7 +165,8 @@ class ContactRecord(Record):
 
 
 class DateTimeZone(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # defer_build: a run that reads nothing (an empty delta) does not build the validators
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     dateTime: Annotated[str, BeforeValidator(_date_time)]
     timeZone: Text = None

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from daemon.auth.manager import AuthManager
 from daemon.auth.states import DISCONNECTED
+from daemon.auth.tokens import Tokens
 from daemon.clock import SystemClock
 from daemon.config import TenantConfig, read_secret
 from daemon.errors import AuthorizationRequired, LeaseLost, M365SyncError
@@ -74,7 +74,7 @@ class TenantRunner:
         tenant: TenantConfig,
         store: Store,
         sync_store: SyncStore,
-        auth: AuthManager,
+        tokens: Tokens,
         session: aiohttp.ClientSession,
         metrics: Metrics,
         *,
@@ -89,7 +89,7 @@ class TenantRunner:
         self.tenant = tenant
         self.store = store
         self.sync_store = sync_store
-        self.auth = auth
+        self.tokens = tokens  # the token lifecycle only: the browser flow is the daemon's
         self.session = session
         self.metrics = metrics
         self.clock = clock or SystemClock()
@@ -106,7 +106,7 @@ class TenantRunner:
 
     def graph_client(self) -> GraphClient:
         """The tenant's Graph client, for work outside a pipeline (its change-notification subscriptions)."""
-        return GraphClient(self._transport(), graph_base_url(self.tenant), self.auth.tokens.token_provider(self.tenant.name))
+        return GraphClient(self._transport(), graph_base_url(self.tenant), self.tokens.token_provider(self.tenant.name))
 
     def _clients(self) -> Clients:
         """The tenant's Graph and PBX clients, for every pipeline of one request."""

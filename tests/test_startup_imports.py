@@ -1,0 +1,49 @@
+"""What a ``sync --once`` process imports before its run, pinned by name rather than time:
+each module below is a start-up cost that command does not need (bench/results/startup.md).
+A change that imports one of them on that path again fails here; import it in the function
+that needs it instead."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# What daemon.cli's sync handler imports (the CLI, the config, logging, the commands and
+# through them the runner), and the Metrics every run builds.
+SYNC_ONCE_PATH = """
+import json, sys
+import daemon.cli, daemon.config, daemon.logging, daemon.commands
+daemon.cli._parser().parse_args(["sync", "--once"])
+daemon.commands.Metrics()
+print(json.dumps({"modules": sorted(sys.modules), "version_read": "__version__" in vars(daemon)}))
+"""
+
+NOT_NEEDED = {
+    "msal": "the token is read from the sealed cache while valid (daemon.auth.cached)",
+    "requests": "MSAL's transport",
+    "urllib3": "MSAL's transport",
+    "daemon.auth.platform": "the bounds around MSAL's calls",
+    "daemon.auth.manager": "the browser flow of authorize and the daemon's pages",
+    "daemon.auth.pages": "the browser flow's pages",
+    "aiohttp.web": "the daemon's HTTP server",
+    "daemon.server": "the daemon's HTTP server",
+    "daemon.service": "the daemon",
+    "daemon.supervisor": "the daemon's tenants",
+    "daemon.scheduler": "the daemon's schedules",
+    "daemon.notify": "change notifications (the daemon's)",
+    "daemon.status": "m365sync status",
+    "daemon.history_view": "m365sync explain and history",
+    "state.copy": "a dry run of a shared state, state copy",
+    "asyncpg": "a PostgreSQL state",
+    "cryptography.x509": "a certificate credential, when MSAL is asked",
+}
+
+
+def test_sync_once_does_not_import_what_it_does_not_need() -> None:
+    done = subprocess.run([sys.executable, "-c", SYNC_ONCE_PATH], capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout)
+    imported = set(found["modules"])
+    assert "daemon.sync.runner" in imported and "aiohttp.client" in imported  # the path was really imported
+    assert {name: why for name, why in NOT_NEEDED.items() if name in imported} == {}
+    assert found["version_read"] is False  # --version and the metrics' first scrape read it (daemon.__getattr__)
