@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.measure import child_env
 from bench.run import measured
 from sim.pbx import ScimServer
 from sim.world import FakeWorld, free_port
@@ -82,7 +83,7 @@ async def initial_run(users: int, latency_ms: float) -> dict[str, Any]:
             try:
                 cpu_before = process_cpu_s(pid)
                 result = await measured(["daemon.cli", "sync", "--once", "--config", str(world.config_path)],
-                                        {**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        child_env())
                 log = await asyncio.to_thread(scim.settled_requests, "bulk")
                 result["pbx_cpu_s"] = round(process_cpu_s(pid) - cpu_before, 3)
             finally:

@@ -11,10 +11,21 @@ count the benchmark's own memory (the simulated tenant)."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import runpy
 import sys
 import time
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a measured process: unbuffered output, and bytecode caching allowed even where
+    the caller's shell forbids it (``PYTHONDONTWRITEBYTECODE``). An installed daemon runs from compiled
+    bytecode (pip compiles the wheel); without the cache every measured process would compile the
+    daemon's own modules from source again, about 0.07 s of start-up no production process pays."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def peak_rss_mb() -> float | None:

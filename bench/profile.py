@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.measure import child_env
 from sim.pbx import ScimServer
 from sim.world import FakeWorld
 
@@ -41,7 +41,7 @@ async def initial_run(scim: ScimServer, users: int, pbx_tenant: str, wrapper: li
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.measure", str(out), *wrapper,
                 "daemon.cli", "sync", "--once", "--config", str(world.config_path),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ})
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=child_env())
             output, _ = await process.communicate()
             result: dict[str, Any] = json.loads(out.read_text())
             if result["exit_code"] not in (0, 3):

@@ -30,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.measure import child_env
 from daemon.graph.client import endpoint_label
 from sim.pbx import ScimServer
 from sim.world import FakeWorld
@@ -67,7 +68,7 @@ async def measured(command: list[str], env: dict[str, str]) -> dict[str, Any]:
 async def one_run(world: FakeWorld, scim: ScimServer, who: str, pbx_tenant: str, command: list[str]) -> dict[str, Any]:
     assert world.sim is not None
     graph_before, pbx_before = len(world.sim.log), len(scim.requests(pbx_tenant))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = child_env()
     result = await measured(command, env)
     await asyncio.sleep(0)  # let the simulator's last answers be logged
     graph = Counter(graph_kind(r.path, r.in_batch) for r in world.sim.log[graph_before:])

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.measure import child_env
 from sim.pbx import ScimServer
 from sim.world import FakeWorld
 
@@ -56,7 +56,7 @@ def imported(stderr: str) -> tuple[list[str], list[tuple[float, str]]]:
 
 async def import_cpu(modules: list[str]) -> float:
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", IMPORT_CPU, *modules,
-                                                   stdout=asyncio.subprocess.PIPE)
+                                                   stdout=asyncio.subprocess.PIPE, env=child_env())
     out, _ = await process.communicate()
     return float(out.decode().strip().splitlines()[-1])
 
@@ -68,7 +68,7 @@ async def one_process(config: Path, importtime: bool) -> tuple[dict[str, Any], s
     process = await asyncio.create_subprocess_exec(
         sys.executable, *flags, "-m", "bench.measure", str(path), "daemon.cli", "sync", "--once", "--config",
         str(config), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env=child_env())
     _, stderr = await process.communicate()
     result: dict[str, Any] = json.loads(path.read_text())
     path.unlink()
