@@ -4,8 +4,8 @@ new user; a number set by hand on the PBX since is refused, then read and number
 
 from __future__ import annotations
 
-from daemon.pbx.mapping import user_payload
-from daemon.pbx.schema import PBX_USER
+from daemon.pbx.mapping import group_payload, user_payload
+from daemon.pbx.schema import PBX_GROUP, PBX_USER
 from daemon.pbx.types import PbxOperation
 from sim.generator import generate_tenant
 from sync_fixtures import SyncEnv
@@ -86,3 +86,24 @@ async def test_a_new_user_already_on_the_pbx_is_adopted_with_its_number(sync_env
     assert pbx_count(sync_env, "list") == lists
     users = await sync_env.pbx_users()  # asserts it is there once
     assert users[NEW_ID][PBX_USER]["extensionNumber"] == "1777" and users[NEW_ID]["displayName"] == "New Hire"
+
+
+async def test_a_new_group_is_numbered_without_a_read_and_again_when_its_number_is_taken(sync_env: SyncEnv) -> None:
+    sales, support = "11111111-0000-4000-8000-00000000000a", "11111111-0000-4000-8000-00000000000b"
+    generate_tenant(sync_env.graph.tenant, users=10, photo_fraction=0)
+    sync_env.graph.tenant.add_group(sales, members=[], displayName="Sales")
+    sync_env.graph.tenant.add_group(support, members=[], displayName="Support")
+    sync_env.configure(groups=[sales], groups_starting_extension_number="2000")
+    await sync_env.run()
+    assert (await sync_env.pbx_groups())[sales][PBX_GROUP]["extensionNumber"] == "2000"
+    hand_made = group_payload({"id": "hand-made-group", "displayName": "Front desk"}, extension_number="2001",
+                              member_ids=[])
+    assert (await sync_env.pbx.client.execute(PbxOperation("create", "Group", "hand-made-group", payload=hand_made))).ok
+    lists = pbx_count(sync_env, "list")
+    sync_env.configure(groups=[sales, support], groups_starting_extension_number="2000")
+    report = await sync_env.run()  # 2001 looks free to the state: refused, then read and numbered again
+    assert report.groups.counts == {"create": 1} and report.failures == [] and report.result == "success"
+    assert pbx_count(sync_env, "list") > lists
+    groups = await sync_env.pbx_groups()
+    assert groups["hand-made-group"][PBX_GROUP]["extensionNumber"] == "2001"
+    assert groups[support][PBX_GROUP]["extensionNumber"] == "2002"
