@@ -229,6 +229,11 @@ class PbxConflict(PbxError):
     not ours to adopt (another externalId), or the value is an extension number."""
 
 
+class ExtensionTaken(PbxConflict):
+    """The extension number sent is held by another PBX object (set there by hand, unknown to the
+    state): the run reads the PBX's numbers and numbers the object again, once."""
+
+
 class PbxRequestFailed(PbxError):
     """The PBX refused this one object (a 4xx other than 409/412/429): recorded, run goes on."""
 

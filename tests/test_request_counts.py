@@ -55,7 +55,7 @@ async def test_a_run_without_changes_asks_graph_once_and_the_pbx_nothing(sync_en
     assert pbx_requests(sync_env) == pbx  # no inventory, no discovery, no write
 
 
-async def test_the_inventory_is_read_for_new_numbers_and_daily(sync_env: SyncEnv) -> None:
+async def test_the_inventory_is_read_daily_and_a_new_number_costs_a_look_up(sync_env: SyncEnv) -> None:
     made = generate_tenant(sync_env.graph.tenant, users=20, photo_fraction=0)
     await sync_env.run()
     lists = sync_env.pbx.metrics.registry.get_sample_value
@@ -63,12 +63,14 @@ async def test_the_inventory_is_read_for_new_numbers_and_daily(sync_env: SyncEnv
     sync_env.graph.tenant.change_user(made.members[0], displayName="Renamed")
     await sync_env.run()  # an update needs no number: no listing
     assert lists("m365sync_pbx_requests_total", {"tenant": "t", "op": "list", "status": "200"}) == listed
+    found = lists("m365sync_pbx_requests_total", {"tenant": "t", "op": "find", "status": "200"}) or 0.0
     sync_env.graph.tenant.add_user("00000000-0000-4000-9000-000000000001", displayName="New", accountEnabled=True,
                                    userPrincipalName="new@contoso.example", userType="Member")
-    report = await sync_env.run()  # a new user needs a number: the PBX's numbers are read
+    report = await sync_env.run()  # a new user is numbered from the state, and looked up by externalId
     assert report.counts == {"create": 1}
     after_create = lists("m365sync_pbx_requests_total", {"tenant": "t", "op": "list", "status": "200"})
-    assert after_create is not None and listed is not None and after_create > listed
+    assert after_create is not None and after_create == listed
+    assert lists("m365sync_pbx_requests_total", {"tenant": "t", "op": "find", "status": "200"}) == found + 1
     sync_env.graph.clock.advance(DAY)
     await sync_env.run()  # the daily reconciliation
     assert lists("m365sync_pbx_requests_total", {"tenant": "t", "op": "list", "status": "200"}) > after_create

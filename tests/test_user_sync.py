@@ -107,6 +107,14 @@ async def test_thirteen_digit_bound_and_range_exhaustion(sync_env: SyncEnv) -> N
     assert report.result == "partial" and len(report.failures) == 2
     assert all("no free extension number left" in f for f in report.failures)
     assert set(users) == set(ids[:2])  # deterministic: the first UPNs got the numbers
+    # recorded as failed, so their retry time brings them back without waiting for a full plan
+    failed = await sync_env.sync_store.failed_objects("t", "user")
+    assert sorted(graph_id for graph_id, _, _ in failed) == sorted(ids[2:])
+    sync_env.graph.clock.advance(max(retry_at for _, retry_at, _ in failed) - sync_env.graph.clock.time() + 1)
+    again = await sync_env.run()
+    assert len(again.failures) == 2 and all("no free extension number left" in f for f in again.failures)
+    assert all(row.failures == 2 for graph_id, row in (await sync_env.sync_store.synced_rows("t", "user")).items()
+               if graph_id in ids[2:])
 
 
 async def test_sso_flags_for_each_combination(sync_env: SyncEnv) -> None:

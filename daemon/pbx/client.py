@@ -16,7 +16,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from daemon.errors import PbxConflict, PbxRequestFailed
+from daemon.errors import ExtensionTaken, PbxConflict, PbxRequestFailed
 from daemon.logging import get_logger
 from daemon.pbx.bulk import bulk_body, bulk_results, chunks
 from daemon.pbx.connection import DEFAULT_TIMEOUT, RETRYABLE_STATUSES, WRITES_IN_FLIGHT, AnswerLost, PbxConnection
@@ -218,12 +218,12 @@ class PbxClient(PbxConnection):
             holders = await self.find(operation.kind, path, number)
             holders = [h for h in holders if h.external_id != operation.external_id]
             if holders:
-                return PbxConflict(
+                return ExtensionTaken(
                     f"extension {number} is already used on the PBX by {operation.kind} {holders[0].id}; "
                     f"{operation.kind} {operation.external_id} was not written",
                     status=409,
                     detail=answer.detail,
-                    hint="the next run allocates another number",
+                    hint="numbered again from the PBX's numbers",
                 )
         return PbxConflict(
             f"the PBX refused {operation.describe()} ({answer.code})", status=409, detail=answer.detail

@@ -75,7 +75,8 @@ def plan_groups(snapshot: Snapshot, copies: Mapping[str, GraphCopy], synced: Map
             if not members and not created:
                 plan.notes.append(f"group {label!r} ({group_id}) has no member that is a PBX user")
             number = (row.payload or {}).get(PBX_GROUP, {}).get("extensionNumber") if row is not None else None
-            number = number or pool.live_number("group", group_id)
+            # a group to create takes its journaled number only if the PBX's numbers do not show it taken
+            number = number or (pool.live_number("group", group_id) if pbx_id is not None else None)
             if number is None:
                 try:
                     number = pool.own_number("group", group_id) or allocator.take()

@@ -306,8 +306,8 @@ class UserPlanner:
                 user_id = new.sort_key[1]
                 try:
                     number = self.pool.own_number("user", user_id) or allocator.take()
-                except RangeExhausted as err:
-                    self.plan.failures.append(("user", f"{new.upn}: {err}"))
+                except RangeExhausted as err:  # recorded: retried when its retry time comes, like any failure
+                    self.plan.fail("user", user_id, new.upn, err, new.fingerprint)
                     continue
                 operation = PbxOperation("create", "User", user_id, maybe_applied=user_id in self.inputs.pending_creates)
                 etag = self._photo_etag(user_id, None)

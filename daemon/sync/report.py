@@ -125,6 +125,20 @@ class RunReport:
         else:
             self.add("failed")
 
+    def withdraw(self, kind: str, marker: str) -> None:
+        """A user's or group's failures naming ``marker``, settled later in the same run (a create
+        refused for a number taken on the PBX, then written on another): no failure of the run."""
+        settled = sum(marker in text for text in self.failures)
+        if not settled:
+            return
+        self.failures = [text for text in self.failures if marker not in text]
+        counts = self.groups.counts if kind == "group" else self.counts
+        counts["failed"] = counts.get("failed", 0) - settled
+        if counts["failed"] <= 0:
+            del counts["failed"]
+        if kind == "group":
+            self.groups.failures = [text for text in self.groups.failures if marker not in text]
+
 
 UserRunReport = RunReport  # the name the first version used
 

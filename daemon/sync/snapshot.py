@@ -28,6 +28,7 @@ class Inventory:
     contacts round, e.g. when the state was lost)."""
 
     numbers: set[str] = field(default_factory=set)
+    holders: dict[str, str] = field(default_factory=dict)  # number -> its holder's externalId ("" for none)
     users: dict[str, InventoryEntry] = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)
     contacts: dict[str, str] = field(default_factory=dict)
@@ -42,6 +43,7 @@ async def read_inventory(pbx: PbxClient, *, contacts: bool = False) -> Inventory
             extension = extension_part.get("extensionNumber") if isinstance(extension_part, Mapping) else None
             if extension:
                 inventory.numbers.add(str(extension))
+                inventory.holders[str(extension)] = obj.external_id or ""
             if kind == "User" and obj.external_id:
                 inventory.users[obj.external_id] = InventoryEntry(obj.id, str(extension) if extension else None)
             elif obj.external_id:

@@ -21,8 +21,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from daemon.config import TenantConfig
@@ -35,6 +35,7 @@ from daemon.sync.changed import PLAN_INPUTS, UserSelection, needs_full_plan, pla
 from daemon.sync.changes import Change, Plan
 from daemon.sync.guard import guard, held_rows
 from daemon.sync.intake import describe
+from daemon.sync.known_numbers import TakenNumbers, known_inventory, remember_foreign
 from daemon.sync.photos import PhotoBytes, photo_check_due, photo_due_at, photo_versions
 from daemon.sync.plan_groups import plan_groups
 from daemon.sync.plan_users import PlanInputs, UserPlanner
@@ -72,6 +73,7 @@ class TenantSync:
     mailboxes: bool = True  # read and plan contacts; False: the users poll, the deltas of users and groups only
     only: frozenset[str] | None = None  # read only these mailboxes' contacts (every one is still planned)
     links: dict[tuple[str, str], str] = field(default_factory=dict)  # (resource, key) -> link to commit
+    _inventory_read: bool = field(default=False, init=False)  # this run read the whole inventory
 
     async def run(self, report: RunReport | None = None) -> RunReport:
         """One complete run; never raises for one object's failure.
@@ -94,6 +96,7 @@ class TenantSync:
             report.contacts.settings_unreadable = await unreadable_settings(self.sync_store, name)
         reconcile = users_read.full_round or await self._reconciliation_due()
         inventory = await self._read_inventory() if reconcile else None
+        self._inventory_read = inventory is not None
         members = await self.sync_store.members_of(name, tenant.groups) if tenant.groups else set()
         inputs = plan_inputs_fingerprint(tenant, members, shared)
         full = await needs_full_plan(tenant, self.sync_store, inputs, reconcile=reconcile, all_photos=self.all_photos)
@@ -102,8 +105,11 @@ class TenantSync:
         selection = await select_users(tenant, self.sync_store, snapshot, full=full)
 
         plan, users = await self._plan_users(snapshot, report, selection)
-        if inventory is None and await self._needs_numbers(plan):  # plan again, knowing the numbers
-            snapshot = await with_inventory(snapshot, self.sync_store, await self._read_inventory())
+        new_users, new_groups = await self._needs_numbers(plan) if inventory is None else ((), ())
+        if new_users or new_groups:  # plan again, knowing the numbers (and whether they are on the PBX)
+            known = await known_inventory(self.sync_store, self.pbx, name, new_users, new_groups)
+            self._inventory_read = known is None
+            snapshot = await with_inventory(snapshot, self.sync_store, known or await self._read_inventory())
             plan, users = await self._plan_users(snapshot, report, selection)
         # turned off with contacts still on the PBX: no mailbox is read, so the planner deletes them (guarded)
         # the users poll reads no mailbox: contacts wait for a run or the mailbox backstop
@@ -117,7 +123,10 @@ class TenantSync:
         summarize(name, plan, report)
 
         photos = PhotoBytes(tenant, self.graph) if tenant.users.sync_photo else None
-        await Applier(name, self.sync_store, self.writer, report, self.progress, photos).apply(plan)
+        writer = TakenNumbers(self.writer)
+        await Applier(name, self.sync_store, writer, report, self.progress, photos).apply(plan)
+        if writer.refused and not self._inventory_read:
+            await self._number_again(writer.refused, snapshot, report, photos)
         await self._commit(users, inputs)
         if plan.held:
             report.result = "deprovisions_held"
@@ -136,22 +145,42 @@ class TenantSync:
 
     async def _read_inventory(self) -> Inventory:
         inventory = await read_inventory(self.pbx)
+        self._inventory_read = True
+        await remember_foreign(self.sync_store, self.tenant.name, inventory)
         await self.sync_store.set_timestamp(self.tenant.name, INVENTORY_READ_AT, self.now())
         return inventory
 
-    async def _needs_numbers(self, plan: Plan) -> bool:
-        """New users, or configured groups not on the PBX yet, need the PBX's numbers (and may be there)."""
-        if any(c.kind == "user" and c.action == "create" for c in plan.changes):
-            return True
+    async def _needs_numbers(self, plan: Plan) -> tuple[set[str], set[str]]:
+        """New users, and configured groups not on the PBX yet: they need numbers (and may be there)."""
+        users = {c.graph_id for c in plan.changes if c.kind == "user" and c.action == "create"}
         if self.tenant.groups_starting_extension_number is None or not self.tenant.groups:
-            return False
+            return users, set()
         on_pbx = await self.sync_store.pbx_ids(self.tenant.name, "group")
-        return any(group not in on_pbx for group in self.tenant.groups)
+        return users, {group for group in self.tenant.groups if group not in on_pbx}
+
+    async def _number_again(self, refused: Mapping[str, set[str]], snapshot: Snapshot, report: RunReport,
+                            photos: PhotoBytes | None) -> None:
+        """Creates the PBX refused for a number held there unknown to the state: the inventory is read
+        (once: the run's second apply sees every number) and they are numbered and sent again. Groups
+        not on the PBX are planned again anyway; the users refused are planned despite their failure."""
+        log.info("numbers taken on the PBX since its last read; reading its numbers and numbering again",
+                 tenant=self.tenant.name, users=len(refused.get("User", ())), groups=len(refused.get("Group", ())))
+        snapshot = await with_inventory(snapshot, self.sync_store, await self._read_inventory())
+        retried = frozenset(refused.get("User", ()))
+        unmatched = report.unmatched_selected
+        plan, users = await self._plan_users(snapshot, report, UserSelection(full=False, ids=retried), retried)
+        report.unmatched_selected = unmatched
+        plan.extend(await self._plan_groups(users, snapshot, plan))
+        await Applier(self.tenant.name, self.sync_store, self.writer, report, self.progress, photos).apply(plan)
+        for kind, ids in refused.items():  # written after all: the first refusal is no failure of the run
+            on_pbx = await self.sync_store.pbx_ids(self.tenant.name, kind.lower())
+            for graph_id in ids & on_pbx.keys():
+                report.withdraw(kind.lower(), f"{kind} {graph_id} was not written")
 
     # --- planning ---
 
-    async def _plan_users(self, snapshot: Snapshot, report: RunReport,
-                          selection: UserSelection) -> tuple[Plan, UserPlanner]:
+    async def _plan_users(self, snapshot: Snapshot, report: RunReport, selection: UserSelection,
+                          retried: frozenset[str] = frozenset()) -> tuple[Plan, UserPlanner]:
         inputs = PlanInputs(
             tenant=self.tenant, now=snapshot.now, group_members=snapshot.members_in_scope,
             pbx_numbers=frozenset(snapshot.inventory.numbers), pbx_by_external_id=snapshot.inventory.users,
@@ -171,7 +200,7 @@ class TenantSync:
                                        for graph_id, pbx_id, upn in await self.sync_store.active_users(name)})
             async for copy, synced in self.sync_store.iter_with_synced_of(name, "user", selection.ids):
                 planner.active.pop(copy.id, None)
-                planner.add(copy, synced)
+                planner.add(copy, replace(synced, failures=0) if synced and copy.id in retried else synced)
         plan = planner.finish()
         for graph_id, quarantined in selection.held_back:
             (plan.quarantined if quarantined else plan.waiting).append(("user", graph_id))
