@@ -32,6 +32,13 @@ from daemon.pbx.client import PbxClient
 from daemon.pbx.types import PbxWriter
 from daemon.sync.apply import Applier, Progress
 from daemon.sync.changed import PLAN_INPUTS, UserSelection, needs_full_plan, plan_inputs_fingerprint, select_users
+from daemon.sync.changed_kinds import (
+    CONTACT_INPUTS,
+    changed_mailboxes,
+    contact_inputs_fingerprint,
+    select_contacts,
+    select_groups,
+)
 from daemon.sync.changes import Change, Plan
 from daemon.sync.guard import guard, held_rows
 from daemon.sync.intake import describe
@@ -71,6 +78,8 @@ class TenantSync:
     all_photos: bool = False  # check every photo this run (sync --photos), not only those due
     mailboxes: bool = True  # read and plan contacts; False: the users poll, the deltas of users and groups only
     links: dict[tuple[str, str], str] = field(default_factory=dict)  # (resource, key) -> link to commit
+    planned_kinds: list[str] = field(default_factory=list)  # kinds whose dirty copies this run planned
+    mailboxes_before: dict[str, tuple[str, str | None] | None] = field(default_factory=dict)  # planned users' before
 
     async def run(self, report: RunReport | None = None) -> RunReport:
         """One complete run; never raises for one object's failure.
@@ -88,10 +97,11 @@ class TenantSync:
             report.fail(rejected.kind, describe(rejected))
         report.groups.missing = groups_read.missing
         self.links.update({("groups", key): link for key, link in groups_read.links.items()})
-        shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now) if tenant.shared_mailbox.enabled else {}
+        reconcile = users_read.full_round or await self._reconciliation_due()
+        shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now,
+                                        recheck=reconcile) if tenant.shared_mailbox.enabled else {}
         if tenant.shared_mailbox.enabled:
             report.contacts.settings_unreadable = await unreadable_settings(self.sync_store, name)
-        reconcile = users_read.full_round or await self._reconciliation_due()
         inventory = await self._read_inventory() if reconcile else None
         members = await self.sync_store.members_of(name, tenant.groups) if tenant.groups else set()
         inputs = plan_inputs_fingerprint(tenant, members, shared)
@@ -104,20 +114,24 @@ class TenantSync:
         if inventory is None and await self._needs_numbers(plan):  # plan again, knowing the numbers
             snapshot = await with_inventory(snapshot, self.sync_store, await self._read_inventory())
             plan, users = await self._plan_users(snapshot, report, selection)
+        self.planned_kinds[:] = ["user"]
+        await self._mark_changed_mailboxes(users, snapshot, plan)
+        contact_inputs = contact_inputs_fingerprint(tenant, shared)
         # turned off with contacts still on the PBX: no mailbox is read, so the planner deletes them (guarded)
         # the users poll reads no mailbox: contacts wait for a run or the mailbox backstop
         if self.mailboxes and (tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled or
                                await self.sync_store.count_synced(name, "contact")):
             contacts_read = await self._read_contacts(users, snapshot, report)
-            plan.extend(await self._plan_contacts(users, snapshot, contacts_read, report))
-        plan.extend(await self._plan_groups(users, snapshot, plan))
+            plan.extend(await self._plan_contacts(users, snapshot, contacts_read, report, contact_inputs,
+                                                  full=selection.full))
+        plan.extend(await self._plan_groups(users, snapshot, plan, full=selection.full))
         guard(plan, tenant, snapshot.synced_counts, snapshot.approved, kinds=("group", "contact"))
         await self.sync_store.hold(name, held_rows(plan.held))
         self._summarize(plan, report)
 
         photos = PhotoBytes(tenant, self.graph) if tenant.users.sync_photo else None
         await Applier(name, self.sync_store, self.writer, report, self.progress, photos).apply(plan)
-        await self._commit(users, inputs)
+        await self._commit(users, inputs, contact_inputs)
         if plan.held:
             report.result = "deprovisions_held"
             log.warning("deprovisions held by the mass-deletion guard", tenant=name, held=len(plan.held),
@@ -160,8 +174,14 @@ class TenantSync:
         )
         name = self.tenant.name
         planner = UserPlanner(inputs, track_active=self.tenant.personal_contacts.enabled)
+        self.mailboxes_before.clear()
         if selection.full:
+            if planner.track_active:  # who had a mailbox before: a full plan may change anyone's
+                self.mailboxes_before.update({graph_id: (upn, pbx_id)
+                                              for graph_id, pbx_id, upn in await self.sync_store.active_users(name)})
             async for copy, synced in self.sync_store.iter_with_synced(name, "user"):
+                if copy is not None:
+                    self.mailboxes_before.setdefault(copy.id, None)
                 planner.add(copy, synced)
         else:
             planner.seed_matches(json.loads(await self.sync_store.value(name, PLAN_MATCHES) or "[]"))
@@ -169,7 +189,7 @@ class TenantSync:
                 planner.active.update({graph_id: (upn, pbx_id)
                                        for graph_id, pbx_id, upn in await self.sync_store.active_users(name)})
             async for copy, synced in self.sync_store.iter_with_synced_of(name, "user", selection.ids):
-                planner.active.pop(copy.id, None)
+                self.mailboxes_before[copy.id] = planner.active.pop(copy.id, None)
                 planner.add(copy, synced)
         plan = planner.finish()
         for graph_id, quarantined in selection.held_back:
@@ -182,17 +202,25 @@ class TenantSync:
                 planner.active[change.graph_id] = (change.label, change.operation.pbx_id)
         return plan, planner
 
-    async def _plan_groups(self, users: UserPlanner, snapshot: Snapshot, plan: Plan) -> Plan:
+    async def _plan_groups(self, users: UserPlanner, snapshot: Snapshot, plan: Plan, *, full: bool) -> Plan:
         name = self.tenant.name
-        synced = await self.sync_store.synced_rows(name, "group")
-        if not self.tenant.groups and not synced:
+        selection = await select_groups(self.tenant, self.sync_store, snapshot, plan, full=full)
+        self.planned_kinds.append("group")
+        if selection.full:
+            synced = await self.sync_store.synced_rows(name, "group")
+            wanted = set(self.tenant.groups) | set(synced)
+        else:
+            synced = await self.sync_store.synced_of(name, "group", selection.ids)
+            wanted = set(selection.ids)
+        if not wanted:
             return Plan()
         pbx_ids = {external: entry.pbx_id for external, entry in snapshot.inventory.users.items()}
         pbx_ids.update(await self.sync_store.pbx_ids(name, "user"))
         created = {c.graph_id for c in plan.changes if c.kind == "user" and c.action == "create"}
         leaving = {c.graph_id for c in plan.changes if c.kind == "user" and c.action == "delete"}
-        copies = await self.sync_store.graph_copies(name, "group", set(self.tenant.groups) | set(synced))
-        return plan_groups(snapshot, copies, synced, pbx_ids, created, leaving, users.pool)
+        copies = await self.sync_store.graph_copies(name, "group", wanted)
+        return plan_groups(snapshot, copies, synced, pbx_ids, created, leaving, users.pool,
+                           only=None if selection.full else wanted)
 
     def _mailboxes(self, users: UserPlanner, snapshot: Snapshot) -> dict[str, Mailbox]:
         """Whose contacts go to the PBX: users active after this run, and shared mailboxes."""
@@ -224,7 +252,7 @@ class TenantSync:
         return read
 
     async def _plan_contacts(self, users: UserPlanner, snapshot: Snapshot, read: ContactsRead,
-                             report: RunReport) -> Plan:
+                             report: RunReport, inputs: str, *, full: bool) -> Plan:
         from daemon.sync.plan_contacts import ContactPlanner
 
         on_pbx: dict[str, str] = {}
@@ -232,10 +260,33 @@ class TenantSync:
             on_pbx = (await read_inventory(self.pbx, contacts=True)).contacts
         planner = ContactPlanner(self.tenant, self._mailboxes(users, snapshot),
                                  snapshot.pending_creates.get("contact", frozenset()), on_pbx, self.now())
-        async for copy, synced in self.sync_store.iter_with_synced(self.tenant.name, "contact"):
-            planner.add(copy, synced)
+        name = self.tenant.name
+        selection = await select_contacts(self.tenant, self.sync_store, snapshot, inputs, full=full)
+        self.planned_kinds.append("contact")
+        if selection.full:
+            async for copy, synced in self.sync_store.iter_with_synced(name, "contact"):
+                planner.add(copy, synced)
+        else:
+            seen: set[str] = set()
+            async for copy, found in self.sync_store.iter_with_synced_of(name, "contact", selection.ids):
+                seen.add(copy.id)
+                planner.add(copy, found)
+            for row in (await self.sync_store.synced_of(name, "contact", selection.ids - seen)).values():
+                planner.add(None, row)  # pushed, its copy gone
         report.contacts.skipped_without_phone = planner.skipped_without_phone
-        return planner.finish()
+        plan = planner.finish()
+        for graph_id, quarantined in selection.held_back:
+            (plan.quarantined if quarantined else plan.waiting).append(("contact", graph_id))
+        return plan
+
+    async def _mark_changed_mailboxes(self, users: UserPlanner, snapshot: Snapshot, plan: Plan) -> None:
+        """The contacts of planned users whose mailbox changed are planned again (``changed_kinds``)."""
+        if not (self.tenant.personal_contacts.enabled or self.tenant.shared_mailbox.enabled):
+            return
+        owners = changed_mailboxes(self.mailboxes_before, users.active, plan, set(snapshot.shared_mailboxes),
+                                   self.mailboxes_before)
+        if owners:
+            await self.sync_store.mark_owned_dirty(self.tenant.name, "contact", owners)
 
     async def _photo_versions(self, shared: dict[str, str], members: set[str], full: bool) -> dict[str, str | None]:
         """mediaEtags of the users in scope whose check is due (only when photos are synced): found
@@ -271,14 +322,16 @@ class TenantSync:
 
     # --- commit ---
 
-    async def _commit(self, users: UserPlanner, inputs: str) -> None:
+    async def _commit(self, users: UserPlanner, inputs: str, contact_inputs: str) -> None:
         """The deltaLinks, once every write of the run was tried, with what its user plan was made from
         (``changed``): the users it planned are no longer dirty, its inputs are the next run's baseline."""
         by_resource: dict[str, dict[str, str]] = {}
         for (resource, key), link in self.links.items():
             by_resource.setdefault(resource, {})[key] = link
         values = {PLAN_MATCHES: json.dumps(users.matches()), PLAN_INPUTS: inputs}
-        await self.sync_store.commit_run(self.tenant.name, by_resource, values, planned=["user"])
+        if "contact" in self.planned_kinds:
+            values[CONTACT_INPUTS] = contact_inputs
+        await self.sync_store.commit_run(self.tenant.name, by_resource, values, planned=self.planned_kinds)
         self.links.clear()
 
 

@@ -1,0 +1,3 @@
+-- Reserved: version 0015 belongs to another branch of this work; this file stands in
+-- so the numbers have no gap, and goes when that branch's migration is merged.
+SELECT 1;
