@@ -275,8 +275,10 @@ class TenantSync:
                 planner.add(None, row)  # pushed, its copy gone
         report.contacts.skipped_without_phone = planner.skipped_without_phone
         plan = planner.finish()
-        for graph_id, quarantined in selection.held_back:
-            (plan.quarantined if quarantined else plan.waiting).append(("contact", graph_id))
+        stored = await self.sync_store.known_ids(name, "contact", [graph_id for graph_id, _ in selection.held_back])
+        for graph_id, quarantined in selection.held_back:  # one refused at its read (no copy) waits unreported
+            if graph_id in stored:
+                (plan.quarantined if quarantined else plan.waiting).append(("contact", graph_id))
         return plan
 
     async def _mark_changed_mailboxes(self, users: UserPlanner, snapshot: Snapshot, plan: Plan) -> None:
