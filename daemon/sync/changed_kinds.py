@@ -19,7 +19,9 @@ them was applied). Otherwise it plans, each set found by an index:
 - **groups of a member whose PBX id came or went**: a user created or
   deleted in this run (the group's members are PBX ids);
 - configured groups not on the PBX yet, and groups on the PBX no longer
-  configured (from the pushed ids, no payload decoded);
+  configured (from the pushed ids, no payload decoded); with
+  ``groups_transitive`` every configured group (their members are listed
+  every run, no delta says which changed);
 - failed objects whose retry is due, journaled creates, held deprovisions.
 
 The mass-deletion guard needs only the synced counts (``count_synced``) and
@@ -86,6 +88,8 @@ async def select_groups(tenant: TenantConfig, sync_store: SyncStore, snapshot: S
     moved = {c.graph_id for c in plan.changes if c.kind == "user" and c.action in ("create", "delete")}
     ids |= {group for group, members in snapshot.group_members.items() if members & moved}
     ids |= {graph_id for graph_id, _, _ in await sync_store.failed_objects(name, "group")}  # no backoff for groups
+    if tenant.groups_transitive:  # members through nested groups are listed every run, not told by a delta
+        ids |= configured
     return await _due(tenant, sync_store, snapshot, "group", ids)
 
 
