@@ -75,9 +75,11 @@ class JumpClock:
         jumped.set()
 
 
-def graph_simulator(port: int, users: int, latency_ms: float = 0.0) -> subprocess.Popen[bytes]:
+def graph_simulator(port: int, users: int, latency_ms: float = 0.0, *, contacts: int = 0,
+                    groups: int = 0) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "sim", "--users", str(users), "--contacts", "0", "--events", "0", "--groups", "0",
+        [sys.executable, "-m", "sim", "--users", str(users), "--contacts", str(contacts), "--events", "0",
+         "--groups", str(groups),
          "--port", str(port), "--latency-ms", str(latency_ms)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert process.stdout is not None
     process.stdout.readline()  # "simulated tenant: ..." once it is generated; then it listens

@@ -18,7 +18,14 @@ from state.store import Clock
 ID_CHUNK = 500  # ids per IN (...) list, well below SQLite's variable limit
 # Kinds planned by change: a merged or removed copy of these is marked ``dirty``
 # until a plan that saw it was applied (``state.due``).
-PLANNED_BY_CHANGE = frozenset({"user"})
+PLANNED_BY_CHANGE = frozenset({"user", "contact", "group"})
+# By the indexes of 0015_mailbox_purpose ({upn} and {said}: the backend's JSON text of those keys).
+MAILBOXES_OF_PURPOSE = (
+    "SELECT m.id, {upn} FROM graph_objects m JOIN graph_objects u ON u.tenant = m.tenant AND u.kind = 'user'"
+    " AND u.id = m.id WHERE m.tenant = ? AND m.kind = 'mailbox' AND {said} = ? AND u.removed IS NULL"
+)
+LIVE_USER_BY_UPN = ("SELECT id, {upn} FROM graph_objects WHERE tenant = ? AND kind = 'user' AND lower({upn}) = lower(?)"
+                    " AND removed IS NULL")
 
 
 def id_chunks(ids: Iterable[str]) -> Iterator[tuple[list[str], str]]:
@@ -106,6 +113,14 @@ class CopyQueries:
             )
         return existing
 
+    async def mailboxes_of_purpose(self, tenant: str, purpose: str) -> dict[str, str]:
+        """Live users whose stored mailboxSettings say ``purpose`` ("shared", "unreadable"): id -> UPN,
+        by the purpose index (``0015_mailbox_purpose``), never reading every user's copy."""
+        sql = MAILBOXES_OF_PURPOSE.format(upn=self.db.json_text("u.data", "userPrincipalName"),
+                                          said=self.db.json_text("m.data", "userPurpose"))
+        rows = await self.db.fetchall(sql, (tenant, purpose))
+        return {row[0]: str(row[1] or row[0]) for row in rows}
+
     async def known_ids(self, tenant: str, kind: str, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` have a stored copy (one indexed look-up per 500 ids)."""
         known: set[str] = set()
@@ -154,10 +169,19 @@ class CopyQueries:
         """A folder is gone: its copies are removed with it."""
         async with self.db.transaction() as conn:
             await conn.execute(
-                "UPDATE graph_objects SET removed = 'deleted', updated_at = ? WHERE tenant = ? AND kind = ?"
+                "UPDATE graph_objects SET removed = 'deleted', updated_at = ?, dirty = ? WHERE tenant = ? AND kind = ?"
                 " AND owner = ? AND folder = ?",
-                (self.clock(), tenant, kind, owner, folder),
+                (self.clock(), int(kind in PLANNED_BY_CHANGE), tenant, kind, owner, folder),
             )
+
+    async def mark_owned_dirty(self, tenant: str, kind: str, owners: Iterable[str]) -> None:
+        """Every copy of these owners is planned again (its mailbox changed), one indexed update per 500."""
+        async with self.db.transaction() as conn:
+            for chunk, marks in id_chunks(sorted(set(owners))):
+                await conn.execute(
+                    f"UPDATE graph_objects SET dirty = 1 WHERE tenant = ? AND kind = ? AND owner IN ({marks})",
+                    (tenant, kind, *chunk),
+                )
 
     async def purge_owner(self, tenant: str, kind: str, owner: str) -> None:
         """Forget an owner's copies (no tombstones), e.g. a calendar window being re-based."""
@@ -218,6 +242,17 @@ class CopyQueries:
             (tenant, reference),
         )
         return None if row is None else GraphCopy(row[0], json.loads(row[1]), row[2])
+
+    async def live_user_named(self, tenant: str, reference: str) -> tuple[str, str] | None:
+        """(id, userPrincipalName) of the live user with this object ID or UPN (case-insensitive), by
+        the key or the UPN index, without decoding the copy."""
+        upn = self.db.json_text("data", "userPrincipalName")
+        by_id = f"SELECT id, {upn} FROM graph_objects WHERE tenant = ? AND kind = 'user' AND id = ? AND removed IS NULL"
+        for sql in (by_id, LIVE_USER_BY_UPN.format(upn=upn)):
+            row = await self.db.fetchone(sql, (tenant, reference))
+            if row is not None:
+                return row[0], str(row[1] or row[0])
+        return None
 
     async def count_copies(self, tenant: str, kind: str) -> int:
         """How many copies of a kind are stored: how many delta pages a round of that kind may explain."""

@@ -130,6 +130,17 @@ class DueQueries:
             ):
                 yield copy_with_synced(row)
 
+    async def synced_of(self, tenant: str, kind: str, ids: Iterable[str]) -> dict[str, SyncedRow]:
+        """The pushed state of ``ids`` (one indexed look-up per 500)."""
+        rows: dict[str, SyncedRow] = {}
+        for chunk, marks in id_chunks(sorted(set(ids))):
+            for row in await self.db.fetchall(
+                f"SELECT {SYNCED_COLUMNS} FROM synced_objects s WHERE s.tenant = ? AND s.kind = ?"
+                f" AND s.graph_id IN ({marks})", (tenant, kind, *chunk),
+            ):
+                rows[row[0]] = synced_row(row)
+        return rows
+
     async def photo_checked(self, tenant: str, user_ids: Iterable[str]) -> set[str]:
         """Which of ``user_ids`` had their photo checked before (one indexed look-up per 500)."""
         checked: set[str] = set()

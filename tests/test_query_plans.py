@@ -14,6 +14,7 @@ from datetime import timedelta
 import scenario
 from daemon.sync.calendar import CalendarSync
 from daemon.sync.report import RunReport
+from state.copies import LIVE_USER_BY_UPN, MAILBOXES_OF_PURPOSE
 from state.due import CLEAR_DIRTY, DIRTY_IDS, FAILED_OBJECTS, OUT_OF_SCOPE_BEFORE, OWNED_WITH_SYNCED, PHOTO_CHECKS_DUE
 from state.history import PRUNE_HISTORY
 from state.notify_store import EXPIRING, SUBSCRIPTION_BY_ID
@@ -167,3 +168,17 @@ async def test_a_notified_mailboxs_contacts_are_found_by_their_owner(sync_env: S
     assert re.fullmatch(r"SEARCH g USING INDEX graph_objects_by_owner \(tenant=\? AND kind=\? AND owner=\?\)",
                         steps[0]), steps
     assert not [step for step in steps if step.startswith("SCAN")], steps
+
+
+async def test_shared_mailboxes_and_listed_ones_are_found_by_index(sync_env: SyncEnv) -> None:
+    """Which mailboxes are shared (or unreadable), and a listed mailbox by its UPN: each by an index, so a
+    run with shared mailboxes on reads no copy of an unchanged user."""
+    purpose = MAILBOXES_OF_PURPOSE.format(upn="json_extract(u.data, '$.userPrincipalName')",
+                                          said="json_extract(m.data, '$.userPurpose')")
+    steps = await plan_of(sync_env, purpose.replace("?", "'t'", 1).replace("?", "'shared'", 1))
+    assert steps[0] == "SEARCH m USING INDEX graph_objects_mailbox_purpose (tenant=? AND <expr>=?)", steps
+    assert re.fullmatch(r"SEARCH u USING INDEX sqlite_autoindex_graph_objects_1 \(tenant=\? AND kind=\? AND id=\?\)",
+                        steps[1]), steps
+    by_upn = LIVE_USER_BY_UPN.format(upn="json_extract(data, '$.userPrincipalName')")
+    assert await plan_of(sync_env, by_upn.replace("?", "'t'", 1).replace("?", "'a@b'", 1)) == [
+        "SEARCH graph_objects USING INDEX graph_objects_user_upn (tenant=? AND <expr>=?)"]

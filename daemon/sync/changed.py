@@ -14,7 +14,8 @@ A run plans **every** user (a full plan, as before) when
   the settings planning reads (``users.*`` including
   ``starting_extension_number``, the sign-in sections, ``groups`` and their
   numbering, the contacts, shared mailbox and events switches: a kind turned
-  on or off), who the configured groups hold (the INCLUDE scope), and which
+  on or off), who the configured groups hold (under ``users.sync_type =
+  "INCLUDE"``, the only scope they decide), and which
   users are shared mailboxes. It is stored per tenant (the ``plan-inputs``
   marker) only once a plan made from those inputs was applied, so a reload
   that changes a mapping setting, a membership change, a new version, or a
@@ -54,7 +55,9 @@ def plan_inputs_fingerprint(tenant: TenantConfig, members: Iterable[str], shared
         "groups_numbers": tenant.groups_starting_extension_number,
         "kinds": [tenant.personal_contacts.enabled, tenant.shared_mailbox.model_dump(mode="json"),
                   tenant.events.enabled],
-        "members": hashlib.sha256("\n".join(sorted(members)).encode()).hexdigest(),
+        # group members decide the scope only under INCLUDE; otherwise a membership change plans its groups alone
+        "members": hashlib.sha256("\n".join(sorted(members) if tenant.users.sync_type == "INCLUDE" else [])
+                                  .encode()).hexdigest(),
         "shared": hashlib.sha256("\n".join(sorted(shared)).encode()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:32]

@@ -39,9 +39,10 @@ def member_operations(before: list[str], after: list[str]) -> list[dict[str, Any
 
 def plan_groups(snapshot: Snapshot, copies: Mapping[str, GraphCopy], synced: Mapping[str, SyncedRow],
                 user_pbx_ids: Mapping[str, str], created_users: Set[str], leaving_users: Set[str],
-                pool: NumberPool) -> Plan:
+                pool: NumberPool, only: Set[str] | None = None) -> Plan:
     """Every group write of the run; ``user_pbx_ids`` are the users on the PBX,
-    ``created_users`` those created in this run, ``leaving_users`` those deleted in it."""
+    ``created_users`` those created in this run, ``leaving_users`` those deleted in it;
+    ``only``: the groups this run plans (``changed_kinds``), None for every one."""
     tenant = snapshot.tenant
     plan = Plan()
     start = tenant.groups_starting_extension_number
@@ -49,7 +50,8 @@ def plan_groups(snapshot: Snapshot, copies: Mapping[str, GraphCopy], synced: Map
         return plan
     allocator = pool.allocator(start or "100", None)
     configured = set(tenant.groups) if start is not None else set()
-    for group_id in sorted(configured | set(synced)):
+    groups = configured | set(synced)
+    for group_id in sorted(groups if only is None else groups & only):
         try:
             copy, row = copies.get(group_id), synced.get(group_id)
             pbx_id = row.pbx_id if row is not None and row.pbx_id else snapshot.inventory.groups.get(group_id)

@@ -68,7 +68,7 @@ async def read_groups(tenant: TenantConfig, store: Store, sync_store: SyncStore,
     await store.drop_delta_links(name, "groups", keep=keys)
     if tenant.groups_transitive:
         await _read_transitive(tenant, sync_store, graph, groups)
-    known = await sync_store.graph_copies(name, "group", groups)
+    known = await sync_store.known_ids(name, "group", groups)
     # Refused now or on an earlier read (kept as a failed object until it changes): failed, not unknown.
     refused = {r.id for r in read.rejected} | {graph_id for kind, graph_id, *_ in
                                                 [*await sync_store.failing(name), *await sync_store.quarantined(name)]

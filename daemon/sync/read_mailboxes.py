@@ -39,13 +39,25 @@ def purpose_of(settings: Any) -> str | None:
     return str(purpose) if purpose else None
 
 
-async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, now: Callable[[], float]) -> dict[str, str]:
-    """Shared mailbox user id -> userPrincipalName (detected or listed)."""
+async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, now: Callable[[], float],
+                          *, recheck: bool = True) -> dict[str, str]:
+    """Shared mailbox user id -> userPrincipalName (detected or listed).
+
+    ``recheck`` (the daily reconciliation): every live user whose check is a day old or never made is
+    checked. Otherwise only the users merged since the last applied plan that were never checked, each
+    set found by an index, so a run reads no copy of an unchanged user (a check that failed waits for
+    the next daily one)."""
     name = tenant.name
-    users = await live_users(sync_store, name)
     checked: dict[str, GraphCopy] = {}
-    async for copy in sync_store.iter_copies(name, "mailbox"):
-        checked[copy.id] = copy
+    if recheck:
+        users = await live_users(sync_store, name)
+        async for copy in sync_store.iter_copies(name, "mailbox"):
+            checked[copy.id] = copy
+    else:
+        dirty = await sync_store.dirty_ids(name, "user")
+        new = dirty - await sync_store.known_ids(name, "mailbox", dirty)
+        users = {c.id: str(c.data.get("userPrincipalName") or c.id)
+                 for c in (await sync_store.graph_copies(name, "user", new)).values() if c.removed is None}
     due = [u for u in users
            if u not in checked or now() - float(checked[u].data.get("checked_at", 0)) >= RECHECK_SECONDS]
     requests = (BatchRequest(u, f"/users/{u}/mailboxSettings?$select=userPurpose,timeZone", mailbox=u) for u in due)
@@ -73,12 +85,7 @@ async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: G
 
 async def unreadable_settings(sync_store: SyncStore, tenant: str) -> list[str]:
     """The UPNs of live users whose mailboxSettings answered 403 at their last check."""
-    denied: set[str] = set()
-    async for copy in sync_store.iter_copies(tenant, "mailbox"):
-        if copy.data.get("userPurpose") == UNREADABLE:
-            denied.add(copy.id)
-    copies = await sync_store.graph_copies(tenant, "user", denied)
-    return sorted(str(c.data.get("userPrincipalName") or c.id) for c in copies.values() if c.removed is None)
+    return sorted((await sync_store.mailboxes_of_purpose(tenant, UNREADABLE)).values())
 
 
 async def shared_detection_note(tenant: TenantConfig, sync_store: SyncStore, user_id: str) -> str | None:

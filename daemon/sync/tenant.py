@@ -32,6 +32,13 @@ from daemon.pbx.client import PbxClient
 from daemon.pbx.types import PbxWriter
 from daemon.sync.apply import Applier, Progress
 from daemon.sync.changed import PLAN_INPUTS, UserSelection, needs_full_plan, plan_inputs_fingerprint, select_users
+from daemon.sync.changed_kinds import (
+    CONTACT_INPUTS,
+    changed_mailboxes,
+    contact_inputs_fingerprint,
+    select_contacts,
+    select_groups,
+)
 from daemon.sync.changes import Change, Plan
 from daemon.sync.guard import guard, held_rows
 from daemon.sync.intake import describe
@@ -49,6 +56,7 @@ from state.store import Store
 from state.sync_store import SyncStore
 
 if TYPE_CHECKING:  # the contacts modules are imported by a run that has contacts to sync
+    from daemon.sync.mailbox_contacts import Rows
     from daemon.sync.plan_contacts import Mailbox
     from daemon.sync.read_contacts import ContactsRead
 
@@ -74,6 +82,8 @@ class TenantSync:
     only: frozenset[str] | None = None  # read only these mailboxes' contacts (every one is still planned)
     links: dict[tuple[str, str], str] = field(default_factory=dict)  # (resource, key) -> link to commit
     _inventory_read: bool = field(default=False, init=False)  # this run read the whole inventory
+    planned_kinds: list[str] = field(default_factory=list)  # kinds whose dirty copies this run planned
+    mailboxes_before: dict[str, tuple[str, str | None] | None] = field(default_factory=dict)  # planned users' before
 
     async def run(self, report: RunReport | None = None) -> RunReport:
         """One complete run; never raises for one object's failure.
@@ -91,10 +101,11 @@ class TenantSync:
             report.fail(rejected.kind, describe(rejected))
         report.groups.missing = groups_read.missing
         self.links.update({("groups", key): link for key, link in groups_read.links.items()})
-        shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now) if tenant.shared_mailbox.enabled else {}
+        reconcile = users_read.full_round or await self._reconciliation_due()
+        shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now,
+                                        recheck=reconcile) if tenant.shared_mailbox.enabled else {}
         if tenant.shared_mailbox.enabled:
             report.contacts.settings_unreadable = await unreadable_settings(self.sync_store, name)
-        reconcile = users_read.full_round or await self._reconciliation_due()
         inventory = await self._read_inventory() if reconcile else None
         self._inventory_read = inventory is not None
         members = await self.sync_store.members_of(name, tenant.groups) if tenant.groups else set()
@@ -111,13 +122,17 @@ class TenantSync:
             self._inventory_read = known is None
             snapshot = await with_inventory(snapshot, self.sync_store, known or await self._read_inventory())
             plan, users = await self._plan_users(snapshot, report, selection)
+        self.planned_kinds[:] = ["user"]
+        await self._mark_changed_mailboxes(users, snapshot, plan)
+        contact_inputs = contact_inputs_fingerprint(tenant, shared)
         # turned off with contacts still on the PBX: no mailbox is read, so the planner deletes them (guarded)
         # the users poll reads no mailbox: contacts wait for a run or the mailbox backstop
         if self.mailboxes and (tenant.personal_contacts.enabled or tenant.shared_mailbox.enabled or
                                await self.sync_store.count_synced(name, "contact")):
             contacts_read = await self._read_contacts(users, snapshot, report)
-            plan.extend(await self._plan_contacts(users, snapshot, contacts_read, report))
-        plan.extend(await self._plan_groups(users, snapshot, plan))
+            plan.extend(await self._plan_contacts(users, snapshot, contacts_read, report, contact_inputs,
+                                                  full=selection.full))
+        plan.extend(await self._plan_groups(users, snapshot, plan, full=selection.full))
         guard(plan, tenant, snapshot.synced_counts, snapshot.approved, kinds=("group", "contact"))
         await self.sync_store.hold(name, held_rows(plan.held))
         summarize(name, plan, report)
@@ -127,7 +142,7 @@ class TenantSync:
         await Applier(name, self.sync_store, writer, report, self.progress, photos).apply(plan)
         if writer.refused and not self._inventory_read:
             await self._number_again(writer.refused, snapshot, report, photos)
-        await self._commit(users, inputs)
+        await self._commit(users, inputs, contact_inputs)
         if plan.held:
             report.result = "deprovisions_held"
             log.warning("deprovisions held by the mass-deletion guard", tenant=name, held=len(plan.held),
@@ -170,7 +185,7 @@ class TenantSync:
         unmatched = report.unmatched_selected
         plan, users = await self._plan_users(snapshot, report, UserSelection(full=False, ids=retried), retried)
         report.unmatched_selected = unmatched
-        plan.extend(await self._plan_groups(users, snapshot, plan))
+        plan.extend(await self._plan_groups(users, snapshot, plan, full=False))  # those not on the PBX are selected
         await Applier(self.tenant.name, self.sync_store, self.writer, report, self.progress, photos).apply(plan)
         for kind, ids in refused.items():  # written after all: the first refusal is no failure of the run
             on_pbx = await self.sync_store.pbx_ids(self.tenant.name, kind.lower())
@@ -190,8 +205,14 @@ class TenantSync:
         )
         name = self.tenant.name
         planner = UserPlanner(inputs, track_active=self.tenant.personal_contacts.enabled)
+        self.mailboxes_before.clear()
         if selection.full:
+            if planner.track_active:  # who had a mailbox before: a full plan may change anyone's
+                self.mailboxes_before.update({graph_id: (upn, pbx_id)
+                                              for graph_id, pbx_id, upn in await self.sync_store.active_users(name)})
             async for copy, synced in self.sync_store.iter_with_synced(name, "user"):
+                if copy is not None:
+                    self.mailboxes_before.setdefault(copy.id, None)
                 planner.add(copy, synced)
         else:
             planner.seed_matches(json.loads(await self.sync_store.value(name, PLAN_MATCHES) or "[]"))
@@ -199,7 +220,7 @@ class TenantSync:
                 planner.active.update({graph_id: (upn, pbx_id)
                                        for graph_id, pbx_id, upn in await self.sync_store.active_users(name)})
             async for copy, synced in self.sync_store.iter_with_synced_of(name, "user", selection.ids):
-                planner.active.pop(copy.id, None)
+                self.mailboxes_before[copy.id] = planner.active.pop(copy.id, None)
                 planner.add(copy, replace(synced, failures=0) if synced and copy.id in retried else synced)
         plan = planner.finish()
         for graph_id, quarantined in selection.held_back:
@@ -212,17 +233,25 @@ class TenantSync:
                 planner.active[change.graph_id] = (change.label, change.operation.pbx_id)
         return plan, planner
 
-    async def _plan_groups(self, users: UserPlanner, snapshot: Snapshot, plan: Plan) -> Plan:
+    async def _plan_groups(self, users: UserPlanner, snapshot: Snapshot, plan: Plan, *, full: bool) -> Plan:
         name = self.tenant.name
-        synced = await self.sync_store.synced_rows(name, "group")
-        if not self.tenant.groups and not synced:
+        selection = await select_groups(self.tenant, self.sync_store, snapshot, plan, full=full)
+        self.planned_kinds.append("group")
+        if selection.full:
+            synced = await self.sync_store.synced_rows(name, "group")
+            wanted = set(self.tenant.groups) | set(synced)
+        else:
+            synced = await self.sync_store.synced_of(name, "group", selection.ids)
+            wanted = set(selection.ids)
+        if not wanted:
             return Plan()
         pbx_ids = {external: entry.pbx_id for external, entry in snapshot.inventory.users.items()}
         pbx_ids.update(await self.sync_store.pbx_ids(name, "user"))
         created = {c.graph_id for c in plan.changes if c.kind == "user" and c.action == "create"}
         leaving = {c.graph_id for c in plan.changes if c.kind == "user" and c.action == "delete"}
-        copies = await self.sync_store.graph_copies(name, "group", set(self.tenant.groups) | set(synced))
-        return plan_groups(snapshot, copies, synced, pbx_ids, created, leaving, users.pool)
+        copies = await self.sync_store.graph_copies(name, "group", wanted)
+        return plan_groups(snapshot, copies, synced, pbx_ids, created, leaving, users.pool,
+                           only=None if selection.full else wanted)
 
     def _mailboxes(self, users: UserPlanner, snapshot: Snapshot) -> dict[str, Mailbox]:
         """Whose contacts go to the PBX: users active after this run, and shared mailboxes."""
@@ -240,12 +269,43 @@ class TenantSync:
         return read
 
     async def _plan_contacts(self, users: UserPlanner, snapshot: Snapshot, read: ContactsRead,
-                             report: RunReport) -> Plan:
+                             report: RunReport, inputs: str, *, full: bool) -> Plan:
         from daemon.sync.mailbox_contacts import plan_contacts
 
-        return await plan_contacts(self.tenant, self.pbx, self.now(), self._mailboxes(users, snapshot),
+        name = self.tenant.name
+        selection = await select_contacts(self.tenant, self.sync_store, snapshot, inputs, full=full)
+        self.planned_kinds.append("contact")
+        plan = await plan_contacts(self.tenant, self.pbx, self.now(), self._mailboxes(users, snapshot),
                                    snapshot.pending_creates.get("contact", frozenset()), read, report,
-                                   self.sync_store.iter_with_synced(self.tenant.name, "contact"))
+                                   self._contact_rows(selection))
+        stored = await self.sync_store.known_ids(name, "contact", [graph_id for graph_id, _ in selection.held_back])
+        for graph_id, quarantined in selection.held_back:  # one refused at its read (no copy) waits unreported
+            if graph_id in stored:
+                (plan.quarantined if quarantined else plan.waiting).append(("contact", graph_id))
+        return plan
+
+    async def _contact_rows(self, selection: UserSelection) -> Rows:
+        """The contacts a run plans: every one, or those ``changed_kinds`` selected (by an index)."""
+        name = self.tenant.name
+        if selection.full:
+            async for pair in self.sync_store.iter_with_synced(name, "contact"):
+                yield pair
+            return
+        seen: set[str] = set()
+        async for copy, found in self.sync_store.iter_with_synced_of(name, "contact", selection.ids):
+            seen.add(copy.id)
+            yield copy, found
+        for row in (await self.sync_store.synced_of(name, "contact", selection.ids - seen)).values():
+            yield None, row  # pushed, its copy gone
+
+    async def _mark_changed_mailboxes(self, users: UserPlanner, snapshot: Snapshot, plan: Plan) -> None:
+        """The contacts of planned users whose mailbox changed are planned again (``changed_kinds``)."""
+        if not (self.tenant.personal_contacts.enabled or self.tenant.shared_mailbox.enabled):
+            return
+        owners = changed_mailboxes(self.mailboxes_before, users.active, plan, set(snapshot.shared_mailboxes),
+                                   self.mailboxes_before)
+        if owners:
+            await self.sync_store.mark_owned_dirty(self.tenant.name, "contact", owners)
 
     async def _photo_versions(self, shared: dict[str, str], members: set[str], full: bool) -> dict[str, str | None]:
         """mediaEtags of the users in scope whose check is due (only when photos are synced): found
@@ -271,14 +331,16 @@ class TenantSync:
 
     # --- commit ---
 
-    async def _commit(self, users: UserPlanner, inputs: str) -> None:
+    async def _commit(self, users: UserPlanner, inputs: str, contact_inputs: str) -> None:
         """The deltaLinks, once every write of the run was tried, with what its user plan was made from
         (``changed``): the users it planned are no longer dirty, its inputs are the next run's baseline."""
         by_resource: dict[str, dict[str, str]] = {}
         for (resource, key), link in self.links.items():
             by_resource.setdefault(resource, {})[key] = link
         values = {PLAN_MATCHES: json.dumps(users.matches()), PLAN_INPUTS: inputs}
-        await self.sync_store.commit_run(self.tenant.name, by_resource, values, planned=["user"])
+        if "contact" in self.planned_kinds:
+            values[CONTACT_INPUTS] = contact_inputs
+        await self.sync_store.commit_run(self.tenant.name, by_resource, values, planned=self.planned_kinds)
         self.links.clear()
 
 

@@ -24,15 +24,11 @@ async def stored_shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore) -
     if not tenant.shared_mailbox.enabled:
         return {}
     name = tenant.name
-    users = await live_users(sync_store, name)
-    shared: dict[str, str] = {}
-    async for copy in sync_store.iter_copies(name, "mailbox"):
-        if copy.id in users and copy.data.get("userPurpose") == "shared":
-            shared[copy.id] = users[copy.id]
+    shared = await sync_store.mailboxes_of_purpose(name, "shared")
     for reference in tenant.shared_mailbox.mailboxes:
-        found = await sync_store.find_user(name, reference)
-        if found is not None and found.removed is None:
-            shared[found.id] = str(found.data.get("userPrincipalName") or found.id)
+        found = await sync_store.live_user_named(name, reference)
+        if found is not None:
+            shared[found[0]] = found[1]
     return shared
 
 
