@@ -37,12 +37,20 @@ class HistoryEntry:
 async def record_history(conn: Any, tenant: str, entries: Sequence[HistoryEntry], now: float) -> None:
     """One batched insert, inside the caller's transaction."""
     if entries:
+        names: dict[tuple[str, ...], str] = {}  # a first run's creates all name the same attributes: one text each
         await conn.executemany(
             "INSERT INTO object_history (tenant, kind, graph_id, at, run_id, action, attributes, changed_values, reason)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(tenant, e.kind, e.graph_id, now, e.run_id, e.action, json.dumps(list(e.attributes)),
+            [(tenant, e.kind, e.graph_id, now, e.run_id, e.action, _names_text(e.attributes, names),
               json.dumps(dict(e.values), sort_keys=True), e.reason) for e in entries],
         )
+
+
+def _names_text(attributes: tuple[str, ...], known: dict[tuple[str, ...], str]) -> str:
+    text = known.get(attributes)
+    if text is None:
+        text = known[attributes] = json.dumps(list(attributes))
+    return text
 
 
 class HistoryQueries:

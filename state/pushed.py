@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.redact import short_reason
@@ -89,6 +89,9 @@ class Pushed:
     extension: str | None = None  # the number it holds (allocated to it)
     input_hash: str | None = None  # what ``payload`` was made from (users)
     note: str | None = None  # written, but the PBX refused an optional part (kept as ``last_error``)
+    # ``payload`` serialised once, when its hash was made (mapping.canonical_text): stored as is.
+    # Whoever replaces ``payload`` replaces this too (None: serialised when stored).
+    payload_text: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -272,7 +275,7 @@ async def _record_pushed(conn: Any, tenant: str, entries: list[Pushed], now: flo
                 e.kind,
                 e.graph_id,
                 e.pbx_id,
-                json.dumps(e.payload) if e.payload is not None else None,
+                e.payload_text or (json.dumps(e.payload) if e.payload is not None else None),
                 e.payload_hash,
                 e.etag,
                 None if e.active is None else int(e.active),

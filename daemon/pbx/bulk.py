@@ -47,34 +47,55 @@ def bulk_body(chunk: Sequence[PbxOperation], etag_supported: bool) -> dict[str, 
     return {"schemas": [BULK_REQUEST], "Operations": [bulk_entry(i, op, etag_supported) for i, op in enumerate(chunk)]}
 
 
-def chunks(operations: Sequence[PbxOperation], config: ProviderConfig) -> list[list[PbxOperation]]:
+@dataclass(frozen=True)
+class BulkRequest:
+    """One ``/Bulk`` request: its operations and its body as sent, joined from the very bytes
+    its entries were sized by (each entry is serialised once)."""
+
+    operations: list[PbxOperation]
+    body: bytes
+
+
+ENVELOPE_OPEN, ENVELOPE_CLOSE = encoded_body({"schemas": [BULK_REQUEST], "Operations": []}).rsplit(b"]", 1)
+ENTRY_SEPARATOR = b", "  # what json.dumps puts between two list items: the body is what encoded_body gives
+
+
+def bulk_requests(operations: Sequence[PbxOperation], config: ProviderConfig) -> list[BulkRequest]:
     """Split into bulk requests within maxOperations and maxPayloadSize.
 
     Sizes are those of the body as sent (:func:`encoded_size`: each entry with
     its own ``bulkId`` and the separator before it), so a request is never
     over the announced size by a byte; an operation over it alone goes alone."""
-    out: list[list[PbxOperation]] = []
+    out: list[BulkRequest] = []
     current: list[PbxOperation] = []
+    entries: list[bytes] = []
     size = ENVELOPE_BYTES
     limit = config.bulk_max_payload_size
+
+    def close() -> None:
+        out.append(BulkRequest(current, ENVELOPE_OPEN + ENTRY_SEPARATOR.join(entries) + b"]" + ENVELOPE_CLOSE))
+
     for operation in operations:
-        entry_size = _entry_bytes(len(current), operation, config.etag)
+        entry = encoded_body(bulk_entry(len(current), operation, config.etag))
+        entry_size = len(entry) + (SEPARATOR_BYTES if current else 0)
         too_many = len(current) >= config.bulk_max_operations
         too_big = bool(limit) and size + entry_size > limit
         if current and (too_many or too_big):
-            out.append(current)
-            current, size = [], ENVELOPE_BYTES
-            entry_size = _entry_bytes(0, operation, config.etag)
+            close()
+            current, entries, size = [], [], ENVELOPE_BYTES
+            entry = encoded_body(bulk_entry(0, operation, config.etag))
+            entry_size = len(entry)
         current.append(operation)
+        entries.append(entry)
         size += entry_size
     if current:
-        out.append(current)
+        close()
     return out
 
 
-def _entry_bytes(index: int, operation: PbxOperation, etag_supported: bool) -> int:
-    separator = SEPARATOR_BYTES if index else 0
-    return encoded_size(bulk_entry(index, operation, etag_supported)) + separator
+def chunks(operations: Sequence[PbxOperation], config: ProviderConfig) -> list[list[PbxOperation]]:
+    """The operations of each of :func:`bulk_requests`."""
+    return [request.operations for request in bulk_requests(operations, config)]
 
 
 @dataclass(frozen=True)
@@ -136,8 +157,8 @@ def _result(result: Mapping[str, Any] | None, operation: PbxOperation, base_url:
     pbx_id = operation.pbx_id
     if operation.action == "create":
         location = str(result.get("location") or "")
-        if location and not _is_path(location):
-            pbx_link(location, base_url, "/Bulk location")
+        if location and not location.startswith(f"{base_url}/") and not _is_path(location):  # one per create:
+            pbx_link(location, base_url, "/Bulk location")  # parsed only when it is not plainly under base_url
         pbx_id = valid_pbx_id(unquote(location.rstrip("/").rsplit("/", 1)[-1])) if location else None
     detail = str(response.get("detail")) if isinstance(response, Mapping) and response.get("detail") else f"HTTP {status}"
     version = result.get("version")
@@ -171,6 +192,8 @@ def _target(result: Mapping[str, Any]) -> str | None:
 
 def _is_path(location: str) -> bool:
     """A location without scheme or host names a place on the PBX itself."""
+    if location.startswith("/") and not location.startswith("//"):  # no scheme, no host: nothing to parse
+        return True
     try:
         parts = urlsplit(location)
     except ValueError:

@@ -18,7 +18,7 @@ from typing import Any
 
 from daemon.errors import ExtensionTaken, PbxConflict, PbxRequestFailed
 from daemon.logging import get_logger
-from daemon.pbx.bulk import bulk_body, bulk_results, chunks
+from daemon.pbx.bulk import bulk_body, bulk_requests, bulk_results
 from daemon.pbx.connection import DEFAULT_TIMEOUT, RETRYABLE_STATUSES, WRITES_IN_FLIGHT, AnswerLost, PbxConnection
 from daemon.pbx.mapping import PatchOperation, Payload, managed_view, patch_operations
 from daemon.pbx.schema import ENDPOINTS, EXTENSION_NUMBER_PATHS, PATCH_OP
@@ -125,15 +125,15 @@ class PbxClient(PbxConnection):
                 yield await self.execute(operation)
         if len(bulkable) < 2:
             return
-        requests = chunks(bulkable, config)
+        requests = bulk_requests(bulkable, config)
         answered: list[list[PbxOutcome]] = [[] for _ in requests]
 
         async def send(index: int) -> None:
             request = requests[index]
-            if len(request) == 1:
-                answered[index] = [await self.execute(request[0])]
+            if len(request.operations) == 1:
+                answered[index] = [await self.execute(request.operations[0])]
             else:
-                answered[index] = [outcome async for outcome in self._bulk(request)]
+                answered[index] = [outcome async for outcome in self._bulk(request.operations, request.body)]
 
         # several requests (over the announced payload size): the next is sent while the PBX works on one
         await run_windowed([partial(send, index) for index in range(len(requests))], WRITES_IN_FLIGHT)
@@ -307,10 +307,12 @@ class PbxClient(PbxConnection):
         outcome = await self.execute(replace(operation, maybe_applied=True))
         return replace(outcome, operation=operation)
 
-    async def _bulk(self, chunk: Sequence[PbxOperation]) -> AsyncIterator[PbxOutcome]:
+    async def _bulk(self, chunk: Sequence[PbxOperation], body: bytes | None = None) -> AsyncIterator[PbxOutcome]:
+        """One ``/Bulk`` request of ``chunk`` (``body``: already encoded by ``bulk_requests``)."""
         config = await self.discover()
         try:
-            answer = await self._request("bulk", "POST", "/Bulk", body=bulk_body(chunk, config.etag), idempotent=False,
+            answer = await self._request("bulk", "POST", "/Bulk", body=body or bulk_body(chunk, config.etag),
+                                         idempotent=False,
                                          timeout=self.bulk_timeout(len(chunk)))
         except AnswerLost as lost:
             log.info("the PBX's answer to a bulk request was lost; resolving each write by reading",

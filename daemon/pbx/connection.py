@@ -137,7 +137,7 @@ class PbxConnection:
         all_headers = {"Authorization": f"Bearer {self._token}", "Accept": SCIM_JSON, **(headers or {})}
         data = None
         if body is not None:
-            data = encoded_body(body)
+            data = body if isinstance(body, bytes) else encoded_body(body)  # bytes: encoded by the caller
             all_headers["Content-Type"] = SCIM_JSON
         transport = self.transport
         metrics, tenant = transport.metrics, transport.tenant

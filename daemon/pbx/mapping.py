@@ -167,7 +167,17 @@ def patch_operations(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Pat
 
 def payload_hash(payload: Mapping[str, Any]) -> str:
     """A stable fingerprint of a payload: equal payloads, equal hashes."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text_hash(canonical_text(payload))
+
+
+def canonical_text(payload: Mapping[str, Any]) -> str:
+    """A payload as one text whatever its key order: what :func:`payload_hash` hashes, and the
+    stored copy of what was pushed (serialised once for both)."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def text_hash(text: str) -> str:
+    """:func:`payload_hash` of the payload whose :func:`canonical_text` is ``text``."""
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -5,9 +5,11 @@ deletes, user deletes), each in chunks as large as one request of the PBX
 (its ``bulk.maxOperations``; ``WRITE_CHUNK`` changes where it has no
 ``/Bulk``). Within a phase up to ``REQUESTS_IN_FLIGHT`` chunks are in flight
 (``window``): the next chunk is built and sent while the PBX works on the
-one before. A phase starts once every chunk of the one before is answered
-and recorded, so a group or contact names the PBX ids of users created
-earlier in the run, and deletes come last. Each chunk:
+one before, and built only once the one before is journaled and on its way
+(so the first request waits for one chunk's work, not two). A phase starts
+once every chunk of the one before is answered and recorded, so a group or
+contact names the PBX ids of users created earlier in the run, and deletes
+come last. Each chunk:
 
 1. the chunk is materialized, its typed references resolved in one step
    (``materialize``): deferred creates get their payloads from the stored
@@ -29,6 +31,7 @@ the run goes on.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -103,11 +106,22 @@ class Applier:
                 # once per run, after the creates' phase was answered and recorded: every user create is done
                 self._user_ids = await self.sync_store.pbx_ids(self.tenant, "user")
             chunks = [changes[start : start + size] for start in range(0, len(changes), size)]
-            await run_windowed([partial(self._chunk, chunk, done) for chunk in chunks], self.in_flight)
+            sending = [asyncio.Event() for _ in chunks]
+            await run_windowed([partial(self._chunk, chunk, done, sending[index - 1] if index else None,
+                                        sending[index]) for index, chunk in enumerate(chunks)], self.in_flight)
 
-    async def _chunk(self, chunk: list[Change], done: list[int]) -> None:
-        """One chunk, start to end: materialized, journaled, sent, recorded."""
-        await self._apply_chunk(await self._materialize(chunk))
+    async def _chunk(self, chunk: list[Change], done: list[int], previous_sending: asyncio.Event | None,
+                     sending: asyncio.Event) -> None:
+        """One chunk, start to end: materialized, journaled, sent, recorded.
+
+        It is materialized once the chunk before it is on its way to the PBX (``sending``): built
+        earlier, its CPU would come before the first request, while the PBX has nothing to do."""
+        try:
+            if previous_sending is not None:
+                await previous_sending.wait()
+            await self._apply_chunk(await self._materialize(chunk), sending)
+        finally:
+            sending.set()  # also when it failed: the chunk after it, already started, does not wait forever
         done[0] += len(chunk)
         if self.progress is not None:
             self.progress("apply", done[0], done[1])
@@ -143,9 +157,11 @@ class Applier:
         await self.sync_store.apply_bookkeeping(
             self.tenant, [Failed(c.kind, c.graph_id, text, c.fingerprint) for c, text in failed if c.kind not in POLLED_ATTRIBUTES])
 
-    async def _apply_chunk(self, chunk: list[Change]) -> None:
+    async def _apply_chunk(self, chunk: list[Change], sending: asyncio.Event | None = None) -> None:
         await self.sync_store.journal_creates(
             self.tenant, [(c.kind, c.graph_id, c.extension) for c in chunk if c.operation.action == "create"])
+        if sending is not None:
+            sending.set()  # journaled: the next chunk may be built while this one goes out
         by_operation = {id(c.operation): c for c in chunk}
         entries: list[Bookkeeping] = []
         history: list[HistoryEntry] = []
@@ -179,8 +195,13 @@ class Applier:
             # next runs do not send it again until it changes; the note says it is not on the PBX.
             note = f"the PBX refused {', '.join(outcome.refused_attributes)}; the rest was written" \
                 if outcome.refused_attributes else None
-            return replace(entry, pbx_id=outcome.pbx_id or change.operation.pbx_id or entry.pbx_id, etag=outcome.etag,
-                           note=note)
+            # built, not ``replace``d: one per written object
+            return Pushed(kind=entry.kind, graph_id=entry.graph_id,
+                          pbx_id=outcome.pbx_id or change.operation.pbx_id or entry.pbx_id, payload=entry.payload,
+                          payload_hash=entry.payload_hash, etag=outcome.etag, active=entry.active,
+                          out_of_scope_since=entry.out_of_scope_since, photo_etag=entry.photo_etag,
+                          extension=entry.extension, input_hash=entry.input_hash, note=note,
+                          payload_text=entry.payload_text)
         if isinstance(entry, BusyPushed) and outcome.pbx_id and outcome.pbx_id != change.operation.pbx_id:
             return replace(entry, pbx_id=outcome.pbx_id)  # found under its real id: the next write goes there
         return entry

@@ -52,6 +52,10 @@ class PayloadSource(Protocol):
         """(the payload, the input hash it was made from)."""
         ...
 
+    def fingerprint(self, copy: GraphCopy) -> str:
+        """What a failed create's quarantine is bound to, made per chunk as its payload is."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Refs:

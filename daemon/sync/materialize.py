@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from daemon.pbx.mapping import PatchOperation, payload_hash
-from daemon.sync.changes import Change
+from daemon.pbx.mapping import PatchOperation, Payload, canonical_text, text_hash
+from daemon.pbx.types import PbxOperation
+from daemon.sync.changes import Change, Refs
 from state.copies import GraphCopy
 from state.pushed import Pushed
 
@@ -37,19 +38,39 @@ def build_deferred(chunk: list[Change], copies: Mapping[str, GraphCopy],
         copy = copies.get(change.graph_id)
         if copy is None or change.extension is None:
             continue
+        fingerprint = source.fingerprint(copy)
         try:
             payload, inputs = source.build_create(copy, change.extension)
-            on_success = change.on_success
-            if isinstance(on_success, Pushed):
-                on_success = replace(on_success, payload=payload, payload_hash=payload_hash(payload), input_hash=inputs)
+            built = _built_create(change, payload, inputs, fingerprint)
         except Exception as error:  # one create's failure: the rest of the chunk goes on
             if failed is None:
                 raise
-            failed.append((change, error))
+            failed.append((replace(change, fingerprint=fingerprint), error))
             continue
-        out.append(replace(change, operation=replace(change.operation, payload=payload), on_success=on_success,
-                           refs=replace(change.refs, payload_source=None)))
+        out.append(built)
     return out
+
+
+def _built_create(change: Change, payload: Payload, inputs: str | None, fingerprint: str) -> Change:
+    """A deferred create with its payload: each object made once (no ``replace`` copies; this
+    runs for every new user of a first run), the payload serialised once for its hash and its
+    stored copy."""
+    operation = change.operation
+    on_success = change.on_success
+    if isinstance(on_success, Pushed):
+        text = canonical_text(payload)
+        on_success = Pushed(kind=on_success.kind, graph_id=on_success.graph_id, pbx_id=on_success.pbx_id,
+                            payload=payload, payload_hash=text_hash(text), etag=on_success.etag,
+                            active=on_success.active, out_of_scope_since=on_success.out_of_scope_since,
+                            photo_etag=on_success.photo_etag, extension=on_success.extension, input_hash=inputs,
+                            note=on_success.note, payload_text=text)
+    refs = change.refs
+    sent = PbxOperation(action=operation.action, kind=operation.kind, external_id=operation.external_id,
+                        payload=payload, operations=operation.operations, pbx_id=operation.pbx_id,
+                        etag=operation.etag, maybe_applied=operation.maybe_applied)
+    return Change(kind=change.kind, action=change.action, phase=change.phase, operation=sent, on_success=on_success,
+                  label=change.label, reason=change.reason, fingerprint=fingerprint,
+                  extension=change.extension, refs=Refs(members=refs.members, owner=refs.owner, photo=refs.photo))
 
 
 def resolve_users(change: Change, pbx_ids: Mapping[str, str]) -> Change | None:
@@ -79,7 +100,8 @@ def resolve_users(change: Change, pbx_ids: Mapping[str, str]) -> Change | None:
             operations = _add_members(operations, members)
     on_success = change.on_success
     if isinstance(on_success, Pushed) and payload is not None:
-        on_success = replace(on_success, payload=payload, payload_hash=payload_hash(payload))
+        text = canonical_text(payload)
+        on_success = replace(on_success, payload=payload, payload_hash=text_hash(text), payload_text=text)
     return replace(change, operation=replace(operation, payload=payload, operations=operations),
                    on_success=on_success, refs=replace(refs, members=(), owner=None))
 

@@ -87,7 +87,6 @@ class NewUser:
     sort_key: tuple[str, str]  # (lower-case UPN, id): first numbering is in UPN order
     upn: str
     rule: str
-    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +170,8 @@ class UserPlanner:
         pbx_id = synced.pbx_id if synced is not None and synced.pbx_id else (entry.pbx_id if entry else None)
         if pbx_id is None:
             if decision.active:
-                self._new.append(NewUser((upn.lower(), copy.id), upn, decision.rule, self._fingerprint(copy)))
+                # its fingerprint is made with its payload, per chunk (``fingerprint``), not here before any write
+                self._new.append(NewUser((upn.lower(), copy.id), upn, decision.rule))
             return
         if copy.removed == "deleted":
             self._delete(copy.id, upn, decision.rule, pbx_id, self._fingerprint(copy), purge_copy=True)
@@ -314,7 +314,7 @@ class UserPlanner:
                 pushed = Pushed("user", user_id, None, None, None, None, True, None, etag, number)
                 refs = Refs(payload_source=self, photo=PhotoRef(user_id, etag) if etag else None)
                 self.plan.changes.append(Change("user", "create", Phase.WRITE, operation, pushed, new.upn, new.rule,
-                                                new.fingerprint, extension=number, refs=refs))
+                                                extension=number, refs=refs))
                 if self.track_active:
                     self.active[user_id] = (new.upn, None)
         self._new = []
@@ -325,6 +325,10 @@ class UserPlanner:
         """A new user's payload and input hash, from its stored copy (the applier calls it per chunk)."""
         etag = self._photo_etag(copy.id, None)
         return self._payload(copy, number, True, None), self._inputs_hash(copy, number, True, etag)
+
+    def fingerprint(self, copy: GraphCopy) -> str:
+        """A new user's quarantine fingerprint, made per chunk with its payload (the applier calls it)."""
+        return self._fingerprint(copy)
 
     def _report_unmatched(self) -> None:
         tenant = self.tenant
