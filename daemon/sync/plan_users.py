@@ -307,7 +307,8 @@ class UserPlanner:
                 try:
                     number = self.pool.own_number("user", user_id) or allocator.take()
                 except RangeExhausted as err:  # recorded: retried when its retry time comes, like any failure
-                    self.plan.fail("user", user_id, new.upn, err, new.fingerprint)
+                    # no data fingerprint: the range is full, not the user's data wrong (never quarantined for it)
+                    self.plan.fail("user", user_id, new.upn, err)
                     continue
                 operation = PbxOperation("create", "User", user_id, maybe_applied=user_id in self.inputs.pending_creates)
                 etag = self._photo_etag(user_id, None)
