@@ -34,24 +34,23 @@ class FolderListingQueries:
 
     async def begin_listings(self, tenant: str, user_ids: Iterable[str], now: float) -> None:
         """These mailboxes' listings start now; the requests made so far are theirs."""
-        async with self.db.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO folder_listings (tenant, user_id, started_at) VALUES (?, ?, ?) ON CONFLICT"
-                " (tenant, user_id) DO UPDATE SET started_at = excluded.started_at, relist = 0",
-                [(tenant, u, now) for u in dict.fromkeys(user_ids)])
+        await self._each("INSERT INTO folder_listings (tenant, user_id, started_at) VALUES (?, ?, ?) ON CONFLICT"
+                         " (tenant, user_id) DO UPDATE SET started_at = excluded.started_at, relist = 0",
+                         [(tenant, u, now) for u in dict.fromkeys(user_ids)])
 
     async def complete_listings(self, tenant: str, user_ids: Iterable[str]) -> None:
         """These mailboxes' listings read every folder: listed as of when they began."""
-        async with self.db.transaction() as conn:
-            await conn.executemany(
-                "UPDATE folder_listings SET listed_at = started_at, started_at = NULL"
-                " WHERE tenant = ? AND user_id = ? AND started_at IS NOT NULL",
-                [(tenant, u) for u in dict.fromkeys(user_ids)])
+        await self._each("UPDATE folder_listings SET listed_at = started_at, started_at = NULL"
+                         " WHERE tenant = ? AND user_id = ? AND started_at IS NOT NULL",
+                         [(tenant, u) for u in dict.fromkeys(user_ids)])
 
     async def request_listings(self, tenant: str, user_ids: Iterable[str]) -> None:
         """List these mailboxes at the next chance (kept through a listing already under way)."""
+        await self._each("INSERT INTO folder_listings (tenant, user_id, relist) VALUES (?, ?, 1)"
+                         " ON CONFLICT (tenant, user_id) DO UPDATE SET relist = 1",
+                         [(tenant, u) for u in dict.fromkeys(user_ids)])
+
+    async def _each(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        """One statement for each row, in one transaction."""
         async with self.db.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO folder_listings (tenant, user_id, relist) VALUES (?, ?, 1)"
-                " ON CONFLICT (tenant, user_id) DO UPDATE SET relist = 1",
-                [(tenant, u) for u in dict.fromkeys(user_ids)])
+            await conn.executemany(sql, rows)
