@@ -16,15 +16,14 @@ numbers them again (see ``daemon.sync.tenant``).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 
 from daemon.errors import ExtensionTaken
 from daemon.pbx.client import PbxClient
-from daemon.pbx.schema import PBX_GROUP, PBX_USER
-from daemon.pbx.types import PbxObject, PbxOperation, PbxOutcome, PbxWriter
+from daemon.pbx.types import PbxOperation, PbxOutcome, PbxWriter
 from daemon.sync.numbering import Allocation
-from daemon.sync.snapshot import Inventory, InventoryEntry
+from daemon.sync.snapshot import Inventory
 from state.sync_store import SyncStore
 
 FOREIGN_NUMBERS = "pbx-foreign-numbers"  # the PBX's numbers not held by their daemon-side owner, at the last read
@@ -55,20 +54,8 @@ async def known_inventory(sync_store: SyncStore, pbx: PbxClient, tenant: str, us
         for external_id in ids:
             found = await pbx.find_by_external_id(kind, external_id)  # type: ignore[arg-type]
             if found is not None:
-                _add(inventory, found)
+                inventory.add(found)
     return inventory
-
-
-def _add(inventory: Inventory, found: PbxObject) -> None:
-    urn = PBX_USER if found.kind == "User" else PBX_GROUP
-    part = found.data.get(urn)
-    number = part.get("extensionNumber") if isinstance(part, Mapping) else None
-    if number:
-        inventory.numbers.add(str(number))
-    if found.kind == "User" and found.external_id:
-        inventory.users[found.external_id] = InventoryEntry(found.id, str(number) if number else None)
-    elif found.external_id:
-        inventory.groups[found.external_id] = found.id
 
 
 @dataclass

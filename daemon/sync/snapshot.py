@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from daemon.config import TenantConfig
 from daemon.pbx.client import PbxClient
 from daemon.pbx.schema import EXTENSION_NUMBER_PATHS, PBX_GROUP, PBX_USER, Kind
+from daemon.pbx.types import PbxObject
 from daemon.sync.numbering import Allocation
 from state.sync_store import SyncStore
 
@@ -33,21 +34,26 @@ class Inventory:
     groups: dict[str, str] = field(default_factory=dict)
     contacts: dict[str, str] = field(default_factory=dict)
 
+    def add(self, obj: PbxObject) -> None:
+        """A PBX user or group, as listed or looked up: its number, and ours by externalId."""
+        part = obj.data.get(PBX_USER if obj.kind == "User" else PBX_GROUP)
+        extension = part.get("extensionNumber") if isinstance(part, Mapping) else None
+        if extension:
+            self.numbers.add(str(extension))
+            self.holders[str(extension)] = obj.external_id or ""
+        if obj.kind == "User" and obj.external_id:
+            self.users[obj.external_id] = InventoryEntry(obj.id, str(extension) if extension else None)
+        elif obj.external_id:
+            self.groups[obj.external_id] = obj.id
+
 
 async def read_inventory(pbx: PbxClient, *, contacts: bool = False) -> Inventory:
     """One paged listing per kind, only the attributes needed."""
     inventory = Inventory()
-    for kind, urn in (("User", PBX_USER), ("Group", PBX_GROUP)):
-        async for obj in pbx.iter_objects(kind, [EXTENSION_NUMBER_PATHS[kind]]):  # type: ignore[arg-type]
-            extension_part = obj.data.get(urn)
-            extension = extension_part.get("extensionNumber") if isinstance(extension_part, Mapping) else None
-            if extension:
-                inventory.numbers.add(str(extension))
-                inventory.holders[str(extension)] = obj.external_id or ""
-            if kind == "User" and obj.external_id:
-                inventory.users[obj.external_id] = InventoryEntry(obj.id, str(extension) if extension else None)
-            elif obj.external_id:
-                inventory.groups[obj.external_id] = obj.id
+    numbered: tuple[Kind, ...] = ("User", "Group")
+    for kind in numbered:
+        async for obj in pbx.iter_objects(kind, [EXTENSION_NUMBER_PATHS[kind]]):
+            inventory.add(obj)
     if contacts:
         contact_kind: Kind = "Contact"
         async for obj in pbx.iter_objects(contact_kind, ["id"]):
