@@ -85,16 +85,24 @@ async def select_users(tenant: TenantConfig, sync_store: SyncStore, snapshot: Sn
         return UserSelection(full)
     name, now = tenant.name, snapshot.now
     ids = await sync_store.dirty_ids(name, "user")
-    held_back: list[tuple[str, bool]] = []
-    for graph_id, retry_at, quarantined in await sync_store.failed_objects(name, "user"):
-        if not quarantined and retry_at <= now:
-            ids.add(graph_id)
-        elif graph_id not in ids:
-            held_back.append((graph_id, quarantined))
     days = tenant.users.delete_after_days
     if days:
         ids |= await sync_store.out_of_scope_before(name, "user", now - days * DAY)
     ids |= set(snapshot.photos)
-    ids |= snapshot.pending_creates.get("user", frozenset())
-    ids |= {graph_id for graph_id, (kind, _, _) in snapshot.held.items() if kind == "user"}
+    return await due_selection(tenant, sync_store, snapshot, "user", ids)
+
+
+async def due_selection(tenant: TenantConfig, sync_store: SyncStore, snapshot: Snapshot, kind: str,
+                        ids: set[str], *, backoff: bool = True) -> UserSelection:
+    """``ids`` (the changed objects of ``kind``) plus those whose timers are due: failed objects whose retry
+    time came (every failed one without ``backoff``), journaled creates and held deprovisions; the failed
+    ones left for later are held back."""
+    held_back: list[tuple[str, bool]] = []
+    for graph_id, retry_at, quarantined in await sync_store.failed_objects(tenant.name, kind):
+        if not backoff or (not quarantined and retry_at <= snapshot.now):
+            ids.add(graph_id)
+        elif graph_id not in ids:
+            held_back.append((graph_id, quarantined))
+    ids |= snapshot.pending_creates.get(kind, frozenset())
+    ids |= {graph_id for graph_id, (held_kind, _, _) in snapshot.held.items() if held_kind == kind}
     return UserSelection(False, frozenset(ids), tuple(entry for entry in held_back if entry[0] not in ids))

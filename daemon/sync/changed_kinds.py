@@ -36,7 +36,7 @@ import json
 from collections.abc import Iterable, Mapping, Set
 
 from daemon.config import TenantConfig
-from daemon.sync.changed import UserSelection
+from daemon.sync.changed import UserSelection, due_selection
 from daemon.sync.changes import Plan
 from daemon.sync.plan_users import MAPPING_CODE
 from daemon.sync.snapshot import Snapshot
@@ -73,7 +73,7 @@ async def select_contacts(tenant: TenantConfig, sync_store: SyncStore, snapshot:
     """Changed contacts (their mailboxes' included) plus those whose timers are due, each set from an index."""
     if full or await sync_store.value(tenant.name, CONTACT_INPUTS) != fingerprint:
         return UserSelection(True)
-    return await _due(tenant, sync_store, snapshot, "contact", await sync_store.dirty_ids(tenant.name, "contact"))
+    return await due_selection(tenant, sync_store, snapshot, "contact", await sync_store.dirty_ids(tenant.name, "contact"))
 
 
 async def select_groups(tenant: TenantConfig, sync_store: SyncStore, snapshot: Snapshot, plan: Plan, *,
@@ -87,20 +87,6 @@ async def select_groups(tenant: TenantConfig, sync_store: SyncStore, snapshot: S
     ids |= configured ^ set(await sync_store.pbx_ids(name, "group"))
     moved = {c.graph_id for c in plan.changes if c.kind == "user" and c.action in ("create", "delete")}
     ids |= {group for group, members in snapshot.group_members.items() if members & moved}
-    ids |= {graph_id for graph_id, _, _ in await sync_store.failed_objects(name, "group")}  # no backoff for groups
     if tenant.groups_transitive:  # members through nested groups are listed every run, not told by a delta
         ids |= configured
-    return await _due(tenant, sync_store, snapshot, "group", ids)
-
-
-async def _due(tenant: TenantConfig, sync_store: SyncStore, snapshot: Snapshot, kind: str,
-               ids: set[str]) -> UserSelection:
-    held_back: list[tuple[str, bool]] = []
-    for graph_id, retry_at, quarantined in await sync_store.failed_objects(tenant.name, kind):
-        if not quarantined and retry_at <= snapshot.now:
-            ids.add(graph_id)
-        elif graph_id not in ids:
-            held_back.append((graph_id, quarantined))
-    ids |= snapshot.pending_creates.get(kind, frozenset())
-    ids |= {graph_id for graph_id, (held_kind, _, _) in snapshot.held.items() if held_kind == kind}
-    return UserSelection(False, frozenset(ids), tuple(entry for entry in held_back if entry[0] not in ids))
+    return await due_selection(tenant, sync_store, snapshot, "group", ids, backoff=False)  # no backoff for groups

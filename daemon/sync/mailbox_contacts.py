@@ -115,5 +115,5 @@ class MailboxContactsSync:
         """The mailboxes of ``only`` whose contacts are synced, as the state knows them."""
         active = {user_id: (upn, pbx_id) for user_id, pbx_id, upn in await self.sync_store.active_users(self.tenant.name)
                   if user_id in self.only}
-        shared = await stored_shared_mailboxes(self.tenant, self.sync_store) if self.tenant.shared_mailbox.enabled else {}
+        shared = await stored_shared_mailboxes(self.tenant, self.sync_store)
         return {u: m for u, m in synced_mailboxes(self.tenant, active, shared).items() if u in self.only}
