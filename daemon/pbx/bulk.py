@@ -18,15 +18,6 @@ from daemon.pbx.schema import BULK_REQUEST, ENDPOINTS, PATCH_OP
 from daemon.pbx.types import Answer, PbxOperation, ProviderConfig, required_payload, scim_int, valid_pbx_id
 
 
-def encoded_size(value: Any) -> int:
-    """Bytes of ``value`` as the connection sends it as a body."""
-    return len(encoded_body(value))
-
-
-ENVELOPE_BYTES = encoded_size({"schemas": [BULK_REQUEST], "Operations": []})
-SEPARATOR_BYTES = len(", ")  # between two entries of the Operations list
-
-
 def bulk_entry(index: int, operation: PbxOperation, etag_supported: bool) -> dict[str, Any]:
     """One ``Operations`` entry; ``bulkId`` is ``op<index>`` within its chunk."""
     endpoint = ENDPOINTS[operation.kind]
@@ -57,13 +48,14 @@ class BulkRequest:
 
 
 ENVELOPE_OPEN, ENVELOPE_CLOSE = encoded_body({"schemas": [BULK_REQUEST], "Operations": []}).rsplit(b"]", 1)
+ENVELOPE_BYTES = len(ENVELOPE_OPEN) + len(b"]") + len(ENVELOPE_CLOSE)  # the body of an empty request
 ENTRY_SEPARATOR = b", "  # what json.dumps puts between two list items: the body is what encoded_body gives
 
 
 def bulk_requests(operations: Sequence[PbxOperation], config: ProviderConfig) -> list[BulkRequest]:
     """Split into bulk requests within maxOperations and maxPayloadSize.
 
-    Sizes are those of the body as sent (:func:`encoded_size`: each entry with
+    Sizes are those of the body as sent (:func:`encoded_body`: each entry with
     its own ``bulkId`` and the separator before it), so a request is never
     over the announced size by a byte; an operation over it alone goes alone."""
     out: list[BulkRequest] = []
@@ -77,7 +69,7 @@ def bulk_requests(operations: Sequence[PbxOperation], config: ProviderConfig) ->
 
     for operation in operations:
         entry = encoded_body(bulk_entry(len(current), operation, config.etag))
-        entry_size = len(entry) + (SEPARATOR_BYTES if current else 0)
+        entry_size = len(entry) + (len(ENTRY_SEPARATOR) if current else 0)
         too_many = len(current) >= config.bulk_max_operations
         too_big = bool(limit) and size + entry_size > limit
         if current and (too_many or too_big):
