@@ -33,6 +33,7 @@ from daemon.notify.subscriptions import LIFECYCLE_PATH, NOTIFY_PATH
 from state.notify_store import REAUTHORIZE, REMOVED, NotifyStore, StoredSubscription
 from state.sealing import Sealer
 
+Known = tuple[StoredSubscription, bytes]  # a subscription of the tenant's and its unsealed clientState
 log = get_logger(__name__)
 
 MAX_TOKEN_LENGTH = 1024
@@ -124,7 +125,7 @@ async def _accepted_marks(sink: NotificationSink, tenant: TenantConfig, items: l
                           ) -> set[tuple[str, str | None]]:
     """The reads the genuine items ask for; every other item is counted as rejected."""
     marks: set[tuple[str, str | None]] = set()
-    known: dict[str, StoredSubscription | None] = {}  # subscription id -> ours (None: not ours), per request
+    known: dict[str, Known | None] = {}  # subscription id -> ours and its secret (None: not ours), per request
     for item in items:
         subscription, reason = await _check(sink, tenant.name, item, known)
         if subscription is None:
@@ -148,23 +149,24 @@ async def _accepted_marks(sink: NotificationSink, tenant: TenantConfig, items: l
     return marks
 
 
-async def _check(sink: NotificationSink, tenant: str, item: Any, known: dict[str, StoredSubscription | None]
+async def _check(sink: NotificationSink, tenant: str, item: Any, known: dict[str, Known | None]
                  ) -> tuple[StoredSubscription | None, str]:
     """The subscription ``item`` comes from when it is one of this tenant's and carries its
-    secret; else None and why not."""
+    secret; else None and why not. Each subscription is looked up and its secret unsealed once
+    per post (a post carries up to 1,000 items, mostly of one subscription)."""
     if not isinstance(item, dict) or not isinstance(item.get("subscriptionId"), str):
         return None, "malformed"
     subscription_id = item["subscriptionId"]
     if subscription_id not in known:
         if len(known) >= 100:  # a post naming many subscriptions is not Graph's
             return None, "unknown"
-        known[subscription_id] = (await sink.store.subscription(tenant, subscription_id)
-                                  if len(subscription_id) <= 100 else None)
-    subscription = known[subscription_id]
-    if subscription is None:
+        found = await sink.store.subscription(tenant, subscription_id) if len(subscription_id) <= 100 else None
+        known[subscription_id] = (found, sink.sealer.open(found.sealed_state)) if found is not None else None
+    entry = known[subscription_id]
+    if entry is None:
         return None, "unknown"
+    subscription, secret = entry
     offered = item.get("clientState")
-    secret = sink.sealer.open(subscription.sealed_state)
     if not isinstance(offered, str) or not hmac.compare_digest(offered.encode("utf-8", "replace"), secret):
         return None, "client_state"
     return subscription, ""
