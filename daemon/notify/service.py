@@ -26,6 +26,7 @@ from daemon.notify.debounce import DEFAULT_WINDOW_SECONDS, Debouncer, reads_of
 from daemon.notify.mode import notifications_wanted
 from daemon.notify.subscriptions import SubscriptionKeeper, delete_subscription
 from daemon.scheduler import SchedulerClock
+from daemon.sync.kinds import BUSY
 from state.notify_store import NotifyStore
 from state.sealing import Sealer
 from state.store import Store
@@ -175,7 +176,7 @@ class Notifications:
         if reads.keep:
             await self.keep(tenant)
         for kinds, mailboxes in ((reads.directory, reads.contacts),
-                                 (frozenset({"busy"}) if reads.busy else frozenset(), reads.calendars)):
+                                 (frozenset({BUSY}) if reads.busy else frozenset(), reads.calendars)):
             if not kinds:
                 continue
             result = await self.daemon.read(tenant, kinds, "notification", mailboxes)

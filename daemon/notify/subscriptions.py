@@ -31,6 +31,7 @@ from daemon.errors import GraphError, GraphNotFound
 from daemon.graph.client import GraphClient
 from daemon.logging import get_logger
 from daemon.redact import remember_secret
+from daemon.sync.kinds import BUSY, CONTACT
 from daemon.sync.user_scope import stored_shared_mailboxes
 from state.notify_store import ACTIVE, REAUTHORIZE, REMOVED, NotifyStore, StoredSubscription
 from state.sealing import Sealer
@@ -51,7 +52,7 @@ CREATES_PER_SECOND = 25
 HANDSHAKE_RETRY_SECONDS = 3600.0
 NOTIFY_PATH = "/api/graph/notifications/"
 LIFECYCLE_PATH = "/api/graph/lifecycle/"
-USER, GROUP, CONTACT, BUSY = "user", "group", "contact", "busy"
+USER, GROUP = "user", "group"  # the directory kinds; a mailbox's are the sync kinds CONTACT and BUSY
 
 
 @dataclass(frozen=True)
