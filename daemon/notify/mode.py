@@ -1,7 +1,7 @@
 """How fresh a tenant's PBX is kept, in one word and a reason, for
 ``status``, the status page and the metrics: ``push`` (Graph's change
-notifications trigger reads), ``poll`` (fast polls), or ``schedule`` (only
-the scheduled runs)."""
+notifications trigger reads) or ``poll`` (the fast polls, which every
+scheduled tenant has: ``users.poll_seconds`` is at least 10 s)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ PROXY_HINT = "check that the proxy forwards /api/graph/ to the daemon (see contr
 
 @dataclass(frozen=True)
 class Freshness:
-    mode: str  # push | poll | schedule
+    mode: str  # push | poll
     reason: str
     subscriptions: int = 0
     last_notification: float | None = None
@@ -32,12 +32,8 @@ def notifications_wanted(config: Config, tenant: TenantConfig) -> bool:
     return tenant.enabled and tenant.notifications.enabled and config.server.public_url is not None
 
 
-def _polled(tenant: TenantConfig) -> bool:
-    return tenant.events.enabled or tenant.users.poll_seconds > 0
-
-
 async def freshness(config: Config, tenant: TenantConfig, store: NotifyStore) -> Freshness:
-    fallback = "poll" if _polled(tenant) else "schedule"
+    fallback = "poll"
     if not notifications_wanted(config, tenant):
         why = ("no [server] public_url: Graph has nowhere to send notifications"
                if config.server.public_url is None else "[tenants.notifications] enabled = false")
