@@ -29,12 +29,12 @@ DEFAULT_WINDOW_SECONDS = 1.0
 class Reads:
     """What one drain reads, through the one entry point: a run of ``directory`` (a user or group
     mark: the users and groups deltas, as the users poll reads them; a contact mark: the contacts of
-    ``contacts``' mailboxes), the calendars of ``calendars``, the keeper's round; a mailbox set of
-    None reads every mailbox. ``since`` holds, per kind, when its earliest notification came."""
+    ``contacts``' mailboxes), the calendars of ``calendars`` (when ``BUSY`` is in ``since``), the
+    keeper's round; a mailbox set of None reads every mailbox. ``since`` holds, per kind, when its
+    earliest notification came."""
 
     directory: frozenset[str] = frozenset()
     contacts: frozenset[str] | None = None
-    busy: bool = False
     calendars: frozenset[str] | None = None
     keep: bool = False
     since: dict[str, float] = field(default_factory=dict)
@@ -52,8 +52,8 @@ def reads_of(due: list[Due]) -> Reads:
         since[mark.kind] = min(mark.at, since.get(mark.kind, mark.at))
     directory = (USERS_POLL_KINDS if USERS_POLL_KINDS & since.keys() else frozenset()) | (
         frozenset({CONTACT}) & since.keys())
-    return Reads(directory=directory, contacts=_mailboxes(due, CONTACT), busy=BUSY in since,
-                 calendars=_mailboxes(due, BUSY), keep="keep" in since,
+    return Reads(directory=directory, contacts=_mailboxes(due, CONTACT), calendars=_mailboxes(due, BUSY),
+                 keep="keep" in since,
                  since={k: v for k, v in since.items() if k != "keep"})
 
 

@@ -176,7 +176,7 @@ class Notifications:
         if reads.keep:
             await self.keep(tenant)
         for kinds, mailboxes in ((reads.directory, reads.contacts),
-                                 (frozenset({BUSY}) if reads.busy else frozenset(), reads.calendars)):
+                                 (frozenset({BUSY}) & reads.since.keys(), reads.calendars)):
             if not kinds:
                 continue
             result = await self.daemon.read(tenant, kinds, "notification", mailboxes)
