@@ -22,9 +22,12 @@ from state.store import Clock
 
 ACTIVE, REAUTHORIZE, REMOVED = "active", "reauthorize", "removed"
 _COLUMNS = "id, kind, resource, mailbox, expires_at, client_state, state, reason"
-# The endpoint's lookup (the primary key) and the renewals' (notify_subscriptions_expiry).
+# The endpoint's lookup (the primary key), and a keeper round's one read: every subscription of the tenant
+# without its sealed clientState, in expiry order (notify_subscriptions_expiry), so the renewals come first.
 SUBSCRIPTION_BY_ID = f"SELECT {_COLUMNS} FROM notify_subscriptions WHERE tenant = ? AND id = ?"
-EXPIRING = f"SELECT {_COLUMNS} FROM notify_subscriptions WHERE tenant = ? AND expires_at < ? ORDER BY expires_at"
+HANDSHAKE = "SELECT handshake_ok, handshake_at, handshake_reason FROM notify_tenants WHERE tenant = ?"
+KEEPER_ROUND = ("SELECT id, kind, resource, state, expires_at FROM notify_subscriptions WHERE tenant = ?"
+                " ORDER BY expires_at")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,18 @@ class StoredSubscription:
         id_, kind, resource, mailbox, expires_at, client_state, state, reason = row
         return cls(str(id_), str(kind), str(resource), mailbox, float(expires_at), base64.b64decode(client_state),
                    str(state), reason)
+
+
+@dataclass(frozen=True)
+class KeptSubscription:
+    """What a keeper round needs of a stored subscription: not its sealed clientState (only the
+    endpoint opens that), so a round of 20k subscriptions reads no secrets."""
+
+    id: str
+    kind: str
+    resource: str
+    state: str
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -99,10 +114,26 @@ class NotifyStore:
                                       (tenant,))
         return [StoredSubscription.from_row(row) for row in rows]
 
-    async def expiring(self, tenant: str, before: float) -> list[StoredSubscription]:
-        """The tenant's subscriptions that expire before ``before`` (by index: renewals)."""
-        rows = await self.db.fetchall(EXPIRING, (tenant, before))
-        return [StoredSubscription.from_row(row) for row in rows]
+    async def has_subscriptions(self, tenant: str) -> bool:
+        return await self.db.fetchone("SELECT 1 FROM notify_subscriptions WHERE tenant = ? LIMIT 1",
+                                      (tenant,)) is not None
+
+    async def kept(self, tenant: str) -> list[KeptSubscription]:
+        """A keeper round's one read of the tenant's subscriptions, the first to expire first."""
+        rows = await self.db.fetchall(KEEPER_ROUND, (tenant,))
+        return [KeptSubscription(str(id_), str(kind), str(resource), str(state), float(expires_at))
+                for id_, kind, resource, state, expires_at in rows]
+
+    async def renewed(self, tenant: str, subscription_id: str, expires_at: float) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE notify_subscriptions SET expires_at = ? WHERE tenant = ? AND id = ?",
+                               (expires_at, tenant, subscription_id))
+
+    async def reactivated(self, tenant: str, subscription_id: str) -> None:
+        """Reauthorized: active again (the lifecycle event's reason stays, as the last one)."""
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE notify_subscriptions SET state = ? WHERE tenant = ? AND id = ?",
+                               (ACTIVE, tenant, subscription_id))
 
     async def subscription(self, tenant: str, subscription_id: str) -> StoredSubscription | None:
         row = await self.db.fetchone(SUBSCRIPTION_BY_ID, (tenant, subscription_id))
@@ -121,6 +152,20 @@ class NotifyStore:
         async with self.db.transaction() as conn:
             await conn.execute("DELETE FROM notify_subscriptions WHERE tenant = ? AND id = ?", (tenant, subscription_id))
 
+    async def subscribed_tenants(self) -> list[str]:
+        """Every tenant with a stored subscription (a configured one or not)."""
+        rows = await self.db.fetchall("SELECT DISTINCT tenant FROM notify_subscriptions ORDER BY tenant")
+        return [str(row[0]) for row in rows]
+
+    async def forget_notifications(self, tenant: str) -> list[StoredSubscription]:
+        """Drop everything notifications kept of a tenant; returns its subscriptions as they were."""
+        async with self.db.transaction() as conn:
+            rows = await conn.fetchall(f"SELECT {_COLUMNS} FROM notify_subscriptions WHERE tenant = ? ORDER BY id",
+                                       (tenant,))
+            for table in ("notify_subscriptions", "notify_due", "notify_tenants"):
+                await conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))  # noqa: S608 (fixed names)
+        return [StoredSubscription.from_row(row) for row in rows]
+
     # --- whether Graph reaches the public address ---
 
     async def set_handshake(self, tenant: str, ok: bool, reason: str | None = None) -> None:
@@ -132,8 +177,7 @@ class NotifyStore:
                 (tenant, int(ok), self.clock(), reason))
 
     async def handshake(self, tenant: str) -> Handshake | None:
-        row = await self.db.fetchone("SELECT handshake_ok, handshake_at, handshake_reason FROM notify_tenants"
-                                     " WHERE tenant = ?", (tenant,))
+        row = await self.db.fetchone(HANDSHAKE, (tenant,))
         if row is None or row[0] is None:
             return None
         return Handshake(bool(row[0]), float(row[1] or 0.0), row[2])

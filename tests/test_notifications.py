@@ -18,13 +18,13 @@ from conftest import until
 from daemon import status
 from daemon.auth.states import DISCONNECTED
 from daemon.errors import GraphUnavailable
-from daemon.notify.subscriptions import HANDSHAKE_RETRY_SECONDS, NOTIFY_PATH
+from daemon.notify.subscriptions import NOTIFY_PATH
 from daemon.pbx.schema import PBX_USER
 from notify_fixtures import TENANT, Notified, start_notified
 from scenario import user_id
 from sim.pbx import ScimServer
 from sim.world import free_port
-from state.notify_store import NotifyStore
+from state.notify_store import NotifyStore, StoredSubscription
 
 
 def _metric(setup: Notified, name: str, **labels: str) -> float:
@@ -187,9 +187,17 @@ async def test_a_failed_handshake_is_reported_polling_goes_on_and_it_is_tried_ag
         attempts = len(setup.world.sim.requests("^/subscriptions$"))
         await setup.service.notifications.keep(TENANT)
         assert len(setup.world.sim.requests("^/subscriptions$")) == attempts  # not again at once
-        setup.clock.advance(HANDSHAKE_RETRY_SECONDS)
-        await setup.service.notifications.keep(TENANT)
-        assert len(setup.world.sim.requests("^/subscriptions$")) == attempts + 1  # tried again later
+        # tried again 5 minutes after the first failure, then doubling with each failure in a row, up to the hour
+        for wait in (300, 600, 1200, 2400, 3600, 3600):
+            setup.clock.advance(wait - 1)
+            await setup.service.notifications.keep(TENANT)
+            await setup.clock.settle()
+            assert len(setup.world.sim.requests("^/subscriptions$")) == attempts, wait  # not yet
+            setup.clock.advance(1)
+            await setup.service.notifications.keep(TENANT)
+            await setup.clock.settle()
+            attempts += 1
+            assert len(setup.world.sim.requests("^/subscriptions$")) == attempts, wait  # tried again, failed again
         assert (await setup.runs("startup"))[0].result == "success"  # syncing went on
     finally:
         await setup.service.stop()
@@ -259,6 +267,31 @@ async def test_a_removed_tenants_subscriptions_are_deleted_at_graph(notified: No
     deletes = [r for r in notified.world.sim.requests("^/subscriptions/") if r.method == "DELETE"]
     assert len(deletes) == count and {r.status for r in deletes} == {204}
     assert await NotifyStore(notified.service.store.db, notified.clock.time).subscriptions(TENANT) == []
+
+
+async def test_a_tenant_removed_while_no_daemon_ran_is_forgotten_at_start(notified: Notified) -> None:
+    """Its credentials went with its settings, so Graph keeps its subscriptions until they expire; the
+    state forgets them (and its due reads) at start-up, and the warning says until when."""
+    notifications = notified.service.notifications
+    assert notifications is not None
+    store, now = notifications.store, notified.clock.time()
+    await notified.service.store.register_tenant("gone", "d", "a")  # its state stays until `m365sync forget`
+    await store.put_subscription("gone", StoredSubscription("sub-gone", "user", "users", None, now + 86400, b"x"))
+    await store.mark_due("gone", [("user", None)], now)
+    ours = await store.kept(TENANT)
+    await notifications.stop()
+    with structlog.testing.capture_logs() as logs:
+        notifications.start()  # as a daemon starting with a configuration that no longer names "gone"
+
+        async def forgotten() -> bool:
+            await notified.clock.settle()
+            return await store.subscribed_tenants() == [TENANT]
+
+        await until(forgotten, 30, "the removed tenant's subscriptions forgotten")
+    assert await store.take_due("gone") == [] and await store.kept(TENANT) == ours
+    (warning,) = [e for e in logs if e.get("tenant") == "gone"]
+    assert warning["log_level"] == "warning" and warning["subscriptions"] == 1
+    assert warning["expire_by"] == datetime.fromtimestamp(now + 86400, UTC).isoformat(timespec="seconds")
 
 
 async def test_a_failing_notified_read_logs_one_line_with_its_code_and_no_traceback(notified: Notified) -> None:

@@ -9,8 +9,10 @@ after a run that changed something, or when a round of its own is due
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ from notify_fixtures import TENANT, Notified, start_notified
 from scenario import hire_id, user_id
 from sim.app import LoggedRequest
 from sim.pbx import ScimServer
+from state.notify_store import ACTIVE, HANDSHAKE, KEEPER_ROUND, REAUTHORIZE, REMOVED
 from sync_fixtures import tenant_config
 
 
@@ -210,3 +213,54 @@ async def test_keeper_rounds_of_a_tenant_take_turns(notified: Notified) -> None:
     creates = len(notified.world.sim.requests("^/subscriptions$"))
     await asyncio.gather(notifications.keep(TENANT), notifications.keep(TENANT))  # e.g. a run's end and the loop's
     assert len(notified.world.sim.requests("^/subscriptions$")) - creates == 8 == len(notified.graph.subscriptions)
+
+
+class _CountedReads:
+    """The notification store's database, its reads counted by table (its writes pass through)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.reads: list[str] = []
+
+    async def fetchall(self, sql: str, params: Any = ()) -> Any:
+        self.reads.append(sql)
+        return await self.db.fetchall(sql, params)
+
+    async def fetchone(self, sql: str, params: Any = ()) -> Any:
+        self.reads.append(sql)
+        return await self.db.fetchone(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+async def test_a_keeper_round_reads_the_subscriptions_and_the_handshake_once(
+        notified: Notified, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once by the expiry index, without their secrets, also when it renews, creates and deletes: the
+    gauges and the next round follow from what the round did, not from reading it all again."""
+    notifications = notified.service.notifications
+    assert notifications is not None and notified.world.sim is not None
+    counted = _CountedReads(notifications.store.db)
+    monkeypatch.setattr(notifications.store, "db", counted)
+    await notifications.keep(TENANT)  # nothing to do
+    assert counted.reads == [KEEPER_ROUND, HANDSHAKE], counted.reads
+    ids = notified.resource_ids()
+    renewals = len([r for r in ids if r.endswith("/contacts")])
+    store = notifications.store
+    for resource, state in (("groups", REMOVED), ("users", REAUTHORIZE)):  # as the lifecycle endpoint marks them
+        stored = await store.subscription(TENANT, ids[resource])
+        assert stored is not None
+        await store.put_subscription(TENANT, replace(stored, state=state, reason="a lifecycle event"))
+    del notified.graph.subscriptions[ids["groups"]]  # Graph removed that one
+    notified.clock.advance(4 * 86400)  # and the Outlook ones are due for renewal
+    counted.reads.clear()
+    await notifications.keep(TENANT)
+    assert counted.reads == [KEEPER_ROUND, HANDSHAKE], counted.reads
+    patched = [r for r in notified.world.sim.requests("^/subscriptions/") if r.method == "PATCH"]
+    assert len(patched) == renewals
+    assert notified.world.sim.requests(f"^/subscriptions/{ids['users']}/reauthorize$")
+    assert set(notified.resource_ids()) == set(ids) and notified.resource_ids()["groups"] != ids["groups"]
+    assert {s.state for s in await store.kept(TENANT)} == {ACTIVE}
+    gauge = notifications.metrics.registry.get_sample_value("m365sync_subscriptions", {"tenant": TENANT,
+                                                                                       "state": "active"})
+    assert gauge == len(notified.graph.subscriptions) == 8

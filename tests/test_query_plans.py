@@ -17,7 +17,7 @@ from daemon.sync.report import RunReport
 from state.copies import LIVE_USER_BY_UPN, MAILBOXES_OF_PURPOSE
 from state.due import CLEAR_DIRTY, DIRTY_IDS, FAILED_OBJECTS, OUT_OF_SCOPE_BEFORE, OWNED_WITH_SYNCED, PHOTO_CHECKS_DUE
 from state.history import PRUNE_HISTORY
-from state.notify_store import EXPIRING, SUBSCRIPTION_BY_ID
+from state.notify_store import KEEPER_ROUND, SUBSCRIPTION_BY_ID
 from sync_fixtures import SyncEnv
 
 GROWING = ("graph_objects", "synced_objects", "group_members", "extension_allocations", "pending_creates",
@@ -148,14 +148,14 @@ async def test_what_a_run_plans_besides_its_delta_is_found_by_index(sync_env: Sy
 
 
 async def test_the_notification_endpoints_and_the_renewals_lookups_use_their_indexes(sync_env: SyncEnv) -> None:
-    """The endpoint finds a subscription by its id (every notification), renewals by expiry; the due marks
-    and the folder listings are read by tenant: none scans another tenant's rows."""
+    """The endpoint finds a subscription by its id (every notification); a keeper round reads its tenant's
+    subscriptions by the expiry index, in expiry order (the renewals first) with no sort of its own; the due
+    marks and the folder listings are read by tenant: none scans another tenant's rows."""
     by_id = SUBSCRIPTION_BY_ID.replace("?", "'t'", 1).replace("?", "'sub'", 1)
     assert await plan_of(sync_env, by_id) == [
         "SEARCH notify_subscriptions USING INDEX sqlite_autoindex_notify_subscriptions_1 (tenant=? AND id=?)"]
-    expiring = EXPIRING.replace("?", "'t'", 1).replace("?", "1.0", 1)
-    assert await plan_of(sync_env, expiring) == [
-        "SEARCH notify_subscriptions USING INDEX notify_subscriptions_expiry (tenant=? AND expires_at<?)"]
+    assert await plan_of(sync_env, KEEPER_ROUND.replace("?", "'t'")) == [
+        "SEARCH notify_subscriptions USING INDEX notify_subscriptions_expiry (tenant=?)"]
     for table in ("notify_due", "folder_listings"):
         (step,) = await plan_of(sync_env, f"SELECT * FROM {table} WHERE tenant = 't'")
         assert re.fullmatch(rf"SEARCH {table} USING INDEX sqlite_autoindex_{table}_1 \(tenant=\?\)", step), step

@@ -15,6 +15,7 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from daemon.auth.states import DISCONNECTED
 from daemon.config import Config, TenantConfig
@@ -24,7 +25,7 @@ from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.notify.debounce import DEFAULT_WINDOW_SECONDS, Debouncer, reads_of
 from daemon.notify.mode import notifications_wanted
-from daemon.notify.subscriptions import SubscriptionKeeper, delete_subscription
+from daemon.notify.subscriptions import KeeperRound, SubscriptionKeeper, delete_subscription
 from daemon.scheduler import SchedulerClock
 from daemon.sync.kinds import BUSY
 from state.notify_store import NotifyStore
@@ -73,6 +74,7 @@ class Notifications:
         self._pending: set[asyncio.Task[None]] = set()
         self._kept: dict[str, Kept] = {}  # per tenant: what its last keeper round was made from, and its next
         self._rounds: dict[str, asyncio.Lock] = {}
+        self._handshake_failures: dict[str, int] = {}  # per tenant: failed handshakes in a row (the retry's backoff)
 
     # --- the endpoint's side (NotificationSink) ---
 
@@ -129,7 +131,7 @@ class Notifications:
             async with self._round_lock(tenant):
                 if not changed and not self._keep_due(tenant):
                     return  # the round this one waited for did it
-                if self.tenant(tenant) is None and not await self.store.subscriptions(tenant):
+                if self.tenant(tenant) is None and not await self.store.has_subscriptions(tenant):
                     self._kept[tenant] = Kept(self._settings(tenant), math.inf)  # until the settings change
                     return  # notifications off, and nothing to delete: no work after the run
                 await self._keep(tenant)
@@ -142,7 +144,7 @@ class Notifications:
         taken now, before the new configuration (without their settings) applies; the deletes follow."""
         for name in names:
             try:
-                if not self.daemon.holds(name) or not await self.store.subscriptions(name):
+                if not self.daemon.holds(name) or not await self.store.has_subscriptions(name):
                     continue
                 graph = await self.daemon.graph(name)
                 if graph is None:  # not authorized: they expire by themselves
@@ -160,7 +162,7 @@ class Notifications:
         try:
             subscriptions = await self.store.subscriptions(tenant)
             for subscription in subscriptions:
-                await delete_subscription(graph, self.store, tenant, subscription)
+                await delete_subscription(graph, self.store, tenant, subscription.id)
             log.info("a removed tenant's subscriptions deleted", tenant=tenant, deleted=len(subscriptions))
         except Exception as err:  # what is left expires by itself
             log.warning("could not delete a removed tenant's subscriptions", tenant=tenant, **log_fields(err))
@@ -202,7 +204,8 @@ class Notifications:
         if configured is None or graph is None:
             return
         keeper = SubscriptionKeeper(configured, config.server.public_url or "", graph, self.store, self.sync_store,
-                                    self.sealer, self.clock.time, self.clock.sleep)
+                                    self.sealer, self.clock.time, self.clock.sleep,
+                                    handshake_failures=self._handshake_failures.get(tenant, 0))
         row = await self.tenants.tenant(tenant)
         connected = row is None or row.auth_state != DISCONNECTED  # disconnected: its subscriptions go
         settings = self._settings(tenant)
@@ -211,22 +214,20 @@ class Notifications:
         except M365SyncError as err:
             log.warning("could not keep the change-notification subscriptions", tenant=tenant, **log_fields(err))
             return
+        finally:
+            self._handshake_failures[tenant] = keeper.handshake_failures
         self._kept[tenant] = Kept(settings, round_.next_at, round_.covered)
-        await self.publish(tenant)
+        self.publish(tenant, round_)
         if round_.created or round_.renewed or round_.deleted or round_.reauthorized:
             log.info("subscriptions kept", tenant=tenant, created=round_.created, renewed=round_.renewed,
                      deleted=round_.deleted, reauthorized=round_.reauthorized)
 
-    async def publish(self, tenant: str) -> None:
-        """The subscription and reachability gauges of a tenant."""
-        states: dict[str, int] = {"active": 0, "reauthorize": 0, "removed": 0}
-        for subscription in await self.store.subscriptions(tenant):
-            states[subscription.state] = states.get(subscription.state, 0) + 1
-        for state, count in states.items():
+    def publish(self, tenant: str, round_: KeeperRound) -> None:
+        """The subscription and reachability gauges of a tenant, as its keeper round left them."""
+        for state, count in ({"active": 0, "reauthorize": 0, "removed": 0} | round_.states).items():
             self.metrics.subscriptions.labels(tenant, state).set(count)
-        handshake = await self.store.handshake(tenant)
-        if handshake is not None:
-            self.metrics.notifications_reachable.labels(tenant).set(1 if handshake.ok else 0)
+        if round_.reachable is not None:
+            self.metrics.notifications_reachable.labels(tenant).set(1 if round_.reachable else 0)
 
     async def round(self) -> None:
         """Every owned tenant: sweep marks left by lost forwards, then keep its subscriptions when
@@ -246,7 +247,28 @@ class Notifications:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="notifications")
 
+    async def forget_unconfigured(self) -> None:
+        """Tenants removed from the configuration while no daemon ran keep their stored subscriptions
+        (a reload deletes them at Graph, :meth:`tenants_removed`): their credentials went with their
+        settings, so they cannot be deleted at Graph now. They are forgotten here (their notifications
+        are answered 404, as for any unknown tenant, and their reads never come) and Graph drops them
+        when they expire, which the warning says."""
+        config = self.daemon.config()
+        for name in await self.store.subscribed_tenants():
+            if config.find_tenant(name) is not None:
+                continue
+            forgotten = await self.store.forget_notifications(name)
+            until = max((s.expires_at for s in forgotten), default=0.0)
+            log.warning("a tenant no longer configured had change-notification subscriptions; forgotten here, "
+                        "Graph keeps them until they expire (to delete them now, configure the tenant again and "
+                        "remove it with a reload)", tenant=name, subscriptions=len(forgotten),
+                        expire_by=datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds"))
+
     async def _loop(self) -> None:
+        try:
+            await self.forget_unconfigured()
+        except Exception as err:  # the next start tries again
+            log.warning("could not forget the subscriptions of tenants no longer configured", **log_fields(err))
         while True:
             await self.clock.sleep(KEEP_SECONDS)
             try:
