@@ -1,19 +1,31 @@
 """Teams presence to the PBX's ``pbx:presence``: a change lands on the next
 poll, an unchanged presence writes nothing, turning presence off removes it,
-a poll asks Graph once per 650 users, and a missing permission is warned
-about once per change (status shows it meanwhile)."""
+a poll asks Graph once per 650 users (a few calls at once) and writes in
+small /Bulk requests, and a missing permission is warned about once per
+change (status shows it meanwhile)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import structlog
 
+from daemon.graph.client import GraphClient
 from daemon.pbx.schema import PBX_USER
 from daemon.status import TenantReport, as_text
 from daemon.sync.kinds import PRESENCE_KINDS, RUN_KINDS, Clients, PresenceClearing, build_pipelines
-from daemon.sync.presence import IDS_PER_CALL, PresenceSync, parse_presences, presence_denied
+from daemon.sync.presence import (
+    IDS_PER_CALL,
+    READS_IN_FLIGHT,
+    WRITE_CHUNK,
+    PresenceSync,
+    parse_presences,
+    presence_denied,
+    read_presences,
+)
 from daemon.sync.report import RunReport
 from sync_fixtures import SyncEnv, add_user, on_both_backends  # noqa: F401  (every test here runs on both backends)
 from test_kinds_turned_off import directory_run
@@ -99,9 +111,12 @@ async def test_1300_users_make_two_presence_calls_a_poll(sync_env: SyncEnv) -> N
     assert len(users) == 1300
     for user_id, _, _ in users[::100]:
         sync_env.graph.sim.api.presence.set(user_id, "Busy", "InACall")
+    writes = sync_env.pbx_writes()
     first = await presence_poll(sync_env)
     assert first.presence.requests == math.ceil(len(users) / IDS_PER_CALL) == 2
     assert first.presence.counts == {"update": len(users)}  # the first poll pushes everybody's
+    # in /Bulk requests of WRITE_CHUNK, not one of 1,300: the first users land after one small request
+    assert sync_env.pbx_writes() - writes == math.ceil(len(users) / WRITE_CHUNK) == 13
     calls, writes = sync_env.graph_requests(PRESENCE_CALL), sync_env.pbx_writes()
     changed = [user_id for user_id, _, _ in users[5::100]]
     for user_id in changed:
@@ -111,6 +126,30 @@ async def test_1300_users_make_two_presence_calls_a_poll(sync_env: SyncEnv) -> N
     assert second.presence.counts == {"update": len(changed)}  # only the users whose presence changed
     assert sync_env.pbx_writes() - writes <= math.ceil(len(changed) / 100)  # in /Bulk requests
     assert sync_env.graph.sim.api.presence.throttled == 0
+
+
+async def test_a_polls_presence_calls_go_concurrently_within_a_bound() -> None:
+    """16 calls at 10k users: READS_IN_FLIGHT at once, so a poll's read costs a few calls' latency; each
+    user is asked about once."""
+    in_flight, most, asked = 0, 0, []
+
+    class Graph:
+        async def request(self, method: str, path: str, *, json_body: dict[str, Any]) -> Any:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            for _ in range(3):  # the answer takes a while (yields to the loop, no time passes): others may start
+                await asyncio.sleep(0)
+            in_flight -= 1
+            asked.extend(json_body["ids"])
+            return SimpleNamespace(body={"value": [{"id": i, "availability": "Away", "activity": "Away"}
+                                                   for i in json_body["ids"]]})
+
+    ids = [f"user-{index}" for index in range(10_000)]
+    report = RunReport()
+    presences = await read_presences(cast(GraphClient, Graph()), ids, report)
+    assert most == READS_IN_FLIGHT and report.presence.requests == math.ceil(len(ids) / IDS_PER_CALL) == 16
+    assert sorted(asked) == sorted(ids) and presences == dict.fromkeys(ids, ("Away", "Away"))
 
 
 def test_answers_of_another_shape_leave_that_user_alone() -> None:

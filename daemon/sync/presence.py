@@ -4,11 +4,15 @@ delegated-only and last an hour; the batch call is the application route
 (https://learn.microsoft.com/en-us/graph/api/cloudcommunications-getpresencesbyuserid).
 
 A poll is the one pipeline shape: read (``getPresencesByUserId``, 650 users a
-call, within the 1,500 requests per 30 s of one app and tenant), plan (a
-PATCH of that one attribute for the users whose presence changed since the
-last push, which ``presence_state`` remembers), the plan summary logged, and
-the one applier (``/Bulk`` where the PBX supports it). Turned off, or the
-tenant disconnected, what was pushed is removed (:func:`clear_presence`).
+call, :data:`READS_IN_FLIGHT` at once, within the 1,500 requests per 30 s of
+one app and tenant), plan (a PATCH of that one attribute for the users whose
+presence changed since the last push, which ``presence_state`` remembers),
+the plan summary logged, and the one applier (``/Bulk`` where the PBX
+supports it) in chunks of :data:`WRITE_CHUNK`, pipelined: a change waits for
+its own small request, not for one ``/Bulk`` of every change of the poll
+(1,000 PATCHes in one request take the PBX seconds; see
+``bench/results/presence.md``). Turned off, or the tenant disconnected, what
+was pushed is removed (:func:`clear_presence`).
 
 A 403 (the app lacks ``Presence.Read.All``, or its consent was withdrawn) is
 remembered (:data:`PRESENCE_DENIED`, shown by ``status``) and warned about
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from daemon.config import TenantConfig
@@ -33,6 +38,7 @@ from daemon.pbx.types import PbxOperation, PbxWriter
 from daemon.sync.apply import Applier
 from daemon.sync.changes import Change, Phase, Plan
 from daemon.sync.report import RunReport
+from daemon.window import run_windowed
 from state.attributes import PresencePushed
 from state.sync_store import SyncStore
 
@@ -42,6 +48,8 @@ PRESENCE_PATH = "/communications/getPresencesByUserId"
 IDS_PER_CALL = 650  # "a maximum of 650 user IDs" per request (the API page's request body)
 MAX_VALUE = 64  # availability and activity are short names; Graph adds new ones (open strings)
 PRESENCE_ATTRIBUTE = f"{PBX_USER}:presence"
+READS_IN_FLIGHT = 4  # 16 calls at 10k users: a poll's read takes about four calls' latency, not sixteen
+WRITE_CHUNK = 100  # PATCHes per /Bulk: the first users land after one small request; the PBX's cost per op stays
 PRESENCE_DENIED = "presence-denied"  # tenant_sync_state: since when, and why, Graph refuses presence (403)
 
 Presence = tuple[str, str]  # (availability, activity)
@@ -71,12 +79,16 @@ def parse_presences(body: Any, asked: Iterable[str]) -> dict[str, Presence]:
 
 
 async def read_presences(graph: GraphClient, user_ids: Sequence[str], report: RunReport) -> dict[str, Presence]:
-    """Every user's presence, one POST per 650 users."""
+    """Every user's presence, one POST per 650 users, up to :data:`READS_IN_FLIGHT` at once (a poll
+    makes 16 calls at 10k users, far within Graph's 1,500 per 30 s; the bound keeps a burst small)."""
     presences: dict[str, Presence] = {}
-    for ids in chunks(user_ids):
+
+    async def read(ids: Sequence[str]) -> None:
         response = await graph.request("POST", PRESENCE_PATH, json_body={"ids": list(ids)})
         report.presence.requests += 1
         presences.update(parse_presences(response.body, ids))
+
+    await run_windowed([partial(read, ids) for ids in chunks(user_ids)], READS_IN_FLIGHT)
     report.presence.polled += len(user_ids)
     return presences
 
@@ -131,7 +143,7 @@ class PresenceSync:
         # Logged like a run's plan; at debug when it writes nothing, since a poll comes every 30 s.
         (log.info if writes else log.debug)("sync plan", tenant=name, kinds=["presence"], changes=plan.summary(),
                                             writes=writes, held=0)
-        await Applier(name, self.sync_store, self.writer, report).apply(plan)
+        await Applier(name, self.sync_store, self.writer, report, chunk_size=WRITE_CHUNK).apply(plan)
         return report
 
     async def _denied(self, err: AccessDenied) -> None:
