@@ -109,6 +109,11 @@ class ScimServer:
             process.wait()
         raise ScimServerError(f"{name} did not start; see its output above")
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id (benchmarks read its CPU time), while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def _wait_until_serving(self, process: subprocess.Popen[str]) -> bool:
         """scim2-server prints "Serving SCIM on ..." once its socket listens (and
         exits at once when the port is taken, which ends the read with "")."""
