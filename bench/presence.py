@@ -4,6 +4,7 @@ process) and scim2-server (its own process).
 
     .venv/bin/python -m bench.presence --users 10000
     .venv/bin/python -m bench.presence --users 10000 --poll-seconds 30 --polls 6
+    .venv/bin/python -m bench.presence --users 10000 --write-chunk 1000   # one /Bulk a poll, to compare
 
 After a first run (the users) and a first presence poll (everybody's presence
 pushed once), each further poll follows a share of the users changing
@@ -51,6 +52,7 @@ from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.pbx.types import PbxOperation, PbxOutcome, PbxWriter
 from daemon.retry import RetryPolicy, Transport
+from daemon.sync import presence as presence_poll
 from daemon.sync.presence import IDS_PER_CALL, PresenceSync
 from daemon.sync.report import RunReport
 from daemon.sync.tenant import build_tenant_sync
@@ -196,6 +198,7 @@ async def measure(users: int, scim: ScimServer, pbx_tenant: str, poll_seconds: i
     changes = [row for row in rows if row["changed"]]
     return {
         "users": len(synced), "poll_seconds": poll_seconds, "ids_per_call": IDS_PER_CALL,
+        "write_chunk": presence_poll.WRITE_CHUNK,
         "graph_limit": f"{RATE_LIMIT} per {RATE_WINDOW:g} s", "polls": rows,
         "p99_wait_s": max((row["p99_wait_s"] for row in changes), default=0.0),
         "target_s": poll_seconds + 2,
@@ -213,7 +216,8 @@ def report(result: dict[str, Any], when: str, machine: str) -> str:
         f"--poll-seconds {result['poll_seconds']}` (the method: `bench/presence.py`).",
         "",
         f"{result['users']:,} users, `presence.poll_seconds = {result['poll_seconds']}`, "
-        f"{result['ids_per_call']} ids per `getPresencesByUserId`; Graph's limit {result['graph_limit']} per app and tenant.",
+        f"{result['ids_per_call']} ids per `getPresencesByUserId`, {result['write_chunk']} PATCHes per `/Bulk`; "
+        f"Graph's limit {result['graph_limit']} per app and tenant.",
         "",
         "| poll | users changed | wall s | CPU s | PBX CPU s | Graph presence requests | 429s | presence written "
         "| PBX write requests "
@@ -242,6 +246,8 @@ def report(result: dict[str, Any], when: str, machine: str) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.write_chunk:  # e.g. 1000: every change of a poll in one /Bulk, as before the writes were split
+        presence_poll.WRITE_CHUNK = args.write_chunk
     with ScimServer() as scim:
         result = await measure(args.users, scim, "presence0", args.poll_seconds, args.polls)
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())  # other work on the machine inflates wall times
@@ -256,4 +262,5 @@ if __name__ == "__main__":
     parser.add_argument("--users", type=int, default=10000)
     parser.add_argument("--poll-seconds", type=int, default=30)
     parser.add_argument("--polls", type=int, default=6)
+    parser.add_argument("--write-chunk", type=int, default=0, help="PATCHes per /Bulk (default: the daemon's)")
     asyncio.run(main(parser.parse_args()))
