@@ -10,12 +10,23 @@ import subprocess
 import sys
 
 # What daemon.cli's sync handler imports (the CLI, the config, logging, the commands and
-# through them the runner), and the Metrics every run builds.
+# through them the runner), and what sync_once builds before it opens the state (its Metrics).
 SYNC_ONCE_PATH = """
-import json, sys
+import asyncio, json, sys
 import daemon.cli, daemon.config, daemon.logging, daemon.commands
 daemon.cli._parser().parse_args(["sync", "--once"])
-daemon.commands.Metrics()
+
+class StoresOpened(Exception):
+    pass
+
+def open_stores(config, metrics, **options):
+    raise StoresOpened
+
+daemon.commands.open_stores = open_stores
+try:
+    asyncio.run(daemon.commands.sync_once(None, None, dry_run=False))
+except StoresOpened:
+    pass
 print(json.dumps({"modules": sorted(sys.modules), "version_read": "__version__" in vars(daemon)}))
 """
 
@@ -37,6 +48,9 @@ NOT_NEEDED = {
     "state.copy": "a dry run of a shared state, state copy",
     "asyncpg": "a PostgreSQL state",
     "cryptography.x509": "a certificate credential, when MSAL is asked",
+    "prometheus_client": "the daemon's /metrics (daemon.metrics_export); a command's metrics are not served",
+    "daemon.metrics_export": "the daemon's /metrics",
+    "tenacity": "the retry policy is daemon.retry's own loop",
 }
 
 
