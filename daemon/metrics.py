@@ -73,7 +73,7 @@ class Metrics:
         if served:
             from daemon.metrics_export import Exporter  # prometheus_client: only where metrics are served
 
-            self._exporter = Exporter(self)
+            self._exporter = Exporter()
         self.tenant_ready = self._gauge(
             "m365sync_tenant_ready",
             "1 when the tenant can sync (authorized, secrets present), else 0.",
@@ -214,7 +214,7 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format served at ``/metrics``: per-tenant series only
         of the tenants this daemon owns (every tenant, on SQLite)."""
-        return b"" if self._exporter is None else self._exporter.render()
+        return b"" if self._exporter is None else self._exporter.render(self.owns)
 
     def _counter(self, name: str, documentation: str, labels: Iterable[str] = ()) -> Counting:
         return UNRECORDED if self._exporter is None else self._exporter.counter(name, documentation, labels)

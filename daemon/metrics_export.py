@@ -7,8 +7,7 @@ independent and lets ``/metrics`` show exactly what this process owns.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,9 +20,6 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import InfoMetricFamily, Metric
-
-if TYPE_CHECKING:
-    from daemon.metrics import Metrics
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -48,8 +44,7 @@ class BuildInfo:
 class Exporter:
     """The prometheus_client side of one :class:`Metrics`: its registry, its metrics, its page."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -64,19 +59,19 @@ class Exporter:
     def histogram(self, name: str, documentation: str, labels: Iterable[str], buckets: Iterable[float]) -> Histogram:
         return Histogram(name, documentation, labels, buckets=tuple(buckets), registry=self.registry)
 
-    def render(self) -> bytes:
-        """Per-tenant series only of the tenants this daemon owns (every tenant, on SQLite)."""
-        return generate_latest(_OwnedTenants(self))
+    def render(self, owns: Callable[[str], bool]) -> bytes:
+        """Per-tenant series only of the tenants ``owns`` (every tenant, on SQLite)."""
+        return generate_latest(_OwnedTenants(self.registry, owns))
 
 
 class _OwnedTenants:
     """The registry, without the series of tenants another daemon owns (they export those)."""
 
-    def __init__(self, exporter: Exporter) -> None:
-        self.exporter = exporter
+    def __init__(self, registry: CollectorRegistry, owns: Callable[[str], bool]) -> None:
+        self.registry = registry
+        self.owns = owns
 
     def collect(self) -> Iterator[Metric]:
-        for family in self.exporter.registry.collect():
-            family.samples = [s for s in family.samples
-                              if "tenant" not in s.labels or self.exporter.metrics.owns(s.labels["tenant"])]
+        for family in self.registry.collect():
+            family.samples = [s for s in family.samples if "tenant" not in s.labels or self.owns(s.labels["tenant"])]
             yield family
