@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 # What daemon.cli's sync handler imports (the CLI, the config, logging, the commands and
 # through them the runner), and what sync_once builds before it opens the state (its Metrics).
 SYNC_ONCE_PATH = """
@@ -61,3 +63,17 @@ def test_sync_once_does_not_import_what_it_does_not_need() -> None:
     assert "daemon.sync.runner" in imported and "aiohttp.client" in imported  # the path was really imported
     assert {name: why for name, why in NOT_NEEDED.items() if name in imported} == {}
     assert found["version_read"] is False  # --version and the metrics' first scrape read it (daemon.__getattr__)
+
+
+def test_metrics_that_are_not_served_take_every_recording_and_keep_none() -> None:
+    from daemon.metrics import Metrics
+
+    metrics = Metrics(served=False)
+    metrics.graph_requests.labels("contoso", "users", "200").inc()
+    metrics.tenant_owner.labels(tenant="contoso", instance="a").set(1)
+    metrics.tenant_owner.remove("contoso", "a")
+    metrics.run_lateness.observe(1.5)
+    metrics.leases_lost.inc()
+    assert metrics.render() == b""
+    with pytest.raises(TypeError):
+        metrics.registry.collect()
