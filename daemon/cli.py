@@ -290,7 +290,7 @@ def _authorize(args: argparse.Namespace) -> int:
         try:
             store = Store(db)
             await store.register_tenant(tenant.name, tenant.directory_id, tenant.application_id)
-            return await AuthManager(config, store, Metrics()).issue_start_link(tenant.name, args.via)
+            return await AuthManager(config, store, Metrics(served=False)).issue_start_link(tenant.name, args.via)
         finally:
             await db.close()
 

@@ -147,7 +147,7 @@ class ProgressPrinter:
 async def sync_once(config: Config, tenant_name: str | None, dry_run: bool, out: TextIO = sys.stdout,
                     photos: bool = False) -> int:
     """``m365sync sync --once [--dry-run]``: one run per tenant in the foreground."""
-    metrics = Metrics()
+    metrics = Metrics(served=False)
     exit_code = 0
     async with open_stores(config, metrics, scratch_copy=dry_run) as stores, aiohttp.ClientSession() as session:
         for tenant in _tenants(config, tenant_name):
@@ -200,7 +200,7 @@ async def explain_user(config: Config, tenant_name: str, reference: str, out: Te
     from daemon.sync.user_scope import decide_stored
 
     tenant = config.tenant(tenant_name)
-    async with open_stores(config, Metrics()) as stores:
+    async with open_stores(config, Metrics(served=False)) as stores:
         copy = await stores.sync.find_user(tenant.name, reference)
         if copy is None:
             print(f"{reference}: no such user in the last Graph data of {tenant.name} "
@@ -257,7 +257,7 @@ async def history(config: Config, tenant_name: str, reference: str, out: TextIO 
     from daemon.history_view import history_lines, object_history
 
     tenant = config.tenant(tenant_name)
-    async with open_stores(config, Metrics()) as stores:
+    async with open_stores(config, Metrics(served=False)) as stores:
         found = await object_history(stores.sync, tenant.name, reference)
     if found is None:
         print(f"{reference}: no such user or group, and nothing written under that name in {tenant.name}", file=out)
@@ -272,7 +272,7 @@ async def history(config: Config, tenant_name: str, reference: str, out: TextIO 
 async def approve(config: Config, tenant_name: str, out: TextIO = sys.stdout) -> int:
     """``m365sync approve``: release exactly the held deprovisions on the next run."""
     tenant = config.tenant(tenant_name)
-    async with open_stores(config, Metrics()) as stores:
+    async with open_stores(config, Metrics(served=False)) as stores:
         count = await stores.sync.approve_held(tenant.name)
     if count:
         print(f"{tenant.name}: {count} held deprovision(s) approved; they are applied on the next run", file=out)
@@ -289,7 +289,7 @@ async def status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int
     PostgreSQL state is read where it is, and nothing is registered."""
     from daemon import status as status_module
 
-    async with open_stores(config, Metrics(), scratch_copy=True, read_only=True) as stores:
+    async with open_stores(config, Metrics(served=False), scratch_copy=True, read_only=True) as stores:
         reports = await status_module.collect(config, stores.store, stores.sync)
     if as_json:
         print(json.dumps(redact_value(status_module.as_json(reports)), indent=2), file=out)

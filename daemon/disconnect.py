@@ -41,7 +41,8 @@ from state.sync_store import SyncStore
 
 async def disconnect(config: Config, name: str, deprovision: bool, delete: bool, out: TextIO = sys.stdout) -> int:
     tenant = config.find_tenant(name)
-    async with open_stores(config, Metrics()) as stores:
+    metrics = Metrics(served=False)
+    async with open_stores(config, metrics) as stores:
         if await stores.store.tenant(name) is None:
             print(f"m365sync: error: no tenant named {name!r} in the configuration or the state", file=sys.stderr)
             return 2
@@ -59,7 +60,7 @@ async def disconnect(config: Config, name: str, deprovision: bool, delete: bool,
             return 1
         try:
             async with aiohttp.ClientSession() as session:
-                transport = Transport(session, name, Metrics(), ssl_context=client_ssl_context(tenant.ca_file))
+                transport = Transport(session, name, metrics, ssl_context=client_ssl_context(tenant.ca_file))
                 pbx = PbxClient(transport, tenant.pbx.scim_url, read_secret(tenant.pbx.token_file))
                 result = await _clear_presence(tenant, stores.sync, pbx, out)
                 if deprovision:

@@ -26,7 +26,8 @@ from daemon.health import TenantStatus
 from daemon.history_view import ObjectHistory
 from daemon.http_guard import MAX_BODY_BYTES, ConnectionGuard
 from daemon.logging import get_logger
-from daemon.metrics import CONTENT_TYPE, Metrics
+from daemon.metrics import Metrics
+from daemon.metrics_export import CONTENT_TYPE
 from daemon.notify.endpoint import NotificationSink, RateLimit, add_routes
 from daemon.redact import redact_text, redact_value
 from daemon.status import TenantReport

@@ -9,13 +9,26 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 # What daemon.cli's sync handler imports (the CLI, the config, logging, the commands and
-# through them the runner), and the Metrics every run builds.
+# through them the runner), and what sync_once builds before it opens the state (its Metrics).
 SYNC_ONCE_PATH = """
-import json, sys
+import asyncio, json, sys
 import daemon.cli, daemon.config, daemon.logging, daemon.commands
 daemon.cli._parser().parse_args(["sync", "--once"])
-daemon.commands.Metrics()
+
+class StoresOpened(Exception):
+    pass
+
+def open_stores(config, metrics, **options):
+    raise StoresOpened
+
+daemon.commands.open_stores = open_stores
+try:
+    asyncio.run(daemon.commands.sync_once(None, None, dry_run=False))
+except StoresOpened:
+    pass
 print(json.dumps({"modules": sorted(sys.modules), "version_read": "__version__" in vars(daemon)}))
 """
 
@@ -37,6 +50,9 @@ NOT_NEEDED = {
     "state.copy": "a dry run of a shared state, state copy",
     "asyncpg": "a PostgreSQL state",
     "cryptography.x509": "a certificate credential, when MSAL is asked",
+    "prometheus_client": "the daemon's /metrics (daemon.metrics_export); a command's metrics are not served",
+    "daemon.metrics_export": "the daemon's /metrics",
+    "tenacity": "the retry policy is daemon.retry's own loop",
 }
 
 
@@ -47,3 +63,17 @@ def test_sync_once_does_not_import_what_it_does_not_need() -> None:
     assert "daemon.sync.runner" in imported and "aiohttp.client" in imported  # the path was really imported
     assert {name: why for name, why in NOT_NEEDED.items() if name in imported} == {}
     assert found["version_read"] is False  # --version and the metrics' first scrape read it (daemon.__getattr__)
+
+
+def test_metrics_that_are_not_served_take_every_recording_and_keep_none() -> None:
+    from daemon.metrics import Metrics
+
+    metrics = Metrics(served=False)
+    metrics.graph_requests.labels("contoso", "users", "200").inc()
+    metrics.tenant_owner.labels(tenant="contoso", instance="a").set(1)
+    metrics.tenant_owner.remove("contoso", "a")
+    metrics.run_lateness.observe(1.5)
+    metrics.leases_lost.inc()
+    assert metrics.render() == b""
+    with pytest.raises(TypeError):
+        metrics.registry.collect()
