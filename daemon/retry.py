@@ -1,4 +1,4 @@
-"""The one retry policy of the Graph and PBX clients.
+"""The one retry policy of the Graph and PBX clients, run by tenacity.
 
 Servers that say ``Retry-After`` are waited on at least that long (never
 shorter; a wait longer than ``longest_retry_after`` ends the request instead);
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from daemon.clock import SystemClock
 from daemon.metrics import Metrics
@@ -99,19 +100,35 @@ async def with_retries(
     """Run ``attempt`` until it returns, raises something else, or the policy
     gives up; then the last :class:`RetryableFailure` is raised (with
     ``attempts`` set), for the caller to translate into its typed error."""
-    attempts = 0
-    while True:
-        attempts += 1
-        try:
-            return await attempt()
-        except RetryableFailure as failure:
-            delay = policy.delay(failure.retry_after, attempts, rng) if attempts < policy.max_attempts else None
-            if delay is None:
-                failure.attempts = attempts
-                raise
-            if on_retry is not None:
-                on_retry(failure, delay)
-            await clock.sleep(delay)
+
+    def stop(state: RetryCallState) -> bool:
+        failure = _failure_of(state)
+        if failure is not None and failure.retry_after is not None and failure.retry_after > policy.longest_retry_after:
+            return True
+        return state.attempt_number >= policy.max_attempts
+
+    def wait(state: RetryCallState) -> float:
+        failure = _failure_of(state)
+        delay = policy.delay(failure.retry_after if failure else None, state.attempt_number, rng)
+        return delay if delay is not None else 0.0
+
+    def before_sleep(state: RetryCallState) -> None:
+        failure = _failure_of(state)
+        if on_retry is not None and failure is not None and state.next_action is not None:
+            on_retry(failure, state.next_action.sleep)
+
+    retrying = AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception_type(RetryableFailure),
+                             sleep=clock.sleep, before_sleep=before_sleep, reraise=True)
+    try:
+        return await retrying(attempt)
+    except RetryableFailure as failure:
+        failure.attempts = retrying.statistics.get("attempt_number", 1)
+        raise
+
+
+def _failure_of(state: RetryCallState) -> RetryableFailure | None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    return error if isinstance(error, RetryableFailure) else None
 
 
 @dataclass
