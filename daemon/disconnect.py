@@ -34,7 +34,7 @@ from daemon.sync.guard import guard, held_rows
 from daemon.sync.presence import clear_presence
 from daemon.sync.report import RunReport
 from daemon.sync.runner import LOCK_OWNER, RUN_LOCK_SECONDS, _process_alive
-from daemon.tls import client_ssl_context
+from daemon.tls import transport_ssl_context
 from state.pushed import Removed
 from state.sync_store import SyncStore
 
@@ -60,7 +60,7 @@ async def disconnect(config: Config, name: str, deprovision: bool, delete: bool,
             return 1
         try:
             async with aiohttp.ClientSession() as session:
-                transport = Transport(session, name, metrics, ssl_context=client_ssl_context(tenant.ca_file))
+                transport = Transport(session, name, metrics, ssl_context=transport_ssl_context(tenant.ca_file))
                 pbx = PbxClient(transport, tenant.pbx.scim_url, read_secret(tenant.pbx.token_file))
                 result = await _clear_presence(tenant, stores.sync, pbx, out)
                 if deprovision:

@@ -52,7 +52,6 @@ NOT_NEEDED = {
     "cryptography.x509": "a certificate credential, when MSAL is asked",
     "prometheus_client": "the daemon's /metrics (daemon.metrics_export); a command's metrics are not served",
     "daemon.metrics_export": "the daemon's /metrics",
-    "tenacity": "the retry policy is daemon.retry's own loop",
 }
 
 

@@ -34,7 +34,7 @@ from daemon.sync.apply import Progress
 from daemon.sync.kinds import RUN_KINDS, USERS_POLL_KINDS, Clients, SyncRequest, build_pipelines
 from daemon.sync.report import RunReport
 from daemon.sync.run_backlog import RunBacklog, UnrecordedRun
-from daemon.tls import client_ssl_context
+from daemon.tls import transport_ssl_context
 from state.store import Store
 from state.sync_store import SyncStore
 
@@ -102,7 +102,7 @@ class TenantRunner:
 
     def _transport(self) -> Transport:
         return Transport(self.session, self.tenant.name, self.metrics,
-                         ssl_context=client_ssl_context(self.tenant.ca_file), clock=self.clock, budget=self.budget)
+                         ssl_context=transport_ssl_context(self.tenant.ca_file), clock=self.clock, budget=self.budget)
 
     def graph_client(self) -> GraphClient:
         """The tenant's Graph client, for work outside a pipeline (its change-notification subscriptions)."""
