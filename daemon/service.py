@@ -173,7 +173,7 @@ class Service:
         owner told through its ownership (the forwarding Sync now uses)."""
         ownership = supervisor.ownership
         daemon = NotifiedDaemon(lambda: supervisor.config, ownership.holds, ownership.forward_notified,
-                                supervisor.graph_for, supervisor.read_now)
+                                supervisor.graph_for, supervisor.read_now, shared=ownership.shared)
         notifications = Notifications(daemon, NotifyStore(db, self.clock.time), supervisor.store, supervisor.sync_store,
                                       auth.sealer, self.metrics, self.clock)
         ownership.on_notified = notifications.notified

@@ -294,6 +294,23 @@ async def test_a_tenant_removed_while_no_daemon_ran_is_forgotten_at_start(notifi
     assert warning["expire_by"] == datetime.fromtimestamp(now + 86400, UTC).isoformat(timespec="seconds")
 
 
+async def test_on_a_shared_state_a_tenant_another_daemon_may_configure_is_not_forgotten(notified: Notified) -> None:
+    """Hosts of a shared state are updated one at a time: the tenant this configuration lacks may be
+    another daemon's, whose notifications must go on."""
+    notifications = notified.service.notifications
+    assert notifications is not None
+    store = notifications.store
+    await notified.service.store.register_tenant("gone", "d", "a")
+    await store.put_subscription("gone", StoredSubscription("sub-gone", "user", "users", None,
+                                                            notified.clock.time() + 86400, b"x"))
+    notifications.daemon = replace(notifications.daemon, shared=True)
+    await notifications.forget_unconfigured()
+    assert "gone" in await store.subscribed_tenants()
+    notifications.daemon = replace(notifications.daemon, shared=False)
+    await notifications.forget_unconfigured()
+    assert "gone" not in await store.subscribed_tenants()
+
+
 async def test_a_failing_notified_read_logs_one_line_with_its_code_and_no_traceback(notified: Notified) -> None:
     assert notified.service.notifications is not None
     service = notified.service.notifications

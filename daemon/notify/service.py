@@ -57,6 +57,7 @@ class Daemon:
     graph: Callable[[str], Awaitable[GraphClient | None]]  # None: not now (not owner, not authorized)
     # (tenant, kinds, trigger, mailboxes or None for every one) -> result
     read: Callable[[str, frozenset[str], str, frozenset[str] | None], Awaitable[str]]
+    shared: bool = False  # a state several daemons share, each with its own configuration file
 
 
 class Notifications:
@@ -252,7 +253,11 @@ class Notifications:
         (a reload deletes them at Graph, :meth:`tenants_removed`): their credentials went with their
         settings, so they cannot be deleted at Graph now. They are forgotten here (their notifications
         are answered 404, as for any unknown tenant, and their reads never come) and Graph drops them
-        when they expire, which the warning says."""
+        when they expire, which the warning says. Not on a shared state: another daemon's configuration
+        may name a tenant this one's does not (hosts updated one at a time), and forgetting its
+        subscriptions there would silence its notifications; a reload there deletes them at Graph."""
+        if self.daemon.shared:
+            return
         config = self.daemon.config()
         for name in await self.store.subscribed_tenants():
             if config.find_tenant(name) is not None:
