@@ -114,6 +114,7 @@ class RecordingStore:
 
     def __init__(self, copies: dict[str, GraphCopy], events: list[str]) -> None:
         self.copies, self.events = copies, events
+        self.journaled: list[str] = []
 
     async def apply_bookkeeping(self, tenant: str, entries: Sequence[Any], history: Sequence[Any] = ()) -> list[str]:
         return []
@@ -127,6 +128,7 @@ class RecordingStore:
         return {i: self.copies[i] for i in ids if i in self.copies}
 
     async def journal_creates(self, tenant: str, creates: Sequence[Any]) -> None:
+        self.journaled += [graph_id for _, graph_id, _ in creates]
         await asyncio.sleep(0)
 
 
@@ -158,9 +160,11 @@ async def test_the_next_chunk_is_built_after_the_one_before_is_sent(tmp_path: Pa
     for _ in range(50):
         await asyncio.sleep(0)
     ids = [c.graph_id for c in changes]
-    # two requests in flight, and the second chunk was built only after the first went out
-    assert events == [f"build {ids[0]}", f"send {ids[0]}", f"build {ids[2]}", f"send {ids[2]}"]
+    # two requests in flight, each chunk built only after the one before went out, and the third
+    # built and journaled while both wait, but not sent before one of them is answered
+    assert events == [f"build {ids[0]}", f"send {ids[0]}", f"build {ids[2]}", f"send {ids[2]}", f"build {ids[4]}"]
+    assert store.journaled == ids
     writer.answer.set()
     await applying
-    assert events[4:] == [f"build {ids[4]}", f"send {ids[4]}"]
+    assert events[5:] == [f"send {ids[4]}"]
     assert report.counts == {"create": 6} and not report.failures
