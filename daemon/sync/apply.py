@@ -206,13 +206,7 @@ class Applier:
             # next runs do not send it again until it changes; the note says it is not on the PBX.
             note = f"the PBX refused {', '.join(outcome.refused_attributes)}; the rest was written" \
                 if outcome.refused_attributes else None
-            # built, not ``replace``d: one per written object
-            return Pushed(kind=entry.kind, graph_id=entry.graph_id,
-                          pbx_id=outcome.pbx_id or change.operation.pbx_id or entry.pbx_id, payload=entry.payload,
-                          payload_hash=entry.payload_hash, etag=outcome.etag, active=entry.active,
-                          out_of_scope_since=entry.out_of_scope_since, photo_etag=entry.photo_etag,
-                          extension=entry.extension, input_hash=entry.input_hash, note=note,
-                          payload_text=entry.payload_text)
+            return entry.written(outcome.pbx_id or change.operation.pbx_id or entry.pbx_id, outcome.etag, note)
         if isinstance(entry, BusyPushed) and outcome.pbx_id and outcome.pbx_id != change.operation.pbx_id:
             return replace(entry, pbx_id=outcome.pbx_id)  # found under its real id: the next write goes there
         return entry
