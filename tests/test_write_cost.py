@@ -14,6 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
+from daemon.errors import PbxUnavailable
 from daemon.pbx.bulk import bulk_body, bulk_requests
 from daemon.pbx.connection import encoded_body
 from daemon.pbx.mapping import payload_hash
@@ -168,3 +171,31 @@ async def test_the_next_chunk_is_built_after_the_one_before_is_sent(tmp_path: Pa
     await applying
     assert events[5:] == [f"send {ids[4]}"]
     assert report.counts == {"create": 6} and not report.failures
+
+
+class FailingFirstWriter(HeldWriter):
+    """Held like :class:`HeldWriter`; its first request then fails as an unreachable PBX does."""
+
+    async def execute_many(self, operations: Sequence[PbxOperation]) -> AsyncIterator[PbxOutcome]:
+        first = not any(event.startswith("send") for event in self.events)
+        async for outcome in super().execute_many(operations):
+            if first:
+                raise PbxUnavailable("PBX unreachable")
+            yield outcome
+
+
+async def test_a_chunk_built_ahead_is_not_sent_after_a_chunk_before_it_failed(tmp_path: Path) -> None:
+    _, changes, copies = planned_creates(tmp_path, 6)
+    events: list[str] = []
+    writer = FailingFirstWriter(events)
+    store = RecordingStore(copies, events)
+    applying = asyncio.ensure_future(Applier("t", cast(SyncStore, store), cast(Any, writer), RunReport(),
+                                             chunk_size=2).apply(Plan(changes=changes)))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    ids = [c.graph_id for c in changes]
+    assert events[-1] == f"build {ids[4]}" and store.journaled == ids  # built ahead, waiting for a slot
+    writer.answer.set()
+    with pytest.raises(PbxUnavailable):
+        await applying
+    assert [e for e in events if e.startswith("send")] == [f"send {ids[0]}", f"send {ids[2]}"]

@@ -87,6 +87,7 @@ class Applier:
     in_flight: int = REQUESTS_IN_FLIGHT
     _user_ids: dict[str, str] | None = field(default=None, init=False, repr=False)  # looked up once per apply
     _slots: asyncio.Semaphore = field(init=False, repr=False)  # a chunk sends only in one of ``in_flight`` slots
+    _stopped: bool = field(default=False, init=False, repr=False)  # a chunk failed: no chunk waiting for a slot is sent
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(max(1, self.in_flight))
@@ -103,7 +104,7 @@ class Applier:
         if plan.changes:
             await self.sync_store.prune_history()
         ordered = plan.ordered()
-        self._user_ids = None
+        self._user_ids, self._stopped = None, False
         if not ordered:
             return
         size = self.chunk_size or min(MAX_CHUNK, max(WRITE_CHUNK, await self.writer.operations_per_request()))
@@ -128,7 +129,11 @@ class Applier:
         try:
             if previous_sending is not None:
                 await previous_sending.wait()
-            await self._apply_chunk(await self._materialize(chunk), sending)
+            if not await self._apply_chunk(await self._materialize(chunk), sending):
+                return
+        except BaseException:
+            self._stopped = True
+            raise
         finally:
             sending.set()  # also when it failed: the chunk after it, already started, does not wait forever
         done[0] += len(chunk)
@@ -166,7 +171,10 @@ class Applier:
         await self.sync_store.apply_bookkeeping(
             self.tenant, [Failed(c.kind, c.graph_id, text, c.fingerprint) for c, text in failed if c.kind not in POLLED_ATTRIBUTES])
 
-    async def _apply_chunk(self, chunk: list[Change], sending: asyncio.Event | None = None) -> None:
+    async def _apply_chunk(self, chunk: list[Change], sending: asyncio.Event | None = None) -> bool:
+        """Journal, send and record one materialized chunk; False when it was not sent because a
+        chunk before it failed while it waited for a slot (its journal entries are then looked up
+        by externalId, as after a crash before a send)."""
         await self.sync_store.journal_creates(
             self.tenant, [(c.kind, c.graph_id, c.extension) for c in chunk if c.operation.action == "create"])
         if sending is not None:
@@ -177,6 +185,8 @@ class Applier:
         failed: dict[str, Change] = {}
         run_id = current_run_id()
         async with self._slots:  # journaled ahead; sent when one of the requests in flight is answered
+            if self._stopped:
+                return False
             outcomes = [outcome async for outcome in self.writer.execute_many([c.operation for c in chunk])]
         for outcome in outcomes:
             change = by_operation[id(outcome.operation)]
@@ -193,6 +203,7 @@ class Applier:
         for graph_id in await self.sync_store.apply_bookkeeping(self.tenant, entries, history):
             change = failed[graph_id]
             log.error("object quarantined after repeated failures", kind=change.kind, object=change.label)
+        return True
 
     @staticmethod
     def _bookkeeping(change: Change, outcome: PbxOutcome) -> Bookkeeping | None:
