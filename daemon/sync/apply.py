@@ -187,19 +187,19 @@ class Applier:
         async with self._slots:  # journaled ahead; sent when one of the requests in flight is answered
             if self._stopped:
                 return False
-            outcomes = [outcome async for outcome in self.writer.execute_many([c.operation for c in chunk])]
-        for outcome in outcomes:
-            change = by_operation[id(outcome.operation)]
-            entry = self._bookkeeping(change, outcome)
-            if entry is not None:
-                entries.append(entry)
-            if outcome.ok:
-                self.report.count(change.kind, change.action)
-                if change.kind not in POLLED_ATTRIBUTES:  # no object anyone asks the history of
-                    history.append(history_entry(change, run_id))
-            else:
-                self.report.fail(change.kind, f"{change.label}: {reason_of(outcome.error)}")
-                failed[change.graph_id] = change
+            # each outcome counted as it comes: a run stopped mid-chunk reports the writes it applied
+            async for outcome in self.writer.execute_many([c.operation for c in chunk]):
+                change = by_operation[id(outcome.operation)]
+                entry = self._bookkeeping(change, outcome)
+                if entry is not None:
+                    entries.append(entry)
+                if outcome.ok:
+                    self.report.count(change.kind, change.action)
+                    if change.kind not in POLLED_ATTRIBUTES:  # no object anyone asks the history of
+                        history.append(history_entry(change, run_id))
+                else:
+                    self.report.fail(change.kind, f"{change.label}: {reason_of(outcome.error)}")
+                    failed[change.graph_id] = change
         for graph_id in await self.sync_store.apply_bookkeeping(self.tenant, entries, history):
             change = failed[graph_id]
             log.error("object quarantined after repeated failures", kind=change.kind, object=change.label)
