@@ -3,6 +3,7 @@ daemon's and the PBX's work overlap (issue 24's /Bulk targets).
 
     python -m bench.bulk                         # 10k users, 3 repetitions, 0 and 50 ms before the PBX
     python -m bench.bulk --users 5000 --repeat 1 --latency-ms 0
+    python -m bench.bulk --repeat 1 --latency-ms 0 --timeline   # and when each step happened
 
 Each repetition starts a fresh scim2-server (so the PBX's work does not grow
 with earlier repetitions' objects) behind a proxy that adds ``--latency-ms``
@@ -11,6 +12,8 @@ to every PBX request, and a fresh fake world; the daemon's initial run
 PBX's CPU is read from ``/proc/<pid>/stat`` before and after the run; its
 write requests from its access log. Prints one JSON line per run and, at the
 end, the medians per latency (``--out FILE`` also writes them as JSON).
+``--timeline`` adds each run's marks (``bench/bulk_timeline.py``); the run then logs at
+``info``, so compare its CPU figures only with other ``--timeline`` runs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 import os
 import statistics
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +34,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.bulk_timeline import PbxRequest, logged, timeline
 from bench.measure import child_env
 from bench.run import measured
 from sim.pbx import ScimServer
@@ -45,17 +50,21 @@ def process_cpu_s(pid: int) -> float:
 
 
 @asynccontextmanager
-async def latency_proxy(target: str, latency_s: float) -> AsyncIterator[str]:
-    """A proxy before ``target`` (a SCIM base URL ending in /v2) that waits ``latency_s`` before each request."""
+async def latency_proxy(target: str, latency_s: float, seen: list[PbxRequest] | None = None) -> AsyncIterator[str]:
+    """A proxy before ``target`` (a SCIM base URL ending in /v2) that waits ``latency_s`` before each
+    request; each request's times go to ``seen``."""
     session = aiohttp.ClientSession()
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        received = time.time()
         body = await request.read()
         await asyncio.sleep(latency_s)
         headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}  # Host too: /Bulk locations name the proxy
         async with session.request(request.method, target + request.path_qs.split("/v2", 1)[1], data=body,
                                    headers=headers) as answer:
             payload = await answer.read()
+            if seen is not None:
+                seen.append(PbxRequest(request.method, request.path, received, time.time()))
             return web.Response(status=answer.status, body=payload, headers={
                 k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "etag", "location")})
 
@@ -72,20 +81,32 @@ async def latency_proxy(target: str, latency_s: float) -> AsyncIterator[str]:
         await session.close()
 
 
-async def initial_run(users: int, latency_ms: float) -> dict[str, Any]:
+async def initial_run(users: int, latency_ms: float, with_timeline: bool = False) -> dict[str, Any]:
+    seen: list[PbxRequest] = []
     with ScimServer() as scim, tempfile.TemporaryDirectory(prefix="m365sync-bulk-") as tmp:
         assert scim._process is not None
         pid = scim._process.pid
-        async with latency_proxy(scim.url("bulk"), latency_ms / 1000) as url:
+        async with latency_proxy(scim.url("bulk"), latency_ms / 1000, seen) as url:
             world = FakeWorld(Path(tmp), users=users, scim=scim, pbx_tenant="bulk", pbx_url=url, sync_photo=False)
             await world.start()
-            assert world.config_path is not None and world.made is not None
+            assert world.config_path is not None and world.made is not None and world.sim is not None
+            if with_timeline:  # the plan's time comes from its log line
+                config = world.config_path.read_text()
+                world.config_path.write_text(config.replace('level = "warning"', 'level = "info"')
+                                             .replace('format = "console"', 'format = "json"'))
+            graph_before = len(world.sim.log)
             try:
                 cpu_before = process_cpu_s(pid)
+                started = time.time()
                 result = await measured(["daemon.cli", "sync", "--once", "--config", str(world.config_path)],
-                                        child_env())
+                                        child_env(), keep_output=with_timeline)
+                exited = time.time()
                 log = await asyncio.to_thread(scim.settled_requests, "bulk")
                 result["pbx_cpu_s"] = round(process_cpu_s(pid) - cpu_before, 3)
+                if with_timeline:
+                    graph = [(r.path, r.at) for r in world.sim.log[graph_before:]]
+                    result["timeline"] = timeline(started, exited, graph, seen, logged(result.pop("output")),
+                                                  latency_ms / 1000)
             finally:
                 await world.stop()
         writes = [r for r in log if r.method != "GET"]
@@ -111,7 +132,7 @@ async def main(args: argparse.Namespace) -> None:
     runs: dict[float, list[dict[str, Any]]] = {latency: [] for latency in args.latency_ms}
     for _ in range(args.repeat):
         for latency in args.latency_ms:
-            result = await initial_run(args.users, latency)
+            result = await initial_run(args.users, latency, args.timeline)
             result["loadavg"] = os.getloadavg()
             print(json.dumps(result), flush=True)
             runs[latency].append(result)
@@ -129,5 +150,6 @@ if __name__ == "__main__":
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 50.0],
                         help="latency added before each PBX request")
     parser.add_argument("--max-operations", type=int, default=1000, help="the PBX's bulk.maxOperations (for the bound)")
+    parser.add_argument("--timeline", action="store_true", help="record when each step of the run happened")
     parser.add_argument("--out", help="write the runs and medians here as JSON")
     asyncio.run(main(parser.parse_args()))

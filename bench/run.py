@@ -50,8 +50,9 @@ def graph_kind(path: str, in_batch: bool) -> str:
     return {"/users/delta": "users_delta", "/users": "users_list", "/groups/delta": "groups_delta"}.get(label, "other")
 
 
-async def measured(command: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run ``python -m bench.measure OUT command...`` and return what it measured."""
+async def measured(command: list[str], env: dict[str, str], *, keep_output: bool = False) -> dict[str, Any]:
+    """Run ``python -m bench.measure OUT command...`` and return what it measured (with ``keep_output``,
+    also what the process wrote, as ``output``)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
         path = out.name
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.measure", path, *command,
@@ -62,6 +63,8 @@ async def measured(command: list[str], env: dict[str, str]) -> dict[str, Any]:
     os.unlink(path)
     if result["exit_code"] not in (0, 3):
         raise RuntimeError(f"{' '.join(command)} failed:\n{output.decode()[-3000:]}")
+    if keep_output:
+        result["output"] = output.decode(errors="replace")
     return result
 
 

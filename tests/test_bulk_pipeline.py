@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from daemon.clock import FakeClock
 from daemon.metrics import Metrics
-from daemon.pbx.bulk import bulk_body, chunks
+from daemon.pbx.bulk import bulk_body, bulk_requests
 from daemon.pbx.client import PbxClient
 from daemon.pbx.connection import encoded_body
 from daemon.pbx.types import PbxOperation, ProviderConfig
@@ -132,10 +132,10 @@ def test_bulk_requests_stay_under_the_announced_payload_size_to_the_byte() -> No
     operations += [PbxOperation("update", "User", f"up-{i}", operations=[{"op": "replace", "path": "title",
                                                                           "value": "Ünïcode " * (i % 9)}],
                                 pbx_id=f"pbx-{i}", etag=f'W/"{i}"') for i in range(100)]
-    split = chunks(operations, config)
+    requests = bulk_requests(operations, config)
+    split = [request.operations for request in requests]
     assert [op for chunk in split for op in chunk] == operations
-    sizes = [len(encoded_body(bulk_body(chunk, config.etag))) for chunk in split]
-    assert max(sizes) <= 4000
+    assert max(len(request.body) for request in requests) <= 4000
     for chunk, following in itertools.pairwise(split):  # each request is as full as the limit allows
         assert len(encoded_body(bulk_body([*chunk, following[0]], config.etag))) > 4000
 
@@ -143,7 +143,7 @@ def test_bulk_requests_stay_under_the_announced_payload_size_to_the_byte() -> No
 def test_bulk_requests_hold_as_many_operations_as_announced() -> None:
     config = ProviderConfig(bulk=True, bulk_max_operations=1000, bulk_max_payload_size=0)
     operations = [PbxOperation("delete", "User", f"id-{i}", pbx_id=f"p{i}") for i in range(2500)]
-    assert [len(c) for c in chunks(operations, config)] == [1000, 1000, 500]
+    assert [len(r.operations) for r in bulk_requests(operations, config)] == [1000, 1000, 500]
 
 
 # --- a run against scim2-server behind a proxy that watches the writes ---

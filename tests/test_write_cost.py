@@ -14,6 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
+from daemon.errors import PbxUnavailable
 from daemon.pbx.bulk import bulk_body, bulk_requests
 from daemon.pbx.connection import encoded_body
 from daemon.pbx.mapping import payload_hash
@@ -114,6 +117,7 @@ class RecordingStore:
 
     def __init__(self, copies: dict[str, GraphCopy], events: list[str]) -> None:
         self.copies, self.events = copies, events
+        self.journaled: list[str] = []
 
     async def apply_bookkeeping(self, tenant: str, entries: Sequence[Any], history: Sequence[Any] = ()) -> list[str]:
         return []
@@ -127,6 +131,7 @@ class RecordingStore:
         return {i: self.copies[i] for i in ids if i in self.copies}
 
     async def journal_creates(self, tenant: str, creates: Sequence[Any]) -> None:
+        self.journaled += [graph_id for _, graph_id, _ in creates]
         await asyncio.sleep(0)
 
 
@@ -158,9 +163,39 @@ async def test_the_next_chunk_is_built_after_the_one_before_is_sent(tmp_path: Pa
     for _ in range(50):
         await asyncio.sleep(0)
     ids = [c.graph_id for c in changes]
-    # two requests in flight, and the second chunk was built only after the first went out
-    assert events == [f"build {ids[0]}", f"send {ids[0]}", f"build {ids[2]}", f"send {ids[2]}"]
+    # two requests in flight, each chunk built only after the one before went out, and the third
+    # built and journaled while both wait, but not sent before one of them is answered
+    assert events == [f"build {ids[0]}", f"send {ids[0]}", f"build {ids[2]}", f"send {ids[2]}", f"build {ids[4]}"]
+    assert store.journaled == ids
     writer.answer.set()
     await applying
-    assert events[4:] == [f"build {ids[4]}", f"send {ids[4]}"]
+    assert events[5:] == [f"send {ids[4]}"]
     assert report.counts == {"create": 6} and not report.failures
+
+
+class FailingFirstWriter(HeldWriter):
+    """Held like :class:`HeldWriter`; its first request then fails as an unreachable PBX does."""
+
+    async def execute_many(self, operations: Sequence[PbxOperation]) -> AsyncIterator[PbxOutcome]:
+        first = not any(event.startswith("send") for event in self.events)
+        async for outcome in super().execute_many(operations):
+            if first:
+                raise PbxUnavailable("PBX unreachable")
+            yield outcome
+
+
+async def test_a_chunk_built_ahead_is_not_sent_after_a_chunk_before_it_failed(tmp_path: Path) -> None:
+    _, changes, copies = planned_creates(tmp_path, 6)
+    events: list[str] = []
+    writer = FailingFirstWriter(events)
+    store = RecordingStore(copies, events)
+    applying = asyncio.ensure_future(Applier("t", cast(SyncStore, store), cast(Any, writer), RunReport(),
+                                             chunk_size=2).apply(Plan(changes=changes)))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    ids = [c.graph_id for c in changes]
+    assert events[-1] == f"build {ids[4]}" and store.journaled == ids  # built ahead, waiting for a slot
+    writer.answer.set()
+    with pytest.raises(PbxUnavailable):
+        await applying
+    assert [e for e in events if e.startswith("send")] == [f"send {ids[0]}", f"send {ids[2]}"]

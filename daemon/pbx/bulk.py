@@ -85,11 +85,6 @@ def bulk_requests(operations: Sequence[PbxOperation], config: ProviderConfig) ->
     return out
 
 
-def chunks(operations: Sequence[PbxOperation], config: ProviderConfig) -> list[list[PbxOperation]]:
-    """The operations of each of :func:`bulk_requests`."""
-    return [request.operations for request in bulk_requests(operations, config)]
-
-
 @dataclass(frozen=True)
 class BulkResult:
     """One operation's answer inside a bulk response (status 0: none was given).

@@ -122,6 +122,11 @@ class PbxOperation:
         """An update with nothing to change (and nothing to re-check) needs no request."""
         return self.action == "update" and not self.operations and not self.maybe_applied
 
+    def with_payload(self, payload: Payload) -> PbxOperation:
+        """This write with its payload built (every field copied: one per new user, faster than ``replace``)."""
+        return PbxOperation(self.action, self.kind, self.external_id, payload, self.operations, self.pbx_id,
+                            self.etag, self.maybe_applied)
+
 
 @dataclass(frozen=True)
 class PbxOutcome:

@@ -15,8 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from daemon.pbx.mapping import PatchOperation, Payload, canonical_text, text_hash
-from daemon.pbx.types import PbxOperation
-from daemon.sync.changes import Change, Refs
+from daemon.sync.changes import Change
 from state.copies import GraphCopy
 from state.pushed import Pushed
 
@@ -52,25 +51,12 @@ def build_deferred(chunk: list[Change], copies: Mapping[str, GraphCopy],
 
 
 def _built_create(change: Change, payload: Payload, inputs: str | None, fingerprint: str) -> Change:
-    """A deferred create with its payload: each object made once (no ``replace`` copies; this
-    runs for every new user of a first run), the payload serialised once for its hash and its
-    stored copy."""
-    operation = change.operation
+    """A deferred create with its payload, the payload serialised once for its hash and its stored copy."""
     on_success = change.on_success
     if isinstance(on_success, Pushed):
         text = canonical_text(payload)
-        on_success = Pushed(kind=on_success.kind, graph_id=on_success.graph_id, pbx_id=on_success.pbx_id,
-                            payload=payload, payload_hash=text_hash(text), etag=on_success.etag,
-                            active=on_success.active, out_of_scope_since=on_success.out_of_scope_since,
-                            photo_etag=on_success.photo_etag, extension=on_success.extension, input_hash=inputs,
-                            note=on_success.note, payload_text=text)
-    refs = change.refs
-    sent = PbxOperation(action=operation.action, kind=operation.kind, external_id=operation.external_id,
-                        payload=payload, operations=operation.operations, pbx_id=operation.pbx_id,
-                        etag=operation.etag, maybe_applied=operation.maybe_applied)
-    return Change(kind=change.kind, action=change.action, phase=change.phase, operation=sent, on_success=on_success,
-                  label=change.label, reason=change.reason, fingerprint=fingerprint,
-                  extension=change.extension, refs=Refs(members=refs.members, owner=refs.owner, photo=refs.photo))
+        on_success = on_success.with_payload(payload, text, text_hash(text), inputs)
+    return change.materialized(change.operation.with_payload(payload), on_success, fingerprint, change.refs.built())
 
 
 def resolve_users(change: Change, pbx_ids: Mapping[str, str]) -> Change | None:
