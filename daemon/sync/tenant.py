@@ -56,7 +56,6 @@ from state.store import Store
 from state.sync_store import SyncStore
 
 if TYPE_CHECKING:  # the contacts modules are imported by a run that has contacts to sync
-    from daemon.sync.mailbox_contacts import Rows
     from daemon.sync.plan_contacts import Mailbox
     from daemon.sync.read_contacts import ContactsRead
 
@@ -270,33 +269,12 @@ class TenantSync:
 
     async def _plan_contacts(self, users: UserPlanner, snapshot: Snapshot, read: ContactsRead,
                              report: RunReport, inputs: str, *, full: bool) -> Plan:
-        from daemon.sync.mailbox_contacts import plan_contacts
+        from daemon.sync.mailbox_contacts import plan_selected
 
-        name = self.tenant.name
         selection = await select_contacts(self.tenant, self.sync_store, snapshot, inputs, full=full)
         self.planned_kinds.append("contact")
-        plan = await plan_contacts(self.tenant, self.pbx, self.now(), self._mailboxes(users, snapshot),
-                                   snapshot.pending_creates.get("contact", frozenset()), read, report,
-                                   self._contact_rows(selection))
-        stored = await self.sync_store.known_ids(name, "contact", [graph_id for graph_id, _ in selection.held_back])
-        for graph_id, quarantined in selection.held_back:  # one refused at its read (no copy) waits unreported
-            if graph_id in stored:
-                (plan.quarantined if quarantined else plan.waiting).append(("contact", graph_id))
-        return plan
-
-    async def _contact_rows(self, selection: UserSelection) -> Rows:
-        """The contacts a run plans: every one, or those ``changed_kinds`` selected (by an index)."""
-        name = self.tenant.name
-        if selection.full:
-            async for pair in self.sync_store.iter_with_synced(name, "contact"):
-                yield pair
-            return
-        seen: set[str] = set()
-        async for copy, found in self.sync_store.iter_with_synced_of(name, "contact", selection.ids):
-            seen.add(copy.id)
-            yield copy, found
-        for row in (await self.sync_store.synced_of(name, "contact", selection.ids - seen)).values():
-            yield None, row  # pushed, its copy gone
+        return await plan_selected(self.tenant, self.sync_store, self.pbx, self.now(), self._mailboxes(users, snapshot),
+                                   snapshot.pending_creates.get("contact", frozenset()), read, report, selection)
 
     async def _mark_changed_mailboxes(self, users: UserPlanner, snapshot: Snapshot, plan: Plan) -> None:
         """The contacts of planned users whose mailbox changed are planned again (``changed_kinds``)."""
