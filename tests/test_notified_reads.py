@@ -56,6 +56,8 @@ async def test_a_notified_contact_reads_that_mailboxs_contacts_alone(notified: N
     assert [r.path for r in reads if not r.in_batch] == ["/$batch"]  # no users or groups delta, one batch
     (run,) = await notified.runs("notification")
     assert run.result == "success" and run.summary["contact_counts"] == {"update": 1}
+    # what it planned is no longer dirty: the next directory run does not plan it again
+    assert await notified.service.sync_store.dirty_ids(TENANT, "contact") == set()
 
 
 async def test_a_notified_calendar_reads_that_calendar_alone(tmp_path: Path, scim_server_one_by_one: ScimServer
@@ -218,3 +220,21 @@ async def test_keeper_rounds_of_a_tenant_take_turns(notified: Notified) -> None:
     creates = len(notified.world.sim.requests("^/subscriptions$"))
     await asyncio.gather(notifications.keep(TENANT), notifications.keep(TENANT))  # e.g. a run's end and the loop's
     assert len(notified.world.sim.requests("^/subscriptions$")) - creates == 8 == len(notified.graph.subscriptions)
+
+
+async def test_a_leavers_contacts_go_with_the_next_backstop_slice(notified: Notified) -> None:
+    """The users poll disables a leaver and marks his contacts; the next slice of the mailbox backstop,
+    whichever mailboxes it reads, deletes them (as the whole-run backstop did before it was spread)."""
+    sync_store = notified.service.sync_store
+    assert await sync_store.synced_of(TENANT, "contact", ["c-001-0"])  # user 1's contact, on the PBX
+    notified.world.tenant.change_user(user_id(1), accountEnabled=False)
+    notified.graph.drop_pending()  # the users poll finds the leaver, not a notification
+
+    async def gone() -> bool:  # a minute at a time: the users poll, then a slice (the same minute or the next)
+        await notified.clock.advance_async(60)
+        return not await sync_store.synced_of(TENANT, "contact", ["c-001-0"])
+
+    await until(gone, 30, "the leaver's contacts deleted")
+    assert not await sync_store.synced_of(TENANT, "contact", ["c-001-0"])
+    slices = [run for run in await notified.runs(MAILBOX_POLL) if run.summary["contact_counts"]]
+    assert [run.summary["contact_counts"] for run in slices] == [{"delete": 1}]
