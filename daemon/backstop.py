@@ -31,8 +31,9 @@ BACKSTOP_TICK_SECONDS = 60.0  # one slice a minute, as issue 25 counts the backs
 
 
 def backstop_slices(interval: float, tick: float = BACKSTOP_TICK_SECONDS) -> int:
-    """How many ticks of about ``tick`` seconds a round of ``interval`` seconds has (at least one)."""
-    return max(1, round(interval / tick))
+    """How many ticks of ``tick`` seconds or more fit in a round of ``interval`` seconds (at least one),
+    so a poll every ``tick`` seconds ends its round within the interval."""
+    return max(1, int(interval // tick))
 
 
 class Rounds:

@@ -37,7 +37,8 @@ def test_a_round_reads_every_mailbox_once_and_no_tick_more_than_its_share() -> N
         assert set(read) == set(members) and set(read.values()) == {1}
         assert max(len(chosen) for chosen in slices) <= math.ceil(1000 / 30)
         assert min(len(chosen) for chosen in slices) >= 1000 // 30
-    assert backstop_slices(300) == 5 and backstop_slices(30) == 1 and backstop_slices(90) == 2
+    assert backstop_slices(300) == 5 and backstop_slices(30) == 1 and backstop_slices(90) == 1
+    assert backstop_slices(1800, 70) == 25  # a calendar poll every 70 s: 25 ticks, 1750 s, within the interval
 
 
 def test_a_mailbox_added_or_removed_mid_round_moves_no_other() -> None:
@@ -178,6 +179,26 @@ async def test_calendars_notified_are_read_a_slice_a_tick_otherwise_all_every_po
         assert recorded.calendar_reads[-1] is None
     finally:
         await recorded.stop()
+
+
+def test_the_backstop_ticks_follow_the_settings(tmp_path: Path) -> None:
+    """A reload that changes an interval rebuilds the polls (``poll_settings``): their ticks are these."""
+    def ticks(**sections: Any) -> dict[str, float]:
+        tenant = tenant_config(tmp_path, **sections)
+        schedule = TenantSchedule(tenant, lambda *args: asyncio.sleep(0, "success"), ManualClock())
+
+        async def members(kind: str) -> list[str]:
+            return []
+
+        async def sync_now(request: SyncRequest) -> str:
+            return "success"
+
+        return {loop.name.split("-")[0]: loop.interval
+                for loop in tenant_polls(tenant, schedule, sync_now, ManualClock(), Metrics(), members)}
+
+    assert ticks(personal_contacts={"enabled": True})["mailboxes"] == 60
+    assert ticks(personal_contacts={"enabled": True, "poll_seconds": 300})["mailboxes"] == 60
+    assert ticks(personal_contacts={"enabled": True, "poll_seconds": 90})["mailboxes"] == 90
 
 
 async def test_no_mailbox_to_read_queues_no_run(tmp_path: Path) -> None:
