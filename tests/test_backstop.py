@@ -210,3 +210,12 @@ async def test_no_mailbox_to_read_queues_no_run(tmp_path: Path) -> None:
         assert all(run.trigger != MAILBOX_POLL for run in recorded.runs)
     finally:
         await recorded.stop()
+
+
+def test_a_slice_and_the_users_poll_joined_either_way_are_routine() -> None:
+    """A run of the two polls that changed nothing leaves no record, whichever of them was queued first."""
+    assert SyncRequest("t", frozenset({CONTACT}), MAILBOX_POLL, frozenset({"a"})).routine
+    assert SyncRequest("t", frozenset({"user", "group", CONTACT}), "users-poll", frozenset({"a"})).routine
+    assert SyncRequest("t", frozenset({"user", "group"}), "users-poll").routine
+    assert not SyncRequest("t", frozenset({"user", "group", CONTACT}), "users-poll").routine  # a whole run
+    assert not SyncRequest("t", frozenset({CONTACT}), "notification", frozenset({"a"})).routine

@@ -71,7 +71,8 @@ class SyncRequest:
     def routine(self) -> bool:
         """A poll's run (the users poll, a backstop slice): every minute, so one that changed
         nothing logs at debug and leaves no run record."""
-        return self.kinds == USERS_POLL_KINDS or (self.trigger == MAILBOX_POLL and self.mailboxes is not None)
+        sliced = self.trigger in (USERS_POLL, MAILBOX_POLL) and self.mailboxes is not None  # the two joined, too
+        return self.kinds == USERS_POLL_KINDS or sliced
 
 
 def mailboxes_read(kinds: frozenset[str], mailboxes: frozenset[str] | None) -> frozenset[str] | None:
