@@ -13,10 +13,14 @@ mailbox). It plans what a partial run's contacts plan would
 a mailbox the users poll saw change, e.g. a leaver's, which go), failed ones
 whose retry is due, journaled creates and held deprovisions, and marks them
 planned (no longer dirty), so the next run does not plan them again.
-Contacts on the PBX whose stored copy is gone are found only among those
-(by id, from their indexes); one that is none of them is left to the full
-runs, which plan every contact: finding it otherwise means comparing every
-pushed contact with every copy, the full plan's work.
+Contacts on the PBX whose stored copy is gone are planned when they are
+among those (by id, from their indexes: a failed, held or journaled one);
+any other is left to the full runs, which plan every contact. A pushed
+contact's row names no owner (``synced_objects`` has no owner column), so
+finding a mailbox's pushed contacts without a copy means comparing every
+pushed contact of the tenant with the copies: the full plan's work, not a
+slice's. (It cannot happen but by hand: a copy goes only with its pushed
+row, ``state.pushed``.)
 """
 
 from __future__ import annotations
