@@ -19,8 +19,8 @@ any other is left to the full runs, which plan every contact. A pushed
 contact's row names no owner (``synced_objects`` has no owner column), so
 finding a mailbox's pushed contacts without a copy means comparing every
 pushed contact of the tenant with the copies: the full plan's work, not a
-slice's. (It cannot happen but by hand: a copy goes only with its pushed
-row, ``state.pushed``.)
+slice's. (In normal operation a copy goes only with its pushed
+row, ``state.pushed``: it takes a state edited or restored by hand.)
 """
 
 from __future__ import annotations
