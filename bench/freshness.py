@@ -30,6 +30,13 @@ next ``sync_time`` (every 6 hours in the guide).
     .venv/bin/python -m bench.freshness --scenario push --users 1000 --mailboxes --trials 5
     .venv/bin/python -m bench.freshness --scenario poll --users 10000 --trials 5
     .venv/bin/python -m bench.freshness --scenario steady --users 10000 --minutes 5
+    .venv/bin/python -m bench.freshness --scenario steady --users 1000 --minutes 10 --backstop-seconds 300
+
+``steady`` also counts, minute by minute, the requests, the ``$batch``es and
+the mailboxes whose contacts and calendars they read (the mailbox backstop's
+slices: min/max/mean), and how often each mailbox's contacts were read in
+the window (``--backstop-seconds`` shortens the backstop's interval so the
+window holds whole rounds).
 """
 
 from __future__ import annotations
@@ -71,8 +78,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
-def configure(world: FakeWorld, groups: list[str], *, push: bool, mailboxes: bool) -> None:
-    """The bench's settings: three numbered groups, a public address (push), the mailbox kinds."""
+def configure(world: FakeWorld, groups: list[str], *, push: bool, mailboxes: bool, backstop: int | None) -> None:
+    """The bench's settings: three numbered groups, a public address (push), the mailbox kinds (``backstop``:
+    their ``personal_contacts.poll_seconds``, the mailbox backstop's interval)."""
     assert world.config_path is not None
     text = world.config_path.read_text()
     port = re.search(r'^listen = "127\.0\.0\.1:(\d+)"', text, re.M).group(1)  # type: ignore[union-attr]
@@ -81,7 +89,10 @@ def configure(world: FakeWorld, groups: list[str], *, push: bool, mailboxes: boo
     names = ", ".join(f'"{g}"' for g in groups)
     text = text.replace('sync_time = "0 */6 * * *"\n', f'sync_time = "0 */6 * * *"\ngroups = [{names}]\n'
                         f'groups_starting_extension_number = "{GROUPS_START}"\n')
-    world.config_path.write_text(text + (MAILBOX_SECTIONS if mailboxes else ""))
+    sections = MAILBOX_SECTIONS if backstop is None else MAILBOX_SECTIONS.replace(
+        "[tenants.personal_contacts]\nenabled = true\n", f"[tenants.personal_contacts]\nenabled = true\n"
+        f"poll_seconds = {backstop}\n")
+    world.config_path.write_text(text + (sections if mailboxes else ""))
 
 
 def _observed(service: Service, kind: str) -> float:
@@ -186,16 +197,39 @@ async def _poll(service: Service, changes: Changes, args: argparse.Namespace) ->
 
 
 async def _steady(service: Service, world: FakeWorld, args: argparse.Namespace) -> dict[str, Any]:
+    """The window: CPU, Graph requests a minute, and minute by minute what the mailbox backstop read."""
     assert world.sim is not None
     await asyncio.sleep(args.settle)
     since, cpu, wall = len(world.sim.log), time.process_time(), time.monotonic()
-    await asyncio.sleep(args.minutes * 60)
+    minutes, mark = [], since
+    for _ in range(max(1, round(args.minutes))):
+        await asyncio.sleep(60)
+        minutes.append(_minute(world.sim.log[mark:]))
+        mark = len(world.sim.log)
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     requests = [r for r in world.sim.log[since:] if not r.in_batch and not LEFT_OUT.search(r.path)]
     by_path = Counter(re.sub(r"/users/[^/]+/", "/users/{id}/", r.path) for r in requests)
+    read = Counter(user for minute in minutes for user in minute.pop("contact_mailboxes"))
     return {"cpu_percent": round(100 * cpu / wall, 2), "window_s": round(wall, 1),
             "graph_requests_per_minute": round(len(requests) * 60 / wall, 2),
-            "by_path": dict(by_path.most_common(10)), "load": os.getloadavg()}
+            "by_path": dict(by_path.most_common(10)), "load": os.getloadavg(),
+            "per_minute": {key: _spread([m[key] for m in minutes]) for key in minutes[0]},
+            "minutes": minutes, "contact_reads_per_mailbox": dict(sorted(Counter(read.values()).items()))}
+
+
+def _minute(log: list[Any]) -> dict[str, Any]:
+    """One minute of Graph requests: all (renewals and presence left out), ``$batch``es, and the mailboxes
+    whose contacts and calendars the batches read."""
+    requests = [r for r in log if not r.in_batch and not LEFT_OUT.search(r.path)]
+    items = [r.path for r in log if r.in_batch]
+    contacts = {path.split("/")[2] for path in items if "/contactFolders" in path}
+    calendars = {path.split("/")[2] for path in items if "/calendarView/delta" in path}
+    return {"requests": len(requests), "batches": sum(1 for r in requests if r.path == "/$batch"),
+            "contact_mailboxes": sorted(contacts), "mailboxes": len(contacts), "calendars": len(calendars)}
+
+
+def _spread(values: list[int]) -> dict[str, float]:
+    return {"min": min(values), "max": max(values), "mean": round(sum(values) / len(values), 1)}
 
 
 async def _subscribed(service: Service, kinds: tuple[str, ...]) -> None:
@@ -216,14 +250,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await world.start()
         assert world.sim is not None and world.made is not None
         groups = world.made.groups[:3]
-        configure(world, groups, push=push, mailboxes=mailboxes)
+        configure(world, groups, push=push, mailboxes=mailboxes, backstop=args.backstop_seconds)
         world.sim.subscriptions.auto_deliver = True
         assert world.config_path is not None
         service = Service(load_config(world.config_path), environ={})
         started = time.monotonic()
         await service.start()
         result: dict[str, Any] = {"scenario": args.scenario, "users": args.users, "trials": args.trials,
-                                  "mailboxes": mailboxes}
+                                  "mailboxes": mailboxes, "backstop_seconds": args.backstop_seconds or 1800}
         try:
             if push:
                 await _subscribed(service, ("user", "group", "contact", "busy") if mailboxes else ("user", "group"))
@@ -255,7 +289,10 @@ def report(result: dict[str, Any]) -> str:
     if "steady" in result:
         steady = result["steady"]
         lines += [f"CPU {steady['cpu_percent']} % of one core, {steady['graph_requests_per_minute']} Graph "
-                  f"requests a minute over {steady['window_s']} s: {json.dumps(steady['by_path'])}"]
+                  f"requests a minute over {steady['window_s']} s: {json.dumps(steady['by_path'])}",
+                  f"mailbox backstop every {result['backstop_seconds']} s, per minute (min/max/mean): "
+                  + "; ".join(f"{key} {v['min']}/{v['max']}/{v['mean']}" for key, v in steady["per_minute"].items()),
+                  f"contact reads per mailbox in the window (reads: mailboxes): {steady['contact_reads_per_mailbox']}"]
         return "\n".join(lines) + "\n"
     lines += ["| change | p50 s | p99 s | max s | scheduled-only p99 (computed) |", "|---|---|---|---|---|"]
     for kind, values in result["seconds"].items():
@@ -272,6 +309,7 @@ if __name__ == "__main__":
     parser.add_argument("--mailboxes", action="store_true", help="push: contacts and calendars on, their rows too")
     parser.add_argument("--minutes", type=float, default=5.0, help="steady: the measured window")
     parser.add_argument("--settle", type=float, default=60.0, help="steady: seconds waited before the window")
+    parser.add_argument("--backstop-seconds", type=int, help="steady: personal_contacts.poll_seconds (1800)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the raw result here")
     options = parser.parse_args()

@@ -133,7 +133,8 @@ class PersonalContactsConfig(_Section):
     # Each mailbox's contact folders (shared mailboxes' too) are listed again about this often, spread over
     # the runs; their contacts come every run (daemon/sync/folder_schedule.py). 0: every run.
     folder_refresh_hours: int = Field(default=24, ge=0, le=24 * 30)
-    # The mailbox backstop: every mailbox's contacts delta this often (besides every full run).
+    # The mailbox backstop: every mailbox's contacts delta this often (besides every full run), a slice of
+    # the mailboxes each minute (daemon/backstop.py).
     poll_seconds: int = Field(default=1800, ge=60)
 
 

@@ -33,7 +33,7 @@ from daemon.progress import ProgressLog
 from daemon.retry import GraphBudget
 from daemon.scheduler import PollLoop, RunProgress, SchedulerClock, TenantSchedule, schedule_interval
 from daemon.status import NEXT_RUN_KEY, TenantReport
-from daemon.sync.kinds import PRESENCE, SyncRequest
+from daemon.sync.kinds import PRESENCE, SyncRequest, backstop_members
 from daemon.sync.run_backlog import RunBacklog
 from daemon.sync.runner import RunResult, TenantRunner
 from state.store import Store
@@ -262,8 +262,11 @@ class Supervisor:
 
     def _start_polls(self, tenant: TenantConfig) -> None:
         """The tenant's polls (``daemon.polls``): calendar, presence, users, and the mailbox backstop."""
+        async def members(kind: str) -> list[str]:  # by the settings of now: a reload may change who is synced
+            return await backstop_members(self._tenant(tenant.name) or tenant, self.sync_store, kind)
+
         loops = tenant_polls(tenant, self.schedules.get(tenant.name), self.sync_now, self.clock, self.metrics,
-                             lambda kind: self.pushed(tenant.name, kind))
+                             members, lambda kind: self.pushed(tenant.name, kind))
         self.polls[tenant.name] = loops
         for loop in loops:
             loop.start()

@@ -34,7 +34,6 @@ FAILED_OBJECTS = ("SELECT graph_id, retry_at, quarantine_fingerprint FROM synced
                   " WHERE tenant = ? AND kind = ? AND retry_at IS NOT NULL")
 OUT_OF_SCOPE_BEFORE = "SELECT graph_id FROM synced_objects WHERE tenant = ? AND kind = ? AND out_of_scope_since <= ?"
 PHOTO_CHECKS_DUE = "SELECT user_id FROM photo_checks WHERE tenant = ? AND due_at <= ?"
-OWNED_WITH_SYNCED = COPY_WITH_SYNCED + " WHERE g.tenant = ? AND g.kind = ? AND g.owner IN ({marks})"
 
 
 class DueQueries:
@@ -115,18 +114,6 @@ class DueQueries:
             for row in await self.db.fetchall(
                 f"{COPY_WITH_SYNCED} WHERE g.tenant = ? AND g.kind = ? AND g.id IN ({marks}) ORDER BY g.id",
                 (tenant, kind, *chunk),
-            ):
-                yield copy_with_synced(row)
-
-    async def iter_with_synced_of_owners(
-        self, tenant: str, kind: str, owners: Iterable[str]
-    ) -> AsyncIterator[tuple[GraphCopy, SyncedRow | None]]:
-        """The Graph copies owned by ``owners`` (a mailbox's contacts) joined with their pushed state, in no
-        particular order (sorting by id would make SQLite walk every copy of the kind instead of the owner
-        index; one query per 500 owners): a notified read plans that mailbox's contacts only."""
-        for chunk, marks in id_chunks(sorted(set(owners))):
-            for row in await self.db.fetchall(
-                OWNED_WITH_SYNCED.format(marks=marks), (tenant, kind, *chunk),
             ):
                 yield copy_with_synced(row)
 

@@ -148,7 +148,11 @@ def test_the_polls_a_tenant_gets_follow_its_settings(tmp_path: Path) -> None:
         async def sync_now(request: SyncRequest) -> str:
             return "success"
 
-        return [loop.name.split("-")[0] for loop in tenant_polls(tenant, schedule, sync_now, ManualClock(), Metrics())]
+        async def members(kind: str) -> list[str]:
+            return []
+
+        return [loop.name.split("-")[0]
+                for loop in tenant_polls(tenant, schedule, sync_now, ManualClock(), Metrics(), members)]
 
     assert names() == ["users"]
     assert names(events={"enabled": True}, presence={"enabled": True}, personal_contacts={"enabled": True}) == [

@@ -21,7 +21,7 @@ from daemon.auth.states import AUTHORIZED, DISCONNECTED
 from daemon.clock import ManualClock
 from daemon.notify import subscriptions
 from daemon.notify.subscriptions import KeeperRound, SubscriptionKeeper
-from daemon.polls import USERS_POLL
+from daemon.polls import MAILBOX_POLL, USERS_POLL
 from daemon.scheduler import RunProgress, TenantSchedule
 from daemon.sync.kinds import RUN_KINDS, USERS_POLL_KINDS
 from notify_fixtures import TENANT, Notified, start_notified
@@ -59,6 +59,8 @@ async def test_a_notified_contact_reads_that_mailboxs_contacts_alone(notified: N
     assert [r.path for r in reads if not r.in_batch] == ["/$batch"]  # no users or groups delta, one batch
     (run,) = await notified.runs("notification")
     assert run.result == "success" and run.summary["contact_counts"] == {"update": 1}
+    # what it planned is no longer dirty: the next directory run does not plan it again
+    assert await notified.service.sync_store.dirty_ids(TENANT, "contact") == set()
 
 
 async def test_a_notified_calendar_reads_that_calendar_alone(tmp_path: Path, scim_server_one_by_one: ScimServer
@@ -90,19 +92,25 @@ async def test_a_notified_calendar_reads_that_calendar_alone(tmp_path: Path, sci
         items = [r for r in _graph_reads(setup, since) if r.in_batch]
         assert [r.path.split("?")[0] for r in items] == [f"/users/{user_id(2)}/calendarView/delta"]
 
-        # Every calendar notified: the minute's calendar poll reads nothing; the mailbox backstop still reads all.
+        # Every calendar notified: each minute's calendar poll reads one slice of the calendars (6 calendars
+        # over the 30 minutes of the mailbox backstop: one a minute at most), and all of them in 30 minutes.
         assert setup.service.notifications is not None and setup.service.notifications.pushed(TENANT, "busy")
         calendars = len(setup.world.sim.requests("/calendarView/delta$"))
-        await setup.clock.advance_async(60)  # [tenants.events] poll_seconds
-        await setup.clock.settle()
-        assert len(setup.world.sim.requests("/calendarView/delta$")) == calendars
-        await setup.clock.advance_async(1800)  # [tenants.personal_contacts] poll_seconds: the backstop
+        (poll,) = [loop for loop in setup.service.supervisor.polls[TENANT] if loop.name.startswith("calendar-")]
+        counts = []
+        for _ in range(30):  # [tenants.personal_contacts] poll_seconds: the round, a tick a minute
+            ticks = poll.polls
+            await setup.clock.advance_async(60)  # [tenants.events] poll_seconds
 
-        async def backstop() -> bool:
-            await setup.clock.settle()
-            return len(setup.world.sim.requests("/calendarView/delta$")) >= calendars + 6
+            async def ticked(ticks: int = ticks) -> bool:  # the tick's read finished before the clock moves on
+                await setup.clock.settle()
+                return poll.polls > ticks
 
-        await until(backstop, 30, "the calendar backstop")
+            await until(ticked, 30, "the calendar poll's tick")
+            counts.append(len(setup.world.sim.requests("/calendarView/delta$")) - calendars)
+        assert counts == [1, 2, 3, 4, 5] + [6] * 25  # a calendar a minute, not six at once
+        read = [r.path.split("/")[2] for r in setup.world.sim.requests("/calendarView/delta$")[calendars:]]
+        assert sorted(read) == sorted(user_id(i) for i in range(1, 7))  # each once
     finally:
         await setup.service.stop()
         await setup.world.stop()
@@ -123,9 +131,11 @@ async def test_the_keeper_runs_after_a_change_or_when_due_never_after_a_quiet_po
     monkeypatch.setattr(SubscriptionKeeper, "keep", counted)
 
     async def users_poll() -> RunProgress:
-        await notified.clock.advance_async(60)  # [tenants.users] poll_seconds
-        run = schedule.current or schedule.queued
-        assert run is not None and run.trigger == USERS_POLL
+        before = set(schedule.recent)
+        await notified.clock.advance_async(60)  # [tenants.users] poll_seconds (the backstop's slice comes too)
+        runs = [schedule.current, schedule.queued, *(r for i, r in schedule.recent.items() if i not in before)]
+        run = next((r for r in runs if r is not None and "user" in r.kinds), None)
+        assert run is not None and run.trigger in (USERS_POLL, MAILBOX_POLL)  # the slice may have joined it
         done = await schedule.wait(run.run_id)
         await notified.clock.settle()
         return done
@@ -264,3 +274,21 @@ async def test_a_keeper_round_reads_the_subscriptions_and_the_handshake_once(
     gauge = notifications.metrics.registry.get_sample_value("m365sync_subscriptions", {"tenant": TENANT,
                                                                                        "state": "active"})
     assert gauge == len(notified.graph.subscriptions) == 8
+
+
+async def test_a_leavers_contacts_go_with_the_next_backstop_slice(notified: Notified) -> None:
+    """The users poll disables a leaver and marks his contacts; the next slice of the mailbox backstop,
+    whichever mailboxes it reads, deletes them (as the whole-run backstop did before it was spread)."""
+    sync_store = notified.service.sync_store
+    assert await sync_store.synced_of(TENANT, "contact", ["c-001-0"])  # user 1's contact, on the PBX
+    notified.world.tenant.change_user(user_id(1), accountEnabled=False)
+    notified.graph.drop_pending()  # the users poll finds the leaver, not a notification
+
+    async def gone() -> bool:  # a minute at a time: the users poll, then a slice (the same minute or the next)
+        await notified.clock.advance_async(60)
+        return not await sync_store.synced_of(TENANT, "contact", ["c-001-0"])
+
+    await until(gone, 30, "the leaver's contacts deleted")
+    assert not await sync_store.synced_of(TENANT, "contact", ["c-001-0"])
+    slices = [run for run in await notified.runs(MAILBOX_POLL) if run.summary["contact_counts"]]
+    assert [run.summary["contact_counts"] for run in slices] == [{"delete": 1}]

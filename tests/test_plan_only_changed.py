@@ -234,3 +234,23 @@ async def test_a_contacts_setting_change_plans_every_contact_once(sync_env: Sync
 async def members_on_pbx(env: SyncEnv, group: str) -> set[str]:
     users = {u["id"]: external for external, u in (await env.pbx_users()).items()}
     return {users[m["value"]] for m in (await env.pbx_groups())[group].get("members", [])}
+
+
+async def test_a_partial_run_reads_the_changed_users_once(sync_env: SyncEnv, counts: Counts,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shared mailboxes, photo checks and the user selection all start from the users merged since the
+    last plan: one query gives it to the three, not one each."""
+    sync_env.configure(shared_mailbox={"enabled": True}, users={"sync_photo": True})
+    world = scenario.build(sync_env.graph.tenant, users=30, contact_owners=0)
+    await counted_run(sync_env, counts)
+    asked: list[str] = []
+    original = due.DueQueries.dirty_ids
+
+    async def dirty_ids(self: due.DueQueries, tenant: str, kind: str) -> set[str]:
+        asked.append(kind)
+        return await original(self, tenant, kind)
+
+    monkeypatch.setattr(due.DueQueries, "dirty_ids", dirty_ids)
+    sync_env.graph.tenant.change_user(world.users[3], jobTitle="Engineer")
+    assert (await counted_run(sync_env, counts))[0] == 1
+    assert asked.count("user") == 1

@@ -15,7 +15,7 @@ import scenario
 from daemon.sync.calendar import CalendarSync
 from daemon.sync.report import RunReport
 from state.copies import LIVE_USER_BY_UPN, MAILBOXES_OF_PURPOSE
-from state.due import CLEAR_DIRTY, DIRTY_IDS, FAILED_OBJECTS, OUT_OF_SCOPE_BEFORE, OWNED_WITH_SYNCED, PHOTO_CHECKS_DUE
+from state.due import CLEAR_DIRTY, DIRTY_IDS, FAILED_OBJECTS, OUT_OF_SCOPE_BEFORE, PHOTO_CHECKS_DUE
 from state.history import PRUNE_HISTORY
 from state.notify_store import KEEPER_ROUND, SUBSCRIPTION_BY_ID
 from sync_fixtures import SyncEnv
@@ -159,15 +159,6 @@ async def test_the_notification_endpoints_and_the_renewals_lookups_use_their_ind
     for table in ("notify_due", "folder_listings"):
         (step,) = await plan_of(sync_env, f"SELECT * FROM {table} WHERE tenant = 't'")
         assert re.fullmatch(rf"SEARCH {table} USING INDEX sqlite_autoindex_{table}_1 \(tenant=\?\)", step), step
-
-
-async def test_a_notified_mailboxs_contacts_are_found_by_their_owner(sync_env: SyncEnv) -> None:
-    """A notified read plans one mailbox's contacts: found by the owner index, never by reading every contact."""
-    sql = OWNED_WITH_SYNCED.format(marks="'u1', 'u2'").replace("?", "'t'", 1).replace("?", "'contact'", 1)
-    steps = await plan_of(sync_env, sql)
-    assert re.fullmatch(r"SEARCH g USING INDEX graph_objects_by_owner \(tenant=\? AND kind=\? AND owner=\?\)",
-                        steps[0]), steps
-    assert not [step for step in steps if step.startswith("SCAN")], steps
 
 
 async def test_shared_mailboxes_and_listed_ones_are_found_by_index(sync_env: SyncEnv) -> None:

@@ -79,12 +79,13 @@ async def needs_full_plan(tenant: TenantConfig, sync_store: SyncStore, fingerpri
     return await sync_store.value(tenant.name, PLAN_INPUTS) != fingerprint
 
 
-async def select_users(tenant: TenantConfig, sync_store: SyncStore, snapshot: Snapshot, *, full: bool) -> UserSelection:
-    """Changed users plus those whose timers are due, each set from an index."""
+async def select_users(tenant: TenantConfig, sync_store: SyncStore, snapshot: Snapshot, *, full: bool,
+                       changed: frozenset[str]) -> UserSelection:
+    """Changed users (``changed``: the run's dirty users) plus those whose timers are due, each set from an index."""
     if full or not tenant.users.enabled:  # users off: the planner touches nobody either way
         return UserSelection(full)
     name, now = tenant.name, snapshot.now
-    ids = await sync_store.dirty_ids(name, "user")
+    ids = set(changed)
     days = tenant.users.delete_after_days
     if days:
         ids |= await sync_store.out_of_scope_before(name, "user", now - days * DAY)

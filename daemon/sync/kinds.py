@@ -46,6 +46,8 @@ PRESENCE_KINDS = frozenset({PRESENCE})
 # The users poll (``users.poll_seconds``): the users and groups deltas, no mailbox read; a
 # run (locked, recorded) since it writes users, queued on the tenant's schedule like any run.
 USERS_POLL_KINDS = frozenset({"user", "group"})
+USERS_POLL = "users-poll"  # the users poll's trigger
+MAILBOX_POLL = "mailbox-poll"  # the mailbox backstop's: a slice of the mailboxes (``daemon.backstop``)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,13 @@ class SyncRequest:
         poll: those come every minute or faster, also during a run, and write one attribute."""
         return bool(self.kinds & DIRECTORY_KINDS)
 
+    @property
+    def routine(self) -> bool:
+        """A poll's run (the users poll, a backstop slice): every minute, so one that changed
+        nothing logs at debug and leaves no run record."""
+        sliced = self.trigger in (USERS_POLL, MAILBOX_POLL) and self.mailboxes is not None  # the two joined, too
+        return self.kinds == USERS_POLL_KINDS or sliced
+
 
 def mailboxes_read(kinds: frozenset[str], mailboxes: frozenset[str] | None) -> frozenset[str] | None:
     """Whose contacts a run of ``kinds`` reads: nobody's without ``contact``; None: every mailbox's."""
@@ -76,6 +85,16 @@ def joined_mailboxes(kinds: frozenset[str], mailboxes: frozenset[str] | None, mo
     """The mailboxes one run reads for two requests joined in the schedule's queue."""
     first, second = mailboxes_read(kinds, mailboxes), mailboxes_read(more_kinds, more_mailboxes)
     return None if first is None or second is None else first | second
+
+
+async def backstop_members(tenant: TenantConfig, sync_store: SyncStore, kind: str) -> list[str]:
+    """Whose ``kind`` (``contact`` or ``busy``) the mailbox backstop goes round: the synced mailboxes
+    (active synced users and shared mailboxes, as the state knows them), or the calendars read."""
+    if kind == CONTACT:
+        from daemon.sync.mailbox_contacts import stored_mailboxes  # imported by a run that has contacts
+
+        return list(await stored_mailboxes(tenant, sync_store))
+    return [user_id for user_id, _, _ in await sync_store.active_users(tenant.name)]
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,13 @@ def purpose_of(settings: Any) -> str | None:
 
 
 async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: GraphClient, now: Callable[[], float],
-                          *, recheck: bool = True) -> dict[str, str]:
+                          *, recheck: bool = True, changed: frozenset[str] = frozenset()) -> dict[str, str]:
     """Shared mailbox user id -> userPrincipalName (detected or listed).
 
     ``recheck`` (the daily reconciliation): every live user whose check is a day old or never made is
-    checked. Otherwise only the users merged since the last applied plan that were never checked, each
-    set found by an index, so a run reads no copy of an unchanged user (a check that failed waits for
-    the next daily one)."""
+    checked. Otherwise only the users merged since the last applied plan (``changed``, the run's dirty
+    users) that were never checked, each set found by an index, so a run reads no copy of an unchanged
+    user (a check that failed waits for the next daily one)."""
     name = tenant.name
     checked: dict[str, GraphCopy] = {}
     if recheck:
@@ -54,8 +54,7 @@ async def shared_mailboxes(tenant: TenantConfig, sync_store: SyncStore, graph: G
         async for copy in sync_store.iter_copies(name, "mailbox"):
             checked[copy.id] = copy
     else:
-        dirty = await sync_store.dirty_ids(name, "user")
-        new = dirty - await sync_store.known_ids(name, "mailbox", dirty)
+        new = changed - await sync_store.known_ids(name, "mailbox", changed)
         users = {c.id: str(c.data.get("userPrincipalName") or c.id)
                  for c in (await sync_store.graph_copies(name, "user", new)).values() if c.removed is None}
     due = [u for u in users

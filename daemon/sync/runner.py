@@ -31,7 +31,7 @@ from daemon.metrics import Metrics
 from daemon.pbx.client import PbxClient
 from daemon.retry import Clock, GraphBudget, Transport
 from daemon.sync.apply import Progress
-from daemon.sync.kinds import RUN_KINDS, USERS_POLL_KINDS, Clients, SyncRequest, build_pipelines
+from daemon.sync.kinds import RUN_KINDS, Clients, SyncRequest, build_pipelines
 from daemon.sync.report import RunReport
 from daemon.sync.run_backlog import RunBacklog, UnrecordedRun
 from daemon.tls import transport_ssl_context
@@ -185,7 +185,7 @@ class TenantRunner:
             log.error("sync run could not start", error=report.error)
             return RunResult(run_id, name, report.result, report)
         try:
-            (log.debug if request.kinds == USERS_POLL_KINDS else log.info)(  # a users poll comes every minute
+            (log.debug if request.routine else log.info)(  # a users poll or a backstop slice: every minute
                 "sync run started", trigger=trigger, dry_run=self.dry_run)
             await self._sync(request, report, progress, all_photos=trigger.endswith(PHOTOS_SUFFIX))
         except asyncio.CancelledError:  # the run time limit or a shutdown: recorded with the counts reached
@@ -202,11 +202,11 @@ class TenantRunner:
         except Exception as err:  # a run never ends without a record
             report.result, report.error = "failed", unexpected_reason(err)
             log.debug("sync run failed with an unexpected error", exc_info=True)
-        quiet = request.kinds == USERS_POLL_KINDS and report.result == "success" and not report.counts_by_kind() \
+        quiet = request.routine and report.result == "success" and not report.counts_by_kind() \
             and not report.failures and not report.held
         await self._record(run_id, report, quiet=quiet)
-        if quiet:  # every minute: a users poll that changed nothing is logged at debug and leaves no record
-            log.debug("users poll found nothing to do", seconds=round(time.monotonic() - started, 2))
+        if quiet:  # every minute: a users poll or backstop slice that changed nothing leaves no record
+            log.debug("poll found nothing to do", trigger=trigger, seconds=round(time.monotonic() - started, 2))
             return RunResult(run_id, name, report.result, report)
         log_method = log.info if report.result == "success" else log.warning
         log_method("sync run finished", result=report.result, counts=report.counts_by_kind(),

@@ -56,7 +56,6 @@ from state.store import Store
 from state.sync_store import SyncStore
 
 if TYPE_CHECKING:  # the contacts modules are imported by a run that has contacts to sync
-    from daemon.sync.mailbox_contacts import Rows
     from daemon.sync.plan_contacts import Mailbox
     from daemon.sync.read_contacts import ContactsRead
 
@@ -102,8 +101,10 @@ class TenantSync:
         report.groups.missing = groups_read.missing
         self.links.update({("groups", key): link for key, link in groups_read.links.items()})
         reconcile = users_read.full_round or await self._reconciliation_due()
-        shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now,
-                                        recheck=reconcile) if tenant.shared_mailbox.enabled else {}
+        # the users merged since the last applied plan, read once for the partial steps below (none in a reconciliation)
+        dirty = frozenset() if reconcile else frozenset(await self.sync_store.dirty_ids(name, "user"))
+        shared = await shared_mailboxes(tenant, self.sync_store, self.graph, self.now, recheck=reconcile,
+                                        changed=dirty) if tenant.shared_mailbox.enabled else {}
         if tenant.shared_mailbox.enabled:
             report.contacts.settings_unreadable = await unreadable_settings(self.sync_store, name)
         inventory = await self._read_inventory() if reconcile else None
@@ -112,8 +113,8 @@ class TenantSync:
         inputs = plan_inputs_fingerprint(tenant, members, shared)
         full = await needs_full_plan(tenant, self.sync_store, inputs, reconcile=reconcile, all_photos=self.all_photos)
         snapshot = await take_snapshot(tenant, self.sync_store, inventory, self.now(), shared=shared,
-                                       photos=await self._photo_versions(shared, members, full))
-        selection = await select_users(tenant, self.sync_store, snapshot, full=full)
+                                       photos=await self._photo_versions(shared, members, full, dirty))
+        selection = await select_users(tenant, self.sync_store, snapshot, full=full, changed=dirty)
 
         plan, users = await self._plan_users(snapshot, report, selection)
         new_users, new_groups = await self._needs_numbers(plan) if inventory is None else ((), ())
@@ -270,33 +271,12 @@ class TenantSync:
 
     async def _plan_contacts(self, users: UserPlanner, snapshot: Snapshot, read: ContactsRead,
                              report: RunReport, inputs: str, *, full: bool) -> Plan:
-        from daemon.sync.mailbox_contacts import plan_contacts
+        from daemon.sync.mailbox_contacts import plan_selected
 
-        name = self.tenant.name
         selection = await select_contacts(self.tenant, self.sync_store, snapshot, inputs, full=full)
         self.planned_kinds.append("contact")
-        plan = await plan_contacts(self.tenant, self.pbx, self.now(), self._mailboxes(users, snapshot),
-                                   snapshot.pending_creates.get("contact", frozenset()), read, report,
-                                   self._contact_rows(selection))
-        stored = await self.sync_store.known_ids(name, "contact", [graph_id for graph_id, _ in selection.held_back])
-        for graph_id, quarantined in selection.held_back:  # one refused at its read (no copy) waits unreported
-            if graph_id in stored:
-                (plan.quarantined if quarantined else plan.waiting).append(("contact", graph_id))
-        return plan
-
-    async def _contact_rows(self, selection: UserSelection) -> Rows:
-        """The contacts a run plans: every one, or those ``changed_kinds`` selected (by an index)."""
-        name = self.tenant.name
-        if selection.full:
-            async for pair in self.sync_store.iter_with_synced(name, "contact"):
-                yield pair
-            return
-        seen: set[str] = set()
-        async for copy, found in self.sync_store.iter_with_synced_of(name, "contact", selection.ids):
-            seen.add(copy.id)
-            yield copy, found
-        for row in (await self.sync_store.synced_of(name, "contact", selection.ids - seen)).values():
-            yield None, row  # pushed, its copy gone
+        return await plan_selected(self.tenant, self.sync_store, self.pbx, self.now(), self._mailboxes(users, snapshot),
+                                   snapshot.pending_creates.get("contact", frozenset()), read, report, selection)
 
     async def _mark_changed_mailboxes(self, users: UserPlanner, snapshot: Snapshot, plan: Plan) -> None:
         """The contacts of planned users whose mailbox changed are planned again (``changed_kinds``)."""
@@ -307,7 +287,8 @@ class TenantSync:
         if owners:
             await self.sync_store.mark_owned_dirty(self.tenant.name, "contact", owners)
 
-    async def _photo_versions(self, shared: dict[str, str], members: set[str], full: bool) -> dict[str, str | None]:
+    async def _photo_versions(self, shared: dict[str, str], members: set[str], full: bool,
+                              dirty: frozenset[str]) -> dict[str, str | None]:
         """mediaEtags of the users in scope whose check is due (only when photos are synced): found
         among every copy in a full plan, else among the checks due and the changed users never checked."""
         tenant = self.tenant
@@ -319,7 +300,6 @@ class TenantSync:
             copies = self.sync_store.iter_copies(tenant.name, "user")
             due = [copy async for copy in copies if photo_check_due(copy.id, checked.get(copy.id), now, hours)]
         else:
-            dirty = await self.sync_store.dirty_ids(tenant.name, "user")
             ids = await self.sync_store.photo_checks_due(tenant.name, now)
             ids |= dirty - await self.sync_store.photo_checked(tenant.name, dirty)
             due = list((await self.sync_store.graph_copies(tenant.name, "user", sorted(ids))).values())
