@@ -5,9 +5,15 @@ windows."""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from datetime import timedelta
 
+import structlog
+
 import scenario
+from daemon.logging import configure_logging
 from daemon.pbx.dryrun import DryRunPbxClient
 from daemon.pbx.schema import PBX_GROUP, PBX_USER
 from daemon.sync.calendar import CalendarSync
@@ -160,3 +166,19 @@ async def test_busy_windows_go_through_bulk(sync_env: SyncEnv) -> None:
     assert report.busy.written == 10 and report.failures == []
     assert requests("bulk") == bulks + 1 and requests("update") == patches  # one /Bulk of 10 PATCHes, none alone
     assert all(u[PBX_USER]["busy"] for u in (await sync_env.pbx_users()).values())
+
+
+async def test_a_run_that_writes_nothing_logs_its_plan_at_debug_only(sync_env: SyncEnv) -> None:
+    """Users polls and backstop slices run every minute and mostly plan nothing: an info line each
+    would be two a minute per tenant saying nothing."""
+    scenario.build(sync_env.graph.tenant, users=3, contact_owners=3)
+    out = io.StringIO()
+    configure_logging("debug", "json", stream=out)
+    try:
+        await sync_env.run()  # the first run creates the users
+        await sync_env.run()  # nothing changed
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    plans = [line for line in map(json.loads, out.getvalue().splitlines()) if line["event"] == "sync plan"]
+    assert [(p["level"], p["writes"] > 0) for p in plans] == [("info", True), ("debug", False)]

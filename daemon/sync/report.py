@@ -151,7 +151,9 @@ def summarize(tenant: str, plan: Plan, report: RunReport) -> None:
     report.selects_nobody = list(plan.notes)
     for note in plan.notes:
         log.warning("a setting selects nobody", tenant=tenant, note=note)
-    log.info("sync plan", tenant=tenant, changes=plan.summary(), writes=len(ordered), held=len(plan.held))
+    # debug when it writes and holds nothing: the minute's polls and backstop slices mostly plan nothing
+    (log.info if ordered or plan.held else log.debug)("sync plan", tenant=tenant, changes=plan.summary(),
+                                                      writes=len(ordered), held=len(plan.held))
 
 
 def describe_counts(counts: Mapping[str, Any]) -> str:
