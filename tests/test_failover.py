@@ -27,7 +27,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from conftest import until, write_secret
+from conftest import HANG_GUARD, until, write_secret
 from daemon.clock import SystemClock
 from daemon.leases import rendezvous_owner
 from daemon.metrics import Metrics
@@ -260,7 +260,7 @@ async def test_a_lost_daemons_tenants_are_taken_over_without_a_duplicate_or_a_lo
                     return False  # not listening yet
                 return seen[0] == seen[1] == {t: rendezvous_owner(t, ["a", "b"]) for t in TENANTS}
 
-            await until(settled, 60, "both daemons to own a share of the tenants")
+            await until(settled, HANG_GUARD, "both daemons to own a share of the tenants")
             of_a = {t for t, owner in (await owners(session, a)).items() if owner == "a"}
             users = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, USERS + 1)]
             for index, user in enumerate(users, start=1):
@@ -292,13 +292,13 @@ async def test_a_lost_daemons_tenants_are_taken_over_without_a_duplicate_or_a_lo
                 async def b_owns_all() -> bool:
                     return set((await owners(session, b)).values()) == {"b"}
 
-                await until(b_owns_all, 60, "b to take a's tenants")  # a hang guard: the bound is next
+                await until(b_owns_all, HANG_GUARD, "b to take a's tenants")  # a hang guard: the bound is next
                 # By b's next lease round (every LEASE_SECONDS / 3), as b's own log stamps it: the time a test
                 # process starved by the same load took to ask b's status is no part of the takeover.
                 taken = leases_taken(b, of_a, since=lost_at[0])
                 assert taken.keys() == of_a and max(taken.values()) - lost_at[0] <= LEASE_SECONDS, taken
             else:
-                await until(b_took_one_over, 60, "b to write one of a's tenants")  # a hang guard
+                await until(b_took_one_over, HANG_GUARD, "b to write one of a's tenants")
                 taken = leases_taken(b, of_a, since=lost_at[0])
                 assert taken and min(taken.values()) - lost_at[0] <= LEASE_SECONDS, taken  # b's next lease round,
                 wrote = {w.tenant for w in recorder.writes if w.daemon == "b" and w.tenant in of_a}
@@ -308,10 +308,10 @@ async def test_a_lost_daemons_tenants_are_taken_over_without_a_duplicate_or_a_lo
             async def converged() -> bool:
                 return [len(await pbx_users(recorder, t)) for t in TENANTS] == [USERS] * len(TENANTS)
 
-            await until(converged, 120, "every PBX to have every user")
+            await until(converged, HANG_GUARD, "every PBX to have every user")
             assert await b_took_one_over()
             if how == "cut connection":
-                await until(settled, 6 * LEASE_SECONDS, "a to reconnect and get its share back")
+                await until(settled, HANG_GUARD, "a to reconnect and get its share back")
                 db = await open_database(pg_url)
                 try:
                     stopped = await db.fetchall("SELECT tenant FROM runs WHERE result = 'lease_lost'")
@@ -325,7 +325,7 @@ async def test_a_lost_daemons_tenants_are_taken_over_without_a_duplicate_or_a_lo
                 states = [await api(session, b, "GET", f"/api/tenants/{t}/runs/{r}") for t, r in runs]
                 return all(s.get("state") == "finished" for s in states)
 
-            await until(finished, 60, "the runs after convergence")
+            await until(finished, HANG_GUARD, "the runs after convergence")
             for tenant, run_id in runs:
                 result = await api(session, b, "GET", f"/api/tenants/{tenant}/runs/{run_id}")
                 assert result["result"] == "success" and not result.get("counts"), (tenant, result)
