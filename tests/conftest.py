@@ -125,6 +125,12 @@ def missing(message: str) -> typing.NoReturn:
     pytest.skip(message)
 
 
+# A wait on real I/O (another process, a server, a daemon's tasks) ends as soon as what it waits for
+# holds; its bound only ends a hang, so it is generous: a loaded machine (load 20 on 2 cores) may take
+# ten times a quiet one's seconds. A promise about time is asserted on a clock or in lease rounds, never here.
+HANG_GUARD = 120.0
+
+
 async def until(condition: Callable[[], Awaitable[bool]], seconds: float, what: str) -> float:
     """Wait for a state of running daemons that nothing calls back for (lease rounds, other
     processes, on the real clock), looking every 0.1 s; returns when it held."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import until
+from conftest import HANG_GUARD, until
 from daemon.clock import ManualClock
 from daemon.config import load_config
 from daemon.service import Service
@@ -84,7 +84,7 @@ async def start_notified(folder: Path, scim: ScimServer, public_url: str | None 
         await clock.settle()
         return await setup.finished_runs("startup") == 1
 
-    await until(first_run_done, 30, "the start-up run")
+    await until(first_run_done, HANG_GUARD, "the start-up run")
     return setup
 
 
@@ -97,7 +97,7 @@ async def notified(tmp_path: Path, scim_server_one_by_one: ScimServer) -> AsyncI
         return len(setup.graph.subscriptions) >= 2 + 6  # users, groups, and each mailbox's contacts
 
     try:
-        await until(subscribed, 30, "the subscriptions the first run asks for")
+        await until(subscribed, HANG_GUARD, "the subscriptions the first run asks for")
         yield setup
     finally:
         await setup.service.stop()

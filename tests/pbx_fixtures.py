@@ -74,7 +74,12 @@ async def pbx(scim_server: ScimServer) -> AsyncIterator[PbxEnv]:
 class LostAnswerProxy:
     """Forwards to scim2-server; for the chosen write, lets the PBX apply it and
     then loses the answer: a 502 from a gateway, a dropped connection, or no
-    answer until the client times out (an event that is never set)."""
+    answer until the client times out (an event that is never set).
+
+    The choice is made as a request arrives, and every request is forwarded to the end
+    whatever its client does meanwhile: the test server cancels the handler of a client
+    that gave up (a timeout on a loaded machine), which must neither spare the chosen
+    request nor keep the PBX from applying a write, as a real PBX would."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -83,6 +88,7 @@ class LostAnswerProxy:
         self.mode = "502"  # 502 | drop | timeout
         self.remaining = 0  # answers still to lose
         self.lost: list[str] = []
+        self.forwarding: set[asyncio.Task[web.Response]] = set()
         self._never = asyncio.Event()
 
     def lose(self, method: str, mode: str, count: int = 1, endpoint: str = "/") -> None:
@@ -96,8 +102,7 @@ class LostAnswerProxy:
             return f'"method": "{self.method}", "path": "{self.endpoint}' in text
         return request.method == self.method and self.endpoint in request.path
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+    async def _forward(self, request: web.Request, body: bytes) -> web.Response:
         # Host passes through, as a reverse proxy before a PBX must: the PBX's /Bulk locations then
         # name the proxy, the only origin the client accepts them from.
         headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
@@ -105,13 +110,22 @@ class LostAnswerProxy:
             url = self.target + request.path_qs.split("/v2", 1)[1]
             async with session.request(request.method, url, data=body, headers=headers) as answer:
                 payload = await answer.read()
-                response = web.Response(status=answer.status, body=payload,
-                                        headers={k: v for k, v in answer.headers.items()
-                                                 if k.lower() in ("content-type", "etag", "location")})
-        if not self._matches(request, body):
+                return web.Response(status=answer.status, body=payload,
+                                    headers={k: v for k, v in answer.headers.items()
+                                             if k.lower() in ("content-type", "etag", "location")})
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        chosen = self._matches(request, body)
+        if chosen:
+            self.remaining -= 1
+            self.lost.append(f"{request.method} {request.path} ({self.mode})")
+        forwarding = asyncio.ensure_future(self._forward(request, body))
+        self.forwarding.add(forwarding)
+        forwarding.add_done_callback(self.forwarding.discard)
+        response = await asyncio.shield(forwarding)  # applied even if this handler is cancelled
+        if not chosen:
             return response
-        self.remaining -= 1
-        self.lost.append(f"{request.method} {request.path} ({self.mode})")
         if self.mode == "drop":
             assert request.transport is not None
             request.transport.abort()  # the connection goes away without an answer
@@ -124,7 +138,7 @@ class LostAnswerProxy:
 @pytest.fixture
 async def lossy_proxy() -> AsyncIterator[Callable[[str], Awaitable[tuple[LostAnswerProxy, str]]]]:
     """Start a lost-answer proxy in front of a scim2-server tenant URL; returns (proxy, its URL)."""
-    servers: list[TestServer] = []
+    started: list[tuple[LostAnswerProxy, TestServer]] = []
 
     async def start(target: str) -> tuple[LostAnswerProxy, str]:
         proxy = LostAnswerProxy(target)
@@ -132,9 +146,10 @@ async def lossy_proxy() -> AsyncIterator[Callable[[str], Awaitable[tuple[LostAns
         app.router.add_route("*", "/{tail:.*}", proxy.handle)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
-        servers.append(server)
+        started.append((proxy, server))
         return proxy, str(server.make_url("/v2"))
 
     yield start
-    for server in servers:
+    for proxy, server in started:
         await server.close()
+        await asyncio.gather(*proxy.forwarding, return_exceptions=True)

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from conftest import HANG_GUARD
 from daemon.clock import FakeClock
 from daemon.errors import LeaseLost, M365SyncError
 from daemon.leases import SharedLeases, lock_key, rendezvous_owner
@@ -177,7 +178,7 @@ async def test_a_message_reaches_the_owner_only(schema: str) -> None:
         await b.refresh()
         tenant = sorted(a.held)[0]
         assert await b.forward(tenant, {"kind": "sync", "trigger": "api", "run_id": "r1"})
-        await asyncio.wait_for(arrived.wait(), timeout=10)  # the notification arrives on a's session
+        await asyncio.wait_for(arrived.wait(), timeout=HANG_GUARD)  # the notification arrives on a's session
         assert got_a == [{"kind": "sync", "trigger": "api", "run_id": "r1", "tenant": tenant, "to": "a", "from": "b"}]
         assert got_b == []
     finally:

@@ -22,7 +22,9 @@ from state.store import Store
 from state.sync_store import SyncStore
 from sync_fixtures import SyncEnv, on_both_backends, tenant_config  # noqa: F401  (the fixture: every test here runs on both backends)
 
-CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5, sock_read=0.5)
+# A client that gives up on an answer the proxy holds back ("timeout"): soon, to keep the test short, yet not so
+# soon that a loaded machine's PBX (or this process, the proxy) answering slowly loses other answers too.
+GIVE_UP = aiohttp.ClientTimeout(total=10, sock_read=2)
 
 
 @pytest.fixture(params=["bulk", "one-by-one"])
@@ -33,7 +35,7 @@ async def lossy_env(request: pytest.FixtureRequest, graph_env: GraphEnv, pbx: Pb
     server = pbx.server if request.param == "bulk" else scim_server_one_by_one
     proxy, url = await lossy_proxy(server.url(pbx.tenant))
     client = pbx.client
-    pbx.client = PbxClient(client.transport, url, server.token, CLIENT_TIMEOUT)
+    pbx.client = PbxClient(client.transport, url, server.token)  # the daemon's own timeouts, until ``lose``
     db = await open_database(request.getfixturevalue("pg_url") if sync_backend == "postgresql" else tmp_path / "state.db")
     store = Store(db, clock=graph_env.clock.time)
     await store.register_tenant("t", "d", "a")
@@ -43,6 +45,13 @@ async def lossy_env(request: pytest.FixtureRequest, graph_env: GraphEnv, pbx: Pb
         yield env, proxy
     finally:
         await db.close()
+
+
+def lose(env: SyncEnv, proxy: LostAnswerProxy, method: str, mode: str, count: int, endpoint: str) -> None:
+    """The proxy loses the next ``count`` answers to ``method`` on ``endpoint``; for "timeout" the client gives up."""
+    proxy.lose(method, mode, count=count, endpoint=endpoint)
+    if mode == "timeout":
+        env.pbx.client.timeout = GIVE_UP
 
 
 async def check_pbx(env: SyncEnv, world: scenario.Scenario) -> None:
@@ -74,7 +83,7 @@ CASES = [("/Contacts", "502"), ("/Contacts", "drop"), ("/Contacts", "timeout"), 
 async def test_lost_answer_to_a_create(lossy_env: tuple[SyncEnv, LostAnswerProxy], endpoint: str, mode: str) -> None:
     env, proxy = lossy_env
     world = scenario.build(env.graph.tenant)
-    proxy.lose("POST", mode, count=2, endpoint=endpoint)
+    lose(env, proxy, "POST", mode, count=2, endpoint=endpoint)
     await converges(env, world)
     assert proxy.lost  # at least one answer was lost (one /Bulk may carry them all)
 
@@ -87,6 +96,6 @@ async def test_lost_answer_to_an_update_or_delete(lossy_env: tuple[SyncEnv, Lost
     world = scenario.build(env.graph.tenant)
     await converges(env, world)
     scenario.working_day(world)
-    proxy.lose(method, mode, count=1, endpoint=endpoint)
+    lose(env, proxy, method, mode, count=1, endpoint=endpoint)
     await converges(env, world)
     assert len(proxy.lost) == 1, proxy.lost

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from conftest import until
+from conftest import HANG_GUARD, until
 from daemon import status
 from daemon.auth.states import DISCONNECTED
 from daemon.errors import GraphUnavailable
@@ -97,7 +97,7 @@ async def test_a_burst_of_100_notifications_for_one_mailbox_makes_one_read(notif
         await notified.clock.settle()
         return await notified.finished_runs("notification") >= 1
 
-    await until(read, 30, "the notified read")
+    await until(read, HANG_GUARD, "the notified read")
     await notified.settle_window()
     assert len(await notified.runs("notification")) == 1
     assert "Burst 99" in await _pbx_names(notified, "Contacts")
@@ -143,7 +143,7 @@ async def test_lifecycle_events_reauthorize_recreate_and_read(notified: Notified
         await notified.clock.settle()
         return await notified.finished_runs("notification") >= 1 and contacts in notified.resource_ids()
 
-    await until(handled, 30, "the lifecycle events handled")
+    await until(handled, HANG_GUARD, "the lifecycle events handled")
     reauthorized = [r for r in notified.world.sim.requests(f"^/subscriptions/{ids['users']}/reauthorize$")
                     if r.method == "POST"]
     assert len(reauthorized) == 1 and reauthorized[0].status == 204
@@ -162,7 +162,7 @@ async def test_a_lost_notification_is_caught_by_the_users_poll(notified: Notifie
         await notified.clock.settle()
         return await notified.finished_runs("users-poll") >= 1
 
-    await until(polled, 30, "the users poll")
+    await until(polled, HANG_GUARD, "the users poll")
     assert "Renamed While Unheard" in await _pbx_names(notified, "Users")
 
 
@@ -177,7 +177,7 @@ async def test_a_failed_handshake_is_reported_polling_goes_on_and_it_is_tried_ag
             await setup.clock.settle()
             return bool(setup.graph.validations)
 
-        await until(tried, 30, "a subscription attempt")
+        await until(tried, HANG_GUARD, "a subscription attempt")
         assert setup.graph.subscriptions == {}
         report = (await setup.service.supervisor.status_reports())[0]
         assert report.freshness["mode"] == "poll" and report.freshness["reachable"] is False  # the users poll goes on
@@ -213,7 +213,7 @@ async def test_a_calendar_change_is_read_at_once_as_busy_windows(tmp_path: Path,
             await setup.clock.settle()
             return f"users/{user_id(1)}/events" in setup.resource_ids()
 
-        await until(subscribed, 30, "the calendar subscriptions")
+        await until(subscribed, HANG_GUARD, "the calendar subscriptions")
         start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)  # the calendar window is the runner's
         setup.world.tenant.put_event(user_id(1), "meeting", subject="private", showAs="busy", isCancelled=False,
                                      isAllDay=False,
@@ -228,7 +228,7 @@ async def test_a_calendar_change_is_read_at_once_as_busy_windows(tmp_path: Path,
             return _metric(setup, "m365sync_freshness_seconds_count", tenant=TENANT, kind="busy",
                            trigger="notification") == 1
 
-        await until(busy_written, 30, "the notified calendar read")
+        await until(busy_written, HANG_GUARD, "the notified calendar read")
         assert await setup.runs("notification") == []  # a busy read, not a directory run
         assert await _busy(setup, user_id(1)) == [start.strftime("%Y-%m-%dT%H:%M")]
     finally:
@@ -263,7 +263,7 @@ async def test_a_removed_tenants_subscriptions_are_deleted_at_graph(notified: No
         await notified.clock.settle()
         return notified.graph.subscriptions == {}
 
-    await until(deleted, 30, "the removed tenant's subscriptions deleted")
+    await until(deleted, HANG_GUARD, "the removed tenant's subscriptions deleted")
     deletes = [r for r in notified.world.sim.requests("^/subscriptions/") if r.method == "DELETE"]
     assert len(deletes) == count and {r.status for r in deletes} == {204}
     assert await NotifyStore(notified.service.store.db, notified.clock.time).subscriptions(TENANT) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from conftest import until
+from conftest import HANG_GUARD, until
 from daemon.config import load_config
 from daemon.service import Service
 from sim.pbx import ScimServer
@@ -35,7 +35,7 @@ async def test_a_notification_received_by_the_non_owner_is_read_by_the_owner(
             return sum(s.supervisor.ownership.holds("contoso") for s in services.values()) == 1 and any(
                 s.resource == "users" for s in graph.subscriptions.values())
 
-        await until(subscribed, 40, "one owner, and its users subscription")
+        await until(subscribed, HANG_GUARD, "one owner, and its users subscription")
         owner = next(s for s in services.values() if s.supervisor.ownership.holds("contoso"))
         other = next(s for s in services.values() if s is not owner)
         before = sum(1 for r in await owner.store.recent_runs("contoso", 50) if r.trigger == "notification")
@@ -49,13 +49,13 @@ async def test_a_notification_received_by_the_non_owner_is_read_by_the_owner(
             runs = [r for r in await owner.store.recent_runs("contoso", 50) if r.trigger == "notification"]
             return len(runs) > before and all(r.finished_at is not None for r in runs)
 
-        await until(read_by_owner, 30, "the owner's notified read")
+        await until(read_by_owner, HANG_GUARD, "the owner's notified read")
         labels = {"tenant": "contoso", "kind": "user", "trigger": "notification"}
 
         async def observed() -> bool:  # once the owner's reader has the run's result back
             return owner.metrics.registry.get_sample_value("m365sync_freshness_seconds_count", labels) == 1
 
-        await until(observed, 10, "the owner's freshness observation")
+        await until(observed, HANG_GUARD, "the owner's freshness observation")
         assert other.metrics.registry.get_sample_value("m365sync_freshness_seconds_count", labels) is None
         assert other.metrics.registry.get_sample_value(
             "m365sync_notifications_received_total", {"tenant": "contoso", "kind": "user"}) == 1

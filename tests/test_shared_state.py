@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from conftest import until, write_secret
+from conftest import HANG_GUARD, until, write_secret
 from daemon.clock import ManualClock
 from daemon.config import load_config
 from daemon.service import Service
@@ -91,7 +91,7 @@ async def pair(tmp_path: Path, scim_server_one_by_one: ScimServer, pg_url: str, 
         async def one_owner() -> bool:
             return sum(s.supervisor.ownership.holds("contoso") for s in services.values()) == 1
 
-        await until(one_owner, 20, "one daemon to own the tenant")
+        await until(one_owner, HANG_GUARD, "one daemon to own the tenant")
         yield world, services, lb
     finally:
         for service in services.values():
@@ -134,7 +134,7 @@ async def test_a_callback_on_the_other_daemon_completes_and_the_owner_syncs(
         schedule = owner.supervisor.schedules["contoso"]
         return any(r.trigger == "authorized" and r.result == "success" for r in schedule.recent.values())
 
-    await until(synced_by_owner, 30, "the owner's run after the authorization")
+    await until(synced_by_owner, HANG_GUARD, "the owner's run after the authorization")
     assert not any(r.trigger == "authorized" for r in other.supervisor.schedules["contoso"].recent.values())
     assert world.made is not None
     row = await owner.store.tenant("contoso")
@@ -156,7 +156,7 @@ async def test_sync_now_on_the_other_daemon_runs_on_the_owner_and_is_followed_fr
             progress = owner.supervisor.schedules["contoso"].progress(run_id)
             return progress is not None and progress.state == "finished"
 
-        await until(ran_on_owner, 30, "the forwarded run on the owner")
+        await until(ran_on_owner, HANG_GUARD, "the forwarded run on the owner")
         assert other.supervisor.schedules["contoso"].progress(run_id) is None  # it never ran where it was asked
         for service in (other, owner):
             async with session.get(f"{base(service)}/api/tenants/contoso/runs/{run_id}") as status:
@@ -199,7 +199,7 @@ async def test_sync_now_while_no_daemon_holds_the_tenant_answers_503_then_runs_o
         async def stands_back() -> bool:
             return not ownership.holds("contoso")
 
-        await until(stands_back, 10, "the daemon to notice its lease session was cut")
+        await until(stands_back, HANG_GUARD, "the daemon to notice its lease session was cut")
         headers = {"Authorization": f"Bearer {ADMIN}"}
         async with aiohttp.ClientSession(headers=headers) as session:
             async with session.post(f"{base(service)}/api/tenants/contoso/sync") as answer:
@@ -215,7 +215,7 @@ async def test_sync_now_while_no_daemon_holds_the_tenant_answers_503_then_runs_o
                 await clock.advance_async(5 / 3)  # one lease round
                 return ownership.holds("contoso")
 
-            await until(taken_back, 30, "the daemon to take its tenant back after standing back")
+            await until(taken_back, HANG_GUARD, "the daemon to take its tenant back after standing back")
             async with session.post(f"{base(service)}/api/tenants/contoso/sync") as answer:
                 assert answer.status == 202, await answer.text()
                 run_id = (await answer.json())["run_id"]
