@@ -263,6 +263,10 @@ class Supervisor:
     def _start_polls(self, tenant: TenantConfig) -> None:
         """The tenant's polls (``daemon.polls``): calendar, presence, users, and the mailbox backstop."""
         async def members(kind: str) -> list[str]:  # by the settings of now: a reload may change who is synced
+            # another daemon reads them: no state query here each tick (taking over mid-round, this
+            # daemon reads all of them in the rest of the round: its cursor never moved)
+            if not self.ownership.holds(tenant.name):
+                return []
             return await backstop_members(self._tenant(tenant.name) or tenant, self.sync_store, kind)
 
         loops = tenant_polls(tenant, self.schedules.get(tenant.name), self.sync_now, self.clock, self.metrics,
